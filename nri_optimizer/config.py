@@ -1,0 +1,150 @@
+"""Configuration: upstream's TOML keys and flags, with the same defaults, checked strictly.
+
+Sources, later ones winning: built-in defaults, the TOML text (a file in external mode, the text of the
+Configure request in pre-launched mode), then command-line flags. Every error is one line that names the
+source, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .stub import EVENT_NAMES
+
+DEFAULT_CONFIG_FILE = "/etc/nri/conf.d/02-optimizer-nri-plugin.conf"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """One line naming the source, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # Upstream's keys and defaults (nydus-snapshotter's optimizer-nri-plugin).
+    persist_dir: str = "/opt/nri/optimizer/results"
+    readable: bool = False
+    server_path: str = "/usr/local/bin/optimizer-server"
+    timeout: int = 0  # seconds; 0: trace until the container stops
+    overwrite: bool = False
+    events: tuple[str, ...] = ("StartContainer", "StopContainer")
+    # Ours.
+    socket: str = "/var/run/nri/nri.sock"
+    log_level: str = "info"
+    log_file: str = ""  # "" logs to stderr only
+
+
+# What each key takes, said the way the fix is said: "<key>: expected <this>".
+_EXPECT: dict[str, str] = {
+    "persist_dir": 'an absolute directory path, e.g. persist_dir = "/opt/nri/optimizer/results"',
+    "readable": "true or false, e.g. readable = false",
+    "server_path": 'an absolute path to the server executable, e.g. server_path = "/usr/local/bin/optimizer-server"',
+    "timeout": "a whole number of seconds >= 0 (0 traces until the container stops), e.g. timeout = 0",
+    "overwrite": "true or false, e.g. overwrite = false",
+    "events": 'a list of event names, e.g. events = ["StartContainer", "StopContainer"]',
+    "socket": 'an absolute socket path, e.g. socket = "/var/run/nri/nri.sock"',
+    "log_level": f'one of {", ".join(LOG_LEVELS)}, e.g. log_level = "info"',
+    "log_file": 'an absolute file path, or "" for stderr only, e.g. log_file = "/var/log/nri-optimizer.log"',
+}
+KEYS = tuple(f.name for f in dataclasses.fields(Config))
+assert set(KEYS) == set(_EXPECT)
+
+
+def _type_name(value: object) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check(key: str, value: object) -> Any:
+    """The value for ``key`` in its Config type, or ValueError with what was wrong (the caller adds the fix)."""
+    got = f"got {value!r} ({_type_name(value)})"
+    if key in ("readable", "overwrite"):
+        if not isinstance(value, bool):
+            raise ValueError(got)
+        return value
+    if key == "timeout":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(got)
+        return value
+    if key == "events":
+        if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) for v in value):
+            raise ValueError(got)
+        unknown = [v for v in value if v not in EVENT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown event {unknown[0]!r}")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ValueError(got)
+    if key == "log_level":
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(got)
+        return value.lower()
+    if key == "log_file" and value == "":
+        return value
+    if not os.path.isabs(value):
+        raise ValueError(f"{got}, which is not an absolute path")
+    return value
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """Checked settings from TOML text; ``source`` names it in errors (a file path or "Configure")."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}; fix the syntax at that line") from exc
+    settings: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _EXPECT:
+            raise ConfigError(
+                f"{source}: {key}: unknown key; remove it, or use one of: {', '.join(KEYS)}"
+            )
+        settings[key] = _checked(source, key, value)
+    return settings
+
+
+def _checked(source: str, key: str, value: object) -> Any:
+    try:
+        return _check(key, value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {key}: {exc}; expected {_EXPECT[key]}") from None
+
+
+def read_file(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"{path}: cannot read the config file: {reason}; fix its permissions or point --config elsewhere"
+        ) from exc
+    return parse_toml(text, path)
+
+
+def build(file_settings: dict[str, Any], flag_settings: dict[str, Any]) -> Config:
+    """Defaults, overridden by the file, overridden by flags (already checked with ``check_flag``)."""
+    return dataclasses.replace(Config(), **{**file_settings, **flag_settings})
+
+
+def check_flag(key: str, value: object) -> Any:
+    return _checked("--" + key.replace("_", "-"), key, value)
+
+
+def validate_paths(config: Config, source: str) -> None:
+    """What can only be checked against the machine: persist_dir must be a directory if it exists."""
+    path = config.persist_dir
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ConfigError(
+            f"{source}: persist_dir: {path} exists and is not a directory; remove it or choose another path"
+        )
+
+
+def log_level(config: Config) -> int:
+    return int(getattr(logging, config.log_level.upper()))
+

@@ -1,0 +1,1 @@
+"""Message classes generated from proto/*.proto by `make proto` (grpcio-tools); do not edit by hand."""

@@ -1,0 +1,270 @@
+"""The NRI plugin runtime: registration, configuration, synchronization, events and reconnection.
+
+A plugin is any object. Its coroutine methods named after NRI events (``start_container``,
+``stop_container``, ...) are its handlers, and the event subscription is derived from the ones it has.
+Everything else here is the stub's business, not the plugin's:
+
+* pre-launched mode: containerd started us with one end of a socketpair on the fd in NRI_PLUGIN_SOCKET;
+  when it hangs up, we are done.
+* external mode: we connect to the NRI socket; when containerd goes away we reconnect with backoff,
+  register again and carry on.
+
+Event handlers never make containerd wait beyond a bound and never fail its request: an observer that
+answered StartContainer with an error would fail the user's container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+from . import transport
+from .proto import nri_pb2 as api
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+PLUGIN_SERVICE = "nri.pkg.api.v1alpha1.Plugin"
+RUNTIME_SERVICE = "nri.pkg.api.v1alpha1.Runtime"
+
+DEFAULT_SOCKET = "/var/run/nri/nri.sock"
+
+# NRI's defaults; Configure carries the runtime's real values from NRI v0.8 on.
+DEFAULT_REGISTRATION_TIMEOUT = 5.0
+DEFAULT_REQUEST_TIMEOUT = 2.0
+
+# Answer events with this much of the request timeout to spare, so that a slow handler is cut off and
+# answered OK before containerd gives up on us (and, for a pre-launched plugin, kills us).
+HANDLER_SHARE_OF_TIMEOUT = 0.75
+
+RECONNECT_BACKOFF_FIRST = 0.05
+RECONNECT_BACKOFF_MAX = 0.5
+
+# The events this stub delivers, and the handler method for each. Mask bit = event - 1.
+EVENT_HANDLERS: dict[int, str] = {
+    api.START_CONTAINER: "start_container",
+    api.POST_START_CONTAINER: "post_start_container",
+    api.STOP_CONTAINER: "stop_container",
+    api.REMOVE_CONTAINER: "remove_container",
+}
+
+# Events as users name them in config files and flags (upstream's spelling), e.g. "StartContainer".
+EVENT_NAMES: dict[str, int] = {
+    "".join(word.capitalize() for word in name.split("_")): event for event, name in EVENT_HANDLERS.items()
+}
+
+# Before NRI v0.12 every container event but StopContainer arrives as StateChange; v0.12 gives each an RPC
+# of its own and falls back to StateChange when we answer UNIMPLEMENTED. All their requests share one wire
+# shape, {pod = 1; container = 2}, and all their responses are empty to an observer.
+_RPC_EVENTS: dict[str, int] = {name: event for name, event in EVENT_NAMES.items()}
+
+
+class ConfigError(Exception):
+    """Raised by a plugin's ``configure``: the runtime is told, and the message says what to fix."""
+
+
+class Plugin(Protocol):
+    """What the stub needs of a plugin. Event handlers are optional methods found by name; an optional
+    ``events`` attribute (names, as in EVENT_NAMES) narrows the subscription after ``configure``."""
+
+    async def configure(self, config: str, runtime: str, version: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    idx: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9]{2}", self.idx):
+            raise ValueError(f"plugin index {self.idx!r} must be exactly two digits, e.g. 02")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"plugin name {self.name!r} must be non-empty and contain no '/'")
+
+
+def identity_from_executable(path: str) -> Identity | None:
+    """containerd names pre-launched plugins ``NN-name`` after their file in plugin_path."""
+    match = re.fullmatch(r"([0-9]{2})-(.+)", os.path.basename(path))
+    return Identity(match.group(2), match.group(1)) if match else None
+
+
+def event_mask(plugin: object, events: Sequence[str] | None = None) -> int:
+    """The subscription: the named events, or else every event the plugin has a handler for.
+
+    Naming an event the plugin cannot handle is an error: containerd would call us for nothing.
+    """
+    handled = {event for event, method in EVENT_HANDLERS.items() if callable(getattr(plugin, method, None))}
+    if events is None:
+        chosen = handled
+    else:
+        chosen = set()
+        for name in events:
+            event = EVENT_NAMES.get(name)
+            if event is None or event not in handled:
+                known = ", ".join(name for name, event in EVENT_NAMES.items() if event in handled)
+                raise ValueError(f"event {name!r} is not one this plugin handles; choose from {known}")
+            chosen.add(event)
+    return sum(1 << (event - 1) for event in chosen)
+
+
+class Stub:
+    def __init__(
+        self,
+        plugin: Any,
+        identity: Identity,
+        *,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._plugin = plugin
+        self._identity = identity
+        self._on_connect = on_connect
+        self._request_timeout = DEFAULT_REQUEST_TIMEOUT
+        self._registration_timeout = DEFAULT_REGISTRATION_TIMEOUT
+        self._connection: transport.Connection | None = None
+        self.registered = asyncio.Event()
+
+    # -- modes ------------------------------------------------------------------------------------------
+
+    async def run_prelaunched(self, fd: int) -> None:
+        """Serve the socketpair containerd gave us until it hangs up."""
+        sock = socket.socket(fileno=fd)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        await self._serve(reader, writer)
+
+    async def run_external(self, path: str) -> None:
+        """Connect to the runtime's NRI socket, and reconnect whenever it goes away. Runs until cancelled."""
+        backoff = RECONNECT_BACKOFF_FIRST
+        down_logged = False
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(path)
+            except OSError as exc:
+                if not down_logged:
+                    log.warning("cannot connect to NRI socket %s: %s; retrying", path, exc.strerror or exc)
+                    down_logged = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
+                continue
+            log.info("connected to NRI socket %s", path)
+            backoff, down_logged = RECONNECT_BACKOFF_FIRST, False
+            await self._serve(reader, writer)
+            log.warning("NRI connection to %s closed; reconnecting", path)
+
+    # -- one connection ---------------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.registered.clear()
+        connection = transport.Connection(reader, writer, self._handle)
+        self._connection = connection
+        # conn 1 is served from here on; Configure may come before the RegisterPlugin reply does.
+        serving = asyncio.create_task(connection.run())
+        registering = asyncio.create_task(self._register(connection))
+        try:
+            await serving
+        finally:
+            registering.cancel()
+            self._connection = None
+
+    async def _register(self, connection: transport.Connection) -> None:
+        request = api.RegisterPluginRequest(plugin_name=self._identity.name, plugin_idx=self._identity.idx)
+        try:
+            await connection.call(
+                RUNTIME_SERVICE, "RegisterPlugin", request.SerializeToString(), self._registration_timeout
+            )
+        except transport.RpcError as exc:
+            log.error("registration as %s-%s failed: %s", self._identity.idx, self._identity.name, exc.message)
+            await connection.close()
+            return
+        log.info("registered as %s-%s", self._identity.idx, self._identity.name)
+        self.registered.set()
+        if self._on_connect is not None:
+            await self._on_connect()
+
+    async def _handle(self, service: str, method: str, payload: bytes) -> bytes:
+        if service != PLUGIN_SERVICE:
+            raise transport.Unimplemented()
+        if method == "Configure":
+            return await self._configure(_parse(api.ConfigureRequest, payload))
+        if method == "Synchronize":
+            return await self._synchronize(_parse(api.SynchronizeRequest, payload))
+        if method == "StateChange":
+            event = _parse(api.StateChangeEvent, payload)
+            if event.event in EVENT_HANDLERS:
+                await self._event(event.event, event.pod, event.container)
+            return b""
+        if method in _RPC_EVENTS:
+            event_id = _RPC_EVENTS[method]
+            if not callable(getattr(self._plugin, EVENT_HANDLERS[event_id], None)):
+                raise transport.Unimplemented()
+            request = _parse(api.StartContainerRequest, payload)
+            await self._event(event_id, request.pod, request.container)
+            return b""
+        if method == "Shutdown":
+            log.info("runtime is shutting down")
+            return b""
+        raise transport.Unimplemented()
+
+    async def _configure(self, request: api.ConfigureRequest) -> bytes:
+        if request.registration_timeout > 0:
+            self._registration_timeout = request.registration_timeout / 1000
+        if request.request_timeout > 0:
+            self._request_timeout = request.request_timeout / 1000
+        log.info(
+            "configured by %s %s (request timeout %.1f s)",
+            request.runtime_name,
+            request.runtime_version,
+            self._request_timeout,
+        )
+        try:
+            await self._plugin.configure(request.config, request.runtime_name, request.runtime_version)
+            events = event_mask(self._plugin, getattr(self._plugin, "events", None))
+        except (ConfigError, ValueError) as exc:
+            log.error("configuration rejected: %s", exc)
+            raise transport.RpcError(3, str(exc)) from exc
+        return api.ConfigureResponse(events=events).SerializeToString()
+
+    async def _synchronize(self, request: api.SynchronizeRequest) -> bytes:
+        handler = getattr(self._plugin, "synchronize", None)
+        if handler is not None:
+            try:
+                await handler(list(request.pods), list(request.containers))
+            except Exception:
+                log.exception("synchronize handler failed")
+        # Echo `more`: a runtime splitting a large state drops a plugin that does not.
+        return api.SynchronizeResponse(more=request.more).SerializeToString()
+
+    async def _event(self, event: int, pod: api.PodSandbox, container: api.Container) -> None:
+        """Run a handler within its share of the request timeout; failures are logged, never returned."""
+        handler = getattr(self._plugin, EVENT_HANDLERS[event], None)
+        if handler is None:
+            return
+        budget = self._request_timeout * HANDLER_SHARE_OF_TIMEOUT
+        try:
+            await asyncio.wait_for(handler(pod, container), budget)
+        except TimeoutError:
+            log.error("%s %s: handler took longer than %.2f s; answered anyway", container.id,
+                      EVENT_HANDLERS[event], budget)
+        except Exception:
+            log.exception("%s %s: handler failed; answered anyway", container.id, EVENT_HANDLERS[event])
+
+    @property
+    def request_timeout(self) -> float:
+        return self._request_timeout
+
+
+def _parse(message_type: type[M], payload: bytes) -> M:
+    message = message_type()
+    try:
+        message.ParseFromString(payload)
+    except Exception as exc:
+        raise transport.RpcError(3, f"undecodable {message_type.__name__}: {exc}") from exc
+    return message

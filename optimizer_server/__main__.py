@@ -1,0 +1,47 @@
+"""optimizer-server: the fanotify trace server the nri-optimizer plugin starts and talks to.
+
+It inherits one end of an AF_UNIX SOCK_SEQPACKET socketpair (--fd) and serves trace sessions over it
+(optimizer_server.protocol) until the plugin closes its end. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import socket
+import sys
+
+# Everything the server will ever run is imported here, before the first request.
+from optimizer_server.server import Server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="optimizer-server", description=__doc__.splitlines()[0])
+    parser.add_argument("--fd", type=int, default=3, help="inherited SOCK_SEQPACKET socket (default: 3)")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level, format="optimizer-server: %(levelname)s %(message)s"
+    )
+    try:
+        control = socket.socket(fileno=args.fd)
+    except OSError as e:
+        parser.error(f"--fd {args.fd}: {e.strerror}")
+    if control.family != socket.AF_UNIX or control.type != socket.SOCK_SEQPACKET:
+        parser.error(f"--fd {args.fd}: not an AF_UNIX SOCK_SEQPACKET socket")
+    return Server(control, nofile=_raise_nofile_limit()).run()
+
+
+def _raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard one: every event in a read holds an fd until it is sent."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+if __name__ == "__main__":
+    sys.exit(main())

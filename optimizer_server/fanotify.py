@@ -1,0 +1,125 @@
+"""fanotify through cffi (ABI mode): constants, the two syscalls, and event parsing.
+
+Python has no binding for fanotify_init(2) or fanotify_mark(2); glibc does, so we dlopen the
+C library once, at import, and call it. Parsing the event stream is a pure function over bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import cffi
+
+# <linux/fanotify.h>
+FAN_ACCESS = 0x0000_0001
+FAN_OPEN = 0x0000_0020
+FAN_OPEN_EXEC = 0x0000_1000
+FAN_Q_OVERFLOW = 0x0000_4000
+
+FAN_CLOEXEC = 0x01
+FAN_NONBLOCK = 0x02
+FAN_CLASS_NOTIF = 0x00
+
+FAN_MARK_ADD = 0x01
+FAN_MARK_MOUNT = 0x10
+FAN_MARK_IGNORED_MASK = 0x20
+FAN_MARK_IGNORED_SURV_MODIFY = 0x40
+
+FAN_NOFD = -1
+FANOTIFY_METADATA_VERSION = 3
+
+# What a trace watches: every way a file's content can be needed. No FAN_ONDIR, so listing a
+# directory never produces an event.
+TRACE_MASK = FAN_OPEN | FAN_ACCESS | FAN_OPEN_EXEC
+
+# The kernel's O_LARGEFILE differs per architecture, and Python's os.O_LARGEFILE is 0 on 64-bit
+# (glibc folds it away there). Without it, opening the event fd of a file > 2 GiB fails with
+# EOVERFLOW and the kernel drops the event. Values from arch/*/include/uapi/asm/fcntl.h.
+_O_LARGEFILE_BY_ARCH = {
+    "aarch64": 0o400000,
+    "armv7l": 0o400000,
+    "ppc64le": 0o200000,
+    "ppc64": 0o200000,
+}
+O_LARGEFILE = _O_LARGEFILE_BY_ARCH.get(platform.machine(), 0o100000)  # asm-generic (x86, riscv, s390)
+
+# struct fanotify_event_metadata: event_len u32, vers u8, reserved u8, metadata_len u16,
+# mask u64 (aligned), fd s32, pid s32 — native byte order, no padding.
+_METADATA = struct.Struct("=IBBHQii")
+METADATA_LEN = _METADATA.size
+
+_ffi = cffi.FFI()
+_ffi.cdef(
+    """
+    int fanotify_init(unsigned int flags, unsigned int event_f_flags);
+    int fanotify_mark(int fanotify_fd, unsigned int flags, uint64_t mask, int dirfd, const char *pathname);
+    """
+)
+_libc = _ffi.dlopen(None)
+
+
+class Event(NamedTuple):
+    fd: int  # FAN_NOFD for a queue overflow
+    mask: int
+    pid: int
+
+
+class EventFormatError(ValueError):
+    """The kernel's event stream is not what this code understands (never expected in practice)."""
+
+
+def _check(result: int, call: str) -> int:
+    if result < 0:
+        errno = _ffi.errno
+        raise OSError(errno, f"{call}: {os.strerror(errno)}")
+    return result
+
+
+def init_group() -> int:
+    """A new notification group: non-blocking for the epoll loop, event fds read-only and close-on-exec."""
+    return _check(
+        _libc.fanotify_init(
+            FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK,
+            os.O_RDONLY | O_LARGEFILE | os.O_CLOEXEC,
+        ),
+        "fanotify_init",
+    )
+
+
+def mark_mount(group: int, dirfd: int, mask: int = TRACE_MASK) -> None:
+    """Watch the whole mount that dirfd lies on (dirfd itself, as the pathname is NULL)."""
+    _check(_libc.fanotify_mark(group, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, dirfd, _ffi.NULL), "fanotify_mark")
+
+
+def ignore_inode(group: int, fd: int, mask: int = TRACE_MASK) -> None:
+    """Stop reporting events on fd's inode; SURV_MODIFY keeps the ignore mark when the file is written."""
+    _check(
+        _libc.fanotify_mark(
+            group, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, mask, fd, _ffi.NULL
+        ),
+        "fanotify_mark(ignore)",
+    )
+
+
+def iter_events(buf: bytes) -> Iterator[Event]:
+    """The events in one read() of a group fd, walking event_len so info records are skipped.
+
+    read() returns whole events only, so anything that does not fit is a format error. Events yielded
+    before the error carry open fds: the caller has them and must close them.
+    """
+    offset = 0
+    while offset < len(buf):
+        if len(buf) - offset < METADATA_LEN:
+            raise EventFormatError(f"{len(buf) - offset} trailing bytes, shorter than an event")
+        event_len, vers, _, _, mask, fd, pid = _METADATA.unpack_from(buf, offset)
+        if vers != FANOTIFY_METADATA_VERSION:
+            raise EventFormatError(f"metadata version {vers}, expected {FANOTIFY_METADATA_VERSION}")
+        if event_len < METADATA_LEN or event_len > len(buf) - offset:
+            raise EventFormatError(f"event_len {event_len} at offset {offset} of {len(buf)}")
+        yield Event(fd, mask, pid)
+        offset += event_len
+

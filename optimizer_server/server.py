@@ -1,0 +1,210 @@
+"""The trace server: one single-threaded epoll loop over the control socket and every session's group.
+
+A session is one fanotify group marking one container's root mount. The mark is placed through the
+magic link /proc/PID/root, so the server never enters the container's mount namespace and never
+resolves a path inside it; event fds still read back container-relative, because the container's root
+is not reachable from ours.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+from optimizer_server import fanotify, protocol
+
+log = logging.getLogger("optimizer_server")
+
+# One read() takes as many events as 64 KiB holds (2730), as long as the fd budget allows: the kernel
+# opens an fd per event while copying, and an event whose fd cannot be opened (EMFILE) is dropped.
+READ_SIZE = 64 * 1024
+# fds the server needs besides one read's event fds: stdio, the control socket, the epoll fd, and one
+# group per session (fs.fanotify.max_user_groups is 128 by default), with headroom.
+FD_RESERVE = 512
+# STOP drains until the queue is empty. A queue holds at most fs.fanotify.max_queued_events (16384 by
+# default = 384 KiB of metadata), so 16 full reads empty it 2.6 times over: everything queued before
+# STOP is read, and a workload that keeps opening new files cannot hold the loop forever.
+MAX_DRAIN_READS = 16
+
+
+@dataclass
+class _Session:
+    id: int
+    pid: int
+    group: int
+    overflowed: bool = False
+    lost: int = 0
+    ignore_failed: bool = False
+
+
+class Server:
+    def __init__(self, control: socket.socket, *, nofile: int) -> None:
+        """control: our end of the SEQPACKET socketpair; nofile: the RLIMIT_NOFILE soft limit."""
+        self._control = control
+        events_per_read = max(1, min(READ_SIZE // fanotify.METADATA_LEN, nofile - FD_RESERVE))
+        self._read_size = events_per_read * fanotify.METADATA_LEN
+        self._epoll = select.epoll()
+        self._sessions: dict[int, _Session] = {}
+        self._by_group: dict[int, _Session] = {}
+
+    def run(self) -> int:
+        """Serve until the plugin closes its end; returns the exit status."""
+        self._epoll.register(self._control, select.EPOLLIN | select.EPOLLRDHUP)
+        try:
+            while True:
+                for fd, flags in self._epoll.poll():
+                    if fd == self._control.fileno():
+                        if not self._on_control(flags):
+                            log.info("control socket closed: exiting")
+                            return 0
+                    elif session := self._by_group.get(fd):
+                        self._read(session, max_reads=1)
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("plugin went away: exiting")
+            return 0
+        finally:
+            for session in list(self._sessions.values()):
+                self._close(session)
+            self._epoll.close()
+
+    def _on_control(self, flags: int) -> bool:
+        """Handle one command; False once the plugin has closed its end."""
+        data = self._control.recv(protocol.MAX_DATAGRAM)
+        # On SEQPACKET an empty datagram also reads as b"": only the hang-up flags mean end of file.
+        if not data and flags & (select.EPOLLHUP | select.EPOLLRDHUP):
+            return False
+        try:
+            command = protocol.decode_command(data)
+        except protocol.ProtocolError as e:
+            log.error("ignoring control message %s: %s", data[:32].hex(), e)
+            return True
+        match command:
+            case protocol.Trace(session_id, pid):
+                self._trace(session_id, pid)
+            case protocol.Stop(session_id):
+                self._stop(session_id)
+            case protocol.Cancel(session_id):
+                if session := self._sessions.get(session_id):
+                    self._close(session)
+                    log.info("session %d: cancelled", session_id)
+        return True
+
+    def _trace(self, session_id: int, pid: int) -> None:
+        if session_id in self._sessions:
+            self._send(protocol.Failed(session_id, f"session {session_id} is already tracing"))
+            return
+        try:
+            group = _watch_root_mount(pid)
+        except _Refused as e:
+            log.warning("session %d: %s", session_id, e)
+            self._send(protocol.Failed(session_id, str(e)))
+            return
+        session = _Session(session_id, pid, group)
+        self._sessions[session_id] = session
+        self._by_group[group] = session
+        self._epoll.register(group, select.EPOLLIN)
+        log.info("session %d: watching the root mount of pid %d", session_id, pid)
+        self._send(protocol.Ready(session_id))
+
+    def _stop(self, session_id: int) -> None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            self._send(protocol.Failed(session_id, f"session {session_id} is not tracing"))
+            return
+        # Events are queued during the workload's own syscalls, so everything it did before STOP is
+        # in the queue by now; read it all, then DONE closes the session.
+        self._read(session, max_reads=MAX_DRAIN_READS)
+        self._close(session)
+        log.info("session %d: done (overflowed=%s, lost=%d)", session_id, session.overflowed, session.lost)
+        self._send(protocol.Done(session_id, session.overflowed, session.lost))
+
+    def _read(self, session: _Session, *, max_reads: int) -> None:
+        """Read and forward up to max_reads buffers of events; stops early when the queue is empty."""
+        for _ in range(max_reads):
+            try:
+                buf = os.read(session.group, self._read_size)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                # The kernel could not open the file of the event at the head of the queue (e.g. ENXIO,
+                # EMFILE) and dropped that event; the rest of the queue is still there.
+                session.lost += 1
+                log.warning("session %d: event dropped by the kernel: %s", session.id, e.strerror)
+                continue
+            self._forward(session, buf, time.monotonic_ns())
+
+    def _forward(self, session: _Session, buf: bytes, t_ns: int) -> None:
+        records: list[protocol.EventRecord] = []
+        fds: list[int] = []
+        try:
+            try:
+                for event in fanotify.iter_events(buf):
+                    if event.fd == fanotify.FAN_NOFD:
+                        session.overflowed |= bool(event.mask & fanotify.FAN_Q_OVERFLOW)
+                        continue
+                    fds.append(event.fd)
+                    records.append(protocol.EventRecord(event.mask, event.pid, t_ns))
+                    self._ignore_repeats(session, event.fd)
+            except fanotify.EventFormatError as e:
+                session.lost += 1
+                log.error("session %d: unreadable event stream, rest of this read dropped: %s", session.id, e)
+            step = protocol.MAX_EVENTS_PER_MESSAGE
+            for start in range(0, len(fds), step):
+                self._send(
+                    protocol.Events(session.id, tuple(records[start : start + step])), fds[start : start + step]
+                )
+        finally:
+            # The receiver holds its own copies once sent; unsent ones (plugin gone) are no one's.
+            for fd in fds:
+                os.close(fd)
+
+    def _ignore_repeats(self, session: _Session, fd: int) -> None:
+        try:
+            fanotify.ignore_inode(session.group, fd)
+        except OSError as e:
+            # Still correct (the plugin dedups), only slower: say so once per session.
+            if not session.ignore_failed:
+                session.ignore_failed = True
+                log.warning("session %d: repeats will not be suppressed: %s", session.id, e.strerror)
+
+    def _close(self, session: _Session) -> None:
+        del self._sessions[session.id]
+        del self._by_group[session.group]
+        self._epoll.unregister(session.group)
+        os.close(session.group)
+
+    def _send(self, msg: protocol.Reply, fds: list[int] | None = None) -> None:
+        # Blocking send: a slow plugin slows us down (backpressure) instead of reordering or dropping.
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        self._control.sendmsg([protocol.encode(msg)], ancillary)
+
+
+class _Refused(Exception):
+    """TRACE cannot be served; the message goes to the plugin in FAILED."""
+
+
+def _watch_root_mount(pid: int) -> int:
+    """A new fanotify group marking the root mount of pid."""
+    try:
+        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _Refused(f"pid {pid}: no such process") from None
+    except OSError as e:
+        raise _Refused(f"pid {pid}: cannot open /proc/{pid}/root: {e.strerror}") from None
+    try:
+        group = fanotify.init_group()
+        try:
+            fanotify.mark_mount(group, root)
+        except OSError:
+            os.close(group)
+            raise
+        return group
+    except OSError as e:
+        raise _Refused(f"pid {pid}: {e.strerror}") from None
+    finally:
+        os.close(root)
