@@ -105,15 +105,16 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
             raise ConfigError(
                 f"{source}: {key}: unknown key; remove it, or use one of: {', '.join(KEYS)}"
             )
-        settings[key] = _checked(source, key, value)
+        settings[key] = _checked(f"{source}: {key}", key, value)
     return settings
 
 
-def _checked(source: str, key: str, value: object) -> Any:
+def _checked(where: str, key: str, value: object) -> Any:
+    """``where`` is "<source>: <key>" for a file, or the flag itself."""
     try:
         return _check(key, value)
     except ValueError as exc:
-        raise ConfigError(f"{source}: {key}: {exc}; expected {_EXPECT[key]}") from None
+        raise ConfigError(f"{where}: {exc}; expected {_EXPECT[key]}") from None
 
 
 def read_file(path: str) -> dict[str, Any]:
