@@ -1,0 +1,172 @@
+"""Result files: the plain list, the CSV and the nydus JSON prefetch file, written atomically and never
+through a symlink.
+
+Names, as upstream: ``<persist_dir>/<repository path>/<name>:<tag>`` (``.timeout<N>s`` appended when a
+timeout is set), and beside it ``<same>.csv`` and ``<same>.json``.
+
+The odd-name rule: the plain list is one path per line and nydus-image trims each line, so a path that
+contains a line break (``\\n``, ``\\r``), begins or ends with white space, or is not valid UTF-8 cannot be
+carried. Such a path is left out of all three files, and the number left out is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    path: bytes  # as the kernel gave it: container-absolute, not necessarily UTF-8
+    size: int  # bytes
+    elapsed_us: int  # from StartContainer to the first access
+
+
+def listable(path: bytes) -> str | None:
+    """The path as list text, or None if the list format cannot carry it (the module's odd-name rule)."""
+    try:
+        text = path.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\n" in text or "\r" in text or text != text.strip() or not text.startswith("/"):
+        return None
+    return text
+
+
+def readable_size(size: int) -> str:
+    """Upstream's ByteToReadableIEC: "999 B", "1.2 KiB", "3.0 GiB"."""
+    if size < 1024:
+        return f"{size} B"
+    div, exp = 1024, 0
+    n = size // 1024
+    while n >= 1024:
+        div *= 1024
+        exp += 1
+        n //= 1024
+    return f"{size / div:.1f} {'KMGTPE'[exp]}iB"
+
+
+def readable_elapsed(us: int) -> str:
+    """Upstream's MicroSecondToReadable: "850 us", "1.500 ms", "2.000 s"."""
+    if us < 1000:
+        return f"{us} us"
+    if us < 1000_000:
+        return f"{us / 1000:.3f} ms"
+    return f"{us / 1000_000:.3f} s"
+
+
+def render(entries: Sequence[Entry], *, readable: bool) -> tuple[bytes, bytes, bytes, int]:
+    """(plain list, CSV, nydus JSON, number of paths left out by the odd-name rule)."""
+    lines: list[str] = []
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["path", "size", "elapsed"])
+    left_out = 0
+    for entry in entries:
+        text = listable(entry.path)
+        if text is None:
+            left_out += 1
+            continue
+        lines.append(text)
+        if readable:
+            writer.writerow([text, readable_size(entry.size), readable_elapsed(entry.elapsed_us)])
+        else:
+            writer.writerow([text, entry.size, entry.elapsed_us])
+    plain = "".join(f"{line}\n" for line in lines)
+    prefetch = json.dumps({"version": "v1", "files": [{"path": line} for line in lines]}, indent=1) + "\n"
+    return plain.encode(), table.getvalue().encode(), prefetch.encode(), left_out
+
+
+class PersistError(Exception):
+    pass
+
+
+def _open_dir(persist_dir: str, components: Iterable[str]) -> int:
+    """Open persist_dir/components..., creating what is missing, refusing any symlink on the way down."""
+    fd = os.open(persist_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in components:
+            if name in ("", ".", "..") or "/" in name or "\0" in name:
+                raise PersistError(f"refusing path component {name!r}")
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, DIR_MODE, dir_fd=fd)
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                raise PersistError(f"{name}: not a directory we can use ({exc.strerror})") from exc
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _write_atomically(dir_fd: int, name: str, data: bytes) -> None:
+    """Write to a fresh temp file beside the target, fsync, rename over it: a reader sees the old file or
+    the whole new one, and a crash leaves at most a stray temp file, never half a list. rename() replaces a
+    symlink at the target instead of following it."""
+    temp = f".{name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, FILE_MODE)  # whatever the umask
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise
+
+
+def exists(persist_dir: str, relative_dir: str, name: str) -> bool:
+    """Whether a result (its plain list) is already there; upstream's overwrite=false test."""
+    path = os.path.join(persist_dir, relative_dir, name)
+    return os.path.isfile(path) and not os.path.islink(path)
+
+
+def persist(
+    persist_dir: str, relative_dir: str, name: str, entries: Sequence[Entry], *, readable: bool, overwrite: bool
+) -> tuple[str, int] | None:
+    """Write the three files; returns (path of the plain list, paths left out), or None when a result
+    exists and ``overwrite`` is false (the earlier result is kept untouched)."""
+    plain, table, prefetch, left_out = render(entries, readable=readable)
+    components = [c for c in relative_dir.split("/") if c]
+    try:
+        dir_fd = _open_dir(persist_dir, components)
+    except OSError as exc:
+        raise PersistError(f"{persist_dir}/{relative_dir}: {exc.strerror or exc}") from exc
+    try:
+        if not overwrite:
+            try:
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                return None
+            except FileNotFoundError:
+                pass
+        # The CSV and JSON first, the list last: the list's presence is what says "this image is done".
+        for suffix, data in ((".csv", table), (".json", prefetch), ("", plain)):
+            try:
+                _write_atomically(dir_fd, name + suffix, data)
+            except OSError as exc:
+                raise PersistError(f"{name + suffix}: {exc.strerror or exc}") from exc
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return os.path.join(persist_dir, *components, name), left_out
