@@ -102,9 +102,7 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _EXPECT:
-            raise ConfigError(
-                f"{source}: {key}: unknown key; remove it, or use one of: {', '.join(KEYS)}"
-            )
+            raise ConfigError(f"{source}: {key}: unknown key; remove it, or use one of: {', '.join(KEYS)}")
         settings[key] = _checked(f"{source}: {key}", key, value)
     return settings
 
@@ -148,4 +146,3 @@ def validate_paths(config: Config, source: str) -> None:
 
 def log_level(config: Config) -> int:
     return int(getattr(logging, config.log_level.upper()))
-

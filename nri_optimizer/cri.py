@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -70,7 +71,12 @@ class CriClient:
         target = address if address.startswith("unix:") else f"unix://{address}"
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target)
+        # After a failed connect gRPC waits 1 s before retrying (then doubles, up to 120 s); a runtime
+        # that is starting or restarting is back within milliseconds, so retry much sooner.
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 1000)],
+        )
         # The generated stubs are untyped; the typed wrappers below pin down what each call returns.
         self._runtime: Any = pb_grpc.RuntimeServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._images: Any = pb_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
@@ -231,3 +237,20 @@ class CriClient:
         if not isinstance(response, response_type):
             raise TypeError(f"CRI {method} returned {type(response).__name__}, not {response_type.__name__}")
         return response
+
+
+def read_log(path: str | Path) -> list[str]:
+    """The lines a container wrote, from a CRI log file (`<time> <stream> <P|F> <text>` per chunk).
+
+    A line longer than the runtime's buffer arrives as partial (P) chunks ended by a full (F) one.
+    """
+    lines: list[str] = []
+    partial = ""
+    for record in Path(path).read_text(errors="replace").splitlines():
+        _time, _stream, tag, text = [*record.split(" ", 3), ""][:4]
+        if tag == "P":
+            partial += text
+        else:
+            lines.append(partial + text)
+            partial = ""
+    return lines

@@ -24,8 +24,7 @@ def image_name(container: api.Container) -> str:
 
 def describe(pod: api.PodSandbox, container: api.Container) -> str:
     return (
-        f"name={container.name} pid={container.pid} image={image_name(container) or '-'} "
-        f"pod={pod.namespace}/{pod.name}"
+        f"name={container.name} pid={container.pid} image={image_name(container) or '-'} pod={pod.namespace}/{pod.name}"
     )
 
 

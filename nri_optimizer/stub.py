@@ -251,8 +251,9 @@ class Stub:
         try:
             await asyncio.wait_for(handler(pod, container), budget)
         except TimeoutError:
-            log.error("%s %s: handler took longer than %.2f s; answered anyway", container.id,
-                      EVENT_HANDLERS[event], budget)
+            log.error(
+                "%s %s: handler took longer than %.2f s; answered anyway", container.id, EVENT_HANDLERS[event], budget
+            )
         except Exception:
             log.exception("%s %s: handler failed; answered anyway", container.id, EVENT_HANDLERS[event])
 

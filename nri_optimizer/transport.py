@@ -96,8 +96,7 @@ class Connection:
                     ttrpc.encode_response(
                         message.stream_id,
                         code=ttrpc.Code.RESOURCE_EXHAUSTED,
-                        message=f"message length {message.length} exceeds the maximum of "
-                        f"{ttrpc.MAX_MESSAGE_PAYLOAD}",
+                        message=f"message length {message.length} exceeds the maximum of {ttrpc.MAX_MESSAGE_PAYLOAD}",
                     ),
                 )
                 return

@@ -1,0 +1,109 @@
+"""containerd configuration for a private test instance: 2.x (`version = 3`) and 1.7 (`version = 2`).
+
+Every path containerd would otherwise share with a system containerd (root, state, sockets, runc
+state, CNI config, NRI socket) points into the instance's own directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+Table = Mapping[str, "str | bool | int"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one instance keeps its files."""
+
+    base: Path
+
+    @property
+    def config(self) -> Path:
+        return self.base / "config.toml"
+
+    @property
+    def address(self) -> Path:
+        return self.base / "containerd.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "containerd.log"
+
+
+@dataclass(frozen=True)
+class Nri:
+    enabled: bool
+    socket: Path
+    plugin_path: Path
+    plugin_config_path: Path
+
+
+def render(major: int, layout: Layout, *, nri: Nri, sandbox_image: str, runc: Path, log_level: str = "info") -> str:
+    base = layout.base
+    top: Table = {
+        "version": 3 if major >= 2 else 2,
+        "root": str(base / "root"),
+        "state": str(base / "state"),
+        # Unpacking and image inspection mount snapshots under `temp`: keep those mounts in our dir too.
+        "temp": str(base / "tmp"),
+    }
+    tables: dict[str, Table] = {
+        "grpc": {"address": str(layout.address)},
+        "ttrpc": {"address": f"{layout.address}.ttrpc"},
+        "debug": {"level": log_level},
+        "plugins.'io.containerd.internal.v1.opt'": {"path": str(base / "opt")},
+        "plugins.'io.containerd.nri.v1.nri'": {
+            "disable": not nri.enabled,
+            "disable_connections": False,
+            "socket_path": str(nri.socket),
+            "plugin_path": str(nri.plugin_path),
+            "plugin_config_path": str(nri.plugin_config_path),
+            "plugin_registration_timeout": "5s",
+            "plugin_request_timeout": "2s",
+        },
+    }
+    runtime: Table = {
+        # Root here lacks CAP_SYS_RESOURCE: without this runc fails with "can't get final child's PID".
+        "restrict_oom_score_adj": True,
+        "disable_apparmor": True,
+        "enable_cdi": False,
+    }
+    server: Table = {"disable_tcp_service": True, "stream_server_address": "127.0.0.1", "stream_server_port": "0"}
+    runc_options: Table = {"BinaryName": str(runc), "Root": str(base / "runc"), "SystemdCgroup": False}
+    # CRI creates its CNI config dir if missing: point it at ours so /etc/cni is never touched.
+    cni: Table = {"conf_dir": str(base / "cni")}
+    if major >= 2:
+        cri_runtime = "plugins.'io.containerd.cri.v1.runtime'"
+        tables |= {
+            "plugins.'io.containerd.cri.v1.images'": {"snapshotter": "overlayfs"},
+            "plugins.'io.containerd.cri.v1.images'.pinned_images": {"sandbox": sandbox_image},
+            cri_runtime: runtime,
+            f"{cri_runtime}.containerd": {"default_runtime_name": "runc"},
+            f"{cri_runtime}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
+            f"{cri_runtime}.containerd.runtimes.runc.options": runc_options,
+            f"{cri_runtime}.cni": cni,
+            "plugins.'io.containerd.grpc.v1.cri'": server,
+        }
+    else:
+        cri = "plugins.'io.containerd.grpc.v1.cri'"
+        tables |= {
+            cri: {**server, **runtime, "sandbox_image": sandbox_image},
+            f"{cri}.containerd": {"snapshotter": "overlayfs", "default_runtime_name": "runc"},
+            f"{cri}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
+            f"{cri}.containerd.runtimes.runc.options": runc_options,
+            f"{cri}.cni": cni,
+        }
+    lines = [f"{key} = {_value(value)}" for key, value in top.items()]
+    for name, table in tables.items():
+        lines += ["", f"[{name}]", *(f"  {key} = {_value(value)}" for key, value in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _value(value: str | bool | int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    # A JSON string is a valid TOML basic string for the ASCII paths and names used here.
+    return json.dumps(value)
