@@ -107,6 +107,16 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
     return settings
 
 
+def salvage_log_file(text: str) -> str:
+    """The log_file of a config that failed to check, if that key alone is usable: so that the error
+    itself reaches the log the user is looking at."""
+    try:
+        value = tomllib.loads(text).get("log_file", "")
+        return str(_check("log_file", value))
+    except (tomllib.TOMLDecodeError, ValueError):
+        return ""
+
+
 def _checked(where: str, key: str, value: object) -> Any:
     """``where`` is "<source>: <key>" for a file, or the flag itself."""
     try:

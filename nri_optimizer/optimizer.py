@@ -49,7 +49,7 @@ class Optimizer:
             config = cfg.build(cfg.parse_toml(text, "Configure"), {})
             cfg.validate_paths(config, "Configure")
         except cfg.ConfigError as exc:
-            self._setup_prelaunched_logging(self.config)
+            self._setup_prelaunched_logging(cfg.build({"log_file": cfg.salvage_log_file(text)}, {}))
             raise ConfigError(str(exc)) from exc
         self._setup_prelaunched_logging(config)
         self.config = config

@@ -97,6 +97,16 @@ def identity_from_executable(path: str) -> Identity | None:
     return Identity(match.group(2), match.group(1)) if match else None
 
 
+def tolerates_configure_errors(runtime_name: str, runtime_version: str) -> bool:
+    """Whether the runtime survives a Configure error (it then drops the plugin and carries on).
+
+    containerd 2.x does; containerd 1.7 treats a pre-launched plugin's failure as fatal to CRI. Runtimes
+    we do not know are treated as the unsafe kind.
+    """
+    major = re.match(r"v?([0-9]+)\.", runtime_version)
+    return runtime_name == "containerd" and major is not None and int(major.group(1)) >= 2
+
+
 def event_mask(plugin: object, events: Sequence[str] | None = None) -> int:
     """The subscription: the named events, or else every event the plugin has a handler for.
 
@@ -130,6 +140,7 @@ class Stub:
         self._request_timeout = DEFAULT_REQUEST_TIMEOUT
         self._registration_timeout = DEFAULT_REGISTRATION_TIMEOUT
         self._connection: transport.Connection | None = None
+        self._inert = False  # configuration failed on a runtime that cannot be told so
         self.registered = asyncio.Event()
 
     # -- modes ------------------------------------------------------------------------------------------
@@ -224,12 +235,24 @@ class Stub:
             request.runtime_version,
             self._request_timeout,
         )
+        self._inert = False
         try:
             await self._plugin.configure(request.config, request.runtime_name, request.runtime_version)
             events = event_mask(self._plugin, getattr(self._plugin, "events", None))
         except (ConfigError, ValueError) as exc:
             log.error("configuration rejected: %s", exc)
-            raise transport.RpcError(3, str(exc)) from exc
+            if tolerates_configure_errors(request.runtime_name, request.runtime_version):
+                raise transport.RpcError(3, str(exc)) from exc
+            # containerd 1.7 stops its CRI service when a pre-launched plugin fails Configure: one bad config
+            # file would take every workload on the node down. Stay connected and do nothing instead.
+            log.error(
+                "%s %s cannot survive a plugin's Configure error: staying registered but inert (no tracing) "
+                "until the config is fixed and the plugin restarted",
+                request.runtime_name,
+                request.runtime_version,
+            )
+            self._inert = True
+            events = event_mask(self._plugin)
         return api.ConfigureResponse(events=events).SerializeToString()
 
     async def _synchronize(self, request: api.SynchronizeRequest) -> bytes:
@@ -245,7 +268,7 @@ class Stub:
     async def _event(self, event: int, pod: api.PodSandbox, container: api.Container) -> None:
         """Run a handler within its share of the request timeout; failures are logged, never returned."""
         handler = getattr(self._plugin, EVENT_HANDLERS[event], None)
-        if handler is None:
+        if handler is None or self._inert:
             return
         budget = self._request_timeout * HANDLER_SHARE_OF_TIMEOUT
         try:

@@ -45,7 +45,7 @@ class FakeRuntime:
 
     async def configure(self, config: str = "", request_timeout_ms: int = 2000) -> api.ConfigureResponse:
         request = api.ConfigureRequest(
-            config=config, runtime_name="fake", runtime_version="0.12", request_timeout=request_timeout_ms
+            config=config, runtime_name="containerd", runtime_version="2.3.0", request_timeout=request_timeout_ms
         )
         response = api.ConfigureResponse()
         response.ParseFromString(await self.call("Configure", request))

@@ -6,7 +6,14 @@ import pytest
 
 from nri_optimizer import transport
 from nri_optimizer.proto import nri_pb2 as api
-from nri_optimizer.stub import ConfigError, Identity, Stub, event_mask, identity_from_executable
+from nri_optimizer.stub import (
+    ConfigError,
+    Identity,
+    Stub,
+    event_mask,
+    identity_from_executable,
+    tolerates_configure_errors,
+)
 
 from .fake_runtime import FakeRuntime
 
@@ -196,3 +203,22 @@ async def test_external_mode_reconnects_and_registers_again(tmp_path):
     server.close()
     for runtime in runtimes:
         await runtime.close()
+
+
+@pytest.mark.parametrize(("name", "version", "tolerant"), [("containerd", "2.1.9+unknown", True), ("containerd", "v2.0.0", True),
+                                                          ("containerd", "1.7.24", False), ("cri-o", "1.30", False)])
+def test_only_runtimes_known_to_survive_a_configure_error_are_sent_one(name, version, tolerant):
+    assert tolerates_configure_errors(name, version) is tolerant
+
+
+async def test_bad_config_on_containerd_17_is_answered_ok_and_the_plugin_stays_inert():
+    plugin = Recorder()
+    _stub, runtime, task = await connected(plugin)
+    request = api.ConfigureRequest(config="bad", runtime_name="containerd", runtime_version="1.7.24")
+    response = api.ConfigureResponse()
+    response.ParseFromString(await runtime.call("Configure", request))
+    assert response.events == 0x220
+    assert await runtime.call("StartContainer", api.StartContainerRequest(container=container("a"))) == b""
+    assert plugin.calls == []
+    await runtime.close()
+    await task

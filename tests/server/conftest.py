@@ -1,0 +1,26 @@
+"""Fixtures for the trace server tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from .helpers import FakeContainer, MakeContainer
+
+
+@pytest.fixture
+def make_container(tmp_path: Path) -> Iterator[MakeContainer]:
+    """make_container(files, workload): a started FakeContainer, waiting at its gate; killed at teardown."""
+    containers: list[FakeContainer] = []
+
+    def make(files: Sequence[str], workload: str) -> FakeContainer:
+        workdir = tmp_path / f"container{len(containers)}"
+        workdir.mkdir()
+        containers.append(FakeContainer(workdir, files, workload))
+        return containers[-1]
+
+    yield make
+    for container in containers:
+        container.kill()

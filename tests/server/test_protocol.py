@@ -1,0 +1,134 @@
+"""The plugin ⇄ server codec: exact byte layout, round trips, and garbage refused with a clear error."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from optimizer_server import protocol
+from optimizer_server.protocol import (
+    Cancel,
+    Done,
+    EventRecord,
+    Events,
+    Failed,
+    ProtocolError,
+    Ready,
+    Stop,
+    Trace,
+)
+
+u32 = st.integers(0, 2**32 - 1)
+i32 = st.integers(-(2**31), 2**31 - 1)
+u64 = st.integers(0, 2**64 - 1)
+records = st.builds(EventRecord, u64, i32, u64)
+commands = st.one_of(st.builds(Trace, u32, i32), st.builds(Stop, u32), st.builds(Cancel, u32))
+replies = st.one_of(
+    st.builds(Ready, u32),
+    st.builds(Failed, u32, st.text(max_size=1000)),
+    st.builds(Events, u32, st.lists(records, min_size=1, max_size=253).map(tuple)),
+    st.builds(Done, u32, st.booleans(), u32),
+)
+
+
+def test_layout_is_little_endian_kind_session_then_body() -> None:
+    assert protocol.encode(Trace(7, 1234)) == bytes([0x01]) + struct.pack("<I", 7) + struct.pack("<i", 1234)
+    assert protocol.encode(Stop(7)) == b"\x02\x07\x00\x00\x00"
+    assert protocol.encode(Cancel(7)) == b"\x03\x07\x00\x00\x00"
+    assert protocol.encode(Ready(7)) == b"\x81\x07\x00\x00\x00"
+    assert protocol.encode(Failed(7, "pid 1: é")) == b"\x82\x07\x00\x00\x00" + "pid 1: é".encode()
+    assert protocol.encode(Events(7, (EventRecord(0x20, 42, 99),))) == (
+        b"\x83\x07\x00\x00\x00" + struct.pack("<H", 1) + struct.pack("<QiQ", 0x20, 42, 99)
+    )
+    assert protocol.encode(Done(7, True, 3)) == b"\x84\x07\x00\x00\x00\x01" + struct.pack("<I", 3)
+
+
+@given(commands)
+def test_commands_round_trip(msg: protocol.Command) -> None:
+    assert protocol.decode_command(protocol.encode(msg)) == msg
+
+
+@given(replies)
+def test_replies_round_trip(msg: protocol.Reply) -> None:
+    assert protocol.decode_reply(protocol.encode(msg)) == msg
+
+
+@given(st.binary(max_size=64) | st.binary(min_size=5, max_size=5200).map(lambda b: b"\x83" + b[1:]))
+def test_any_datagram_decodes_canonically_or_raises_protocol_error(data: bytes) -> None:
+    for decode in (protocol.decode_command, protocol.decode_reply):
+        try:
+            msg = decode(data)
+        except ProtocolError:
+            continue
+        assert protocol.encode(msg) == data
+
+
+def test_the_largest_events_message_fits_a_datagram() -> None:
+    msg = Events(1, (EventRecord(2**64 - 1, -1, 2**64 - 1),) * protocol.MAX_EVENTS_PER_MESSAGE)
+    assert len(protocol.encode(msg)) <= protocol.MAX_DATAGRAM
+
+
+def test_long_failed_message_is_cut_at_a_character_boundary() -> None:
+    data = protocol.encode(Failed(1, "é" * protocol.MAX_FAILED_MESSAGE))
+    decoded = protocol.decode_reply(data)
+    assert isinstance(decoded, Failed)
+    assert decoded.message == "é" * (protocol.MAX_FAILED_MESSAGE // 2)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", "0-byte datagram, shorter than the 5-byte header"),
+        (b"\x01\x00\x00", "3-byte datagram, shorter than the 5-byte header"),
+        (b"\x07\x01\x00\x00\x00", "unknown command kind 0x07"),
+        (b"\x81\x01\x00\x00\x00", "unknown command kind 0x81"),  # a reply sent the wrong way
+        (b"\x01\x01\x00\x00\x00\x05\x00", "TRACE body is 2 bytes, expected 4"),
+        (b"\x02\x01\x00\x00\x00\x00", "STOP body is 1 bytes, expected 0"),
+        (b"\x03\x01\x00\x00\x00\x00", "CANCEL body is 1 bytes, expected 0"),
+    ],
+)
+def test_garbled_command_is_refused(data: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_command(data)
+    assert str(info.value) == error
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\x01\x01\x00\x00\x00\x05\x00\x00\x00", "unknown reply kind 0x01"),
+        (b"\x81\x01\x00\x00\x00x", "READY body is 1 bytes, expected 0"),
+        (b"\x82\x01\x00\x00\x00\xff", "FAILED message is not UTF-8: "),
+        (b"\x82\x01\x00\x00\x00" + b"x" * 4097, "FAILED message of 4097 bytes, limit 4096"),
+        (b"\x83\x01\x00\x00\x00\x01", "EVENTS without a count"),
+        (b"\x83\x01\x00\x00\x00\x00\x00", "EVENTS count 0 outside 1..253"),
+        (b"\x83\x01\x00\x00\x00\xfe\x00", "EVENTS count 254 outside 1..253"),
+        (b"\x83\x01\x00\x00\x00\x02\x00" + bytes(20), "EVENTS body is 22 bytes, expected 42"),
+        (b"\x84\x01\x00\x00\x00\x01", "DONE body is 1 bytes, expected 5"),
+        (b"\x84\x01\x00\x00\x00\x02\x00\x00\x00\x00", "DONE overflowed flag 2, expected 0 or 1"),
+    ],
+)
+def test_garbled_reply_is_refused(data: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_reply(data)
+    assert str(info.value).startswith(error)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Trace(2**32, 1),
+        Trace(1, 2**31),
+        Stop(-1),
+        Events(1, ()),
+        Events(1, (EventRecord(0, 0, 0),) * 254),
+        Events(1, (EventRecord(-1, 0, 0),)),
+        Done(1, False, -1),
+    ],
+)
+def test_out_of_range_fields_are_not_encoded(msg: protocol.Message) -> None:
+    with pytest.raises(ValueError):
+        protocol.encode(msg)

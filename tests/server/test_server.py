@@ -1,0 +1,166 @@
+"""optimizer-server as a process, spoken to over the raw protocol, tracing fake containers."""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from optimizer_server import protocol
+from optimizer_server.fanotify import FAN_OPEN
+from optimizer_server.protocol import Cancel, Done, Events, Failed, Ready, Stop, Trace
+
+from .helpers import SERVER_CMD, MakeContainer, read_each
+
+
+class RawServer:
+    def __init__(self, stderr_path: Path) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.stderr_path = stderr_path
+        with open(stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [*SERVER_CMD, "--fd", str(theirs.fileno())], pass_fds=[theirs.fileno()], stderr=stderr
+            )
+        theirs.close()
+
+    def send(self, msg: protocol.Command) -> None:
+        self.sock.send(protocol.encode(msg))
+
+    def recv(self, timeout: float = 10.0) -> tuple[protocol.Reply, list[int]]:
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        assert ready, f"no reply within {timeout} s"
+        data, ancdata, flags, _ = self.sock.recvmsg(
+            protocol.MAX_DATAGRAM, socket.CMSG_SPACE(253 * 4), socket.MSG_CMSG_CLOEXEC
+        )
+        assert not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+        fds = array.array("i")
+        for _, _, data_fds in ancdata:
+            fds.frombytes(data_fds)
+        return protocol.decode_reply(data), fds.tolist()
+
+    def recv_until_done(self) -> tuple[list[Events], list[str], Done]:
+        """EVENTS messages and the paths of their fds (closed here), up to DONE."""
+        messages: list[Events] = []
+        paths: list[str] = []
+        while True:
+            reply, fds = self.recv()
+            if isinstance(reply, Done):
+                assert fds == []
+                return messages, paths, reply
+            assert isinstance(reply, Events), reply
+            assert len(fds) == len(reply.events)
+            messages.append(reply)
+            for fd in fds:
+                paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+                os.close(fd)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RawServer]:
+    server = RawServer(tmp_path / "server.stderr")
+    yield server
+    server.sock.close()
+    try:
+        server.proc.wait(10)
+    finally:
+        server.proc.kill()
+
+
+def test_ready_comes_after_the_mark_so_the_first_read_is_seen(server: RawServer, make_container: MakeContainer) -> None:
+    container = make_container(["/f1", "/f2"], read_each(["/f1", "/f2"]))
+    server.send(Trace(1, container.pid))
+    assert server.recv() == (Ready(1), [])
+    before = time.monotonic_ns()
+    container.go()
+    container.expect("done")
+    server.send(Stop(1))
+    messages, paths, done = server.recv_until_done()
+    assert paths == ["/f1", "/f2"]
+    assert done == Done(1, overflowed=False, lost=0)
+    for record in (record for message in messages for record in message.events):
+        assert record.mask & FAN_OPEN
+        assert record.pid == container.pid
+        assert before < record.t_ns < time.monotonic_ns()
+
+
+def test_nonexistent_pid_fails_with_exact_message(server: RawServer) -> None:
+    # pids are always below pid_max, so this one cannot exist.
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text())
+    server.send(Trace(5, pid))
+    assert server.recv() == (Failed(5, f"pid {pid}: no such process"), [])
+    assert server.proc.poll() is None
+
+
+def test_big_reads_are_split_into_messages_of_at_most_253_fds(server: RawServer, make_container: MakeContainer) -> None:
+    files = [f"/f{i}" for i in range(600)]
+    container = make_container(files, read_each(files))
+    server.send(Trace(1, container.pid))
+    assert server.recv() == (Ready(1), [])
+    # A stopped server lets all 600 events queue up, so that one read returns them all.
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        container.go()
+        container.expect("done")
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    server.send(Stop(1))
+    messages, paths, done = server.recv_until_done()
+    assert paths == files
+    assert [len(message.events) for message in messages] == [253, 253, 94]
+    assert done == Done(1, overflowed=False, lost=0)
+
+
+def test_garbled_control_message_is_logged_and_ignored(server: RawServer) -> None:
+    server.sock.send(b"\x99garbage")
+    server.send(Stop(3))
+    assert server.recv() == (Failed(3, "session 3 is not tracing"), [])
+    assert "ignoring a 8-byte control message 9967617262616765: unknown command kind 0x99" in server.stderr()
+
+
+def test_a_session_id_cannot_trace_twice(server: RawServer, make_container: MakeContainer) -> None:
+    container = make_container([], ":")
+    server.send(Trace(1, container.pid))
+    server.send(Trace(1, container.pid))
+    assert server.recv() == (Ready(1), [])
+    assert server.recv() == (Failed(1, "session 1 is already tracing"), [])
+
+
+def test_cancel_drops_the_session_without_a_reply(server: RawServer, make_container: MakeContainer) -> None:
+    container = make_container(["/f1"], read_each(["/f1"]))
+    server.send(Trace(1, container.pid))
+    assert server.recv() == (Ready(1), [])
+    server.send(Cancel(1))
+    container.go()
+    container.expect("done")
+    server.send(Stop(1))
+    assert server.recv() == (Failed(1, "session 1 is not tracing"), [])
+
+
+def test_server_exits_0_when_the_plugin_closes_its_end(server: RawServer, make_container: MakeContainer) -> None:
+    container = make_container([], ":")
+    server.send(Trace(1, container.pid))
+    assert server.recv() == (Ready(1), [])
+    server.sock.close()
+    assert server.proc.wait(10) == 0
+
+
+def test_server_refuses_an_fd_that_is_not_a_seqpacket_socket() -> None:
+    r, w = os.pipe()
+    try:
+        result = subprocess.run([*SERVER_CMD, "--fd", str(r)], pass_fds=[r], capture_output=True, text=True)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert result.returncode == 2
+    assert f"--fd {r}: " in result.stderr
