@@ -117,11 +117,18 @@ def run_daemon(argv: Sequence[str]) -> int:
         "pre-launched" if prelaunched else "external",
         os.getpid(),
     )
+
+    async def serve() -> None:
+        try:
+            if prelaunched:
+                await stub.run_prelaunched(int(socket_fd or "0"))
+            else:
+                await stub.run_external(config.socket)
+        finally:
+            await optimizer.shutdown()
+
     try:
-        if prelaunched:
-            asyncio.run(_until_signal(stub.run_prelaunched(int(socket_fd or "0"))))
-        else:
-            asyncio.run(_until_signal(stub.run_external(config.socket)))
+        asyncio.run(_until_signal(serve()))
     finally:
         if prelaunched and not optimizer.configured:
             logs.setup(logging.INFO, logs.PRELAUNCHED_LOG_FILE, stderr=False)  # write out what was held

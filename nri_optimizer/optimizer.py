@@ -1,20 +1,36 @@
-"""What the plugin does on each container event.
+"""What the plugin does: on StartContainer, begin a trace session for the container and wait until it is
+watching; on StopContainer (or after ``timeout`` seconds), finish it and persist the list.
 
-For now it logs StartContainer and StopContainer and answers at once; tracing sessions come next.
+Sessions are keyed by container id, results by image. Every failure is logged and the event answered OK:
+a profiler must never stand between a user and their container.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from dataclasses import dataclass, field
 
 from . import config as cfg
-from . import logs
+from . import logs, reference, results
+from .overlay import UpperLayer
 from .proto import nri_pb2 as api
+from .recorder import Recorder
 from .stub import ConfigError
+from .tracer import Session, TraceError, TraceServer
 
 log = logging.getLogger(__name__)
 
 IMAGE_NAME_ANNOTATION = "io.kubernetes.cri.image-name"
+
+# How long StartContainer waits for the server to place its mark. containerd waits for us (2 s by default,
+# and the stub answers at 75 % of that whatever happens); the mark normally takes about a millisecond, a
+# first start of the server a few hundred.
+READY_TIMEOUT = 1.0
+# How long the server may take to drain a stopped container's queue.
+DRAIN_TIMEOUT = 30.0
 
 
 def image_name(container: api.Container) -> str:
@@ -24,8 +40,20 @@ def image_name(container: api.Container) -> str:
 
 def describe(pod: api.PodSandbox, container: api.Container) -> str:
     return (
-        f"name={container.name} pid={container.pid} image={image_name(container) or '-'} pod={pod.namespace}/{pod.name}"
+        f"name={container.name} pid={container.pid} image={image_name(container) or '-'} "
+        f"pod={pod.namespace}/{pod.name}"
     )
+
+
+@dataclass
+class Trace:
+    container_id: str
+    image: reference.Reference
+    result_name: str
+    session: Session
+    recorder: Recorder
+    upper: UpperLayer | None
+    timer: asyncio.TimerHandle | None = field(default=None)
 
 
 class Optimizer:
@@ -35,6 +63,9 @@ class Optimizer:
         self.config = config
         self._prelaunched = prelaunched
         self.configured = False
+        self._tracer: TraceServer | None = None
+        self._traces: dict[str, Trace] = {}
+        self._finishing: set[asyncio.Task[None]] = set()  # background work to wait for at shutdown
 
     @property
     def events(self) -> tuple[str, ...]:
@@ -43,8 +74,16 @@ class Optimizer:
     async def configure(self, text: str, runtime: str, version: str) -> None:
         # A pre-launched plugin has no file or flags: its whole configuration is the drop-in file's text,
         # which containerd hands over here. An external plugin gets "" and keeps what it read at start.
-        if not self._prelaunched:
-            return
+        if self._prelaunched:
+            self._configure_from_text(text)
+        # Start the trace server now, so that the first StartContainer does not pay for it.
+        tracer = self._get_tracer()
+        starting = asyncio.get_running_loop().create_task(tracer.start())
+        starting.add_done_callback(_log_start_failure)
+        self._finishing.add(starting)
+        starting.add_done_callback(self._finishing.discard)
+
+    def _configure_from_text(self, text: str) -> None:
         try:
             config = cfg.build(cfg.parse_toml(text, "Configure"), {})
             cfg.validate_paths(config, "Configure")
@@ -58,8 +97,164 @@ class Optimizer:
     def _setup_prelaunched_logging(self, config: cfg.Config) -> None:
         logs.setup(cfg.log_level(config), config.log_file or logs.PRELAUNCHED_LOG_FILE, stderr=False)
 
+    # -- events -----------------------------------------------------------------------------------------
+
     async def start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
-        log.info("%s StartContainer %s", container.id, describe(pod, container))
+        started_ns = time.monotonic_ns()
+        cid = container.id
+        log.info("%s StartContainer %s", cid, describe(pod, container))
+        if cid in self._traces:
+            log.warning("%s is traced already; ignoring a second StartContainer", cid)
+            return
+        try:
+            image = reference.parse(image_name(container))
+        except reference.ReferenceError as exc:
+            log.warning("%s not traced: %s", cid, exc)
+            return
+        config = self.config
+        result_name = image.result_name + (f".timeout{config.timeout}s" if config.timeout else "")
+        if not config.overwrite and results.exists(config.persist_dir, image.result_dir, result_name):
+            log.info("%s not traced: %s is recorded already (overwrite = false)", cid, image)
+            return
+        if container.pid <= 0:
+            log.warning("%s not traced: the runtime gave no pid", cid)
+            return
+        upper = UpperLayer.of_process(container.pid)
+        recorder = Recorder(cid, started_ns)
+        try:
+            session = await self._start_session(container.pid, recorder)
+        except TraceError as exc:
+            log.error("%s not traced: %s", cid, exc)
+            if upper is not None:
+                upper.close()
+            return
+        trace = Trace(cid, image, result_name, session, recorder, upper)
+        self._traces[cid] = trace
+        if config.timeout:
+            trace.timer = asyncio.get_running_loop().call_later(config.timeout, self._finish, cid, "timeout")
+        log.info(
+            "%s tracing pid %d for %s (watching after %.1f ms)",
+            cid,
+            container.pid,
+            image,
+            (time.monotonic_ns() - started_ns) / 1e6,
+        )
 
     async def stop_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         log.info("%s StopContainer %s", container.id, describe(pod, container))
+        self._finish(container.id, "stopped")
+
+    async def synchronize(self, pods: list[api.PodSandbox], containers: list[api.Container]) -> None:
+        """After a reconnect: containers that stopped while we were away will send no StopContainer."""
+        alive = {c.id for c in containers if c.state != api.CONTAINER_STOPPED}
+        for cid in [cid for cid in self._traces if cid not in alive]:
+            self._finish(cid, "gone while disconnected")
+
+    # -- sessions ---------------------------------------------------------------------------------------
+
+    def _get_tracer(self) -> TraceServer:
+        if self._tracer is None:
+            self._tracer = TraceServer([self.config.server_path])
+        return self._tracer
+
+    async def _start_session(self, pid: int, recorder: Recorder) -> Session:
+        # The stub may cancel us at its deadline; a session that becomes ready after that must not live on.
+        task = asyncio.ensure_future(self._get_tracer().trace(pid, recorder, timeout=READY_TIMEOUT))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_stop_orphan)
+            raise
+
+    def _finish(self, cid: str, why: str) -> None:
+        trace = self._traces.pop(cid, None)
+        if trace is None:
+            return
+        if trace.timer is not None:
+            trace.timer.cancel()
+        # StopContainer is answered now; draining and writing happen after, off containerd's clock.
+        task = asyncio.get_running_loop().create_task(self._complete(trace, why))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _complete(self, trace: Trace, why: str) -> None:
+        cid = trace.container_id
+        try:
+            outcome = await trace.session.stop(timeout=DRAIN_TIMEOUT)
+            if outcome.incomplete:
+                log.error("%s trace lost (%s): nothing written, earlier results kept", cid, outcome.incomplete)
+                return
+            if outcome.overflowed or outcome.lost:
+                log.warning(
+                    "%s list is incomplete: the kernel queue overflowed=%s, events lost=%d",
+                    cid,
+                    outcome.overflowed,
+                    outcome.lost,
+                )
+            try:
+                persisted, written = await asyncio.to_thread(self._write, trace)
+            except (results.PersistError, OSError) as exc:
+                log.error("%s cannot write the result for %s: %s; earlier results kept", cid, trace.image, exc)
+                return
+            if persisted is None:
+                log.info("%s done; %s was recorded meanwhile and is kept (overwrite = false)", cid, trace.image)
+                return
+            path, listed = persisted
+            log.info(
+                "%s recorded %d files (%s; %d events, %d written by the container, %d unlistable) in %s",
+                cid,
+                listed,
+                why,
+                outcome.events,
+                written,
+                len(trace.recorder.entries) - written - listed,
+                path,
+            )
+        finally:
+            if trace.upper is not None:
+                trace.upper.close()
+
+    def _write(self, trace: Trace) -> tuple[tuple[str, int] | None, int]:
+        """In a worker thread: leave out what the container wrote, then persist. Returns the persist
+        outcome (path, paths listed) and the number of written files left out."""
+        entries = trace.recorder.entries
+        if trace.upper is not None:
+            entries = [entry for entry in entries if not trace.upper.wrote(entry.path)]
+        config = self.config
+        persisted = results.persist(
+            config.persist_dir,
+            trace.image.result_dir,
+            trace.result_name,
+            entries,
+            readable=config.readable,
+            overwrite=config.overwrite,
+        )
+        return persisted, len(trace.recorder.entries) - len(entries)
+
+    async def shutdown(self) -> None:
+        """The daemon is going away: finished traces are written, running ones are lost (and said so)."""
+        for cid in list(self._traces):
+            trace = self._traces.pop(cid)
+            if trace.timer is not None:
+                trace.timer.cancel()
+            log.error("%s trace lost: the plugin is shutting down while the container runs", cid)
+            if trace.upper is not None:
+                trace.upper.close()
+        if self._finishing:
+            await asyncio.wait(self._finishing, timeout=DRAIN_TIMEOUT)
+        if self._tracer is not None:
+            await self._tracer.close()
+
+
+def _log_start_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cannot start the trace server: %s; will retry at the next container", task.exception())
+
+
+def _stop_orphan(task: asyncio.Future[Session]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    session = task.result()
+    log.warning("trace session %d became ready after its StartContainer was answered; dropping it", session.id)
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop().create_task(session.stop(timeout=DRAIN_TIMEOUT))

@@ -145,8 +145,9 @@ def exists(persist_dir: str, relative_dir: str, name: str) -> bool:
 def persist(
     persist_dir: str, relative_dir: str, name: str, entries: Sequence[Entry], *, readable: bool, overwrite: bool
 ) -> tuple[str, int] | None:
-    """Write the three files; returns (path of the plain list, paths left out), or None when a result
-    exists and ``overwrite`` is false (the earlier result is kept untouched)."""
+    """Write the three files; returns (path of the plain list, paths listed), or None when a result
+    exists and ``overwrite`` is false (the earlier result is kept untouched). Paths the odd-name rule
+    leaves out are the difference between ``len(entries)`` and the paths listed."""
     plain, table, prefetch, left_out = render(entries, readable=readable)
     components = [c for c in relative_dir.split("/") if c]
     try:
@@ -169,4 +170,4 @@ def persist(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return os.path.join(persist_dir, *components, name), left_out
+    return os.path.join(persist_dir, *components, name), len(entries) - left_out

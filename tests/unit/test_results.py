@@ -41,8 +41,8 @@ def test_names_with_inner_spaces_and_unicode_are_kept():
 
 
 def test_persist_writes_all_files_with_modes(tmp_path):
-    path, left_out = persist(str(tmp_path), "library", "nginx:latest", entries(b"/x"), readable=False, overwrite=False)
-    assert (path, left_out) == (f"{tmp_path}/library/nginx:latest", 0)
+    path, listed = persist(str(tmp_path), "library", "nginx:latest", entries(b"/x"), readable=False, overwrite=False)
+    assert (path, listed) == (f"{tmp_path}/library/nginx:latest", 1)
     assert sorted(os.listdir(tmp_path / "library")) == ["nginx:latest", "nginx:latest.csv", "nginx:latest.json"]
     assert (tmp_path / "library/nginx:latest").read_bytes() == b"/x\n"
     for name in os.listdir(tmp_path / "library"):

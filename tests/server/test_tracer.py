@@ -1,0 +1,302 @@
+"""The plugin's client (nri_optimizer.tracer) with the real server, tracing fake containers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import resource
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nri_optimizer.tracer import TraceError, TraceServer
+
+from .helpers import SERVER_CMD, CollectingSink, MakeContainer, read_each
+
+TIMEOUT = 10.0
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 60))
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def limit_leaving_free(count: int) -> int:
+    """The RLIMIT_NOFILE below which exactly `count` fd numbers are free."""
+    used = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    limit = 0
+    while count:
+        count -= limit not in used
+        limit += 1
+    return limit
+
+
+def paused(server: TraceServer) -> _Paused:
+    """SIGSTOP the server for a block, so that events queue up in the kernel meanwhile."""
+    assert server.pid is not None
+    return _Paused(server.pid)
+
+
+class _Paused:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def __exit__(self, *exc: object) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def test_trace_records_every_file_once_in_first_access_order(make_container: MakeContainer) -> None:
+    files = [f"/f{i}" for i in range(1, 201)]
+    order = random.Random(7).sample(files, len(files))
+    container = make_container(files, read_each(order, times=3))
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        container.go()
+        container.expect("done")
+        result = await session.stop(timeout=TIMEOUT)
+        await server.close()
+        assert sink.paths() == order
+        assert result.complete and result.events == len(sink.accesses)
+        assert {a.pid for a in sink.accesses} == {container.pid}
+
+    run(body)
+
+
+def test_listing_a_directory_records_nothing(make_container: MakeContainer) -> None:
+    container = make_container(["/d/a", "/d/b", "/f1"], ": /d/*; for n in /d/*; do :; done; read -r x < /f1")
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        container.go()
+        container.expect("done")
+        assert (await session.stop(timeout=TIMEOUT)).complete
+        await server.close()
+        assert [a.path for a in sink.accesses] == ["/f1"]
+
+    run(body)
+
+
+def test_repeats_after_the_first_event_are_suppressed_in_the_kernel(make_container: MakeContainer) -> None:
+    # Phase 1 reads /f1 then /f3; once /f3 has arrived, every event of /f1 has too (same process, queue
+    # order) and its ignore mark is in place (the server marks before it sends). Phase 2 then rereads
+    # /f1 fifty times and reads /f2 once: the only new event must be /f2's.
+    container = make_container(
+        ["/f1", "/f2", "/f3"],
+        f"{read_each(['/f1', '/f3'])}; echo phase1; read go; {read_each(['/f1'], times=50)}; {read_each(['/f2'])}",
+    )
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        container.go()
+        container.expect("phase1")
+        await until(lambda: "/f3" in sink.paths(), "the event of /f3")
+        phase1 = len(sink.accesses)
+        container.go()
+        container.expect("done")
+        assert (await session.stop(timeout=TIMEOUT)).complete
+        await server.close()
+        assert [a.path for a in sink.accesses[phase1:]] == ["/f2"]
+
+    run(body)
+
+
+def test_stop_after_the_workload_exited_still_delivers_everything(make_container: MakeContainer) -> None:
+    files = [f"/f{i}" for i in range(50)]
+    container = make_container(files, read_each(files))
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        # Nothing is read before STOP: the container is gone, its mount namespace too, yet all 50
+        # events wait in the group's queue.
+        with paused(server):
+            container.go()
+            assert container.wait() == 0
+        result = await session.stop(timeout=TIMEOUT)
+        await server.close()
+        assert sink.paths() == files
+        assert result.complete
+
+    run(body)
+
+
+def test_two_sessions_at_once_keep_their_events_apart(make_container: MakeContainer) -> None:
+    a_files = [f"/a{i}" for i in range(20)]
+    b_files = [f"/b{i}" for i in range(20)]
+    a = make_container(a_files + b_files, read_each(a_files, times=2))
+    b = make_container(a_files + b_files, read_each(b_files, times=2))
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        a_sink, b_sink = CollectingSink(), CollectingSink()
+        a_session = await server.trace(a.pid, a_sink, timeout=TIMEOUT)
+        b_session = await server.trace(b.pid, b_sink, timeout=TIMEOUT)
+        assert a_session.id != b_session.id
+        a.go()
+        b.go()
+        a.expect("done")
+        b.expect("done")
+        a_result, b_result = await asyncio.gather(a_session.stop(timeout=TIMEOUT), b_session.stop(timeout=TIMEOUT))
+        await server.close()
+        assert a_sink.paths() == a_files
+        assert b_sink.paths() == b_files
+        assert a_result.complete and b_result.complete
+
+    run(body)
+
+
+def test_trace_of_a_missing_pid_raises_the_servers_message_and_the_server_lives_on(
+    make_container: MakeContainer,
+) -> None:
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text())
+    container = make_container(["/f1"], read_each(["/f1"]))
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        with pytest.raises(TraceError, match=f"^pid {pid}: no such process$"):
+            await server.trace(pid, CollectingSink(), timeout=TIMEOUT)
+        server_pid = server.pid
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        container.go()
+        container.expect("done")
+        assert (await session.stop(timeout=TIMEOUT)).complete
+        assert server.pid == server_pid
+        await server.close()
+        assert sink.paths() == ["/f1"]
+
+    run(body)
+
+
+def test_killed_server_ends_its_sessions_incomplete_and_the_next_trace_restarts_it(
+    make_container: MakeContainer,
+) -> None:
+    first = make_container(["/f1"], read_each(["/f1"]))
+    second = make_container(["/f2"], read_each(["/f2"]))
+
+    async def body() -> None:
+        exits: list[int] = []
+        server = TraceServer(SERVER_CMD, on_exit=exits.append)
+        session = await server.trace(first.pid, CollectingSink(), timeout=TIMEOUT)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        await until(lambda: exits != [], "on_exit")
+        result = await session.stop(timeout=TIMEOUT)
+        assert (result.complete, result.incomplete) == (False, "server died")
+        assert exits == [-signal.SIGKILL]
+        sink = CollectingSink()
+        session = await server.trace(second.pid, sink, timeout=TIMEOUT)
+        second.go()
+        second.expect("done")
+        assert (await session.stop(timeout=TIMEOUT)).complete
+        await server.close()
+        assert sink.paths() == ["/f2"]
+        assert exits == [-signal.SIGKILL]  # close() is no unexpected exit
+
+    run(body)
+
+
+# Answers nothing; notes the kind of every datagram it gets, until EOF.
+MUTE_SERVER = """
+import socket, sys
+sock = socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1]))
+with open(sys.argv[1], "w") as log:
+    while data := sock.recv(100):
+        print(data[0], file=log, flush=True)
+"""
+
+
+def test_trace_gives_up_on_a_silent_server_and_cancels(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+
+    async def body() -> None:
+        server = TraceServer([sys.executable, "-c", MUTE_SERVER, str(seen)])
+        with pytest.raises(TraceError, match=r"^pid 1: the trace server did not answer within 0.5 s$"):
+            await server.trace(1, CollectingSink(), timeout=0.5)
+        await server.close()
+        assert seen.read_text().split() == ["1", "3"]  # TRACE, CANCEL
+
+    run(body)
+
+
+def test_closing_ends_open_sessions_as_incomplete(make_container: MakeContainer) -> None:
+    container = make_container([], ":")
+
+    async def body() -> None:
+        exits: list[int] = []
+        server = TraceServer(SERVER_CMD, on_exit=exits.append)
+        session = await server.trace(container.pid, CollectingSink(), timeout=TIMEOUT)
+        await server.close()
+        result = await session.stop(timeout=TIMEOUT)
+        assert (result.complete, result.incomplete) == (False, "trace server closed")
+        assert server.pid is None and exits == []
+
+    run(body)
+
+
+def test_queue_overflow_is_reported(make_container: MakeContainer) -> None:
+    queue = int(Path("/proc/sys/fs/fanotify/max_queued_events").read_text())
+    files = [f"/f{i}" for i in range(queue + 100)]
+    container = make_container(files, read_each(files))
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        with paused(server):
+            container.go()
+            container.expect("done")
+        result = await session.stop(timeout=TIMEOUT)
+        await server.close()
+        assert result.overflowed and not result.complete
+        assert sink.paths() == files[:queue]
+
+    run(body)
+
+
+def test_events_whose_fds_cannot_be_received_make_the_trace_incomplete(make_container: MakeContainer) -> None:
+    files = [f"/f{i}" for i in range(100)]
+    container = make_container(files, read_each(files))
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        open_fds = len(os.listdir("/proc/self/fd"))
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Room for a few fds, not for the one message of 100 that a paused server sends.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit_leaving_free(10), limits[1]))
+        try:
+            with paused(server):
+                container.go()
+                container.expect("done")
+            result = await session.stop(timeout=TIMEOUT)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        await server.close()
+        assert (result.complete, result.incomplete) == (False, "100 events arrived without their fds")
+        assert sink.accesses == []
+        assert len(os.listdir("/proc/self/fd")) == open_fds - 1  # the server's socket is closed
+
+    run(body)
