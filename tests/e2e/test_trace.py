@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+
+from nri_optimizer.cri import Mount
 
 from .tracing import DATA_FILES, Traced, build_workload_image, shuffled, start_traced
 
@@ -49,3 +52,70 @@ def test_odd_names_are_left_out_and_counted(traced: Traced) -> None:
     line = traced.finish(run)
     assert traced.result() == ["/bin/busybox", "/data/f001", "/data/f002"]
     assert "recorded 3 files" in line and "4 unlistable" in line
+
+
+def test_written_created_and_bind_mounted_files_are_absent(traced: Traced, tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "file").write_text("from the host\n")
+    script = ("echo new > /tmp/created; cat /tmp/created /data/f001; echo more >> /data/rewritten; "
+              "cat /data/rewritten /mnt/volume/file /data/f002")
+    run = traced.run(["/bin/sh", "-c", script], mounts=[Mount(str(volume), "/mnt/volume", readonly=True)])
+    assert run.log_lines() == ["new", "content of /data/f001", "image version", "more", "from the host",
+                               "content of /data/f002"]
+    line = traced.finish(run)
+    assert traced.result() == ["/bin/busybox", "/data/f001", "/data/f002"]
+    assert "2 written by the container" in line
+
+
+def test_two_containers_of_one_image_at_once_are_both_traced(traced: Traced) -> None:
+    first, second = DATA_FILES[:60], DATA_FILES[100:140]
+    runs = [traced.run(["/bin/sh", "-c", f"cat {' '.join(files)}; exec sleep 1000"], wait=False)
+            for files in (first, second)]
+    lines = [traced.finish(run) for run in runs]
+    # Each trace is its own; the one result is one of them whole (overwrite = false: the first to finish).
+    assert "recorded 61 files" in lines[0]
+    assert "done; nri-optimizer.test/workload:1 was recorded meanwhile and is kept" in lines[1]
+    assert traced.result() == ["/bin/busybox", *first]
+    csv = traced.result(suffix=".csv")
+    assert csv[0] == "path,size,elapsed" and [row.split(",")[0] for row in csv[1:]] == ["/bin/busybox", *first]
+
+
+def test_overwrite_false_keeps_the_result_and_does_not_trace_again(traced: Traced) -> None:
+    traced.finish(traced.run(["/bin/cat", "/data/f001"]))
+    before = {p.name: p.read_bytes() for p in traced.results.iterdir()}
+    run = traced.run(["/bin/cat", "/data/f002"])
+    traced.log.wait_for(rf"{run.container_id} not traced: nri-optimizer.test/workload:1 is recorded already")
+    assert {p.name: p.read_bytes() for p in traced.results.iterdir()} == before
+
+
+@pytest.fixture
+def overwriting(make_containerd, flavour, tmp_path, workload_image) -> Traced:
+    return start_traced(make_containerd, flavour, tmp_path, workload_image, extra="overwrite = true\n")
+
+
+def test_overwrite_true_replaces_the_result_wholly(overwriting: Traced) -> None:
+    overwriting.finish(overwriting.run(["/bin/cat", *DATA_FILES[:30]]))
+    overwriting.finish(overwriting.run(["/bin/cat", "/data/f199"]))
+    assert overwriting.result() == ["/bin/busybox", "/data/f199"]
+    assert len(overwriting.result(suffix=".csv")) == 3
+    assert json.loads(overwriting.result_path(suffix=".json").read_text()) == {
+        "version": "v1", "files": [{"path": "/bin/busybox"}, {"path": "/data/f199"}]}
+
+
+def test_200_files_in_order_20_of_20_runs(overwriting: Traced) -> None:
+    for seed in range(20):
+        order = shuffled(DATA_FILES, seed=100 + seed)
+        overwriting.finish(overwriting.run(["/bin/cat", *order]))
+        assert overwriting.result() == ["/bin/busybox", *order], f"run {seed + 1} of 20"
+
+
+def test_timeout_stops_tracing_on_time_and_names_the_file(make_containerd, flavour, tmp_path, workload_image) -> None:
+    traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra="timeout = 1\n")
+    run = traced.run(["/bin/sh", "-c", "cat /data/f001; sleep 2; cat /data/f002; exec sleep 1000"], wait=False)
+    (line,) = traced.log.wait_for(rf"{run.container_id} recorded", timeout=5)
+    assert "(timeout;" in line
+    assert traced.result(suffix=".timeout1s") == ["/bin/busybox", "/data/f001"]
+    assert sorted(p.name for p in traced.results.iterdir()) == ["workload:1.timeout1s", "workload:1.timeout1s.csv",
+                                                                 "workload:1.timeout1s.json"]
+    traced.bed.cri.stop_container(run.container_id, 1)
