@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 
 from nri_optimizer.cri import Mount
+from nri_optimizer.testbed import host
 
+from .plugin import prelaunched_pid
 from .tracing import DATA_FILES, Traced, build_workload_image, shuffled, start_traced
 
 
@@ -119,3 +122,31 @@ def test_timeout_stops_tracing_on_time_and_names_the_file(make_containerd, flavo
     assert sorted(p.name for p in traced.results.iterdir()) == ["workload:1.timeout1s", "workload:1.timeout1s.csv",
                                                                  "workload:1.timeout1s.json"]
     traced.bed.cri.stop_container(run.container_id, 1)
+
+
+def test_missing_server_logs_and_the_container_still_runs(make_containerd, flavour, tmp_path, workload_image) -> None:
+    traced = start_traced(make_containerd, flavour, tmp_path, workload_image,
+                          extra='server_path = "/nonexistent/optimizer-server"\n')
+    run = traced.run(["/bin/cat", "/data/f001"])
+    assert run.status is not None and run.status.exit_code == 0
+    assert run.log_lines() == ["content of /data/f001"]
+    (line,) = traced.log.wait_for(rf"{run.container_id} not traced: cannot start the trace server")
+    assert "No such file or directory" in line
+    assert list(traced.results.iterdir()) == []
+
+
+def test_server_killed_mid_trace_keeps_the_earlier_result(overwriting: Traced) -> None:
+    overwriting.finish(overwriting.run(["/bin/cat", "/data/f001"]))
+    before = {p.name: p.read_bytes() for p in overwriting.results.iterdir()}
+    run = overwriting.run(["/bin/sh", "-c", "cat /data/f002; exec sleep 1000"], wait=False)
+    overwriting.log.wait_for(rf"{run.container_id} tracing pid")
+    plugin = prelaunched_pid(overwriting.bed)
+    (server,) = [p for p in host.processes() if p.ppid == plugin and "optimizer-server" in " ".join(p.cmdline)]
+    server.kill(signal.SIGKILL)
+    assert overwriting.bed.cri.container_status(run.container_id).state == "running"
+    line = overwriting.finish(run)
+    assert "trace lost (server died): nothing written, earlier results kept" in line
+    assert {p.name: p.read_bytes() for p in overwriting.results.iterdir()} == before
+    # The next container gets a new server and is traced.
+    overwriting.finish(overwriting.run(["/bin/cat", "/data/f003"]))
+    assert overwriting.result() == ["/bin/busybox", "/data/f003"]

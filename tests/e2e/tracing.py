@@ -71,7 +71,9 @@ def start_traced(make_containerd, flavour: str, tmp_path: Path, workload: Path, 
     log = PluginLog(tmp_path / "plugin.log")
     results = tmp_path / "results"
     results.mkdir()
-    text = config_text(log.path, results, extra=f'server_path = "{SERVER}"\n{extra}')
+    if "server_path" not in extra:
+        extra = f'server_path = "{SERVER}"\n{extra}'
+    text = config_text(log.path, results, extra=extra)
     plugins, confs = install_prelaunched(tmp_path, text)
     bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
     bed.ctd.import_image(workload)

@@ -19,25 +19,26 @@ SERVER_CMD = [sys.executable, "-m", "optimizer_server", "--log-level", "DEBUG"]
 
 
 class FakeContainer:
-    """A shell in private mount and pid namespaces whose root is a directory of our files.
+    """A shell in private mount and pid namespaces whose root is a tmpfs holding `files` ("x\n" each).
 
     Like runc before it execs the entrypoint, it pivots into its root and then waits at a gate
     (a line on stdin) so that the test can start tracing before the workload runs. After the pivot
     no binaries exist: the workload is shell builtins only (`read x < /f` opens and reads /f). The
     script is read by the shell through an fd opened before the pivot, on a mount nobody watches.
+    The tmpfs lives only in the container's namespace: it leaves nothing behind on the host.
     """
 
     def __init__(self, workdir: Path, files: Sequence[str], workload: str) -> None:
-        self.root = workdir / "root"
-        for name in files:
-            path = self.root / name.lstrip("/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("x\n")
-        (self.root / "old").mkdir(parents=True, exist_ok=True)
-        root = shlex.quote(str(self.root))
+        self.workdir = workdir
+        root = workdir / "root"
+        root.mkdir()
+        dirs = sorted({str(Path(name).parent).lstrip("/") for name in files} - {""})
         script = workdir / "container.sh"
         script.write_text(
-            f"mount --bind {root} {root} && cd {root} && pivot_root . old && cd / || exit 1\n"
+            f"mount -t tmpfs rootfs {shlex.quote(str(root))} && cd {shlex.quote(str(root))} || exit 1\n"
+            f"mkdir -p old {' '.join(dirs)} || exit 1\n"
+            f"for f in {' '.join(files)}; do echo x > .$f || exit 1; done\n"
+            "pivot_root . old && cd / || exit 1\n"
             "echo ready\n"
             "read go\n"
             f"{workload}\n"
@@ -87,7 +88,7 @@ class FakeContainer:
         return self._proc.wait(timeout)
 
     def stderr(self) -> str:
-        return (self.root.parent / "container.stderr").read_text()
+        return (self.workdir / "container.stderr").read_text()
 
     def kill(self) -> None:
         if self._proc.poll() is None:

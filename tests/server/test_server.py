@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,13 +22,12 @@ from .helpers import SERVER_CMD, MakeContainer, read_each
 
 
 class RawServer:
-    def __init__(self, stderr_path: Path) -> None:
+    def __init__(self, stderr_path: Path, python_options: Sequence[str] = ()) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.stderr_path = stderr_path
+        cmd = [SERVER_CMD[0], *python_options, *SERVER_CMD[1:], "--fd", str(theirs.fileno())]
         with open(stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [*SERVER_CMD, "--fd", str(theirs.fileno())], pass_fds=[theirs.fileno()], stderr=stderr
-            )
+            self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stderr=stderr)
         theirs.close()
 
     def send(self, msg: protocol.Command) -> None:
@@ -164,3 +163,29 @@ def test_server_refuses_an_fd_that_is_not_a_seqpacket_socket() -> None:
         os.close(w)
     assert result.returncode == 2
     assert f"--fd {r}: " in result.stderr
+
+
+def test_server_imports_nothing_after_start_up(tmp_path: Path, make_container: MakeContainer) -> None:
+    """Every module is loaded before the first request; -X importtime reports each import on stderr."""
+    server = RawServer(tmp_path / "stderr", ["-X", "importtime"])
+    container = make_container(["/f1"], read_each(["/f1"]))
+    idle = make_container([], ":")
+    # Every path through the server: garbage, FAILED, TRACE, events, STOP, CANCEL, end of file.
+    server.sock.send(b"\xff")
+    server.send(Trace(1, int(Path("/proc/sys/kernel/pid_max").read_text())))
+    assert isinstance(server.recv()[0], Failed)
+    server.send(Trace(2, container.pid))
+    assert server.recv() == (Ready(2), [])
+    container.go()
+    container.expect("done")
+    server.send(Stop(2))
+    assert server.recv_until_done()[1] == ["/f1"]
+    server.send(Trace(3, idle.pid))
+    assert server.recv() == (Ready(3), [])
+    server.send(Cancel(3))
+    server.sock.close()
+    assert server.proc.wait(10) == 0
+    lines = server.stderr().splitlines()
+    first_request = next(i for i, line in enumerate(lines) if line.startswith("optimizer-server:"))
+    assert [line for line in lines[first_request:] if "import time:" in line] == []
+    assert "control socket closed: exiting" in lines[-1]

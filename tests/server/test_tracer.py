@@ -255,13 +255,16 @@ def test_closing_ends_open_sessions_as_incomplete(make_container: MakeContainer)
     run(body)
 
 
-def test_queue_overflow_is_reported(make_container: MakeContainer) -> None:
+@pytest.mark.parametrize("bounded", [True, False], ids=["bounded-queue", "unlimited-queue"])
+def test_a_bounded_queue_overflows_visibly_and_the_default_one_does_not(
+    make_container: MakeContainer, bounded: bool
+) -> None:
     queue = int(Path("/proc/sys/fs/fanotify/max_queued_events").read_text())
     files = [f"/f{i}" for i in range(queue + 100)]
     container = make_container(files, read_each(files))
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceServer([*SERVER_CMD, "--bounded-queue"] if bounded else SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         with paused(server):
@@ -269,8 +272,12 @@ def test_queue_overflow_is_reported(make_container: MakeContainer) -> None:
             container.expect("done")
         result = await session.stop(timeout=TIMEOUT)
         await server.close()
-        assert result.overflowed and not result.complete
-        assert sink.paths() == files[:queue]
+        if bounded:
+            assert result.overflowed and not result.complete
+            assert sink.paths() == files[:queue]
+        else:
+            assert result.complete
+            assert sink.paths() == files
 
     run(body)
 
