@@ -70,7 +70,7 @@ class Traced:
 def start_traced(make_containerd, flavour: str, tmp_path: Path, workload: Path, extra: str = "") -> Traced:
     log = PluginLog(tmp_path / "plugin.log")
     results = tmp_path / "results"
-    results.mkdir()
+    results.mkdir(parents=True)
     if "server_path" not in extra:
         extra = f'server_path = "{SERVER}"\n{extra}'
     text = config_text(log.path, results, extra=extra)
