@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import re
@@ -48,7 +49,7 @@ def daemon_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nri-optimizer",
         description="containerd NRI plugin that records the files each container reads as it starts, in order.",
-        epilog="Subcommands will follow; with none, this runs the plugin daemon.",
+        epilog="Subcommands: profile IMAGE (see nri-optimizer profile --help). With none, this runs the plugin daemon.",
         argument_default=argparse.SUPPRESS,  # absent flags leave the file's value alone
     )
     parser.add_argument("--name", help=f"plugin name to register with NRI (default: {DEFAULT_NAME})")
@@ -148,8 +149,16 @@ async def _until_signal(main: Any) -> None:
         log.info("terminating on signal")
 
 
+SUBCOMMANDS = {
+    "profile": "nri_optimizer.profile",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[args[0]])
+        return int(module.main(args[1:]))
     return run_daemon(args)
 
 

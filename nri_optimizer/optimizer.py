@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import config as cfg
@@ -59,9 +60,20 @@ class Trace:
 class Optimizer:
     """The NRI plugin object: its handler methods are found by the stub."""
 
-    def __init__(self, config: cfg.Config, *, prelaunched: bool) -> None:
+    def __init__(
+        self,
+        config: cfg.Config,
+        *,
+        prelaunched: bool,
+        select: Callable[[api.PodSandbox, api.Container], bool] | None = None,
+        on_done: Callable[[str, str | None], None] | None = None,
+    ) -> None:
+        """``select`` narrows tracing to some containers (``profile`` traces only its own); ``on_done`` is
+        told (container id, result path or None) when a trace has been written or given up."""
         self.config = config
         self._prelaunched = prelaunched
+        self._select = select
+        self._on_done = on_done
         self.configured = False
         self._tracer: TraceServer | None = None
         self._traces: dict[str, Trace] = {}
@@ -102,6 +114,8 @@ class Optimizer:
     async def start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         started_ns = time.monotonic_ns()
         cid = container.id
+        if self._select is not None and not self._select(pod, container):
+            return
         log.info("%s StartContainer %s", cid, describe(pod, container))
         if cid in self._traces:
             log.warning("%s is traced already; ignoring a second StartContainer", cid)
@@ -131,7 +145,7 @@ class Optimizer:
         trace = Trace(cid, image, result_name, session, recorder, upper)
         self._traces[cid] = trace
         if config.timeout:
-            trace.timer = asyncio.get_running_loop().call_later(config.timeout, self._finish, cid, "timeout")
+            trace.timer = asyncio.get_running_loop().call_later(config.timeout, self.finish, cid, "timeout")
         log.info(
             "%s tracing pid %d for %s (watching after %.1f ms)",
             cid,
@@ -141,14 +155,16 @@ class Optimizer:
         )
 
     async def stop_container(self, pod: api.PodSandbox, container: api.Container) -> None:
+        if self._select is not None and not self._select(pod, container):
+            return
         log.info("%s StopContainer %s", container.id, describe(pod, container))
-        self._finish(container.id, "stopped")
+        self.finish(container.id, "stopped")
 
     async def synchronize(self, pods: list[api.PodSandbox], containers: list[api.Container]) -> None:
         """After a reconnect: containers that stopped while we were away will send no StopContainer."""
         alive = {c.id for c in containers if c.state != api.CONTAINER_STOPPED}
         for cid in [cid for cid in self._traces if cid not in alive]:
-            self._finish(cid, "gone while disconnected")
+            self.finish(cid, "gone while disconnected")
 
     # -- sessions ---------------------------------------------------------------------------------------
 
@@ -166,7 +182,8 @@ class Optimizer:
             task.add_done_callback(_stop_orphan)
             raise
 
-    def _finish(self, cid: str, why: str) -> None:
+    def finish(self, cid: str, why: str) -> None:
+        """End a container's trace now; the list is written in the background (on_done tells when)."""
         trace = self._traces.pop(cid, None)
         if trace is None:
             return
@@ -177,8 +194,14 @@ class Optimizer:
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
+    def recorded(self, cid: str) -> int | None:
+        """Files recorded so far for a container being traced."""
+        trace = self._traces.get(cid)
+        return len(trace.recorder.entries) if trace is not None else None
+
     async def _complete(self, trace: Trace, why: str) -> None:
         cid = trace.container_id
+        path: str | None = None
         try:
             outcome = await trace.session.stop(timeout=DRAIN_TIMEOUT)
             if outcome.incomplete:
@@ -213,6 +236,8 @@ class Optimizer:
         finally:
             if trace.upper is not None:
                 trace.upper.close()
+            if self._on_done is not None:
+                self._on_done(cid, path)
 
     def _write(self, trace: Trace) -> tuple[tuple[str, int] | None, int]:
         """In a worker thread: leave out what the container wrote, then persist. Returns the persist

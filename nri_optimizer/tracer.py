@@ -282,7 +282,9 @@ class TraceServer:
     def _disconnect(self, reason: str) -> None:
         """Forget the server: close our end and finish every session with reason."""
         if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._sock.fileno())
+            loop.remove_writer(self._sock.fileno())  # a send blocked on a full socket ends by its timeout
             self._sock.close()
             self._sock = None
         self._proc = None
@@ -298,7 +300,10 @@ class TraceServer:
             status = await proc.wait()
         log.error("trace server (pid %d) exited with status %d", proc.pid, status)
         if self._on_exit is not None:
-            self._on_exit(status)
+            try:
+                self._on_exit(status)
+            except Exception:
+                log.exception("on_exit callback failed")
 
 
 def _take_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

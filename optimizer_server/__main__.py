@@ -17,22 +17,28 @@ from optimizer_server.server import Server
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="optimizer-server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="optimizer-server", description="fanotify trace server for the nri-optimizer plugin"
+    )
     parser.add_argument("--fd", type=int, default=3, help="inherited SOCK_SEQPACKET socket (default: 3)")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO"
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=args.log_level, format="optimizer-server: %(levelname)s %(message)s"
+    parser.add_argument(
+        "--bounded-queue",
+        action="store_true",
+        help="keep the kernel's event queue limit (fs.fanotify.max_queued_events); events beyond it are "
+        "lost and reported as an overflow. Default: unlimited (kernel memory grows only while we lag).",
     )
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="optimizer-server: %(levelname)s %(message)s")
     try:
         control = socket.socket(fileno=args.fd)
     except OSError as e:
         parser.error(f"--fd {args.fd}: {e.strerror}")
     if control.family != socket.AF_UNIX or control.type != socket.SOCK_SEQPACKET:
         parser.error(f"--fd {args.fd}: not an AF_UNIX SOCK_SEQPACKET socket")
-    return Server(control, nofile=_raise_nofile_limit()).run()
+    return Server(control, nofile=_raise_nofile_limit(), unlimited_queue=not args.bounded_queue).run()
 
 
 def _raise_nofile_limit() -> int:

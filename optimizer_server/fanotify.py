@@ -6,13 +6,15 @@ C library once, at import, and call it. Parsing the event stream is a pure funct
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import struct
+import termios
 from collections.abc import Iterator
 from typing import NamedTuple
 
-import cffi
+import cffi  # type: ignore[import-untyped, unused-ignore]  # no stubs in the venv
 
 # <linux/fanotify.h>
 FAN_ACCESS = 0x0000_0001
@@ -23,6 +25,7 @@ FAN_Q_OVERFLOW = 0x0000_4000
 FAN_CLOEXEC = 0x01
 FAN_NONBLOCK = 0x02
 FAN_CLASS_NOTIF = 0x00
+FAN_UNLIMITED_QUEUE = 0x10
 
 FAN_MARK_ADD = 0x01
 FAN_MARK_MOUNT = 0x10
@@ -36,9 +39,10 @@ FANOTIFY_METADATA_VERSION = 3
 # directory never produces an event.
 TRACE_MASK = FAN_OPEN | FAN_ACCESS | FAN_OPEN_EXEC
 
-# The kernel's O_LARGEFILE differs per architecture, and Python's os.O_LARGEFILE is 0 on 64-bit
-# (glibc folds it away there). Without it, opening the event fd of a file > 2 GiB fails with
-# EOVERFLOW and the kernel drops the event. Values from arch/*/include/uapi/asm/fcntl.h.
+# Without O_LARGEFILE the kernel cannot open the event fd of a file > 2 GiB (EOVERFLOW) and drops the
+# event. 64-bit kernels since 5.1 add it themselves; older ones and 32-bit ones need it from us, with
+# the kernel's value, which differs per architecture (Python's os.O_LARGEFILE is 0 on 64-bit: glibc
+# folds it away). Values from arch/*/include/uapi/asm/fcntl.h.
 _O_LARGEFILE_BY_ARCH = {
     "aarch64": 0o400000,
     "armv7l": 0o400000,
@@ -79,20 +83,24 @@ def _check(result: int, call: str) -> int:
     return result
 
 
-def init_group() -> int:
-    """A new notification group: non-blocking for the epoll loop, event fds read-only and close-on-exec."""
-    return _check(
-        _libc.fanotify_init(
-            FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK,
-            os.O_RDONLY | O_LARGEFILE | os.O_CLOEXEC,
-        ),
-        "fanotify_init",
-    )
+def init_group(*, unlimited_queue: bool) -> int:
+    """A new notification group: non-blocking for the epoll loop, event fds read-only and close-on-exec.
+
+    A bounded queue holds fs.fanotify.max_queued_events (16384 by default) and then drops events
+    (FAN_Q_OVERFLOW); a workload reading 20,000 files at full speed overruns it. Unlimited costs kernel
+    memory only while the server lags, and ignore marks keep it near one event per distinct file.
+    """
+    flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | (FAN_UNLIMITED_QUEUE if unlimited_queue else 0)
+    return _check(_libc.fanotify_init(flags, os.O_RDONLY | O_LARGEFILE | os.O_CLOEXEC), "fanotify_init")
 
 
 def mark_mount(group: int, dirfd: int, mask: int = TRACE_MASK) -> None:
-    """Watch the whole mount that dirfd lies on (dirfd itself, as the pathname is NULL)."""
-    _check(_libc.fanotify_mark(group, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, dirfd, _ffi.NULL), "fanotify_mark")
+    """Watch the whole mount that the directory dirfd lies on.
+
+    The pathname is "." rather than NULL: with NULL the kernel takes dirfd through fdget(), which
+    refuses O_PATH fds (EBADF); "." resolves to dirfd itself without looking up any name.
+    """
+    _check(_libc.fanotify_mark(group, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, dirfd, b"."), "fanotify_mark")
 
 
 def ignore_inode(group: int, fd: int, mask: int = TRACE_MASK) -> None:
@@ -103,6 +111,12 @@ def ignore_inode(group: int, fd: int, mask: int = TRACE_MASK) -> None:
         ),
         "fanotify_mark(ignore)",
     )
+
+
+def queued_bytes(group: int) -> int:
+    """How many bytes of events wait in the group's queue (FIONREAD: metadata and info records)."""
+    (count,) = struct.unpack("i", fcntl.ioctl(group, termios.FIONREAD, b"\0" * 4))
+    return int(count)
 
 
 def iter_events(buf: bytes) -> Iterator[Event]:
@@ -122,4 +136,3 @@ def iter_events(buf: bytes) -> Iterator[Event]:
             raise EventFormatError(f"event_len {event_len} at offset {offset} of {len(buf)}")
         yield Event(fd, mask, pid)
         offset += event_len
-

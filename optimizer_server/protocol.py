@@ -9,7 +9,7 @@ Every message starts with the same 5-byte little-endian header, then a body fixe
     CANCEL   (empty)                                   plugin → server: drop the session, no reply
     READY    (empty)                                   server → plugin: the mark is in place
     FAILED   message (UTF-8, the rest of the datagram) server → plugin: the session is gone
-    EVENTS   count u16, count × (mask u64, pid i32, t_ns u64)
+    EVENTS   count u16, count x (mask u64, pid i32, t_ns u64)
                                                        server → plugin: exactly `count` fds in SCM_RIGHTS
     DONE     overflowed u8 (0/1), lost u32             server → plugin: last message of a session
 
@@ -27,7 +27,7 @@ SCM_MAX_FD = 253
 MAX_EVENTS_PER_MESSAGE = SCM_MAX_FD
 # FAILED text is for logs; a bound keeps every datagram far below the socket buffer.
 MAX_FAILED_MESSAGE = 4096
-# Large enough for any message this codec produces (an EVENTS message is 7 + 253 × 20 = 5067 bytes).
+# Large enough for any message this codec produces (an EVENTS message is 7 + 253 x 20 = 5067 bytes).
 MAX_DATAGRAM = 8192
 
 TRACE = 0x01
@@ -156,6 +156,8 @@ def decode_reply(data: bytes) -> Reply:
         _expect_len(body, 0, "READY")
         return Ready(session)
     if kind == FAILED:
+        if len(body) > MAX_FAILED_MESSAGE:
+            raise ProtocolError(f"FAILED message of {len(body)} bytes, limit {MAX_FAILED_MESSAGE}")
         try:
             return Failed(session, body.decode("utf-8"))
         except UnicodeDecodeError as e:

@@ -4,6 +4,10 @@ A session is one fanotify group marking one container's root mount. The mark is 
 magic link /proc/PID/root, so the server never enters the container's mount namespace and never
 resolves a path inside it; event fds still read back container-relative, because the container's root
 is not reachable from ours.
+
+After the first event of an inode the server puts an ignore mark on it, so the kernel stops reporting
+repeats. Events queued between the read that returned the first one and the mark still arrive: a file
+the workload rereads at once may be reported a few times (the plugin dedups).
 """
 
 from __future__ import annotations
@@ -26,10 +30,6 @@ READ_SIZE = 64 * 1024
 # fds the server needs besides one read's event fds: stdio, the control socket, the epoll fd, and one
 # group per session (fs.fanotify.max_user_groups is 128 by default), with headroom.
 FD_RESERVE = 512
-# STOP drains until the queue is empty. A queue holds at most fs.fanotify.max_queued_events (16384 by
-# default = 384 KiB of metadata), so 16 full reads empty it 2.6 times over: everything queued before
-# STOP is read, and a workload that keeps opening new files cannot hold the loop forever.
-MAX_DRAIN_READS = 16
 
 
 @dataclass
@@ -43,9 +43,10 @@ class _Session:
 
 
 class Server:
-    def __init__(self, control: socket.socket, *, nofile: int) -> None:
+    def __init__(self, control: socket.socket, *, nofile: int, unlimited_queue: bool = True) -> None:
         """control: our end of the SEQPACKET socketpair; nofile: the RLIMIT_NOFILE soft limit."""
         self._control = control
+        self._unlimited_queue = unlimited_queue
         events_per_read = max(1, min(READ_SIZE // fanotify.METADATA_LEN, nofile - FD_RESERVE))
         self._read_size = events_per_read * fanotify.METADATA_LEN
         self._epoll = select.epoll()
@@ -63,7 +64,7 @@ class Server:
                             log.info("control socket closed: exiting")
                             return 0
                     elif session := self._by_group.get(fd):
-                        self._read(session, max_reads=1)
+                        self._read_once(session)
         except (BrokenPipeError, ConnectionResetError):
             log.info("plugin went away: exiting")
             return 0
@@ -81,7 +82,7 @@ class Server:
         try:
             command = protocol.decode_command(data)
         except protocol.ProtocolError as e:
-            log.error("ignoring control message %s: %s", data[:32].hex(), e)
+            log.error("ignoring a %d-byte control message %s: %s", len(data), data[:32].hex(), e)
             return True
         match command:
             case protocol.Trace(session_id, pid):
@@ -99,7 +100,7 @@ class Server:
             self._send(protocol.Failed(session_id, f"session {session_id} is already tracing"))
             return
         try:
-            group = _watch_root_mount(pid)
+            group = _watch_root_mount(pid, unlimited_queue=self._unlimited_queue)
         except _Refused as e:
             log.warning("session %d: %s", session_id, e)
             self._send(protocol.Failed(session_id, str(e)))
@@ -116,27 +117,39 @@ class Server:
         if session is None:
             self._send(protocol.Failed(session_id, f"session {session_id} is not tracing"))
             return
-        # Events are queued during the workload's own syscalls, so everything it did before STOP is
-        # in the queue by now; read it all, then DONE closes the session.
-        self._read(session, max_reads=MAX_DRAIN_READS)
+        # Events are queued during the workload's own syscalls, so everything it did before STOP is in
+        # the queue by now. Read exactly that much: a workload still opening new files behind it must
+        # not hold the loop forever.
+        pending = fanotify.queued_bytes(session.group)
+        while pending > 0 and (done := self._read_once(session)) is not None:
+            pending -= done
         self._close(session)
-        log.info("session %d: done (overflowed=%s, lost=%d)", session_id, session.overflowed, session.lost)
+        log.info(
+            "session %d: done with pid %d (overflowed=%s, lost=%d)",
+            session_id,
+            session.pid,
+            session.overflowed,
+            session.lost,
+        )
         self._send(protocol.Done(session_id, session.overflowed, session.lost))
 
-    def _read(self, session: _Session, *, max_reads: int) -> None:
-        """Read and forward up to max_reads buffers of events; stops early when the queue is empty."""
-        for _ in range(max_reads):
-            try:
-                buf = os.read(session.group, self._read_size)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                # The kernel could not open the file of the event at the head of the queue (e.g. ENXIO,
-                # EMFILE) and dropped that event; the rest of the queue is still there.
-                session.lost += 1
-                log.warning("session %d: event dropped by the kernel: %s", session.id, e.strerror)
-                continue
-            self._forward(session, buf, time.monotonic_ns())
+    def _read_once(self, session: _Session) -> int | None:
+        """Read and forward one buffer of events; how many queued bytes it took, None if none were queued.
+
+        EINTR needs no care: Python retries the read (PEP 475).
+        """
+        try:
+            buf = os.read(session.group, self._read_size)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            # The kernel could not open the file of the event at the head of the queue (e.g. ENXIO,
+            # EMFILE) and dropped that event, which was at least one metadata long.
+            session.lost += 1
+            log.warning("session %d: event dropped by the kernel: %s", session.id, e.strerror)
+            return fanotify.METADATA_LEN
+        self._forward(session, buf, time.monotonic_ns())
+        return len(buf)
 
     def _forward(self, session: _Session, buf: bytes, t_ns: int) -> None:
         records: list[protocol.EventRecord] = []
@@ -155,9 +168,14 @@ class Server:
                 log.error("session %d: unreadable event stream, rest of this read dropped: %s", session.id, e)
             step = protocol.MAX_EVENTS_PER_MESSAGE
             for start in range(0, len(fds), step):
-                self._send(
-                    protocol.Events(session.id, tuple(records[start : start + step])), fds[start : start + step]
-                )
+                batch = protocol.Events(session.id, tuple(records[start : start + step]))
+                try:
+                    self._send(batch, fds[start : start + step])
+                except (BrokenPipeError, ConnectionResetError):
+                    raise
+                except OSError as e:  # e.g. ENOBUFS: this batch is lost, the session goes on
+                    session.lost += len(batch.events)
+                    log.error("session %d: %d events not sent: %s", session.id, len(batch.events), e.strerror)
         finally:
             # The receiver holds its own copies once sent; unsent ones (plugin gone) are no one's.
             for fd in fds:
@@ -188,7 +206,7 @@ class _Refused(Exception):
     """TRACE cannot be served; the message goes to the plugin in FAILED."""
 
 
-def _watch_root_mount(pid: int) -> int:
+def _watch_root_mount(pid: int, *, unlimited_queue: bool) -> int:
     """A new fanotify group marking the root mount of pid."""
     try:
         root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -197,7 +215,7 @@ def _watch_root_mount(pid: int) -> int:
     except OSError as e:
         raise _Refused(f"pid {pid}: cannot open /proc/{pid}/root: {e.strerror}") from None
     try:
-        group = fanotify.init_group()
+        group = fanotify.init_group(unlimited_queue=unlimited_queue)
         try:
             fanotify.mark_mount(group, root)
         except OSError:

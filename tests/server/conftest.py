@@ -12,13 +12,13 @@ from .helpers import FakeContainer, MakeContainer
 
 @pytest.fixture
 def make_container(tmp_path: Path) -> Iterator[MakeContainer]:
-    """make_container(files, workload): a started FakeContainer, waiting at its gate; killed at teardown."""
+    """make_container(files, workload[, setup]): a started FakeContainer at its gate; killed at teardown."""
     containers: list[FakeContainer] = []
 
-    def make(files: Sequence[str], workload: str) -> FakeContainer:
+    def make(files: Sequence[str], workload: str, setup: str = ":") -> FakeContainer:
         workdir = tmp_path / f"container{len(containers)}"
         workdir.mkdir()
-        containers.append(FakeContainer(workdir, files, workload))
+        containers.append(FakeContainer(workdir, files, workload, setup))
         return containers[-1]
 
     yield make

@@ -28,7 +28,8 @@ class FakeContainer:
     The tmpfs lives only in the container's namespace: it leaves nothing behind on the host.
     """
 
-    def __init__(self, workdir: Path, files: Sequence[str], workload: str) -> None:
+    def __init__(self, workdir: Path, files: Sequence[str], workload: str, setup: str = ":") -> None:
+        """setup: shell run in the root before the pivot, while host binaries are still reachable."""
         self.workdir = workdir
         root = workdir / "root"
         root.mkdir()
@@ -38,6 +39,7 @@ class FakeContainer:
             f"mount -t tmpfs rootfs {shlex.quote(str(root))} && cd {shlex.quote(str(root))} || exit 1\n"
             f"mkdir -p old {' '.join(dirs)} || exit 1\n"
             f"for f in {' '.join(files)}; do echo x > .$f || exit 1; done\n"
+            f"{setup} || exit 1\n"
             "pivot_root . old && cd / || exit 1\n"
             "echo ready\n"
             "read go\n"

@@ -189,3 +189,16 @@ def test_server_imports_nothing_after_start_up(tmp_path: Path, make_container: M
     first_request = next(i for i, line in enumerate(lines) if line.startswith("optimizer-server:"))
     assert [line for line in lines[first_request:] if "import time:" in line] == []
     assert "control socket closed: exiting" in lines[-1]
+
+
+def test_a_file_over_4_gib_is_recorded(server: RawServer, make_container: MakeContainer) -> None:
+    """The kernel opens its event fd only with O_LARGEFILE; a sparse file costs no memory."""
+    container = make_container(["/f1"], read_each(["/big", "/f1"]), setup="echo x > big && truncate -s 5G big")
+    server.send(Trace(1, container.pid))
+    assert server.recv() == (Ready(1), [])
+    container.go()
+    container.expect("done")
+    server.send(Stop(1))
+    _, paths, done = server.recv_until_done()
+    assert paths == ["/big", "/f1"]
+    assert done == Done(1, overflowed=False, lost=0)

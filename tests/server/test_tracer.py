@@ -307,3 +307,14 @@ def test_events_whose_fds_cannot_be_received_make_the_trace_incomplete(make_cont
         assert len(os.listdir("/proc/self/fd")) == open_fds - 1  # the server's socket is closed
 
     run(body)
+
+
+def test_a_missing_server_binary_is_a_trace_error(tmp_path: Path) -> None:
+    async def body() -> None:
+        server = TraceServer([str(tmp_path / "optimizer-server")])
+        with pytest.raises(TraceError, match=r"^cannot start the trace server \[.*\]: .*No such file"):
+            await server.trace(1, CollectingSink(), timeout=TIMEOUT)
+        assert server.pid is None
+        await server.close()
+
+    run(body)
