@@ -35,6 +35,7 @@ class Config:
     overwrite: bool = False
     events: tuple[str, ...] = ("StartContainer", "StopContainer")
     # Ours.
+    include_exec: bool = False  # list files read by processes exec'd into the container (probes, kubectl exec)
     socket: str = "/var/run/nri/nri.sock"
     log_level: str = "info"
     log_file: str = ""  # "" logs to stderr only
@@ -48,6 +49,7 @@ _EXPECT: dict[str, str] = {
     "timeout": "a whole number of seconds >= 0 (0 traces until the container stops), e.g. timeout = 0",
     "overwrite": "true or false, e.g. overwrite = false",
     "events": 'a list of event names, e.g. events = ["StartContainer", "StopContainer"]',
+    "include_exec": "true or false, e.g. include_exec = false",
     "socket": 'an absolute socket path, e.g. socket = "/var/run/nri/nri.sock"',
     "log_level": f'one of {", ".join(LOG_LEVELS)}, e.g. log_level = "info"',
     "log_file": 'an absolute file path, or "" for stderr only, e.g. log_file = "/var/log/nri-optimizer.log"',
@@ -65,7 +67,7 @@ def _type_name(value: object) -> str:
 def _check(key: str, value: object) -> Any:
     """The value for ``key`` in its Config type, or ValueError with what was wrong (the caller adds the fix)."""
     got = f"got {value!r} ({_type_name(value)})"
-    if key in ("readable", "overwrite"):
+    if key in ("readable", "overwrite", "include_exec"):
         if not isinstance(value, bool):
             raise ValueError(got)
         return value

@@ -193,6 +193,13 @@ class CriClient:
         request = pb.StopContainerRequest(container_id=container_id, timeout=timeout)
         self._call(self._runtime, "StopContainer", request, pb.StopContainerResponse, extra_time=timeout)
 
+    def exec_sync(self, container_id: str, command: Sequence[str], timeout: int = 10) -> tuple[int, bytes, bytes]:
+        """Run a command in a running container, as an exec probe or `kubectl exec` would:
+        (exit code, stdout, stderr)."""
+        request = pb.ExecSyncRequest(container_id=container_id, cmd=list(command), timeout=timeout)
+        response = self._call(self._runtime, "ExecSync", request, pb.ExecSyncResponse, extra_time=timeout)
+        return response.exit_code, response.stdout, response.stderr
+
     def remove_container(self, container_id: str) -> None:
         request = pb.RemoveContainerRequest(container_id=container_id)
         self._call(self._runtime, "RemoveContainer", request, pb.RemoveContainerResponse)

@@ -134,7 +134,7 @@ class Optimizer:
             log.warning("%s not traced: the runtime gave no pid", cid)
             return
         upper = UpperLayer.of_process(container.pid)
-        recorder = Recorder(cid, started_ns)
+        recorder = Recorder(cid, started_ns, include_exec=config.include_exec)
         try:
             session = await self._start_session(container.pid, recorder)
         except TraceError as exc:
@@ -224,13 +224,15 @@ class Optimizer:
                 return
             path, listed = persisted
             log.info(
-                "%s recorded %d files (%s; %d events, %d written by the container, %d unlistable) in %s",
+                "%s recorded %d files (%s; %d events, %d written by the container, %d unlistable, "
+                "%d events of exec'd processes) in %s",
                 cid,
                 listed,
                 why,
                 outcome.events,
                 written,
                 len(trace.recorder.entries) - written - listed,
+                trace.recorder.foreign,
                 path,
             )
         finally:

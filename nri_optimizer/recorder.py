@@ -13,6 +13,8 @@ import os
 import stat
 from collections.abc import Sequence
 
+from optimizer_server.protocol import FOREIGN
+
 from .results import Entry
 from .tracer import TraceEvent
 
@@ -24,9 +26,13 @@ _DELETED = b" (deleted)"
 class Recorder:
     """The event sink of one trace session; ``entries`` is the list so far, in order of first access."""
 
-    def __init__(self, container_id: str, started_ns: int) -> None:
+    def __init__(self, container_id: str, started_ns: int, *, include_exec: bool = False) -> None:
+        """``include_exec``: also list files read by processes exec'd into the container from outside
+        (exec probes, kubectl exec); by default they are noise."""
         self.container_id = container_id
         self._started_ns = started_ns
+        self._include_exec = include_exec
+        self.foreign = 0  # events from exec'd processes left out
         self._seen: set[tuple[int, int]] = set()
         self.entries: list[Entry] = []
         self.events = 0
@@ -36,6 +42,11 @@ class Recorder:
         self.events += len(events)
         for event in events:
             fd = event.fd
+            if event.mask & FOREIGN and not self._include_exec:
+                # Not marked seen: the workload's own read of the same file must still count.
+                self.foreign += 1
+                os.close(fd)
+                continue
             try:
                 info = os.fstat(fd)
                 key = (info.st_dev, info.st_ino)

@@ -14,6 +14,9 @@ Every message starts with the same 5-byte little-endian header, then a body fixe
     DONE     overflowed u8 (0/1), lost u32             server → plugin: last message of a session
 
 t_ns is CLOCK_MONOTONIC (time.monotonic_ns()) when the server read the event from the kernel.
+mask carries the kernel's fanotify bits, plus FOREIGN (bit 63, never a kernel bit) when the accessing
+process is not a descendant of the traced pid: it entered the container from outside (runc exec: exec
+probes, kubectl exec).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ CANCEL = 0x03
 READY = 0x81
 FAILED = 0x82
 EVENTS = 0x83
+FOREIGN = 1 << 63
 DONE = 0x84
 
 _HEADER = struct.Struct("<BI")

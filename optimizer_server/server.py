@@ -18,7 +18,7 @@ import os
 import select
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from optimizer_server import fanotify, protocol
 
@@ -40,6 +40,7 @@ class _Session:
     overflowed: bool = False
     lost: int = 0
     ignore_failed: bool = False
+    own: dict[int, bool] = field(default_factory=dict)  # pid -> descendant of the traced pid?
 
 
 class Server:
@@ -161,8 +162,12 @@ class Server:
                         session.overflowed |= bool(event.mask & fanotify.FAN_Q_OVERFLOW)
                         continue
                     fds.append(event.fd)
-                    records.append(protocol.EventRecord(event.mask, event.pid, t_ns))
-                    self._ignore_repeats(session, event.fd)
+                    if _is_own(session, event.pid):
+                        records.append(protocol.EventRecord(event.mask, event.pid, t_ns))
+                        self._ignore_repeats(session, event.fd)
+                    else:
+                        # No ignore mark: the workload's own first read of this file must still be reported.
+                        records.append(protocol.EventRecord(event.mask | protocol.FOREIGN, event.pid, t_ns))
             except fanotify.EventFormatError as e:
                 session.lost += 1
                 log.error("session %d: unreadable event stream, rest of this read dropped: %s", session.id, e)
@@ -200,6 +205,47 @@ class Server:
         # Blocking send: a slow plugin slows us down (backpressure) instead of reordering or dropping.
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         self._control.sendmsg([protocol.encode(msg)], ancillary)
+
+
+def _is_own(session: _Session, pid: int) -> bool:
+    """Whether pid descends from the traced process, i.e. is the workload's and not an exec'd visitor's.
+
+    Walks the parent chain in /proc (our pid namespace, the host's). A process already gone cannot be
+    told apart: it counts as the workload's, which keeps a short-lived child of the workload listed.
+    """
+    known = session.own.get(pid)
+    if known is not None:
+        return known
+    chain = []
+    current = pid
+    own = True
+    while current != session.pid:
+        cached = session.own.get(current)
+        if cached is not None:
+            own = cached
+            break
+        chain.append(current)
+        parent = _parent(current)
+        if parent is None:  # gone (or not ours to read): give it the benefit of the doubt
+            own = True
+            break
+        if parent <= 1:
+            own = False
+            break
+        current = parent
+    for each in chain:
+        session.own[each] = own
+    return own
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: the fields start after its last ")".
+    return int(data[data.rindex(b")") + 2 :].split(b" ", 2)[1])
 
 
 class _Refused(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,19 @@ def test_server_killed_mid_trace_keeps_the_earlier_result(overwriting: Traced) -
     # The next container gets a new server and is traced.
     overwriting.finish(overwriting.run(["/bin/cat", "/data/f003"]))
     assert overwriting.result() == ["/bin/busybox", "/data/f003"]
+
+
+def test_files_read_by_an_exec_process_are_absent(traced: Traced) -> None:
+    run = traced.run(["/bin/sh", "-c", "cat /data/f001; while [ ! -e /tmp/go ]; do sleep 0.05; done; "
+                      "cat /data/f002; exec sleep 1000"], wait=False)
+    traced.log.wait_for(rf"{run.container_id} tracing pid")
+    # An exec probe reads f002 (which the workload reads later) and f003 (which it never reads).
+    assert traced.bed.cri.exec_sync(run.container_id, ["/bin/sh", "-c", "cat /data/f002 /data/f003; touch /tmp/go"]) \
+        == (0, b"content of /data/f002\ncontent of /data/f003\n", b"")
+    deadline = time.monotonic() + 10
+    while run.log_lines() != ["content of /data/f001", "content of /data/f002"]:  # the workload went on
+        assert time.monotonic() < deadline, run.log_lines()
+        time.sleep(0.05)
+    line = traced.finish(run)
+    assert traced.result() == ["/bin/busybox", "/data/f001", "/data/f002"]
+    assert "events of exec'd processes" in line and " 0 events of exec'd processes" not in line
