@@ -18,9 +18,10 @@ import os
 import select
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from optimizer_server import fanotify, protocol
+from optimizer_server.proctree import ProcessTree
 
 log = logging.getLogger("optimizer_server")
 
@@ -40,7 +41,6 @@ class _Session:
     overflowed: bool = False
     lost: int = 0
     ignore_failed: bool = False
-    own: dict[int, bool] = field(default_factory=dict)  # pid -> descendant of the traced pid?
 
 
 class Server:
@@ -53,6 +53,8 @@ class Server:
         self._epoll = select.epoll()
         self._sessions: dict[int, _Session] = {}
         self._by_group: dict[int, _Session] = {}
+        self._tree = ProcessTree()
+        self._tree_fd: int | None = None  # the connector socket registered with epoll
 
     def run(self) -> int:
         """Serve until the plugin closes its end; returns the exit status."""
@@ -66,12 +68,15 @@ class Server:
                             return 0
                     elif session := self._by_group.get(fd):
                         self._read_once(session)
+                    elif fd == self._tree_fd:
+                        self._tree.drain()
         except (BrokenPipeError, ConnectionResetError):
             log.info("plugin went away: exiting")
             return 0
         finally:
             for session in list(self._sessions.values()):
                 self._close(session)
+            self._tree.close()
             self._epoll.close()
 
     def _on_control(self, flags: int) -> bool:
@@ -107,6 +112,8 @@ class Server:
             self._send(protocol.Failed(session_id, str(e)))
             return
         session = _Session(session_id, pid, group)
+        self._tree.watch(pid)
+        self._follow_tree()
         self._sessions[session_id] = session
         self._by_group[group] = session
         self._epoll.register(group, select.EPOLLIN)
@@ -155,6 +162,8 @@ class Server:
     def _forward(self, session: _Session, buf: bytes, t_ns: int) -> None:
         records: list[protocol.EventRecord] = []
         fds: list[int] = []
+        # Every fork behind these events was reported before the events themselves were queued.
+        self._tree.drain()
         try:
             try:
                 for event in fanotify.iter_events(buf):
@@ -162,7 +171,7 @@ class Server:
                         session.overflowed |= bool(event.mask & fanotify.FAN_Q_OVERFLOW)
                         continue
                     fds.append(event.fd)
-                    if _is_own(session, event.pid):
+                    if self._tree.descends(session.pid, event.pid):
                         records.append(protocol.EventRecord(event.mask, event.pid, t_ns))
                         self._ignore_repeats(session, event.fd)
                     else:
@@ -200,52 +209,26 @@ class Server:
         del self._by_group[session.group]
         self._epoll.unregister(session.group)
         os.close(session.group)
+        if not any(other.pid == session.pid for other in self._sessions.values()):
+            self._tree.forget(session.pid)
+        if self._tree.idle:
+            # Out of the poll set before the socket is closed, while its fd number still means it.
+            if self._tree_fd is not None:
+                self._epoll.unregister(self._tree_fd)
+                self._tree_fd = None
+            self._tree.close()
+
+    def _follow_tree(self) -> None:
+        """Poll the connector socket the tree opened, if it did."""
+        fd = self._tree.fileno()
+        if fd is not None and self._tree_fd is None:
+            self._epoll.register(fd, select.EPOLLIN)
+            self._tree_fd = fd
 
     def _send(self, msg: protocol.Reply, fds: list[int] | None = None) -> None:
         # Blocking send: a slow plugin slows us down (backpressure) instead of reordering or dropping.
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         self._control.sendmsg([protocol.encode(msg)], ancillary)
-
-
-def _is_own(session: _Session, pid: int) -> bool:
-    """Whether pid descends from the traced process, i.e. is the workload's and not an exec'd visitor's.
-
-    Walks the parent chain in /proc (our pid namespace, the host's). A process already gone cannot be
-    told apart: it counts as the workload's, which keeps a short-lived child of the workload listed.
-    """
-    known = session.own.get(pid)
-    if known is not None:
-        return known
-    chain = []
-    current = pid
-    own = True
-    while current != session.pid:
-        cached = session.own.get(current)
-        if cached is not None:
-            own = cached
-            break
-        chain.append(current)
-        parent = _parent(current)
-        if parent is None:  # gone (or not ours to read): give it the benefit of the doubt
-            own = True
-            break
-        if parent <= 1:
-            own = False
-            break
-        current = parent
-    for each in chain:
-        session.own[each] = own
-    return own
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: the fields start after its last ")".
-    return int(data[data.rindex(b")") + 2 :].split(b" ", 2)[1])
 
 
 class _Refused(Exception):

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from nri_optimizer.tracer import TraceError, TraceServer
+from optimizer_server.protocol import FOREIGN
 
 from .helpers import SERVER_CMD, CollectingSink, MakeContainer, read_each
 
@@ -316,5 +317,30 @@ def test_a_missing_server_binary_is_a_trace_error(tmp_path: Path) -> None:
             await server.trace(1, CollectingSink(), timeout=TIMEOUT)
         assert server.pid is None
         await server.close()
+
+    run(body)
+
+
+def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_container: MakeContainer) -> None:
+    # f2 is read by a short-lived child (gone before its event is read: only fork-time tracking knows it
+    # was the workload's); f3 by a process from outside, through /proc/PID/root, as runc exec's would.
+    container = make_container(["/f1", "/f2", "/f3"], "read -r x < /f1; (read -r y < /f2); echo read; read wait")
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        container.go()
+        container.expect("read")
+        outsider = await asyncio.create_subprocess_exec("cat", f"/proc/{container.pid}/root/f3",
+                                                        stdout=asyncio.subprocess.DEVNULL)
+        assert await outsider.wait() == 0
+        await asyncio.sleep(0.2)
+        container.go()
+        container.expect("done")
+        await session.stop(timeout=TIMEOUT)
+        await server.close()
+        tagged = [(access.path, bool(access.mask & FOREIGN)) for access in sink.accesses]
+        assert tagged == [("/f1", False), ("/f2", False), ("/f3", True)]
 
     run(body)
