@@ -2,6 +2,7 @@
 #   make test     unit tests + end-to-end tests against real containerd 2.1 and 1.7 (needs root)
 #   make proto    regenerate nri_optimizer/proto/*_pb2.py from proto/*.proto
 #   make lint     ruff and mypy
+#   make optimizer, make install-optimizer, make uninstall-optimizer   (as upstream; see README.md "Install")
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,8 +21,6 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
-
-optimizer: venv
 
 # Fetch containerd, runc and busybox into the cache first, so that a missing archive fails loudly here.
 test: venv
@@ -51,3 +50,37 @@ proto: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# --- install, as upstream's: upstream's paths, each overridable; DESTDIR prefixes them all ---------------
+# PYTHON is the interpreter the installed venv is based on. A venv cannot be moved, so with DESTDIR every
+# installed path (launchers, server_path, the unit) names the copy under DESTDIR: a working tree to test in
+# place, not a staging area (see nri_optimizer/install.py).
+PREFIX_VENV ?= /opt/nri-optimizer/venv
+PLUGIN_DIR ?= /opt/nri/plugins
+BINDIR ?= /usr/local/bin
+CONF_DIR ?= /etc/nri/conf.d
+PERSIST_DIR ?= /opt/nri/optimizer/results
+SYSTEMD_DIR ?= /etc/systemd/system
+WHEELHOUSE := build/wheelhouse
+# Standard library only, from the source tree: uninstall works even after make clean.
+OPTIMIZER_INSTALL := $(PYTHON) -m nri_optimizer.install --destdir '$(DESTDIR)' --venv '$(PREFIX_VENV)'
+
+.PHONY: install-optimizer uninstall-optimizer
+
+# The project and its dependencies as wheels: installing then needs no network and no source tree.
+# Rebuilt when a module or a package directory changes (a directory's time covers deleted modules); build/lib
+# goes too, or setuptools would carry deleted modules over from it.
+OPTIMIZER_SOURCES := $(wildcard nri_optimizer/*.py nri_optimizer/*/*.py optimizer_server/*.py)
+optimizer: $(WHEELHOUSE)/.built
+
+$(WHEELHOUSE)/.built: $(VENV)/.installed pyproject.toml $(OPTIMIZER_SOURCES) $(sort $(dir $(OPTIMIZER_SOURCES)))
+	rm -rf build/lib $(WHEELHOUSE)
+	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELHOUSE) .
+	touch $@
+
+install-optimizer: optimizer
+	$(OPTIMIZER_INSTALL) install --plugin-dir '$(PLUGIN_DIR)' --bindir '$(BINDIR)' --conf-dir '$(CONF_DIR)' \
+		--persist-dir '$(PERSIST_DIR)' --systemd-dir '$(SYSTEMD_DIR)' --pip-python $(PY) --wheelhouse $(WHEELHOUSE)
+
+uninstall-optimizer:
+	$(OPTIMIZER_INSTALL) uninstall

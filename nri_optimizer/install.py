@@ -130,11 +130,6 @@ def relocate(text: str, paths: dict[str, str], template: Path) -> str:
     return re.sub("|".join(map(re.escape, paths)), lambda match: paths[match.group()], text)
 
 
-def server_launcher_text(python: str) -> str:
-    # The plugin launcher's shape (nri_optimizer.launcher): absolute interpreter, isolated from the environment.
-    return f"#!{python} -I\nimport sys\n\nfrom optimizer_server.__main__ import main\n\nsys.exit(main())\n"
-
-
 def install(layout: Layout, python: str, pip_python: str, wheelhouse: Path) -> None:
     wheels = sorted(str(wheel) for wheel in wheelhouse.glob("*.whl"))
     if not any(Path(wheel).name.startswith("nri_optimizer-") for wheel in wheels):
@@ -160,7 +155,7 @@ def install(layout: Layout, python: str, pip_python: str, wheelhouse: Path) -> N
         python_path = str(layout.python)
         manifest.put(layout.plugin_dir / PLUGIN, launcher_text(python_path), 0o755)
         server = layout.bindir / SERVER
-        manifest.put(server, server_launcher_text(python_path), 0o755)
+        manifest.put(server, launcher_text(python_path, "optimizer_server.__main__"), 0o755)
 
         conf_text = relocate(CONF_TEMPLATE.read_text(encoding="utf-8"),
                              {DEFAULT_SERVER: str(server), DEFAULT_PERSIST_DIR: str(layout.persist_dir)},
@@ -224,14 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--destdir", default="", help="prefix for every directory below (default: none)")
     parser.add_argument("--venv", default=DEFAULT_VENV)
     commands = parser.add_subparsers(dest="command", required=True)
-    put = commands.add_parser("install")
-    put.add_argument("--plugin-dir", default=DEFAULT_PLUGIN_DIR)
-    put.add_argument("--bindir", default=os.path.dirname(DEFAULT_SERVER))
-    put.add_argument("--conf-dir", default=DEFAULT_CONF_DIR)
-    put.add_argument("--persist-dir", default=DEFAULT_PERSIST_DIR)
-    put.add_argument("--systemd-dir", default="/etc/systemd/system")
-    put.add_argument("--pip-python", required=True, help="an interpreter with pip, to install the wheels")
-    put.add_argument("--wheelhouse", type=Path, required=True, help="the wheels make optimizer built")
+    install_command = commands.add_parser("install")
+    install_command.add_argument("--plugin-dir", default=DEFAULT_PLUGIN_DIR)
+    install_command.add_argument("--bindir", default=os.path.dirname(DEFAULT_SERVER))
+    install_command.add_argument("--conf-dir", default=DEFAULT_CONF_DIR)
+    install_command.add_argument("--persist-dir", default=DEFAULT_PERSIST_DIR)
+    install_command.add_argument("--systemd-dir", default="/etc/systemd/system")
+    install_command.add_argument("--pip-python", required=True, help="an interpreter with pip, to install the wheels")
+    install_command.add_argument("--wheelhouse", type=Path, required=True, help="the wheels make optimizer built")
     commands.add_parser("uninstall")
     args = parser.parse_args(argv)
 

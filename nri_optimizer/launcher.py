@@ -10,10 +10,12 @@ import os
 import sys
 
 
-def launcher_text(python: str) -> str:
+def launcher_text(python: str, module: str = "nri_optimizer.cli") -> str:
+    """A script running ``module``'s ``main()`` (the plugin's by default; the server's is
+    ``optimizer_server.__main__``)."""
     if not os.path.isabs(python):
         raise ValueError(f"the launcher needs an absolute interpreter path, not {python!r}")
-    return f"#!{python} -I\nimport sys\n\nfrom nri_optimizer.cli import main\n\nsys.exit(main())\n"
+    return f"#!{python} -I\nimport sys\n\nfrom {module} import main\n\nsys.exit(main())\n"
 
 
 def write_launcher(path: str, python: str = sys.executable) -> None:

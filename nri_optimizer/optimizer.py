@@ -247,6 +247,10 @@ class Optimizer:
         entries = trace.recorder.entries
         if trace.upper is not None:
             entries = [entry for entry in entries if not trace.upper.wrote(entry.path)]
+            if trace.upper.unreadable:
+                log.warning("%s could not look up %d paths in the container's upper layer (permissions?): "
+                            "they are listed even if the container wrote them", trace.container_id,
+                            trace.upper.unreadable)
         config = self.config
         persisted = results.persist(
             config.persist_dir,

@@ -71,6 +71,7 @@ class UpperLayer:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self.unreadable = 0  # lookups refused (EACCES: no CAP_DAC_READ_SEARCH?): those paths stay listed
 
     @classmethod
     def of_process(cls, pid: int) -> UpperLayer | None:
@@ -99,7 +100,12 @@ class UpperLayer:
                 opened.append(fd)
             os.stat(components[-1], dir_fd=fd, follow_symlinks=False)
             return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
         except OSError:
+            # Cannot tell: keep the path (a written file listed costs a little prefetch; a dropped image
+            # file costs a miss), and count it so that the log says so.
+            self.unreadable += 1
             return False
         finally:
             for each in opened:

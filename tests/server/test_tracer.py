@@ -340,7 +340,9 @@ def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_cont
         container.expect("done")
         await session.stop(timeout=TIMEOUT)
         await server.close()
+        # Foreign reads get no ignore mark (the workload's own first read must still come), so the outsider's
+        # open and read may arrive as two events: compare each distinct (path, tag) once.
         tagged = [(access.path, bool(access.mask & FOREIGN)) for access in sink.accesses]
-        assert tagged == [("/f1", False), ("/f2", False), ("/f3", True)]
+        assert list(dict.fromkeys(tagged)) == [("/f1", False), ("/f2", False), ("/f3", True)]
 
     run(body)
