@@ -1,4 +1,5 @@
 # nri-optimizer: the project's verbs.
+#   make demo     profile a demo image on a private containerd it starts and tears down (needs root)
 #   make test     unit tests + end-to-end tests against real containerd 2.1 and 1.7 (needs root)
 #   make proto    regenerate nri_optimizer/proto/*_pb2.py from proto/*.proto
 #   make lint     ruff and mypy
@@ -9,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all venv optimizer test unit e2e stress lint proto clean
+.PHONY: all venv optimizer demo test unit e2e stress lint proto clean
 
 all: optimizer
 
@@ -21,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m nri_optimizer.testbed demo
 
 # Fetch containerd, runc and busybox into the cache first, so that a missing archive fails loudly here.
 test: venv
@@ -84,3 +88,19 @@ install-optimizer: optimizer
 
 uninstall-optimizer:
 	$(OPTIMIZER_INSTALL) uninstall
+
+# --- the optimizer benchmark (bench/, shared docs BENCH.md §1) ------------------------------------------
+# make bench BENCH_ARGS="--upstream-plugin PATH --upstream-server PATH" adds upstream's plugin as an anchor.
+BENCH_ARGS ?=
+
+.PHONY: bench bench-quick
+
+bench: venv
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m nri_optimizer.testbed fetch 2.1
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: venv
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m nri_optimizer.testbed fetch 2.1
+	$(PY) -m bench --quick $(BENCH_ARGS)

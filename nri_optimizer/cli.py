@@ -49,7 +49,8 @@ def daemon_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nri-optimizer",
         description="containerd NRI plugin that records the files each container reads as it starts, in order.",
-        epilog="Subcommands: profile IMAGE (see nri-optimizer profile --help). With none, this runs the plugin daemon.",
+        epilog="Subcommands: profile IMAGE, convert (see nri-optimizer SUBCOMMAND --help). "
+        "With none, this runs the plugin daemon.",
         argument_default=argparse.SUPPRESS,  # absent flags leave the file's value alone
     )
     parser.add_argument("--name", help=f"plugin name to register with NRI (default: {DEFAULT_NAME})")
@@ -151,6 +152,7 @@ async def _until_signal(main: Any) -> None:
 
 SUBCOMMANDS = {
     "profile": "nri_optimizer.profile",
+    "convert": "nri_optimizer.convert",
 }
 
 

@@ -170,7 +170,9 @@ class Optimizer:
 
     def _get_tracer(self) -> TraceServer:
         if self._tracer is None:
-            self._tracer = TraceServer([self.config.server_path])
+            # The server logs to our stderr: at our level, so that profile and a quiet daemon stay quiet.
+            level = logging.getLevelName(max(logging.getLogger().getEffectiveLevel(), logging.DEBUG))
+            self._tracer = TraceServer([self.config.server_path, "--log-level", level])
         return self._tracer
 
     async def _start_session(self, pid: int, recorder: Recorder) -> Session:

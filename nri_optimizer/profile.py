@@ -76,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workload.add_argument("--args", type=shlex.split, metavar="ARGS",
                           help="arguments, replacing the image's cmd (split like a shell would)")
     workload.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
+    workload.add_argument("--cgroup-parent", default="", metavar="PATH",
+                          help="pod cgroup parent (default: the runtime's; with the systemd driver, a slice)")
     workload.add_argument("--mount", action="append", default=[], metavar="HOST:CONTAINER[:ro]", help="bind mount")
     results = parser.add_argument_group("results (defaults from the config file, as the daemon)")
     results.add_argument("--config", help=f"TOML config file (default: {cfg.DEFAULT_CONFIG_FILE} if it exists)")
@@ -207,7 +209,9 @@ class Profiler:
 
     async def _start(self, cri: Any, logs: Path) -> tuple[Any, str]:
         name = f"nri-optimizer-profile-{secrets.token_hex(4)}"
-        pod = await asyncio.to_thread(cri.run_pod, name, log_directory=str(logs))
+        pod = await asyncio.to_thread(
+            cri.run_pod, name, log_directory=str(logs), cgroup_parent=self.args.cgroup_parent
+        )
         self.pod_id = pod.id
         cid = await asyncio.to_thread(
             cri.create_container, pod, "workload", self.args.image, command=self.args.cmd, args=self.args.args,

@@ -94,7 +94,9 @@ class PersistError(Exception):
 
 
 def _open_dir(persist_dir: str, components: Iterable[str]) -> int:
-    """Open persist_dir/components..., creating what is missing, refusing any symlink on the way down."""
+    """Open persist_dir/components..., creating what is missing, refusing any symlink on the way down
+    (persist_dir itself is the administrator's choice, and may be one)."""
+    os.makedirs(persist_dir, DIR_MODE, exist_ok=True)
     fd = os.open(persist_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in components:

@@ -1,4 +1,5 @@
-"""`python -m nri_optimizer.testbed fetch`: fill the testbed cache, so later runs need no network."""
+"""`python -m nri_optimizer.testbed fetch`: fill the testbed cache, so later runs need no network.
+`python -m nri_optimizer.testbed demo`: what `make demo` runs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument(
         "flavours", nargs="*", default=sorted(debs.CONTAINERD_FLAVOURS), help="containerd flavours (default: all)"
     )
+    commands.add_parser("demo", help="profile a demo image on a private containerd, then tear it down")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from nri_optimizer.testbed.demo import run_demo
+
+        return run_demo()
     try:
         for flavour in args.flavours:
             runtime = debs.fetch_runtime(flavour)
