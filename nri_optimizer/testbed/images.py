@@ -45,6 +45,7 @@ class FileSpec:
     mode: int = 0o644
     symlink: str | None = None
     directory: bool = False
+    sparse_size: int | None = None  # a sparse file this long: `data` at offset 0, a hole after it
 
 
 Layer = Mapping[str, bytes | FileSpec]  # absolute path in the image -> content
@@ -170,6 +171,16 @@ def _tar(entries: Mapping[str, bytes | FileSpec]) -> bytes:
             elif spec.symlink is not None:
                 info.type, info.linkname, info.mode = tarfile.SYMTYPE, spec.symlink, 0o777
                 tar.addfile(info)
+            elif spec.sparse_size is not None:
+                # PAX sparse format 1.0 (GNU tar's): the entry holds a map of its data fragments, then the
+                # fragments; the holes take no room in the layer however long the file is.
+                sparse_map = f"1\n0\n{len(spec.data)}\n".encode()
+                sparse_map += b"\0" * (-len(sparse_map) % tarfile.BLOCKSIZE)
+                info.name = f"{PurePosixPath(path).parent}/GNUSparseFile.0/{PurePosixPath(path).name}"
+                info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": path,
+                                    "GNU.sparse.realsize": str(spec.sparse_size)}
+                info.size = len(sparse_map) + len(spec.data)
+                tar.addfile(info, io.BytesIO(sparse_map + spec.data))
             else:
                 info.size = len(spec.data)
                 tar.addfile(info, io.BytesIO(spec.data))

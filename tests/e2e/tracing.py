@@ -67,7 +67,8 @@ class Traced:
         return line
 
 
-def start_traced(make_containerd, flavour: str, tmp_path: Path, workload: Path, extra: str = "") -> Traced:
+def start_traced(make_containerd, flavour: str, tmp_path: Path, workload: Path, extra: str = "",
+                 import_timeout: float = 30) -> Traced:
     log = PluginLog(tmp_path / "plugin.log")
     results = tmp_path / "results"
     results.mkdir(parents=True)
@@ -76,7 +77,7 @@ def start_traced(make_containerd, flavour: str, tmp_path: Path, workload: Path, 
     text = config_text(log.path, results, extra=extra)
     plugins, confs = install_prelaunched(tmp_path, text)
     bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
-    bed.ctd.import_image(workload)
+    bed.ctd.import_image(workload, timeout=import_timeout)
     log.wait_for(REGISTERED)
     time.sleep(0.05)
     return Traced(bed, log, results)
