@@ -3,6 +3,8 @@ import os
 import stat
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nri_optimizer.results import Entry, PersistError, listable, persist, readable_elapsed, readable_size, render
 
@@ -92,3 +94,24 @@ def test_a_directory_at_the_result_name_fails_cleanly(tmp_path):
         persist(str(tmp_path), "", "a:1", entries(b"/x"), readable=False, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["a:1", "a:1.csv", "a:1.json"]
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+def nydus_image_reads(plain: bytes) -> list[str]:
+    """How nydus-image reads --prefetch-patterns from stdin (UPSTREAM.md): UTF-8 lines, each trimmed,
+    lines that are not absolute skipped, order kept."""
+    patterns = []
+    for line in plain.decode("utf-8").split("\n"):
+        line = line.strip()
+        if line.startswith("/"):
+            patterns.append(line)
+    return patterns
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40).map(lambda b: b"/" + b), max_size=30))
+def test_nydus_image_reads_back_exactly_the_listed_paths(paths):
+    unique = list(dict.fromkeys(paths))
+    plain, _, prefetch, left_out = render([Entry(p, 1, 1) for p in unique], readable=False)
+    kept = [p.decode() for p in unique if listable(p) is not None]
+    assert nydus_image_reads(plain) == kept
+    assert [f["path"] for f in json.loads(prefetch)["files"]] == kept
+    assert left_out == len(unique) - len(kept)
