@@ -15,7 +15,7 @@ from nri_optimizer.testbed.bed import Testbed
 from nri_optimizer.testbed.images import BUSYBOX_IMAGE
 
 from .conftest import MakeContainerd
-from .plugin import REGISTERED, ExternalPlugin, PluginLog, config_text, install_prelaunched, prelaunched_pid
+from .plugin import REGISTERED, ExternalPlugin, PluginLog, config_text, prelaunched_pid, start_prelaunched
 
 START_LINE = r"INFO {cid} StartContainer name={name} pid=([0-9]+) image={image} pod=default/{name}$"
 STOP_LINE = r"INFO {cid} StopContainer name={name} pid=[0-9]+ image={image} pod=default/{name}$"
@@ -50,10 +50,7 @@ def external(make_containerd: MakeContainerd, flavour: str, tmp_path: Path) -> I
 
 def test_prelaunched_plugin_registers_and_logs_one_start_and_one_stop(make_containerd: MakeContainerd, flavour: str,
                                                                       tmp_path: Path) -> None:
-    log = PluginLog(tmp_path / "plugin.log")
-    plugins, confs = install_prelaunched(tmp_path, config_text(log.path, tmp_path / "results"))
-    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
-    log.wait_for(REGISTERED)
+    bed, log = start_prelaunched(make_containerd, flavour, tmp_path)
     assert log.matching(r"starting 02-optimizer-nri-plugin \(pre-launched mode")
     assert_start_and_stop_logged_once(log, bed)
 
@@ -99,10 +96,7 @@ def test_a_stopped_external_plugin_comes_back_when_continued(external) -> None:
 
 def test_pods_start_with_the_prelaunched_plugin_killed(make_containerd: MakeContainerd, flavour: str,
                                                       tmp_path: Path) -> None:
-    log = PluginLog(tmp_path / "plugin.log")
-    plugins, confs = install_prelaunched(tmp_path, config_text(log.path, tmp_path / "results"))
-    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
-    log.wait_for(REGISTERED)
+    bed, _ = start_prelaunched(make_containerd, flavour, tmp_path)
     os.kill(prelaunched_pid(bed), signal.SIGKILL)
     run = bed.run_busybox(["echo", "fine"])
     assert run.log_lines() == ["fine"]
@@ -110,10 +104,7 @@ def test_pods_start_with_the_prelaunched_plugin_killed(make_containerd: MakeCont
 
 def test_prelaunched_bad_config_is_a_configure_error_and_pods_still_start(make_containerd: MakeContainerd,
                                                                          flavour: str, tmp_path: Path) -> None:
-    log = PluginLog(tmp_path / "plugin.log")
-    text = config_text(log.path, tmp_path / "results", extra="timeout = \"soon\"\n")
-    plugins, confs = install_prelaunched(tmp_path, text)
-    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
+    bed, log = start_prelaunched(make_containerd, flavour, tmp_path, 'timeout = "soon"\n', registered=False)
     message = ("Configure: timeout: got 'soon' (string); expected a whole number of seconds >= 0 "
                "(0 traces until the container stops), e.g. timeout = 0")
     log.wait_for(re.escape(f"configuration rejected: {message}"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from nri_optimizer import reference
 from nri_optimizer.testbed.bed import Run, Testbed
 from nri_optimizer.testbed.images import FileSpec, build_image
 
-from .plugin import REGISTERED, PluginLog, config_text, install_prelaunched
+from .plugin import PluginLog, start_prelaunched
 
 WORKLOAD_IMAGE = "nri-optimizer.test/workload:1"
 DATA_FILES = [f"/data/f{i:03d}" for i in range(200)]
@@ -69,15 +68,10 @@ class Traced:
 
 def start_traced(make_containerd, flavour: str, tmp_path: Path, workload: Path, extra: str = "",
                  import_timeout: float = 30) -> Traced:
-    log = PluginLog(tmp_path / "plugin.log")
     results = tmp_path / "results"
     results.mkdir(parents=True)
     if "server_path" not in extra:
         extra = f'server_path = "{SERVER}"\n{extra}'
-    text = config_text(log.path, results, extra=extra)
-    plugins, confs = install_prelaunched(tmp_path, text)
-    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
+    bed, log = start_prelaunched(make_containerd, flavour, tmp_path, extra)
     bed.ctd.import_image(workload, timeout=import_timeout)
-    log.wait_for(REGISTERED)
-    time.sleep(0.05)
     return Traced(bed, log, results)
