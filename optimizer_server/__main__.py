@@ -13,6 +13,7 @@ import socket
 import sys
 
 # Everything the server will ever run is imported here, before the first request.
+from optimizer_server import privileges
 from optimizer_server.server import Server
 
 
@@ -38,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--fd {args.fd}: {e.strerror}")
     if control.family != socket.AF_UNIX or control.type != socket.SOCK_SEQPACKET:
         parser.error(f"--fd {args.fd}: not an AF_UNIX SOCK_SEQPACKET socket")
-    return Server(control, nofile=_raise_nofile_limit(), unlimited_queue=not args.bounded_queue).run()
+    nofile = _raise_nofile_limit()
+    try:
+        privileges.drop()
+    except OSError as e:
+        logging.getLogger("optimizer_server").warning("keeping every capability: %s", e.strerror)
+    return Server(control, nofile=nofile, unlimited_queue=not args.bounded_queue).run()
 
 
 def _raise_nofile_limit() -> int:

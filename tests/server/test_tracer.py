@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from nri_optimizer.tracer import TraceError, TraceServer
+from optimizer_server import privileges
 from optimizer_server.protocol import FOREIGN
 
 from .helpers import SERVER_CMD, CollectingSink, MakeContainer, read_each
@@ -344,5 +345,32 @@ def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_cont
         # open and read may arrive as two events: compare each distinct (path, tag) once.
         tagged = [(access.path, bool(access.mask & FOREIGN)) for access in sink.accesses]
         assert list(dict.fromkeys(tagged)) == [("/f1", False), ("/f2", False), ("/f3", True)]
+
+    run(body)
+
+
+def test_the_server_keeps_only_the_capabilities_it_uses_and_still_reads_root_only_files(
+    make_container: MakeContainer,
+) -> None:
+    # A file only its owner (another user) may read: the kernel opens event fds for the server, which has
+    # no CAP_DAC_OVERRIDE any more.
+    container = make_container(["/secret", "/f1"], read_each(["/secret", "/f1"]),
+                               setup="chown 4321:4321 secret && chmod 000 secret")
+
+    async def body() -> None:
+        server = TraceServer(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        kept = privileges.kept_mask()
+        assert {name: int(fields[name], 16) for name in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb")} == {
+            "CapEff": kept, "CapPrm": kept, "CapInh": 0, "CapBnd": kept, "CapAmb": 0}
+        assert fields["NoNewPrivs"].strip() == "1"
+        container.go()
+        container.expect("done")
+        result = await session.stop(timeout=TIMEOUT)
+        await server.close()
+        assert sink.paths() == ["/secret", "/f1"] and result.complete
 
     run(body)

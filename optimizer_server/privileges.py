@@ -1,0 +1,62 @@
+"""Give up every capability the server does not use, for good, before it serves anything.
+
+The server runs as root because containerd's plugin does. What it needs of root: CAP_SYS_ADMIN
+(fanotify_init, mount marks, an unlimited queue), CAP_SYS_PTRACE (opening another process's
+/proc/PID/root) and CAP_NET_ADMIN (listening to the kernel's process events). Everything else leaves the
+effective, permitted, inheritable and ambient sets and the bounding set, and no_new_privs keeps an exec
+from getting anything back.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cffi  # type: ignore[import-untyped, unused-ignore]  # no stubs in the venv
+
+CAP_NET_ADMIN = 12
+CAP_SYS_PTRACE = 19
+CAP_SYS_ADMIN = 21
+KEPT = (CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN)
+
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
+
+_ffi = cffi.FFI()
+_ffi.cdef(
+    """
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
+    int capset(void *header, void *data);
+    """
+)
+_libc = _ffi.dlopen(None)
+
+
+def kept_mask() -> int:
+    return sum(1 << cap for cap in KEPT)
+
+
+def drop() -> None:
+    """Raises OSError if the kernel refuses (e.g. not root): the caller decides whether to go on."""
+    with open(_CAP_LAST_CAP_FILE, encoding="ascii") as last:
+        last_cap = int(last.read())
+    for cap in range(last_cap + 1):
+        if cap not in KEPT:
+            _check(_libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap} from the bounding set")
+    _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
+    header = _ffi.new("uint32_t[2]", [_LINUX_CAPABILITY_VERSION_3, 0])
+    mask = kept_mask()
+    low, high = mask & 0xFFFF_FFFF, mask >> 32
+    # Two struct __user_cap_data_struct {effective, permitted, inheritable}: capabilities 0-31, then 32-63.
+    data = _ffi.new("uint32_t[6]", [low, low, 0, high, high, 0])
+    _check(_libc.capset(header, data), "setting capabilities")
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = _ffi.errno
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
