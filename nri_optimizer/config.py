@@ -36,6 +36,7 @@ class Config:
     events: tuple[str, ...] = ("StartContainer", "StopContainer")
     # Ours.
     include_exec: bool = False  # list files read by processes exec'd into the container (probes, kubectl exec)
+    unlimited_queue: bool = True  # false: the kernel's queue limit; a burst beyond it makes an incomplete list
     socket: str = "/var/run/nri/nri.sock"
     log_level: str = "info"
     log_file: str = ""  # "" logs to stderr only
@@ -50,6 +51,7 @@ _EXPECT: dict[str, str] = {
     "overwrite": "true or false, e.g. overwrite = false",
     "events": 'a list of event names, e.g. events = ["StartContainer", "StopContainer"]',
     "include_exec": "true or false, e.g. include_exec = false",
+    "unlimited_queue": "true or false, e.g. unlimited_queue = true",
     "socket": 'an absolute socket path, e.g. socket = "/var/run/nri/nri.sock"',
     "log_level": f'one of {", ".join(LOG_LEVELS)}, e.g. log_level = "info"',
     "log_file": 'an absolute file path, or "" for stderr only, e.g. log_file = "/var/log/nri-optimizer.log"',
@@ -67,7 +69,7 @@ def _type_name(value: object) -> str:
 def _check(key: str, value: object) -> Any:
     """The value for ``key`` in its Config type, or ValueError with what was wrong (the caller adds the fix)."""
     got = f"got {value!r} ({_type_name(value)})"
-    if key in ("readable", "overwrite", "include_exec"):
+    if key in ("readable", "overwrite", "include_exec", "unlimited_queue"):
         if not isinstance(value, bool):
             raise ValueError(got)
         return value

@@ -172,7 +172,8 @@ class Optimizer:
         if self._tracer is None:
             # The server logs to our stderr: at our level, so that profile and a quiet daemon stay quiet.
             level = logging.getLevelName(max(logging.getLogger().getEffectiveLevel(), logging.DEBUG))
-            self._tracer = TraceServer([self.config.server_path, "--log-level", level])
+            queue = [] if self.config.unlimited_queue else ["--bounded-queue"]
+            self._tracer = TraceServer([self.config.server_path, "--log-level", level, *queue])
         return self._tracer
 
     async def _start_session(self, pid: int, recorder: Recorder) -> Session:
@@ -209,15 +210,11 @@ class Optimizer:
             if outcome.incomplete:
                 log.error("%s trace lost (%s): nothing written, earlier results kept", cid, outcome.incomplete)
                 return
-            if outcome.overflowed or outcome.lost:
-                log.warning(
-                    "%s list is incomplete: the kernel queue overflowed=%s, events lost=%d",
-                    cid,
-                    outcome.overflowed,
-                    outcome.lost,
-                )
+            incomplete = _incompleteness(outcome.overflowed, outcome.lost)
+            if incomplete:
+                log.warning("%s list is incomplete: %s", cid, incomplete)
             try:
-                persisted, written = await asyncio.to_thread(self._write, trace)
+                persisted, written = await asyncio.to_thread(self._write, trace, incomplete)
             except (results.PersistError, OSError) as exc:
                 log.error("%s cannot write the result for %s: %s; earlier results kept", cid, trace.image, exc)
                 return
@@ -243,7 +240,7 @@ class Optimizer:
             if self._on_done is not None:
                 self._on_done(cid, path)
 
-    def _write(self, trace: Trace) -> tuple[tuple[str, int] | None, int]:
+    def _write(self, trace: Trace, incomplete: str | None) -> tuple[tuple[str, int] | None, int]:
         """In a worker thread: leave out what the container wrote, then persist. Returns the persist
         outcome (path, paths listed) and the number of written files left out."""
         entries = trace.recorder.entries
@@ -261,6 +258,7 @@ class Optimizer:
             entries,
             readable=config.readable,
             overwrite=config.overwrite,
+            incomplete=incomplete,
         )
         return persisted, len(trace.recorder.entries) - len(entries)
 
@@ -277,6 +275,13 @@ class Optimizer:
             await asyncio.wait(self._finishing, timeout=DRAIN_TIMEOUT)
         if self._tracer is not None:
             await self._tracer.close()
+
+
+def _incompleteness(overflowed: bool, lost: int) -> str | None:
+    reasons = ["the kernel's event queue overflowed"] if overflowed else []
+    if lost:
+        reasons.append(f"the kernel dropped {lost} events")
+    return "; ".join(reasons) + ", files are missing" if reasons else None
 
 
 def _log_start_failure(task: asyncio.Task[None]) -> None:

@@ -67,9 +67,15 @@ def readable_elapsed(us: int) -> str:
     return f"{us / 1000_000:.3f} s"
 
 
-def render(entries: Sequence[Entry], *, readable: bool) -> tuple[bytes, bytes, bytes, int]:
-    """(plain list, CSV, nydus JSON, number of paths left out by the odd-name rule)."""
-    lines: list[str] = []
+def render(
+    entries: Sequence[Entry], *, readable: bool, incomplete: str | None = None
+) -> tuple[bytes, bytes, bytes, int]:
+    """(plain list, CSV, nydus JSON, number of paths left out by the odd-name rule).
+
+    An ``incomplete`` list (the kernel lost events) says so in its first line, ``# incomplete: <why>``:
+    not a path, so nydus-image skips it (it takes absolute paths only), and every path line starts with "/".
+    """
+    lines: list[str] = [f"# incomplete: {incomplete}"] if incomplete else []
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["path", "size", "elapsed"])
@@ -85,7 +91,8 @@ def render(entries: Sequence[Entry], *, readable: bool) -> tuple[bytes, bytes, b
         else:
             writer.writerow([text, entry.size, entry.elapsed_us])
     plain = "".join(f"{line}\n" for line in lines)
-    prefetch = json.dumps({"version": "v1", "files": [{"path": line} for line in lines]}, indent=1) + "\n"
+    paths = lines[1:] if incomplete else lines
+    prefetch = json.dumps({"version": "v1", "files": [{"path": path} for path in paths]}, indent=1) + "\n"
     return plain.encode(), table.getvalue().encode(), prefetch.encode(), left_out
 
 
@@ -145,12 +152,19 @@ def exists(persist_dir: str, relative_dir: str, name: str) -> bool:
 
 
 def persist(
-    persist_dir: str, relative_dir: str, name: str, entries: Sequence[Entry], *, readable: bool, overwrite: bool
+    persist_dir: str,
+    relative_dir: str,
+    name: str,
+    entries: Sequence[Entry],
+    *,
+    readable: bool,
+    overwrite: bool,
+    incomplete: str | None = None,
 ) -> tuple[str, int] | None:
     """Write the three files; returns (path of the plain list, paths listed), or None when a result
     exists and ``overwrite`` is false (the earlier result is kept untouched). Paths the odd-name rule
     leaves out are the difference between ``len(entries)`` and the paths listed."""
-    plain, table, prefetch, left_out = render(entries, readable=readable)
+    plain, table, prefetch, left_out = render(entries, readable=readable, incomplete=incomplete)
     components = [c for c in relative_dir.split("/") if c]
     try:
         dir_fd = _open_dir(persist_dir, components)

@@ -115,3 +115,11 @@ def test_nydus_image_reads_back_exactly_the_listed_paths(paths):
     assert nydus_image_reads(plain) == kept
     assert [f["path"] for f in json.loads(prefetch)["files"]] == kept
     assert left_out == len(unique) - len(kept)
+
+
+def test_an_incomplete_list_says_so_in_a_line_nydus_image_skips():
+    plain, table, prefetch, _ = render(entries(b"/a"), readable=False, incomplete="the queue overflowed")
+    assert plain == b"# incomplete: the queue overflowed\n/a\n"
+    assert nydus_image_reads(plain) == ["/a"]
+    assert table == b"path,size,elapsed\n/a,10,100\n"
+    assert json.loads(prefetch)["files"] == [{"path": "/a"}]
