@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from . import config as cfg
 from . import logs, reference, results
+from .inflight import Journal
 from .overlay import UpperLayer
 from .proto import nri_pb2 as api
 from .recorder import Recorder
@@ -67,13 +68,18 @@ class Optimizer:
         prelaunched: bool,
         select: Callable[[api.PodSandbox, api.Container], bool] | None = None,
         on_done: Callable[[str, str | None], None] | None = None,
+        journal: bool = True,
     ) -> None:
         """``select`` narrows tracing to some containers (``profile`` traces only its own); ``on_done`` is
-        told (container id, result path or None) when a trace has been written or given up."""
+        told (container id, result path or None) when a trace has been written or given up; ``journal``
+        notes running traces in persist_dir so that a successor can log those a crash lost (the daemon's
+        business, not a one-off profile's)."""
         self.config = config
         self._prelaunched = prelaunched
         self._select = select
         self._on_done = on_done
+        self._journal = journal
+        self._reported_lost = False
         self.configured = False
         self._tracer: TraceServer | None = None
         self._traces: dict[str, Trace] = {}
@@ -88,6 +94,10 @@ class Optimizer:
         # which containerd hands over here. An external plugin gets "" and keeps what it read at start.
         if self._prelaunched:
             self._configure_from_text(text)
+        if self._journal and not self._reported_lost:
+            # Once: Configure comes again on every reconnect, when the notes are our own running traces.
+            self._reported_lost = True
+            Journal(self.config.persist_dir).report_lost()
         # Start the trace server now, so that the first StartContainer does not pay for it.
         tracer = self._get_tracer()
         starting = asyncio.get_running_loop().create_task(tracer.start())
@@ -144,6 +154,9 @@ class Optimizer:
             return
         trace = Trace(cid, image, result_name, session, recorder, upper)
         self._traces[cid] = trace
+        if self._journal:
+            # After the answer: a file write has no place on containerd's clock.
+            asyncio.get_running_loop().call_soon(Journal(config.persist_dir).begin, cid, str(image))
         if config.timeout:
             trace.timer = asyncio.get_running_loop().call_later(config.timeout, self.finish, cid, "timeout")
         log.info(
@@ -237,6 +250,8 @@ class Optimizer:
         finally:
             if trace.upper is not None:
                 trace.upper.close()
+            if self._journal:
+                Journal(self.config.persist_dir).end(cid)
             if self._on_done is not None:
                 self._on_done(cid, path)
 
@@ -271,6 +286,8 @@ class Optimizer:
             log.error("%s trace lost: the plugin is shutting down while the container runs", cid)
             if trace.upper is not None:
                 trace.upper.close()
+            if self._journal:
+                Journal(self.config.persist_dir).end(cid)
         if self._finishing:
             await asyncio.wait(self._finishing, timeout=DRAIN_TIMEOUT)
         if self._tracer is not None:

@@ -160,7 +160,7 @@ class Profiler:
         if not await asyncio.to_thread(cri.image_status, self.args.image):
             raise ProfileError(f"image {self.args.image} is not present; pull it first "
                                f"(e.g. ctr -n k8s.io images pull {self.args.image})")
-        optimizer = Optimizer(self.config, prelaunched=False, select=self._ours, on_done=self._on_done)
+        optimizer = Optimizer(self.config, prelaunched=False, select=self._ours, on_done=self._on_done, journal=False)
         stub = Stub(optimizer, Identity(f"nri-optimizer-profile-{os.getpid()}", "99"))
         await self._check_nri_socket()
         nri = loop.create_task(stub.run_external(self.args.nri_socket))

@@ -121,6 +121,7 @@ class TraceServer:
         self._sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._start_lock = asyncio.Lock()
+        self._relay: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 
     @property
@@ -144,6 +145,8 @@ class TraceServer:
                     pass_fds=(theirs.fileno(),),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.DEVNULL,
+                    # Its log joins ours: a pre-launched plugin's own stderr is /dev/null.
+                    stderr=asyncio.subprocess.PIPE,
                 )
             except BaseException:
                 ours.close()
@@ -153,6 +156,8 @@ class TraceServer:
                 theirs.close()
             ours.setblocking(False)
             self._sock = ours
+            assert self._proc.stderr is not None
+            self._relay = asyncio.get_running_loop().create_task(_relay_log(self._proc.stderr))
             asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
             log.info("trace server started (pid %d)", self._proc.pid)
 
@@ -196,6 +201,8 @@ class TraceServer:
                 await proc.wait()
         if self._reaper is not None:
             await self._reaper
+        if self._relay is not None:
+            await self._relay  # EOF once the server is gone: its pipe is closed after this
 
     def _next_id(self) -> int:
         while True:
@@ -304,6 +311,19 @@ class TraceServer:
                 self._on_exit(status)
             except Exception:
                 log.exception("on_exit callback failed")
+
+
+async def _relay_log(stream: asyncio.StreamReader) -> None:
+    """The server's stderr lines ("optimizer-server: LEVEL message") into our log, at their level."""
+    while line := await stream.readline():
+        text = line.decode("utf-8", "replace").rstrip()
+        _, _, rest = text.partition("optimizer-server: ")
+        level, _, message = rest.partition(" ")
+        log.log(logging.getLevelName(level) if level in _LEVELS else logging.WARNING, "optimizer-server: %s",
+                message if level in _LEVELS else text)
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _take_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

@@ -26,7 +26,7 @@ _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
 _EVENT_HEADER = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _FORK = struct.Struct("=iiii")  # parent pid, parent tgid, child pid, child tgid
-_RECV_BUFFER = 4 << 20  # forks of a busy node between two of our reads
+_RECV_BUFFER = 16 << 20  # forks of a busy node while we lag (~200k); memory is used only when full
 _SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python's socket module lacks it
 
 
