@@ -49,7 +49,7 @@ def daemon_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nri-optimizer",
         description="containerd NRI plugin that records the files each container reads as it starts, in order.",
-        epilog="Subcommands: profile IMAGE, convert (see nri-optimizer SUBCOMMAND --help). "
+        epilog="Subcommands: profile IMAGE, convert, merge, bench-image (see nri-optimizer SUBCOMMAND --help). "
         "With none, this runs the plugin daemon.",
         argument_default=argparse.SUPPRESS,  # absent flags leave the file's value alone
     )
@@ -153,6 +153,8 @@ async def _until_signal(main: Any) -> None:
 SUBCOMMANDS = {
     "profile": "nri_optimizer.profile",
     "convert": "nri_optimizer.convert",
+    "merge": "nri_optimizer.merge",
+    "bench-image": "nri_optimizer.benchimage.command",
 }
 
 

@@ -228,6 +228,17 @@ class CriClient:
 
     # --- images ----------------------------------------------------------------------------------
 
+    def pull_image(self, image: str, *, timeout: float = 600.0) -> str:
+        """Pull `image` (fetch and unpack) and return the image id the runtime gives it. A pull over a slow link
+        takes long: the call may run `timeout` seconds beyond the client's own timeout."""
+        request = pb.PullImageRequest(image=pb.ImageSpec(image=image))
+        return self._call(self._images, "PullImage", request, pb.PullImageResponse, extra_time=timeout).image_ref
+
+    def remove_image(self, image: str) -> None:
+        """Remove `image` and every name of it; the runtime then deletes the content no other image uses."""
+        request = pb.RemoveImageRequest(image=pb.ImageSpec(image=image))
+        self._call(self._images, "RemoveImage", request, pb.RemoveImageResponse)
+
     def image_status(self, image: str) -> bool:
         """Whether the runtime has `image` (a reference as CRI would pull it)."""
         request = pb.ImageStatusRequest(image=pb.ImageSpec(image=image))

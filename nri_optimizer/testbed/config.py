@@ -41,7 +41,18 @@ class Nri:
     plugin_config_path: Path
 
 
-def render(major: int, layout: Layout, *, nri: Nri, sandbox_image: str, runc: Path, log_level: str = "info") -> str:
+def render(
+    major: int,
+    layout: Layout,
+    *,
+    nri: Nri,
+    sandbox_image: str,
+    runc: Path,
+    log_level: str = "info",
+    registry_config_dir: Path | None = None,
+) -> str:
+    """The config file's text. `registry_config_dir` holds `<host>/hosts.toml` files (e.g. a plain-HTTP registry
+    on loopback); containerd reads them at each pull, so they may be written after it starts."""
     base = layout.base
     top: Table = {
         "version": 3 if major >= 2 else 2,
@@ -87,6 +98,8 @@ def render(major: int, layout: Layout, *, nri: Nri, sandbox_image: str, runc: Pa
             f"{cri_runtime}.cni": cni,
             "plugins.'io.containerd.grpc.v1.cri'": server,
         }
+        if registry_config_dir is not None:
+            tables["plugins.'io.containerd.cri.v1.images'.registry"] = {"config_path": str(registry_config_dir)}
     else:
         cri = "plugins.'io.containerd.grpc.v1.cri'"
         tables |= {
@@ -96,6 +109,8 @@ def render(major: int, layout: Layout, *, nri: Nri, sandbox_image: str, runc: Pa
             f"{cri}.containerd.runtimes.runc.options": runc_options,
             f"{cri}.cni": cni,
         }
+        if registry_config_dir is not None:
+            tables[f"{cri}.registry"] = {"config_path": str(registry_config_dir)}
     lines = [f"{key} = {_value(value)}" for key, value in top.items()]
     for name, table in tables.items():
         lines += ["", f"[{name}]", *(f"  {key} = {_value(value)}" for key, value in table.items())]

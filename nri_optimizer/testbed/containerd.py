@@ -47,6 +47,7 @@ class Containerd:
         sandbox_image: str = PAUSE_IMAGE,
         start_timeout: float = 15.0,
         log_level: str = "info",
+        registry_config_dir: Path | None = None,
     ) -> None:
         self.runtime = runtime
         self.start_timeout = start_timeout
@@ -71,6 +72,7 @@ class Containerd:
                 sandbox_image=sandbox_image,
                 runc=runtime.bin_dir / "runc",
                 log_level=log_level,
+                registry_config_dir=registry_config_dir,
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None

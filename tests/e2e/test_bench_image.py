@@ -1,0 +1,305 @@
+"""`nri-optimizer bench-image` against a real containerd 2.1 and Debian's docker-registry on loopback: real pulls
+of images built offline, readiness of each kind, cleanup between repetitions, throttling, and the outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from nri_optimizer.benchimage import workloads
+from nri_optimizer.benchimage.config import Image, Ready, Variant
+from nri_optimizer.benchimage.registry import LocalRegistry, pull_size, push_layout, registry_binary, write_hosts
+from nri_optimizer.benchimage.report import RUN_COLUMNS, SUMMARY_COLUMNS
+from nri_optimizer.benchimage.runner import Runner, Sample
+from nri_optimizer.benchimage.throttle import Throttle
+from nri_optimizer.testbed import debs, host
+from nri_optimizer.testbed.containerd import Containerd
+from nri_optimizer.testbed.images import build_image
+
+OCI = Variant("oci", "overlayfs")
+WEB_PORT = 18391
+
+
+def registry_processes() -> list[host.Proc]:
+    return [p for p in host.processes() if p.cmdline[:1] and p.cmdline[0].endswith("/docker-registry")
+            and any("/nriopt-registry-" in arg for arg in p.cmdline)]
+
+
+def ours(prefixes: tuple[str, ...]) -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(prefixes)}
+
+
+def lo_qdisc() -> str:
+    return subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True, check=True).stdout
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Walk every chunk, checking each CRC; (width, height) of a complete PNG, else AssertionError."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    at, kinds = 8, []
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at:at + 4])
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + length]
+        (crc,) = struct.unpack(">I", data[at + 8 + length:at + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
+        kinds.append(kind)
+        at += 12 + length
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds, kinds
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+# --- the command, end to end ------------------------------------------------------------------------------
+
+
+def test_run_two_images_three_repetitions(tmp_path: Path, runtime: Callable[[str], debs.Runtime]) -> None:
+    runtime("2.1")  # root, and containerd in the cache: the command fetches nothing then
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"""
+registry: local
+insecure_registry: true
+repetitions: 3
+timeout: 30
+images:
+  - name: e2e-web:1
+    build: web
+    arg: -e PORT={WEB_PORT}
+    ready: {{url: "http://127.0.0.1:{WEB_PORT}/"}}
+  - name: e2e-db:1
+    build: db
+    arg: -e DB_NAME=e2e
+    ready: {{line: "e2e ready to accept connections"}}
+variants:
+  - {{name: oci, snapshotter: overlayfs}}
+  - {{name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}}
+""")
+    before = ours(("nriopt-benchimage-", "nriopt-registry-"))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ("nri-optimizer bench-image: nydus-prefetch-list: skipped: nydus not installed "
+            "(containerd-nydus-grpc, nydusd not on PATH)") in result.stderr.splitlines()
+
+    # Every repetition: all columns, the three phases adding up to the total digit for digit, real pulls.
+    with open(out / "runs.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == RUN_COLUMNS
+        rows = list(reader)
+    registry = rows[0]["registry"]
+    assert registry.startswith("127.0.0.1:")
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert [(r["repo"], r["variant"], r["repetition"]) for r in ok] == [
+        (image, "oci", str(n)) for image in ("e2e-web:1", "e2e-db:1") for n in (1, 2, 3)]
+    for row in ok:
+        assert row["registry"] == registry and row["snapshotter"] == "overlayfs" and row["note"] == ""
+        phases = [Decimal(row[f"{p}_s"]) for p in ("pull", "create", "run")]
+        assert all(p > 0 for p in phases), row
+        assert Decimal(row["total_s"]) == sum(phases), row
+        assert int(row["bytes_fetched"]) > workloads.BLOBS * workloads.BLOB_SIZE  # every layer is fetched
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert [(r["repo"], r["variant"], r["repetition"], r["total_s"]) for r in skipped] == [
+        ("e2e-web:1_nydus_prefetch", "nydus-prefetch-list", "0", ""),
+        ("e2e-db:1_nydus_prefetch", "nydus-prefetch-list", "0", "")]
+    assert {r["note"] for r in skipped} == {"nydus not installed (containerd-nydus-grpc, nydusd not on PATH)"}
+    assert len(rows) == 8
+
+    # The summary: median within min-max for each phase, n = 3.
+    with open(out / "summary.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == SUMMARY_COLUMNS
+        summary = list(reader)
+    assert [(s["repo"], s["status"], s["n"]) for s in summary] == [
+        ("e2e-web:1", "ok", "3"), ("e2e-web:1_nydus_prefetch", "skipped", "0"),
+        ("e2e-db:1", "ok", "3"), ("e2e-db:1_nydus_prefetch", "skipped", "0")]
+    for s, image in ((summary[0], "e2e-web:1"), (summary[2], "e2e-db:1")):
+        mine = [r for r in ok if r["repo"] == image]
+        for phase in ("pull", "create", "run", "total"):
+            values = sorted(Decimal(r[f"{phase}_s"]) for r in mine)
+            assert [Decimal(s[f"{phase}_{k}_s"]) for k in ("min", "median", "max")] == values
+
+    # JSON: exact µs per run, the same numbers as the CSV.
+    data = json.loads((out / "results.json").read_text())
+    assert data["registry"] == registry and data["repetitions"] == 3 and data["containerd"].startswith("2.1")
+    for run, row in zip(data["runs"], rows, strict=True):
+        if run["status"] == "ok":
+            assert run["total_us"] == run["pull_us"] + run["create_us"] + run["run_us"]
+            assert Decimal(row["total_s"]) * 1_000_000 == run["total_us"]
+
+    # The table on stdout: a header, a rule and one line per image and variant.
+    table = result.stdout.splitlines()
+    assert table[0] == ("| timestamp | registry | repo | variant | n | pull (s) | create (s) | run (s) | total (s) "
+                        "| fetched |")
+    assert len(table) == 2 + 4 and all(f"| {registry} |" in line for line in table[2:])
+
+    # A valid PNG per image, and what was written is what the command says it wrote.
+    for name in ("e2e-web_1.png", "e2e-db_1.png"):
+        width, height = png_size(out / name)
+        assert width >= 600 and height >= 400
+    wrote = {line.rsplit(" ", 1)[1] for line in result.stderr.splitlines() if " wrote " in line}
+    assert wrote == {str(out / n) for n in ("runs.csv", "summary.csv", "results.json", "table.md",
+                                            "e2e-web_1.png", "e2e-db_1.png")}
+
+    # Nothing left: no registry process, no work or registry dir, no qdisc.
+    assert ours(("nriopt-benchimage-", "nriopt-registry-")) == before
+    assert registry_processes() == []
+    assert lo_qdisc().startswith("qdisc noqueue")
+
+
+def test_a_config_error_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text("images: [{name: web:1, build: web}]\n")
+    result = subprocess.run([sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"nri-optimizer bench-image: {config}: images[0].ready: got None; expected {{url: URL}}, {{line: TEXT}}, "
+        "exit or start, e.g. ready: {url: 'http://127.0.0.1:8080/'} (readiness is never guessed)\n")
+
+
+# --- the parts, against one containerd and registry -------------------------------------------------------
+
+
+@dataclass
+class Bed:
+    ctd: Containerd
+    registry: LocalRegistry
+    runner: Runner
+    work: Path
+
+    def push(self, name: str, tarball: Path) -> str:
+        repository, _, tag = name.rpartition(":")
+        push_layout(tarball, self.registry.url, repository, tag)
+        return f"{self.registry.address}/{name}"
+
+    def content_blobs(self) -> set[str]:
+        blobs = self.ctd.dir / "root" / "io.containerd.content.v1.content" / "blobs" / "sha256"
+        return {f"sha256:{p.name}" for p in blobs.iterdir()} if blobs.is_dir() else set()
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory, runtime: Callable[[str], debs.Runtime]) -> Iterator[Bed]:
+    from nri_optimizer.testbed.images import build_pause_image
+
+    work = tmp_path_factory.mktemp("bench-bed")
+    ctd = Containerd(runtime("2.1"), nri=False, registry_config_dir=work / "hosts")
+    registry = LocalRegistry(registry_binary())
+    try:
+        ctd.start()
+        ctd.import_image(build_pause_image(work / "pause.tar"))
+        registry.start()
+        write_hosts(work / "hosts", registry.address, plain_http=True)
+        runner = Runner(ctd.cri, cgroup_parent=ctd.cgroup_parent, logs_dir=work / "logs", pull_timeout=120)
+        yield Bed(ctd, registry, runner, work)
+    finally:
+        registry.close()
+        ctd.close()  # raises if anything of containerd's is left
+    assert not registry.dir.exists() and registry_processes() == []
+
+
+def manifest_blobs(bed: Bed, name: str) -> set[str]:
+    import urllib.request
+
+    repository, _, tag = name.rpartition(":")
+    request = urllib.request.Request(f"{bed.registry.url}/v2/{repository}/manifests/{tag}",
+                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request) as response:
+        manifest = json.load(response)
+    return {manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+
+
+def test_cleanup_removes_the_image_and_its_content_so_each_pull_is_real(bed: Bed) -> None:
+    name = "cleanup-db:1"
+    reference = bed.push(name, workloads.build("db", name, bed.work / "cleanup-db.tar"))
+    image = Image(name, Ready("line", "ready to accept connections"), timeout=30)
+    blobs = manifest_blobs(bed, name)
+    assert len(blobs) == 3  # config, busybox layer, app layer
+    # A pull stores them (so the check below can see them), and a leftover image is removed before a repetition.
+    bed.ctd.cri.pull_image(reference)
+    assert blobs <= bed.content_blobs()
+    for repetition in (1, 2):
+        sample = bed.runner.repetition(image, OCI, reference, repetition, None)
+        assert sample.status == "ok", sample.note
+        assert not bed.ctd.cri.image_status(reference)
+        # Not one blob of the image is left (its busybox layer is its own, not the sandbox image's).
+        assert blobs & bed.content_blobs() == set()
+        assert bed.ctd.cri.list_pods() == [] and bed.ctd.cri.list_containers() == []
+
+
+def sample_with(bed: Bed, name: str, image: Image, tarball: Path) -> Sample:
+    return bed.runner.repetition(image, OCI, bed.push(name, tarball), 1, None)
+
+
+def test_readiness_kinds_and_failures(bed: Bed) -> None:
+    def job(script: str, out: str) -> Path:
+        return build_image(f"x/{out}", bed.work / f"{out}.tar", {"/job": f"#!/bin/sh\n{script}\n".encode()},
+                           entrypoint=["/bin/sh", "/job"])
+
+    ok = sample_with(bed, "job-ok:1", Image("job-ok:1", Ready("exit"), 30), job("cat /etc/passwd", "ok"))
+    assert (ok.status, ok.note) == ("ok", "")
+    started = sample_with(bed, "job-start:1", Image("job-start:1", Ready("start"), 30), job("sleep 30", "start"))
+    assert started.status == "ok" and started.run_us is not None and started.run_us < 5_000_000
+
+    failing = sample_with(bed, "job-fail:1", Image("job-fail:1", Ready("exit"), 30), job("exit 3", "fail"))
+    assert (failing.status, failing.note) == ("failed", "the container exited with 3, not 0")
+    early = sample_with(bed, "job-early:1", Image("job-early:1", Ready("line", "never"), 30), job("true", "early"))
+    assert (early.status, early.note) == ("failed", "the container exited with 0 before a log line contains 'never'")
+
+    t0 = time.monotonic()
+    late = sample_with(bed, "job-late:1", Image("job-late:1", Ready("line", "never"), 1.5), job("sleep 30", "late"))
+    assert (late.status, late.note) == ("failed", "not ready after 1.5 s: a log line contains 'never' did not happen")
+    assert 1.5 <= time.monotonic() - t0 < 15
+    assert (late.pull_us, late.total_us) == (None, None)
+    # Every failure was cleaned up like a success.
+    assert bed.ctd.cri.list_pods() == [] and bed.ctd.cri.list_containers() == []
+
+
+def test_throttle_slows_only_the_registry_and_goes_away(bed: Bed) -> None:
+    name = "throttled-web:1"
+    reference = bed.push(name, workloads.build("web", name, bed.work / "throttled-web.tar"))
+    image = Image(name, Ready("url", f"http://127.0.0.1:{WEB_PORT + 1}/"), 30, env={"PORT": str(WEB_PORT + 1)})
+    size = pull_size(bed.registry.url, *name.rsplit(":", 1))
+    fast = bed.runner.repetition(image, OCI, reference, 1, size)
+    rate_bits = 40_000_000
+    with Throttle("40mbit", bed.registry.port):
+        assert "htb" in lo_qdisc()
+        slow = bed.runner.repetition(image, OCI, reference, 2, size)
+    assert lo_qdisc().startswith("qdisc noqueue")
+    assert fast.status == slow.status == "ok", (fast.note, slow.note)
+    assert fast.pull_us is not None and slow.pull_us is not None
+    floor_us = size * 8 / rate_bits * 1e6 * 0.9  # the bucket's burst lets a little through at full speed
+    assert slow.pull_us >= floor_us > fast.pull_us, (slow.pull_us, floor_us, fast.pull_us)
+
+
+def test_throttle_refuses_a_lo_with_a_qdisc(bed: Bed) -> None:
+    from nri_optimizer.benchimage.throttle import ThrottleError
+
+    with Throttle("10mbit", bed.registry.port), pytest.raises(ThrottleError, match="lo already has a queueing"), \
+            Throttle("10mbit", bed.registry.port):
+        pass
+    assert lo_qdisc().startswith("qdisc noqueue")
+
+
+def test_tc_missing_is_said(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nri_optimizer.benchimage.throttle import ThrottleError
+
+    real_which: Callable[[str], str | None] = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "tc" else real_which(name))
+    with pytest.raises(ThrottleError, match=r"^tc not found: install iproute2"), Throttle("10mbit", 1):
+        pass
