@@ -18,7 +18,7 @@ import os
 import select
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from optimizer_server import fanotify, protocol
 from optimizer_server.proctree import ProcessTree
@@ -41,6 +41,8 @@ class _Session:
     overflowed: bool = False
     lost: int = 0
     ignore_failed: bool = False
+    seen: set[int] = field(default_factory=set)  # (st_dev << 64) | st_ino of every file sent
+    repeats: int = 0  # events not sent: queued before their file's ignore mark was in place
 
 
 class Server:
@@ -133,11 +135,12 @@ class Server:
             pending -= done
         self._close(session)
         log.info(
-            "session %d: done with pid %d (overflowed=%s, lost=%d)",
+            "session %d: done with pid %d (overflowed=%s, lost=%d, repeats not sent=%d)",
             session_id,
             session.pid,
             session.overflowed,
             session.lost,
+            session.repeats,
         )
         self._send(protocol.Done(session_id, session.overflowed, session.lost))
 
@@ -170,11 +173,15 @@ class Server:
                     if event.fd == fanotify.FAN_NOFD:
                         session.overflowed |= bool(event.mask & fanotify.FAN_Q_OVERFLOW)
                         continue
-                    fds.append(event.fd)
                     if self._tree.descends(session.pid, event.pid):
+                        if self._repeat(session, event.fd):
+                            os.close(event.fd)
+                            continue
+                        fds.append(event.fd)
                         records.append(protocol.EventRecord(event.mask, event.pid, t_ns))
                         self._ignore_repeats(session, event.fd)
                     else:
+                        fds.append(event.fd)
                         # No ignore mark: the workload's own first read of this file must still be reported.
                         records.append(protocol.EventRecord(event.mask | protocol.FOREIGN, event.pid, t_ns))
             except fanotify.EventFormatError as e:
@@ -194,6 +201,20 @@ class Server:
             # The receiver holds its own copies once sent; unsent ones (plugin gone) are no one's.
             for fd in fds:
                 os.close(fd)
+
+    def _repeat(self, session: _Session, fd: int) -> bool:
+        """Whether this file was sent already. A workload rereading a file at once gets ahead of the ignore
+        mark: those events are the kernel's to queue, not ours to forward."""
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            return False
+        key = (info.st_dev << 64) | info.st_ino
+        if key in session.seen:
+            session.repeats += 1
+            return True
+        session.seen.add(key)
+        return False
 
     def _ignore_repeats(self, session: _Session, fd: int) -> None:
         try:
