@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -127,7 +126,7 @@ def _write_atomically(dir_fd: int, name: str, data: bytes) -> None:
     """Write to a fresh temp file beside the target, fsync, rename over it: a reader sees the old file or
     the whole new one, and a crash leaves at most a stray temp file, never half a list. rename() replaces a
     symlink at the target instead of following it."""
-    temp = f".{name}.{secrets.token_hex(6)}.tmp"
+    temp = f".{name}.{os.urandom(6).hex()}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
     try:
         try:
