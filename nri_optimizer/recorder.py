@@ -33,7 +33,7 @@ class Recorder:
         self._started_ns = started_ns
         self._include_exec = include_exec
         self.foreign = 0  # events from exec'd processes left out
-        self._seen: set[tuple[int, int]] = set()
+        self._seen: set[int] = set()  # (st_dev << 64) | st_ino: an int costs half a tuple
         self.entries: list[Entry] = []
         self.events = 0
         self.deleted = 0  # files gone before we looked: created and removed by the container
@@ -49,7 +49,7 @@ class Recorder:
                 continue
             try:
                 info = os.fstat(fd)
-                key = (info.st_dev, info.st_ino)
+                key = (info.st_dev << 64) | info.st_ino
                 if key in self._seen or not stat.S_ISREG(info.st_mode):
                     continue
                 self._seen.add(key)
