@@ -4,9 +4,8 @@ A file the workload only reads stays in the image's lower layers; creating or wr
 upper directory (overlayfs copies a file up before the first write or metadata change). So a listed path
 that exists in the upper directory is not image content and does not belong in a prefetch list.
 
-The upper directory is the container's to fill: a component of it may be a symlink planted to point
-anywhere on the host. Lookups therefore walk it one component at a time with O_NOFOLLOW, from an fd
-opened while the container was being set up, and only ever lstat.
+The upper directory is the container's to fill, so it is only ever looked up (lstat), never opened, read
+or written, from an fd opened while the container was being set up.
 """
 
 from __future__ import annotations
@@ -89,16 +88,15 @@ class UpperLayer:
 
     def wrote(self, path: bytes) -> bool:
         """Whether the container-absolute ``path`` exists in the upper layer (created or copied up)."""
-        components = [c for c in path.split(b"/") if c]
-        if not components or b".." in components:
+        relative = path.lstrip(b"/")
+        if not relative:
             return False
-        fd = self._fd
-        opened: list[int] = []
         try:
-            for name in components[:-1]:
-                fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                opened.append(fd)
-            os.stat(components[-1], dir_fd=fd, follow_symlinks=False)
+            # One lstat, relative to the upper directory's fd. A symlink the container planted in a parent
+            # directory would be followed, possibly out of the layer: a lookup only, whose one effect is to
+            # leave that container's own path out of that container's list. Walking component by component
+            # with O_NOFOLLOW cost four times the syscalls, per listed file, for no protection of the host.
+            os.stat(relative, dir_fd=self._fd, follow_symlinks=False)
             return True
         except (FileNotFoundError, NotADirectoryError):
             return False
@@ -107,9 +105,6 @@ class UpperLayer:
             # file costs a miss), and count it so that the log says so.
             self.unreadable += 1
             return False
-        finally:
-            for each in opened:
-                os.close(each)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
