@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"(default {DEFAULT_OUT})")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     args = parser.parse_args(argv)
+    unknown = [n for n in args.scenarios.split(",") if n and n not in scenarios.SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}: choose from {', '.join(scenarios.SCENARIOS)}")
     if bool(args.upstream_plugin) != bool(args.upstream_server):
         parser.error("--upstream-plugin and --upstream-server go together")
     for path in (args.upstream_plugin, args.upstream_server):
@@ -164,10 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = data["meta"]
     title = (f"nri-optimizer bench{' (quick)' if meta['quick'] else ''}: containerd {meta['containerd']}, "
              f"{meta['cpus']} CPUs, {meta['started']}, commit {meta['commit']}")
-    print(title)
-    print(report.table(results, variants))
-    print()
-    print(report.targets_text(data["targets"]))
+    text = f"{title}\n{report.table(results, variants)}\n\n{report.targets_text(data['targets'])}\n"
+    print(text, end="")
+    (args.out / "bench.txt").write_text(text)
     json_path = args.out / "bench.json"
     report.write_json(json_path, data)
     print(f"\nJSON: {json_path}")

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import config as cfg
 from . import logs, reference, results
@@ -56,6 +57,7 @@ class Trace:
     recorder: Recorder
     upper: UpperLayer | None
     timer: asyncio.TimerHandle | None = field(default=None)
+    noted: asyncio.Task[None] | None = field(default=None)  # the journal note being written
 
 
 class Optimizer:
@@ -99,11 +101,7 @@ class Optimizer:
             self._reported_lost = True
             Journal(self.config.persist_dir).report_lost()
         # Start the trace server now, so that the first StartContainer does not pay for it.
-        tracer = self._get_tracer()
-        starting = asyncio.get_running_loop().create_task(tracer.start())
-        starting.add_done_callback(_log_start_failure)
-        self._finishing.add(starting)
-        starting.add_done_callback(self._finishing.discard)
+        self._background(self._get_tracer().start()).add_done_callback(_log_start_failure)
 
     def _configure_from_text(self, text: str) -> None:
         try:
@@ -155,8 +153,9 @@ class Optimizer:
         trace = Trace(cid, image, result_name, session, recorder, upper)
         self._traces[cid] = trace
         if self._journal:
-            # After the answer: a file write has no place on containerd's clock.
-            asyncio.get_running_loop().call_soon(Journal(config.persist_dir).begin, cid, str(image))
+            # Off the event loop: containerd serializes plugin events, so a slow disk here would delay
+            # every other container's start.
+            trace.noted = self._background(asyncio.to_thread(Journal(config.persist_dir).begin, cid, str(image)))
         if config.timeout:
             trace.timer = asyncio.get_running_loop().call_later(config.timeout, self.finish, cid, "timeout")
         log.info(
@@ -206,9 +205,14 @@ class Optimizer:
         if trace.timer is not None:
             trace.timer.cancel()
         # StopContainer is answered now; draining and writing happen after, off containerd's clock.
-        task = asyncio.get_running_loop().create_task(self._complete(trace, why))
+        self._background(self._complete(trace, why))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run work after the answer; shutdown waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
+        return task
 
     def recorded(self, cid: str) -> int | None:
         """Files recorded so far for a container being traced."""
@@ -251,7 +255,9 @@ class Optimizer:
             if trace.upper is not None:
                 trace.upper.close()
             if self._journal:
-                Journal(self.config.persist_dir).end(cid)
+                if trace.noted is not None:
+                    await trace.noted  # or the note could be written after it was removed
+                await asyncio.to_thread(Journal(self.config.persist_dir).end, cid)
             if self._on_done is not None:
                 self._on_done(cid, path)
 

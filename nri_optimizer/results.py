@@ -91,7 +91,8 @@ def render(
             writer.writerow([text, entry.size, entry.elapsed_us])
     plain = "".join(f"{line}\n" for line in lines)
     paths = lines[1:] if incomplete else lines
-    prefetch = json.dumps({"version": "v1", "files": [{"path": path} for path in paths]}, indent=1) + "\n"
+    # No indent: with one, json falls back to its pure-Python encoder (a third of persist time at 20,000 files).
+    prefetch = json.dumps({"version": "v1", "files": [{"path": path} for path in paths]}) + "\n"
     return plain.encode(), table.getvalue().encode(), prefetch.encode(), left_out
 
 

@@ -54,15 +54,20 @@ def test_prelaunched_plugin_killed_mid_trace(make_containerd, flavour, tmp_path,
     assert snapshot(traced.results) == before
 
 
+def external_plugin(make_containerd, flavour: str, tmp_path: Path, workload_image: Path):
+    """A testbed containerd with the workload image, and our plugin started against it by hand."""
+    bed = make_containerd(flavour)
+    bed.ctd.import_image(workload_image)
+    config = tmp_path / "plugin.conf"
+    config.write_text(config_text(tmp_path / "plugin.log", tmp_path / "results", f'server_path = "{SERVER}"\n'))
+    return bed, config, ExternalPlugin(bed, config, tmp_path / "plugin.log")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
 def test_external_plugin_killed_or_stopped_mid_trace(make_containerd, flavour, tmp_path, workload_image,
                                                      signum: int) -> None:
-    bed = make_containerd(flavour)
-    bed.ctd.import_image(workload_image)
+    bed, config, plugin = external_plugin(make_containerd, flavour, tmp_path, workload_image)
     results = tmp_path / "results"
-    config = tmp_path / "plugin.conf"
-    config.write_text(config_text(tmp_path / "plugin.log", results, f'server_path = "{SERVER}"\n'))
-    plugin = ExternalPlugin(bed, config, tmp_path / "plugin.log")
     try:
         plugin.log.wait_for(REGISTERED)
         traced = Traced(bed, plugin.log, results)
@@ -92,12 +97,8 @@ def test_external_plugin_killed_or_stopped_mid_trace(make_containerd, flavour, t
 
 
 def test_containerd_restart_mid_trace_external(make_containerd, flavour, tmp_path, workload_image) -> None:
-    bed = make_containerd(flavour)
-    bed.ctd.import_image(workload_image)
+    bed, _, plugin = external_plugin(make_containerd, flavour, tmp_path, workload_image)
     results = tmp_path / "results"
-    config = tmp_path / "plugin.conf"
-    config.write_text(config_text(tmp_path / "plugin.log", results, f'server_path = "{SERVER}"\n'))
-    plugin = ExternalPlugin(bed, config, tmp_path / "plugin.log")
     try:
         plugin.log.wait_for(REGISTERED)
         traced = Traced(bed, plugin.log, results)
