@@ -253,7 +253,7 @@ class Profiler:
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return 200 <= response.status < 400
+            return 200 <= int(response.status) < 400
     except urllib.error.HTTPError as exc:
         return 300 <= exc.code < 400
     except (urllib.error.URLError, OSError, ValueError):
