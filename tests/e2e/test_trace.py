@@ -185,3 +185,15 @@ def test_a_sparse_5_gib_file_is_listed_with_its_size(make_containerd, tmp_path) 
     assert traced.result(SPARSE_IMAGE) == ["/bin/busybox", SPARSE]
     rows = [row.split(",") for row in traced.result(SPARSE_IMAGE, suffix=".csv")]
     assert [(path, int(size)) for path, size, _ in rows[1:]][1] == (SPARSE, 5 << 30)
+
+
+LONG_PATH = "/" + "/".join(["d" * 199] * 19) + "/" + "f" * 100  # 3,901 bytes: near PATH_MAX (4,096)
+
+
+def test_a_path_near_path_max_is_listed_whole(make_containerd, flavour, tmp_path) -> None:
+    image = build_image("nri-optimizer.test/long:1", tmp_path / "long.tar", {LONG_PATH: b"deep\n"})
+    traced = start_traced(make_containerd, flavour, tmp_path / "bed", image)
+    run = traced.run(["/bin/cat", LONG_PATH], image="nri-optimizer.test/long:1")
+    assert run.log_lines() == ["deep"]
+    traced.finish(run)
+    assert traced.result("nri-optimizer.test/long:1") == ["/bin/busybox", LONG_PATH]

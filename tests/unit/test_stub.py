@@ -222,3 +222,48 @@ async def test_bad_config_on_containerd_17_is_answered_ok_and_the_plugin_stays_i
     assert plugin.calls == []
     await runtime.close()
     await task
+
+
+async def test_garbage_on_the_socket_drops_that_connection_and_the_plugin_reconnects(tmp_path):
+    """A live fuzz of the daemon: an oversized frame, then frames of random bytes. Each bad connection is
+    closed; the daemon survives and registers on the next good one."""
+    import random
+
+    path = str(tmp_path / "nri.sock")
+    good = FakeRuntime()
+    served = []
+
+    async def on_connect(reader, writer):
+        served.append(writer)
+        if len(served) == 1:
+            writer.write(b"\x00\x00\x00\x01\xff\xff\xff\xff")  # a frame longer than anything allowed
+        elif len(served) == 2:
+            rng = random.Random(5)
+            writer.write(bytes(rng.getrandbits(8) for _ in range(10_000)))
+        else:
+            good.attach(reader, writer)
+            return
+        await writer.drain()
+        await reader.read()  # until the plugin hangs up on us
+
+    stub = Stub(Recorder(), Identity("fuzz", "11"))
+    server = await asyncio.start_unix_server(on_connect, path)
+    task = asyncio.create_task(stub.run_external(path))
+    await asyncio.wait_for(good.registered.wait(), 5)
+    assert len(served) == 3 and not task.done()
+    response = await good.configure()
+    assert response.events == 0x220
+    task.cancel()
+    server.close()
+    await good.close()
+
+
+async def test_an_undecodable_request_is_answered_with_an_error_and_the_connection_lives_on():
+    _stub, runtime, task = await connected(Recorder())
+    assert runtime.connection is not None
+    with pytest.raises(transport.RpcError) as info:
+        await runtime.connection.call("nri.pkg.api.v1alpha1.Plugin", "Configure", b"\xff\xff\xff", 2)
+    assert info.value.code == 3 and info.value.message.startswith("undecodable ConfigureRequest")
+    assert (await runtime.configure()).events == 0x220
+    await runtime.close()
+    await task
