@@ -145,10 +145,12 @@ class Optimizer:
         recorder = Recorder(cid, started_ns, include_exec=config.include_exec)
         try:
             session = await self._start_session(container.pid, recorder)
-        except TraceError as exc:
-            log.error("%s not traced: %s", cid, exc)
+        except (TraceError, asyncio.CancelledError) as exc:
             if upper is not None:
                 upper.close()
+            if isinstance(exc, asyncio.CancelledError):  # the stub's deadline: it logs that
+                raise
+            log.error("%s not traced: %s", cid, exc)
             return
         trace = Trace(cid, image, result_name, session, recorder, upper)
         self._traces[cid] = trace
@@ -182,7 +184,7 @@ class Optimizer:
 
     def _get_tracer(self) -> TraceServer:
         if self._tracer is None:
-            # The server logs to our stderr: at our level, so that profile and a quiet daemon stay quiet.
+            # The server's log is relayed into ours: at our level, so that profile and a quiet daemon stay quiet.
             level = logging.getLevelName(max(logging.getLogger().getEffectiveLevel(), logging.DEBUG))
             queue = [] if self.config.unlimited_queue else ["--bounded-queue"]
             self._tracer = TraceServer([self.config.server_path, "--log-level", level, *queue])

@@ -59,7 +59,7 @@ class Traced:
     def finish(self, run: Run, timeout: float = 10.0) -> str:
         """Stop the container (containerd sends StopContainer) and wait for the trace to be written."""
         if run.status is None:
-            self.bed.cri.stop_container(run.container_id, 5)
+            self.bed.cri.stop_container(run.container_id, 0)  # SIGKILL: a graceful stop tests nothing here
         else:
             self.bed.cri.stop_container(run.container_id)
         (line,) = self.log.wait_for(rf"{run.container_id} (recorded|trace lost|done;|cannot write)", timeout=timeout)
