@@ -56,10 +56,13 @@ class Traced:
     def run(self, command: list[str], **kwargs) -> Run:
         return self.bed.run_busybox(command, image=kwargs.pop("image", WORKLOAD_IMAGE), **kwargs)
 
-    def finish(self, run: Run, timeout: float = 10.0) -> str:
-        """Stop the container (containerd sends StopContainer) and wait for the trace to be written."""
+    def finish(self, run: Run, timeout: float = 10.0, grace: int = 5) -> str:
+        """Stop the container (containerd sends StopContainer) and wait for the trace to be written.
+
+        A running workload gets `grace` seconds after SIGTERM: ours ignore it (a shell as pid 1), so the
+        grace is also what lets one that was just started finish its reads."""
         if run.status is None:
-            self.bed.cri.stop_container(run.container_id, 0)  # SIGKILL: a graceful stop tests nothing here
+            self.bed.cri.stop_container(run.container_id, grace)
         else:
             self.bed.cri.stop_container(run.container_id)
         (line,) = self.log.wait_for(rf"{run.container_id} (recorded|trace lost|done;|cannot write)", timeout=timeout)
