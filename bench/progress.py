@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import TextIO
 
+from nri_optimizer.terminal import StatusLine
 
-class Progress:
+
+class Progress(StatusLine):
     def __init__(self, total_scenarios: int, stream: TextIO | None = None, quiet: bool = False) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.quiet = quiet
+        super().__init__(stream, quiet=quiet)
         self.total = total_scenarios
         self.index = 0
         self.name = ""
-        self.t0 = time.monotonic()
-
-    def _elapsed(self) -> str:
-        seconds = int(time.monotonic() - self.t0)
-        return f"{seconds // 60:2d}:{seconds % 60:02d}"
-
-    def note(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(f"[{self._elapsed()}] {text}\n")
-        self.stream.flush()
 
     def scenario(self, name: str) -> None:
         self.index += 1
@@ -35,12 +22,11 @@ class Progress:
     def step(self, text: str) -> None:
         if self.quiet:
             return
-        line = f"[{self._elapsed()}] {self.name}: {text}"
         if self.tty:
-            self.stream.write("\r\033[K" + line[: 160])
+            self.rewrite(f"{self.name}: {text}", width=160)
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.write(f"{self.clock()} {self.name}: {text}\n")
+            self.stream.flush()
 
     def done(self, name: str, seconds: float) -> None:
         self.note(f"scenario {name} done in {seconds:.0f} s")
