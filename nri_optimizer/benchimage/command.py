@@ -10,6 +10,7 @@ stopped and removed at the end, also on errors and Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import shutil
 import sys
@@ -41,6 +42,13 @@ def main(argv: Sequence[str]) -> int:
     run.add_argument("--containerd", choices=sorted(debs.CONTAINERD_FLAVOURS), default="2.1",
                      help="containerd flavour from the testbed cache (default: %(default)s)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--nydus-snapshotter", metavar="PATH",
+                     help="containerd-nydus-grpc to use (default: the config's nydus.snapshotter, else from PATH)")
+    run.add_argument("--nydusd", metavar="PATH", help="nydusd to use (default: nydus.nydusd, else from PATH)")
+    run.add_argument("--nydusify", metavar="PATH",
+                     help="nydusify converting the local registry's images (default: nydus.nydusify, else from PATH)")
+    run.add_argument("--persist-dir", default=plugin_config.Config.persist_dir,
+                     help="where the plugin saved its lists, for prefetch: list (default: %(default)s)")
     convert = actions.add_parser("convert", help="build the nydus variants' images with nydusify")
     convert.add_argument("config", type=Path)
     convert.add_argument("--target", help="registry to copy into and push to (default: the config's registry)")
@@ -54,15 +62,29 @@ def main(argv: Sequence[str]) -> int:
         overrides = {key: value for key in ("repetitions", "throttle") if (value := getattr(args, key)) is not None}
     try:
         config = cfg.load(args.config, overrides)
+        if args.action == "run":
+            config = _with_tools(config, args)
         if args.action == "convert":
             return _convert(config, args)
         from .bench import bench  # grpc, the testbed and matplotlib only when measuring
 
         out = args.out or Path("bench-image-results") / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        return bench(config, args.config, flavour=args.containerd, out_dir=out, quiet=args.quiet, prog=PROG)
+        return bench(config, args.config, flavour=args.containerd, out_dir=out, quiet=args.quiet, prog=PROG,
+                     persist_dir=args.persist_dir)
     except (cfg.ConfigError, ConvertError, RegistryError, ThrottleError, TestbedError, CleanupError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, cfg.ConfigError) else 1
+
+
+def _with_tools(config: cfg.BenchConfig, args: argparse.Namespace) -> cfg.BenchConfig:
+    """The nydus tools' flags (paths relative to the working directory) over the config's `nydus:` section."""
+    def flag(value: str | None, configured: str | None) -> str | None:
+        return configured if value is None else str(Path(value).absolute())
+
+    tools = dataclasses.replace(config.nydus, snapshotter=flag(args.nydus_snapshotter, config.nydus.snapshotter),
+                                nydusd=flag(args.nydusd, config.nydus.nydusd),
+                                nydusify=flag(args.nydusify, config.nydus.nydusify))
+    return dataclasses.replace(config, nydus=tools)
 
 
 def _convert(config: cfg.BenchConfig, args: argparse.Namespace) -> int:

@@ -22,6 +22,11 @@ plus explicit readiness, repetitions and variants. Every mistake is one line nam
     variants:                  # default: oci, nydus, nydus-prefetch-all, nydus-prefetch-list
       - {name: oci, snapshotter: overlayfs}
       - {name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}
+    nydus:                     # optional; each tool defaults to the one on PATH (flags override these)
+      snapshotter: /opt/nydus/bin/containerd-nydus-grpc
+      nydusd: /opt/nydus/bin/nydusd
+      nydusify: /opt/nydus/bin/nydusify    # registry: local converts the pushed images with it
+      prefetch_threads: 4      # nydusd's fs_prefetch.threads_count
 """
 
 from __future__ import annotations
@@ -88,6 +93,19 @@ DEFAULT_VARIANTS = (
 
 
 @dataclass(frozen=True)
+class NydusTools:
+    """Where the nydus tools are (None: look on PATH); relative paths are relative to the config file."""
+
+    snapshotter: str | None = None  # containerd-nydus-grpc
+    nydusd: str | None = None
+    nydusify: str | None = None
+    prefetch_threads: int = 4
+
+
+NYDUS_KEYS = ("snapshotter", "nydusd", "nydusify")
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     registry: str  # LOCAL, or HOST[:PORT][/NAMESPACE]
     insecure: bool
@@ -96,6 +114,7 @@ class BenchConfig:
     throttle: str | None
     images: tuple[Image, ...]
     variants: tuple[Variant, ...]
+    nydus: NydusTools = NydusTools()
 
     @property
     def local(self) -> bool:
@@ -129,7 +148,7 @@ def parse(data: Any, path: Path) -> BenchConfig:
     if not isinstance(data, dict):
         raise where.error("", data, "a mapping with registry, images, ...")
     where.known(data, "", {"registry", "insecure_registry", "repetitions", "timeout", "pull_timeout", "throttle",
-                           "images", "variants"})
+                           "images", "variants", "nydus"})
     registry = data.get("registry", LOCAL)
     if not isinstance(registry, str) or not registry or (registry != LOCAL and not _valid_registry(registry)):
         raise where.error("registry", registry, f"{LOCAL!r} or HOST[:PORT][/NAMESPACE], e.g. registry: local")
@@ -158,7 +177,8 @@ def parse(data: Any, path: Path) -> BenchConfig:
                               "image-layout tarball): the local registry starts empty")
     variants = data.get("variants")
     chosen = DEFAULT_VARIANTS if variants is None else _variants(where, variants)
-    config = BenchConfig(registry, insecure, int(repetitions), pull_timeout, throttle, parsed, chosen)
+    config = BenchConfig(registry, insecure, int(repetitions), pull_timeout, throttle, parsed, chosen,
+                         _nydus(where, data.get("nydus"), path.parent))
     for image in parsed:
         for variant in chosen:
             ref = config.reference("127.0.0.1:5000" if registry == LOCAL else registry, image, variant)
@@ -270,6 +290,24 @@ def _env(where: _Where, key: str, arg: Any) -> dict[str, str]:
             raise where.error(key, arg, f"KEY=VALUE after -e (not {assignment!r})")
         env[name] = value
     return env
+
+
+def _nydus(where: _Where, value: Any, base: Path) -> NydusTools:
+    if value is None:
+        return NydusTools()
+    if not isinstance(value, dict):
+        raise where.error("nydus", value, "a mapping {snapshotter, nydusd, nydusify, prefetch_threads}")
+    where.known(value, "nydus.", {*NYDUS_KEYS, "prefetch_threads"})
+    paths: dict[str, str | None] = {}
+    for key in NYDUS_KEYS:
+        given = value.get(key)
+        if given is not None and (not isinstance(given, str) or not given):
+            raise where.error(f"nydus.{key}", given, "the path of the executable, or no key (then: from PATH)")
+        paths[key] = None if given is None else str(base / given)
+    threads = where.number(value, "prefetch_threads", 4, integer=True, prefix="nydus.")
+    if threads > 1024:
+        raise where.error("nydus.prefetch_threads", int(threads), "at most 1024 (nydusd's limit)")
+    return NydusTools(paths["snapshotter"], paths["nydusd"], paths["nydusify"], int(threads))
 
 
 def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:

@@ -16,9 +16,10 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .. import convert as single
-from .config import BenchConfig, Image
+from .config import BenchConfig, Image, Variant
 
 PREFETCH_ALL = "/\n"  # nydus-image reads patterns; the root directory is everything
 
@@ -42,11 +43,13 @@ class Step:
             return f"printf '%s\\n' {lines} | {command}"
         return command
 
-    def run(self) -> int:
+    def run(self, stdout: IO[str] | None = None) -> int:
+        """Run it; its output goes to `stdout` (default: ours)."""
         if self.stdin_file is not None:
             with open(self.stdin_file, "rb") as stdin:
-                return subprocess.run(self.argv, stdin=stdin, check=False).returncode
-        return subprocess.run(self.argv, input=(self.stdin_text or "").encode(), check=False).returncode
+                return subprocess.run(self.argv, stdin=stdin, stdout=stdout, check=False).returncode
+        return subprocess.run(self.argv, input=(self.stdin_text or "").encode(), stdout=stdout,
+                              check=False).returncode
 
 
 def list_for(image: Image, reference: str, persist_dir: str) -> Path:
@@ -56,32 +59,39 @@ def list_for(image: Image, reference: str, persist_dir: str) -> Path:
 
 def plan(config: BenchConfig, target: str, *, nydusify: str, fs_version: str, persist_dir: str) -> list[Step]:
     """nydusify commands for every image and nydus variant (the copies of registry images included)."""
-    insecure = ["--source-insecure", "--target-insecure"] if config.insecure else []
     steps: list[Step] = []
     for image in config.images:
-        source = f"{target}/{image.name}"
         if not (image.build or image.archive) and config.registry != target:
             steps.append(Step([nydusify, "copy", "--source", f"{config.registry}/{image.name}",
-                               "--target", source, *insecure]))
+                               "--target", f"{target}/{image.name}", *_insecure(config)]))
         for variant in config.variants:
-            if variant.snapshotter != "nydus":
-                continue
-            out = f"{source}{variant.tag_suffix}"
-            patterns = single.nydusify_command(nydusify, source, out, fs_version, insecure)
-            if variant.prefetch == "off":
-                assert patterns[-1] == "--prefetch-patterns"
-                steps.append(Step(patterns[:-1]))  # the same command without it: no prefetch table
-            elif variant.prefetch == "all":
-                steps.append(Step(patterns, stdin_text=PREFETCH_ALL))
-            else:
-                # The list was recorded under the reference the node ran (the registry's host does not matter).
-                recorded = list_for(image, f"{target if config.local else config.registry}/{image.name}",
-                                    persist_dir)
-                if not recorded.is_file():
-                    raise ConvertError(f"{image.name}: no recorded list at {recorded}; record one "
-                                       f"(nri-optimizer profile) or set the image's `list` in the config")
-                steps.append(Step(patterns, stdin_file=recorded))
+            if variant.snapshotter == "nydus":
+                steps.append(variant_step(config, image, variant, target, nydusify=nydusify, fs_version=fs_version,
+                                          persist_dir=persist_dir))
     return steps
+
+
+def variant_step(config: BenchConfig, image: Image, variant: Variant, target: str, *, nydusify: str,
+                 fs_version: str, persist_dir: str) -> Step:
+    """The nydusify convert of `image` (already in `target`) into the tag of nydus variant `variant`."""
+    source = f"{target}/{image.name}"
+    out = f"{source}{variant.tag_suffix}"
+    patterns = single.nydusify_command(nydusify, source, out, fs_version, _insecure(config))
+    if variant.prefetch == "off":
+        assert patterns[-1] == "--prefetch-patterns"
+        return Step(patterns[:-1])  # the same command without it: no prefetch table
+    if variant.prefetch == "all":
+        return Step(patterns, stdin_text=PREFETCH_ALL)
+    # The list was recorded under the reference the node ran (the registry's host does not matter).
+    recorded = list_for(image, f"{target if config.local else config.registry}/{image.name}", persist_dir)
+    if not recorded.is_file():
+        raise ConvertError(f"{image.name}: no recorded list at {recorded}; record one "
+                           f"(nri-optimizer profile) or set the image's `list` in the config")
+    return Step(patterns, stdin_file=recorded)
+
+
+def _insecure(config: BenchConfig) -> list[str]:
+    return ["--source-insecure", "--target-insecure"] if config.insecure else []
 
 
 def run_plan(steps: Sequence[Step]) -> int:

@@ -31,6 +31,8 @@ class Progress(StatusLine):
         if sample.status == "ok":
             result = (f"pull {seconds(sample.pull_us)} s, create {seconds(sample.create_us)} s, "
                       f"run {seconds(sample.run_us)} s, total {seconds(sample.total_us)} s")
+            if sample.nydusd_bytes is not None:
+                result += f", nydusd read {sample.nydusd_bytes} B"
         else:
             result = f"{sample.status}: {sample.note}"
         self.note(f"{self.done_count}/{self.total} {self.label}: {result}")

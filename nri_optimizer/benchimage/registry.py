@@ -150,8 +150,12 @@ def push_layout(tarball: Path, base_url: str, repository: str, tag: str) -> int:
     return len(manifest) + sum(int(blob["size"]) for blob in (parsed["config"], *parsed["layers"]))
 
 
-def pull_size(base_url: str, repository: str, tag: str) -> int:
-    """Bytes a cold pull of repository:tag fetches: the manifest (and index), the config and every layer."""
+NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"  # a nydus data layer: nydusd reads it, the pull does not
+
+
+def pull_size(base_url: str, repository: str, tag: str, *, nydus: bool = False) -> int:
+    """Bytes a cold pull of repository:tag fetches: the manifest (and index), the config and every layer; with
+    `nydus`, the layers nydus-snapshotter lets containerd skip (annotated as nydus blobs) are not counted."""
     body, media_type = _get_manifest(base_url, repository, tag)
     total = len(body)
     manifest = json.loads(body)
@@ -164,7 +168,9 @@ def pull_size(base_url: str, repository: str, tag: str) -> int:
         body, _ = _get_manifest(base_url, repository, chosen[0]["digest"])
         total += len(body)
         manifest = json.loads(body)
-    return total + int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in manifest["layers"])
+    layers = [layer for layer in manifest["layers"]
+              if not (nydus and layer.get("annotations", {}).get(NYDUS_BLOB) == "true")]
+    return total + int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in layers)
 
 
 def _get_manifest(base_url: str, repository: str, reference: str) -> tuple[bytes, str]:

@@ -21,9 +21,10 @@ from .runner import PHASES, Sample
 
 TIMES = (*PHASES, "total")
 RUN_COLUMNS = ("timestamp", "registry", "repo", "variant", "snapshotter", "prefetch", "repetition", "status",
-               *(f"{t}_s" for t in TIMES), "bytes_fetched", "note")
+               *(f"{t}_s" for t in TIMES), "bytes_fetched", "nydusd_bytes", "note")
 SUMMARY_COLUMNS = ("timestamp", "registry", "repo", "variant", "snapshotter", "prefetch", "status", "n",
-                   *(f"{t}_{s}_s" for t in TIMES for s in ("median", "min", "max")), "bytes_fetched", "note")
+                   *(f"{t}_{s}_s" for t in TIMES for s in ("median", "min", "max")), "bytes_fetched", "nydusd_bytes",
+                   "note")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,20 @@ class Summary:
     def note(self) -> str:
         return next((s.note for s in self.samples if s.note), "")
 
+    @property
+    def bytes_fetched(self) -> int | None:
+        """Median over the repetitions that succeeded (a nydus variant's differ run to run); else the first's."""
+        return self._median("bytes_fetched")
+
+    @property
+    def nydusd_bytes(self) -> int | None:
+        return self._median("nydusd_bytes")
+
+    def _median(self, key: str) -> int | None:
+        values: list[int] = [v for s in self.samples if s.status == "ok" and (v := getattr(s, key)) is not None]
+        first: int | None = getattr(self.first, key)
+        return round(statistics.median(values)) if values else first
+
 
 def summarize(samples: Sequence[Sample]) -> list[Summary]:
     """One summary per (image, variant), in the order they were run."""
@@ -87,8 +102,12 @@ def run_rows(samples: Sequence[Sample], registry: str) -> list[dict[str, Any]]:
         "variant": s.variant.name, "snapshotter": s.variant.snapshotter, "prefetch": s.variant.prefetch or "",
         "repetition": s.repetition, "status": s.status,
         **{f"{t}_s": seconds(getattr(s, f"{t}_us")) for t in TIMES},
-        "bytes_fetched": "" if s.bytes_fetched is None else s.bytes_fetched, "note": s.note,
+        "bytes_fetched": _blank(s.bytes_fetched), "nydusd_bytes": _blank(s.nydusd_bytes), "note": s.note,
     } for s in samples]
+
+
+def _blank(value: int | None) -> int | str:
+    return "" if value is None else value
 
 
 def summary_rows(summaries: Sequence[Summary], registry: str) -> list[dict[str, Any]]:
@@ -104,7 +123,8 @@ def summary_rows(summaries: Sequence[Summary], registry: str) -> list[dict[str, 
             spread = summary.times.get(phase)
             for stat in ("median", "min", "max"):
                 row[f"{phase}_{stat}_s"] = seconds(getattr(spread, f"{stat}_us")) if spread else ""
-        row["bytes_fetched"] = "" if s.bytes_fetched is None else s.bytes_fetched
+        row["bytes_fetched"] = _blank(summary.bytes_fetched)
+        row["nydusd_bytes"] = _blank(summary.nydusd_bytes)
         row["note"] = summary.note
         rows.append(row)
     return rows
@@ -128,7 +148,9 @@ def table(summaries: Sequence[Summary], registry: str) -> str:
             cells = [_cell(summary.times[t]) for t in TIMES]
         else:
             cells = [summary.status + (f": {summary.note}" if summary.note else ""), *([""] * (len(TIMES) - 1))]
-        fetched = readable_size(s.bytes_fetched) if s.bytes_fetched is not None else ""
+        fetched = readable_size(summary.bytes_fetched) if summary.bytes_fetched is not None else ""
+        if summary.nydusd_bytes is not None:
+            fetched = f"{fetched} (nydusd {readable_size(summary.nydusd_bytes)})".lstrip()
         row = [s.timestamp, registry, f"{s.image}{s.variant.tag_suffix}", s.variant.name,
                f"{summary.n}/{len(summary.samples)}" if s.status != "skipped" else "-", *cells, fetched]
         lines.append("| " + " | ".join(row) + " |")
@@ -141,7 +163,7 @@ def _cell(spread: Spread) -> str:
 
 def _numeric(row: dict[str, Any]) -> dict[str, Any]:
     """A CSV row for JSON: seconds as numbers, absent values as null."""
-    numeric = {key for key in row if key.endswith("_s") or key == "bytes_fetched"}
+    numeric = {key for key in row if key.endswith("_s") or key in ("bytes_fetched", "nydusd_bytes")}
     return {key: (None if value == "" else float(value) if key.endswith("_s") else value) if key in numeric
             else value for key, value in row.items()}
 

@@ -50,9 +50,16 @@ def render(
     runc: Path,
     log_level: str = "info",
     registry_config_dir: Path | None = None,
+    snapshotters: Mapping[str, Path] | None = None,
 ) -> str:
     """The config file's text. `registry_config_dir` holds `<host>/hosts.toml` files (e.g. a plain-HTTP registry
-    on loopback); containerd reads them at each pull, so they may be written after it starts."""
+    on loopback); containerd reads them at each pull, so they may be written after it starts.
+
+    `snapshotters` (name -> gRPC socket) adds remote snapshotters: each is a proxy plugin and a runtime handler of
+    the same name whose images are pulled and whose containers run on it (CRI `runtime_handler`). Remote
+    snapshotters need the layer annotations, which CRI passes only with `disable_snapshot_annotations = false`
+    (and, in 2.x, only on its local pull path, not the transfer service's).
+    """
     base = layout.base
     top: Table = {
         "version": 3 if major >= 2 else 2,
@@ -100,6 +107,9 @@ def render(
         }
         if registry_config_dir is not None:
             tables["plugins.'io.containerd.cri.v1.images'.registry"] = {"config_path": str(registry_config_dir)}
+        runtimes, images = f"{cri_runtime}.containerd.runtimes", "plugins.'io.containerd.cri.v1.images'"
+        annotations: Table = {"disable_snapshot_annotations": False, "discard_unpacked_layers": False,
+                              "use_local_image_pull": True}
     else:
         cri = "plugins.'io.containerd.grpc.v1.cri'"
         tables |= {
@@ -111,10 +121,23 @@ def render(
         }
         if registry_config_dir is not None:
             tables[f"{cri}.registry"] = {"config_path": str(registry_config_dir)}
+        runtimes, images = f"{cri}.containerd.runtimes", f"{cri}.containerd"
+        annotations = {"disable_snapshot_annotations": False, "discard_unpacked_layers": False}
+    if snapshotters:
+        tables[images] = {**tables[images], **annotations}
+    for name, socket in (snapshotters or {}).items():
+        tables[f"{runtimes}.{_key(name)}"] = {"runtime_type": "io.containerd.runc.v2", "snapshotter": name}
+        tables[f"{runtimes}.{_key(name)}.options"] = runc_options
+        tables[f"proxy_plugins.{_key(name)}"] = {"type": "snapshot", "address": str(socket)}
     lines = [f"{key} = {_value(value)}" for key, value in top.items()]
     for name, table in tables.items():
         lines += ["", f"[{name}]", *(f"  {key} = {_value(value)}" for key, value in table.items())]
     return "\n".join(lines) + "\n"
+
+
+def _key(name: str) -> str:
+    """A TOML key: bare when it can be (letters, digits, - and _), else quoted."""
+    return name if name.replace("-", "").replace("_", "").isalnum() and name.isascii() else json.dumps(name)
 
 
 def _value(value: str | bool | int) -> str:

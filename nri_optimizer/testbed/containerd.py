@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -48,6 +49,7 @@ class Containerd:
         start_timeout: float = 15.0,
         log_level: str = "info",
         registry_config_dir: Path | None = None,
+        snapshotters: Mapping[str, Path] | None = None,
     ) -> None:
         self.runtime = runtime
         self.start_timeout = start_timeout
@@ -73,6 +75,7 @@ class Containerd:
                 runc=runtime.bin_dir / "runc",
                 log_level=log_level,
                 registry_config_dir=registry_config_dir,
+                snapshotters=snapshotters,
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None

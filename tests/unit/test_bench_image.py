@@ -16,7 +16,7 @@ from nri_optimizer.benchimage.convert import ConvertError, plan
 from nri_optimizer.benchimage.report import run_rows, seconds, summarize, table
 from nri_optimizer.benchimage.runner import Sample
 from nri_optimizer.benchimage.timing import PhaseTimer
-from nri_optimizer.benchimage.variants import skip_reason
+from nri_optimizer.benchimage.variants import find, skip_reason
 
 # --- the clock ------------------------------------------------------------------------------------------------
 
@@ -164,12 +164,23 @@ def fake_tools(directory: Path, *names: str) -> None:
 
 def test_nydus_variants_say_why_they_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert skip_reason(OCI) is None
-    assert skip_reason(NYDUS) == "nydus not installed (containerd-nydus-grpc, nydusd not on PATH)"
+    config = load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n")
+
+    def reason(variant: cfg.Variant = NYDUS, *, local: bool = True) -> str | None:
+        return skip_reason(variant, find(config), local=local)
+
+    assert reason(OCI) is None
+    assert reason() == "nydus not installed (containerd-nydus-grpc, nydusd not on PATH)"
     fake_tools(tmp_path / "bin", "nydusd")
-    assert skip_reason(NYDUS) == "nydus not installed (containerd-nydus-grpc not on PATH)"
+    assert reason() == "nydus not installed (containerd-nydus-grpc not on PATH)"
     fake_tools(tmp_path / "bin", "containerd-nydus-grpc")
-    assert skip_reason(NYDUS).startswith("nydus is installed, but the harness's containerd has no nydus snapshotter")  # type: ignore[union-attr]
+    # registry: local has no nydus image until nydusify makes one
+    assert reason() == ("no nydus image to pull: registry: local gets its nydus images from nydusify "
+                        "(nydusify not on PATH)")
+    assert reason(local=False) is None  # a registry that holds the converted images already
+    fake_tools(tmp_path / "bin", "nydusify")
+    assert reason() is None
+    assert find(config).tools.snapshotter == tmp_path / "bin" / "containerd-nydus-grpc"
 
 
 REMOTE = """
