@@ -6,7 +6,8 @@ private containerd, N times with full cleanup in between, and reports medians an
 JSON and a PNG per image. ``bench-image convert`` builds the nydus variants' images with nydusify.
 
 Modules: config (the YAML), workloads (images built offline), registry (docker-registry on loopback and a
-small push client), throttle (tc on lo), variants (what can run here), timing (one repetition's clock and its
-"ready"), runner (a repetition and its cleanup), bench (the whole run), report, plot and progress (outputs),
-convert (nydusify), command (the CLI).
+small push client), throttle (tc on lo), variants (what can run here), handlers (CRI pulls and pods on a runtime
+handler), timing (one repetition's clock and its "ready"), runner (a repetition and its cleanup), bench (the whole
+run), report, plot and progress (outputs), convert (nydusify), command (the CLI). The nydus variants' private
+nydus-snapshotters are nri_optimizer.testbed.nydus.
 """

@@ -3,8 +3,10 @@
 `run` starts a private containerd (the testbed's, from the cache), and for ``registry: local`` Debian's
 docker-registry on loopback with the config's images pushed into it (optionally throttled with tc); then for
 each image, variant and repetition it pulls, creates and runs the image through CRI and cleans up; it prints the
-table and writes runs.csv, summary.csv, results.json, table.md and a PNG per image. Everything it started is
-stopped and removed at the end, also on errors and Ctrl-C.
+table and writes runs.csv, summary.csv, results.json, table.md and a PNG per image. Nydus variants run where
+containerd-nydus-grpc and nydusd are found (config `nydus:`, flags, else PATH): on a private nydus-snapshotter per
+prefetch mode; elsewhere they are reported as skipped with the reason. Everything it started is stopped and
+removed at the end, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations

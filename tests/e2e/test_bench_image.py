@@ -21,6 +21,7 @@ import pytest
 
 from nri_optimizer.benchimage import workloads
 from nri_optimizer.benchimage.config import Image, Ready, Variant
+from nri_optimizer.benchimage.handlers import HandlerCri
 from nri_optimizer.benchimage.registry import LocalRegistry, pull_size, push_layout, registry_binary, write_hosts
 from nri_optimizer.benchimage.report import RUN_COLUMNS, SUMMARY_COLUMNS
 from nri_optimizer.benchimage.runner import Runner, Sample
@@ -205,8 +206,10 @@ def bed(tmp_path_factory: pytest.TempPathFactory, runtime: Callable[[str], debs.
         ctd.import_image(build_pause_image(work / "pause.tar"))
         registry.start()
         write_hosts(work / "hosts", registry.address, plain_http=True)
-        runner = Runner(ctd.cri, cgroup_parent=ctd.cgroup_parent, logs_dir=work / "logs", pull_timeout=120)
+        cri = HandlerCri(ctd.address)
+        runner = Runner(cri, cgroup_parent=ctd.cgroup_parent, logs_dir=work / "logs", pull_timeout=120)
         yield Bed(ctd, registry, runner, work)
+        cri.close()
     finally:
         registry.close()
         ctd.close()  # raises if anything of containerd's is left

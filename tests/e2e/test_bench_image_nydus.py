@@ -1,0 +1,154 @@
+"""bench-image's nydus wiring against a real private containerd (2.1 and 1.7) and the real nydus-snapshotter
+(containerd-nydus-grpc from Debian sid's nydus-snapshotter package, fetched into the testbed cache).
+
+nydusd is not packaged for this machine, so what needs it (a nydus image's lazy reads and prefetch, its bytes) cannot
+run here. What can: the snapshotter starts from our generated config and takes its nydusd template, containerd
+registers it as a proxy plugin, a pull, a pod and a container on its runtime handler really go through it, a
+bench-image nydus variant refuses to count an image no nydusd served, teardown leaves nothing, and a run whose
+nydusd is missing skips the nydus variants with the exact reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nri_optimizer.benchimage import workloads
+from nri_optimizer.benchimage.config import Image, Ready, Variant
+from nri_optimizer.benchimage.handlers import HandlerCri
+from nri_optimizer.benchimage.registry import LocalRegistry, push_layout, registry_binary, write_hosts
+from nri_optimizer.benchimage.runner import Runner
+from nri_optimizer.testbed import TestbedError, debs, host, nydus
+from nri_optimizer.testbed.containerd import Containerd
+from nri_optimizer.testbed.images import build_pause_image
+
+NYDUS_OFF = Variant("nydus", "nydus", "_nydus", "off")
+
+
+@pytest.fixture(scope="module")
+def snapshotter_binary() -> Path:
+    try:
+        return nydus.debian_snapshotter()
+    except TestbedError as error:
+        pytest.fail(f"cannot get containerd-nydus-grpc from Debian: {error}")
+
+
+def stand_in_nydusd(directory: Path) -> Path:
+    """Records that it was started and fails: for an OCI image nydus-snapshotter must never start it."""
+    path = directory / "nydusd"
+    path.write_text(f'#!/bin/sh\necho "$@" >> {directory / "nydusd.calls"}\nexit 1\n')
+    path.chmod(0o755)
+    return path
+
+
+def ours() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
+            if p.name.startswith(("nriopt-nydus-", "nriopt-ctd-", "nriopt-registry-", "nriopt-benchimage-"))}
+
+
+def snapshot_kinds(ctd: Containerd, snapshotter: str) -> list[str]:
+    result = subprocess.run([str(ctd.runtime.bin_dir / "ctr"), "-a", ctd.address, "-n", "k8s.io", "snapshots",
+                             "--snapshotter", snapshotter, "ls"], capture_output=True, text=True, check=True)
+    return sorted(line.split()[-1] for line in result.stdout.splitlines()[1:])
+
+
+@pytest.mark.parametrize("flavour", ["2.1", "1.7"])
+def test_a_handler_pulls_and_runs_through_the_snapshotter(
+        flavour: str, tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path) -> None:
+    before = ours()
+    rt = runtime(flavour)
+    snapshotter = nydus.NydusSnapshotter(snapshotter_binary, stand_in_nydusd(tmp_path), "off", nydus.Backend("http"))
+    ctd = Containerd(rt, nri=False, registry_config_dir=tmp_path / "hosts",
+                     snapshotters={snapshotter.name: snapshotter.address})
+    registry = LocalRegistry(registry_binary())
+    cri: HandlerCri | None = None
+    try:
+        snapshotter.start()
+        assert snapshotter.pid is not None
+        # The snapshotter read our config: its sockets are ours, and it took the nydusd template without complaint.
+        assert snapshotter.daemons() == []
+        log = snapshotter.log_tail(50)
+        assert "FsDriver: fusedev, DaemonMode: dedicated" in log and "level=error" not in log, log
+        ctd.start()
+        plugins = subprocess.run([str(rt.bin_dir / "ctr"), "-a", ctd.address, "plugins", "ls"],
+                                 capture_output=True, text=True, check=True).stdout.splitlines()
+        assert [line.split() for line in plugins if " nydus-off " in line] == [
+            ["io.containerd.snapshotter.v1", "nydus-off", "linux/amd64", "ok"]]
+
+        pause = build_pause_image(tmp_path / "pause.tar")
+        ctd.import_image(pause)
+        nydus.import_image(rt.bin_dir / "ctr", ctd.address, pause, snapshotter.name)
+        assert snapshot_kinds(ctd, "nydus-off") == ["Committed"]
+        registry.start()
+        write_hosts(tmp_path / "hosts", registry.address, plain_http=True)
+        push_layout(workloads.build("db", "x/nydus-db:1", tmp_path / "db.tar"), registry.url, "nydus-db", "1_nydus")
+        reference = f"{registry.address}/nydus-db:1_nydus"
+
+        cri = HandlerCri(ctd.address)
+        seen: list[list[str]] = []
+
+        def on_phase(phase: str) -> None:
+            if phase == "cleanup":  # the container and its image are still there
+                seen.append(snapshot_kinds(ctd, "nydus-off"))
+
+        runner = Runner(cri, cgroup_parent=ctd.cgroup_parent, logs_dir=tmp_path / "logs", pull_timeout=60,
+                        on_phase=on_phase)
+        image = Image("nydus-db:1", Ready("line", "ready to accept connections"), 30)
+        sample = runner.repetition(image, NYDUS_OFF, reference, 1, 1234, snapshotter)
+        # An OCI image on nydus-snapshotter runs (as on overlayfs), but no nydusd served it: not a nydus measurement.
+        assert (sample.status, sample.note, sample.bytes_fetched, sample.nydusd_bytes) == (
+            "failed", f"no nydusd serves {reference}: not a nydus image? (convert it with bench-image convert)",
+            None, None)
+        # Pulled into the snapshotter (the image's two layers), the pod's and the container's rootfs prepared there.
+        assert seen == [["Active", "Active", "Committed", "Committed", "Committed"]]
+        assert not (tmp_path / "nydusd.calls").exists()
+        # The cleanup removed the image's snapshots (sync_remove) and left the pause image's.
+        assert snapshot_kinds(ctd, "nydus-off") == ["Committed"]
+        assert not cri.image_status(reference) and cri.list_pods() == []
+    finally:
+        if cri is not None:
+            cri.close()
+        registry.close()
+        ctd.close()
+        snapshotter.close()
+    assert snapshotter.pid is None and snapshotter.leftovers() == []
+    assert not any(str(snapshotter.dir) in " ".join(p.cmdline) for p in host.processes())
+    assert ours() == before
+
+
+def test_a_run_without_nydusd_skips_the_nydus_variants(
+        tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path) -> None:
+    runtime("2.1")
+    config = tmp_path / "bench.yaml"
+    config.write_text("""
+registry: local
+repetitions: 1
+timeout: 30
+images:
+  - {name: e2e-db:1, build: db, ready: {line: "ready to accept connections"}}
+variants:
+  - {name: oci, snapshotter: overlayfs}
+  - {name: nydus, snapshotter: nydus, tag_suffix: _nydus, prefetch: "off"}
+  - {name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}
+""")
+    before = ours()
+    env = dict(os.environ, PATH=f"{tmp_path / 'empty'}:/usr/sbin:/usr/bin:/sbin:/bin")
+    result = subprocess.run(
+        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(tmp_path / "out"),
+         "--nydus-snapshotter", str(snapshotter_binary), "--quiet"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    for variant in ("nydus", "nydus-prefetch-list"):
+        assert f"nri-optimizer bench-image: {variant}: skipped: nydus not installed (nydusd not on PATH)" in lines
+    table = result.stdout.splitlines()
+    assert [line.split(" | ")[3:5] for line in table[2:]] == [
+        ["oci", "1/1"], ["nydus", "-"], ["nydus-prefetch-list", "-"]]
+    assert "| skipped: nydus not installed (nydusd not on PATH) |" in table[3]
+    assert ours() == before  # no snapshotter was started for skipped variants, and nothing is left
