@@ -10,6 +10,7 @@ nydusd is missing skips the nydus variants with the exact reason.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -152,3 +153,56 @@ variants:
         ["oci", "1/1"], ["nydus", "-"], ["nydus-prefetch-list", "-"]]
     assert "| skipped: nydus not installed (nydusd not on PATH) |" in table[3]
     assert ours() == before  # no snapshotter was started for skipped variants, and nothing is left
+
+
+def test_a_run_with_the_tools_starts_a_snapshotter_per_mode_and_converts(
+        tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path) -> None:
+    """The whole `run` with nydus present: real snapshotters, stand-in nydusd and nydusify (which records its
+    command and stdin and fails, as no real converter is here): each nydus variant says nydusify failed."""
+    runtime("2.1")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    nydusd = stand_in_nydusd(tools)
+    nydusify = tools / "nydusify"
+    nydusify.write_text(f'#!/bin/sh\necho "$@" >> {tools / "nydusify.calls"}\ncat >> {tools / "nydusify.stdin"}\n'
+                        "echo converting\nexit 3\n")
+    nydusify.chmod(0o755)
+    (tmp_path / "db.list").write_text("/app/db.conf\n/app/data/schema.sql\n")
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"""
+registry: local
+repetitions: 1
+timeout: 30
+images:
+  - {{name: e2e-db:1, build: db, ready: {{line: "ready to accept connections"}}, list: db.list}}
+variants:
+  - {{name: nydus, snapshotter: nydus, tag_suffix: _nydus, prefetch: "off"}}
+  - {{name: nydus-prefetch-all, snapshotter: nydus, tag_suffix: _nydus_prefetchall, prefetch: all}}
+  - {{name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}}
+nydus: {{snapshotter: {snapshotter_binary}, nydusd: tools/nydusd, nydusify: tools/nydusify}}
+""")
+    before = ours()
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr  # every variant failed
+    notes = [line for line in result.stderr.splitlines() if "nydus-snapshotter nydus-" in line]
+    assert [n.split("nydus-snapshotter ")[1].split()[0] for n in notes] == ["nydus-off", "nydus-all", "nydus-list"]
+    assert all(f"(nydusd {nydusd})" in n for n in notes)
+    data = json.loads((out / "results.json").read_text())
+    assert data["nydus"]["snapshotters"] == ["nydus-off", "nydus-all", "nydus-list"]
+    assert [(r["variant"], r["status"], r["note"]) for r in data["runs"]] == [
+        (v, "failed", "nydusify convert exited with 3") for v in ("nydus", "nydus-prefetch-all", "nydus-prefetch-list")]
+    registry = data["registry"]
+    source = f"{registry}/e2e-db:1"
+    common = "--fs-version 6 --source-insecure --target-insecure"
+    assert (tools / "nydusify.calls").read_text().splitlines() == [
+        f"convert --source {source} --target {source}_nydus {common}",
+        f"convert --source {source} --target {source}_nydus_prefetchall {common} --prefetch-patterns",
+        f"convert --source {source} --target {source}_nydus_prefetch {common} --prefetch-patterns",
+    ]
+    assert (tools / "nydusify.stdin").read_text() == "/\n/app/db.conf\n/app/data/schema.sql\n"
+    assert "converting" not in result.stdout  # nydusify's output goes to stderr: stdout is the table
+    assert not (tools / "nydusd.calls").exists()
+    assert ours() == before
