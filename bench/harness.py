@@ -35,8 +35,9 @@ from tests.e2e.tracing import SERVER
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
-# "<cid> recorded N files (why; E events, W written by the container, U unlistable) in PATH"
-_RECORDED = re.compile(r"(?P<cid>[0-9a-f]{64}) recorded (?P<files>\d+) files \((?P<why>[^;]+); (?P<events>\d+) events")
+# "<cid> recorded N files (why; E events, R files reported, W written by the container, ...) in PATH"
+_RECORDED = re.compile(r"(?P<cid>[0-9a-f]{64}) recorded (?P<files>\d+) files \((?P<why>[^;]+); "
+                       r"(?P<kernel_events>\d+) events, (?P<reported>\d+) files reported")
 _ENDED = r"{cid} (recorded|trace lost|done;|cannot write|not traced)"
 _WATCHING = re.compile(r"(?P<cid>[0-9a-f]{64}) tracing pid \d+ .*\(watching after (?P<ms>[0-9.]+) ms\)")
 
@@ -299,7 +300,9 @@ class Variant:
                 raise BenchError(f"{error}\n{self.diagnose()}") from None
             info: dict[str, Any] = {"line": line}
             if m := _RECORDED.search(line):
-                info |= {"files": int(m["files"]), "events": int(m["events"]), "why": m["why"]}
+                # events: what reached the plugin; kernel_events: what the server read to find them.
+                info |= {"files": int(m["files"]), "events": int(m["reported"]),
+                         "kernel_events": int(m["kernel_events"]), "why": m["why"]}
             for watched in self.log.find(rf"{run.container_id} tracing pid"):
                 if m := _WATCHING.search(watched):
                     info["watching_ms"] = float(m["ms"])

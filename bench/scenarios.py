@@ -265,7 +265,12 @@ def event_cost(ctx: Context) -> None:
                           unit="events")
                     r.add(f"events_per_file_{key}", v.name, trace["events"] / files if files else math.nan,
                           scenario="d", label=f"events per file recorded: {label}", unit="x")
-                row |= {"files": files, "events": trace.get("events"), **cpu, "per_file_us": per_file,
+                if "kernel_events" in trace:
+                    r.add(f"kernel_events_per_file_{key}", v.name,
+                          trace["kernel_events"] / files if files else math.nan, scenario="d",
+                          label=f"kernel events read per file recorded: {label}", unit="x")
+                row |= {"files": files, "events": trace.get("events"), "kernel_events": trace.get("kernel_events"),
+                        **cpu, "per_file_us": per_file,
                         **{k: cmp[k] for k in ("recall", "precision", "inversions", "recorded")}}
             r.record("event_cost", row)
             extra = (f"  files {row.get('files')}  events {row.get('events')}  "

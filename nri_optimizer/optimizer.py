@@ -242,12 +242,13 @@ class Optimizer:
                 return
             path, listed = persisted
             log.info(
-                "%s recorded %d files (%s; %d events, %d written by the container, %d unlistable, "
-                "%d events of exec'd processes) in %s",
+                "%s recorded %d files (%s; %d events, %d files reported, %d written by the container, "
+                "%d unlistable, %d files of exec'd processes) in %s",
                 cid,
                 listed,
                 why,
                 outcome.events,
+                outcome.files,
                 written,
                 len(trace.recorder.entries) - written - listed,
                 trace.recorder.foreign,
@@ -268,7 +269,7 @@ class Optimizer:
         outcome (path, paths listed) and the number of written files left out."""
         entries = trace.recorder.entries
         if trace.upper is not None:
-            entries = [entry for entry in entries if not trace.upper.wrote(entry.path)]
+            entries = trace.upper.without_written(entries)
             if trace.upper.unreadable:
                 log.warning("%s could not look up %d paths in the container's upper layer (permissions?): "
                             "they are listed even if the container wrote them", trace.container_id,

@@ -4,8 +4,9 @@ A file the workload only reads stays in the image's lower layers; creating or wr
 upper directory (overlayfs copies a file up before the first write or metadata change). So a listed path
 that exists in the upper directory is not image content and does not belong in a prefetch list.
 
-The upper directory is the container's to fill, so it is only ever looked up (lstat), never opened, read
-or written, from an fd opened while the container was being set up.
+The upper directory is the container's to fill, so it is only ever listed or looked up (lstat), from an fd
+opened while the container was being set up; no file in it is opened, read or written, and no symlink in it
+is followed while listing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Generator, Sequence
+from typing import cast
+
+from .results import Entry
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,11 @@ def upper_dir(mountinfo: str) -> str | None:
     return None
 
 
+def _raise(error: OSError) -> None:
+    """os.fwalk skips directories it cannot list unless told otherwise: a partial listing would be wrong."""
+    raise error
+
+
 class UpperLayer:
     """The upper directory of a container's root, opened once; ``wrote(path)`` answers per listed path."""
 
@@ -85,6 +95,38 @@ class UpperLayer:
         except OSError as exc:
             log.warning("pid %d: cannot open the container's upper layer: %s", pid, exc)
             return None
+
+    def without_written(self, entries: Sequence[Entry]) -> list[Entry]:
+        """The entries whose paths the container did not create or write.
+
+        The upper layer is usually far smaller than the list (a pid file, a log): listing it once is cheaper
+        than a lookup per listed path. A layer with more entries than the list has paths is not listed
+        beyond that: then each path is looked up instead, so the cost is bounded by the smaller of the two.
+        """
+        written = self._contents(limit=len(entries))
+        if written is None:
+            return [entry for entry in entries if not self.wrote(entry.path)]
+        return [entry for entry in entries if entry.path not in written] if written else list(entries)
+
+    def _contents(self, limit: int) -> set[bytes] | None:
+        """Every path in the upper layer, as container-absolute paths; None if there are more than limit,
+        or if the layer cannot be listed (then the caller looks paths up one by one)."""
+        found: set[bytes] = set()
+        walk = cast(Generator[tuple[bytes, list[bytes], list[bytes], int], None, None],
+                    os.fwalk(b".", dir_fd=self._fd, follow_symlinks=False, onerror=_raise))
+        try:
+            for top, dirs, files, _ in walk:
+                prefix = top[1:] + b"/"  # b"." -> b"/", b"./etc" -> b"/etc/"
+                found.update(prefix + name for name in dirs)
+                found.update(prefix + name for name in files)
+                if len(found) > limit:
+                    return None
+        except OSError as exc:
+            log.debug("cannot list the upper layer (%s): looking paths up instead", exc)
+            return None
+        finally:
+            walk.close()  # closes the directory fds of a walk left early
+        return found
 
     def wrote(self, path: bytes) -> bool:
         """Whether the container-absolute ``path`` exists in the upper layer (created or copied up)."""

@@ -1,26 +1,19 @@
-"""From fanotify event fds to an ordered list of files: fstat, dedup by (device, inode), resolve the path.
+"""From the files the trace server reports to an ordered list, in first-access order.
 
-The recorder runs in the plugin, in the host's mount namespace. An event fd passed out of the container's
-mount reads back as the container-relative path (the container's root is unreachable from ours), which is
-exactly what the list needs. Nothing here opens a path of the container's: fstat and readlink act on the
-fd the kernel opened for us.
+The server resolves every event itself (nothing here makes a system call) and sends each file once as the
+workload's, and at most once more as an exec'd process's (FOREIGN); the paths are container-relative,
+which is exactly what the list needs.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import stat
 from collections.abc import Sequence
 
-from optimizer_server.protocol import FOREIGN
+from optimizer_server.protocol import DELETED, FOREIGN, FileRecord
 
 from .results import Entry
-from .tracer import TraceEvent
 
-log = logging.getLogger(__name__)
-
-_DELETED = b" (deleted)"
+_FLAGS = FOREIGN | DELETED
 
 
 class Recorder:
@@ -32,35 +25,29 @@ class Recorder:
         self.container_id = container_id
         self._started_ns = started_ns
         self._include_exec = include_exec
-        self.foreign = 0  # events from exec'd processes left out
-        self._seen: set[int] = set()  # (st_dev << 64) | st_ino: an int costs half a tuple
+        self.foreign = 0  # files first read by exec'd processes, left out
+        self._seen: set[int] = set()  # with include_exec: (st_dev << 64) | st_ino of every file listed
         self.entries: list[Entry] = []
         self.events = 0
-        self.deleted = 0  # files gone before we looked: created and removed by the container
+        self.deleted = 0  # files gone before the server looked: created and removed by the container
 
-    def __call__(self, events: Sequence[TraceEvent]) -> None:
-        self.events += len(events)
-        for event in events:
-            fd = event.fd
-            if event.mask & FOREIGN and not self._include_exec:
-                # Not marked seen: the workload's own read of the same file must still count.
-                self.foreign += 1
-                os.close(fd)
-                continue
-            try:
-                info = os.fstat(fd)
-                key = (info.st_dev << 64) | info.st_ino
-                if key in self._seen or not stat.S_ISREG(info.st_mode):
+    def __call__(self, files: Sequence[FileRecord]) -> None:
+        self.events += len(files)
+        started_ns = self._started_ns
+        append = self.entries.append
+        for mask, _, t_ns, dev, ino, size, path in files:
+            if mask & _FLAGS:
+                if mask & FOREIGN and not self._include_exec:
+                    # The workload's own access of the same file still comes (the server sends it apart).
+                    self.foreign += 1
+                    continue
+                if mask & DELETED:
+                    self.deleted += 1
+                    continue
+            if self._include_exec:
+                # A file may come twice, as an exec'd process's and as the workload's: list it once.
+                key = (dev << 64) | ino
+                if key in self._seen:
                     continue
                 self._seen.add(key)
-                path = os.readlink(b"/proc/self/fd/%d" % fd)
-            except OSError as exc:
-                log.warning("%s cannot resolve an event fd: %s", self.container_id, exc)
-                continue
-            finally:
-                os.close(fd)
-            if info.st_nlink == 0 and path.endswith(_DELETED):
-                self.deleted += 1
-                continue
-            elapsed_us = max(0, event.t_ns - self._started_ns) // 1000
-            self.entries.append(Entry(path, info.st_size, elapsed_us))
+            append(Entry(path, size, max(0, t_ns - started_ns) // 1000))

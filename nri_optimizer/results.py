@@ -17,8 +17,9 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,7 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclass costs three times as much
     path: bytes  # as the kernel gave it: container-absolute, not necessarily UTF-8
     size: int  # bytes
     elapsed_us: int  # from StartContainer to the first access
@@ -87,6 +87,8 @@ def render(
         lines.append(text)
         if readable:
             writer.writerow([text, readable_size(entry.size), readable_elapsed(entry.elapsed_us)])
+        elif _CSV_PLAIN(text):
+            table.write(f"{text},{entry.size},{entry.elapsed_us}\n")  # what the writer would write, at a third the cost
         else:
             writer.writerow([text, entry.size, entry.elapsed_us])
     plain = "".join(f"{line}\n" for line in lines)
@@ -94,6 +96,11 @@ def render(
     # No indent: with one, json falls back to its pure-Python encoder (a third of persist time at 20,000 files).
     prefetch = json.dumps({"version": "v1", "files": [{"path": path} for path in paths]}) + "\n"
     return plain.encode(), table.getvalue().encode(), prefetch.encode(), left_out
+
+
+# A field the csv module writes as it is (QUOTE_MINIMAL quotes one holding the delimiter, the quote character
+# or a line break; listable paths hold no line break).
+_CSV_PLAIN = re.compile(r'[^,"]*\Z').match
 
 
 class PersistError(Exception):

@@ -1,46 +1,35 @@
-"""asyncio client of optimizer-server: owns the server process and hands trace events to sinks.
+"""asyncio client of optimizer-server: owns the server process and hands what it reports to sinks.
 
 One server serves every container. `TraceServer.trace(pid, sink)` returns once the server watches the
-container's root mount (READY); from then on the server's event batches go to `sink`, which owns the
-event fds. `Session.stop()` drains what is left and says whether the trace is complete. Every wait is
-bounded, the event loop never blocks, and a dead server fails its sessions and is restarted by the next
-`trace()`.
+container's root mount (READY); from then on the files the server reports go to `sink`, in batches.
+`Session.stop()` drains what is left and says whether the trace is complete. Every wait is bounded, the
+event loop never blocks, and a dead server fails its sessions and is restarted by the next `trace()`.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import itertools
 import logging
-import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from optimizer_server import protocol
+from optimizer_server.protocol import FileRecord
 
 log = logging.getLogger(__name__)
 
-# Room for the most fds one message may carry.
-_ANCILLARY_SIZE = socket.CMSG_SPACE(protocol.MAX_EVENTS_PER_MESSAGE * array.array("i").itemsize)
 # Messages handled per wake-up, so that a flood from the server cannot starve the rest of the daemon.
 _MESSAGES_PER_WAKEUP = 64
 # How long close() waits for the server to exit after its socket is closed, before killing it.
 _EXIT_GRACE = 5.0
 
 
-class TraceEvent(NamedTuple):
-    fd: int  # an fd of the file, opened by the kernel; the sink owns it
-    mask: int  # fanotify event bits (FAN_OPEN, FAN_ACCESS, FAN_OPEN_EXEC)
-    pid: int  # the accessing process, as seen from the host
-    t_ns: int  # CLOCK_MONOTONIC when the server read the event
-
-
 class EventSink(Protocol):
-    def __call__(self, events: Sequence[TraceEvent], /) -> None:
-        """Take a batch in access order. Owns every fd (must close them); must not block or raise."""
+    def __call__(self, files: Sequence[FileRecord], /) -> None:
+        """Take a batch in access order; must not block or raise."""
 
 
 class TraceError(Exception):
@@ -49,7 +38,8 @@ class TraceError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StopResult:
-    events: int  # events handed to the sink
+    files: int  # file records handed to the sink
+    events: int  # events the server read from the kernel (repeats of a file included)
     overflowed: bool  # the kernel queue overflowed
     lost: int  # events the kernel dropped (it could not open the file)
     incomplete: str | None  # why events may be missing beyond the above, e.g. "server died"
@@ -66,7 +56,7 @@ class Session:
         loop = asyncio.get_running_loop()
         self.id = session_id
         self.pid = pid
-        self.events = 0
+        self.files = 0
         self._server = server
         self._sink = sink
         self._problems: list[str] = []
@@ -89,22 +79,22 @@ class Session:
             self._finish(str(e))
         return self._result.result()
 
-    def _deliver(self, events: Sequence[TraceEvent]) -> None:
-        self.events += len(events)
+    def _deliver(self, files: Sequence[FileRecord]) -> None:
+        self.files += len(files)
         try:
-            self._sink(events)
+            self._sink(files)
         except Exception:
             log.exception("session %d: event sink failed", self.id)
             self._problems.append("event sink failed")
 
-    def _finish(self, problem: str | None = None, *, overflowed: bool = False, lost: int = 0) -> None:
+    def _finish(self, problem: str | None = None, *, overflowed: bool = False, lost: int = 0, events: int = 0) -> None:
         if problem:
             self._problems.append(problem)
         if not self._ready.done():
             self._ready.set_result(problem or "session ended")
         if not self._result.done():
             incomplete = "; ".join(self._problems) or None
-            self._result.set_result(StopResult(self.events, overflowed, lost, incomplete))
+            self._result.set_result(StopResult(self.files, events, overflowed, lost, incomplete))
 
 
 class TraceServer:
@@ -236,49 +226,40 @@ class TraceServer:
             return
         for _ in range(_MESSAGES_PER_WAKEUP):
             try:
-                data, ancdata, flags, _ = sock.recvmsg(protocol.MAX_DATAGRAM, _ANCILLARY_SIZE, socket.MSG_CMSG_CLOEXEC)
+                # No room for ancillary data: fds the server should never send are closed by the kernel.
+                data, _, flags, _ = sock.recvmsg(protocol.MAX_DATAGRAM)
             except BlockingIOError:
                 return
             except OSError as e:
                 self._server_gone(f"server socket failed: {e}")
                 return
-            fds = _take_fds(ancdata)
-            if not data and not fds:  # the server never sends an empty datagram: this is EOF
+            if not data:  # the server never sends an empty datagram: this is EOF
                 self._server_gone("server died")
                 return
-            self._dispatch(data, fds, flags)
+            self._dispatch(data, flags)
 
-    def _dispatch(self, data: bytes, fds: list[int], flags: int) -> None:
+    def _dispatch(self, data: bytes, flags: int) -> None:
         try:
             if flags & socket.MSG_TRUNC:
                 raise protocol.ProtocolError(f"datagram longer than {protocol.MAX_DATAGRAM} bytes")
             reply = protocol.decode_reply(data)
         except protocol.ProtocolError as e:
-            _close_all(fds)
             log.error("ignoring a message from the trace server: %s", e)
             return
         session = self._sessions.get(reply.session)
-        if isinstance(reply, protocol.Events) and session is not None:
-            if flags & socket.MSG_CTRUNC or len(fds) != len(reply.events):
-                # Out of fds on our side (or a broken server): the batch cannot be told apart.
-                _close_all(fds)
-                session._problems.append(f"{len(reply.events)} events arrived without their fds")
-            else:
-                session._deliver([TraceEvent(fd, *record) for fd, record in zip(fds, reply.events, strict=True)])
-            return
-        # Late messages of an abandoned session, or fds where none belong: no one owns those fds.
-        _close_all(fds)
         match session, reply:
             case None, _:
-                pass
+                pass  # late messages of an abandoned session
+            case _, protocol.Files(_, files):
+                session._deliver(files)
             case _, protocol.Ready() if not session._ready.done():
                 session._ready.set_result(None)
             case _, protocol.Failed(_, message):
                 del self._sessions[session.id]
                 session._finish(message)
-            case _, protocol.Done(_, overflowed, lost):
+            case _, protocol.Done(_, overflowed, lost, events):
                 del self._sessions[session.id]
-                session._finish(overflowed=overflowed, lost=lost)
+                session._finish(overflowed=overflowed, lost=lost, events=events)
 
     def _server_gone(self, reason: str) -> None:
         proc = self._proc
@@ -325,15 +306,3 @@ async def _relay_log(stream: asyncio.StreamReader) -> None:
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-
-def _take_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds = array.array("i")
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    return fds.tolist()
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)

@@ -12,7 +12,6 @@ import platform
 import struct
 import termios
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import cffi  # type: ignore[import-untyped, unused-ignore]  # no stubs in the venv
 
@@ -35,9 +34,12 @@ FAN_MARK_IGNORED_SURV_MODIFY = 0x40
 FAN_NOFD = -1
 FANOTIFY_METADATA_VERSION = 3
 
-# What a trace watches: every way a file's content can be needed. No FAN_ONDIR, so listing a
-# directory never produces an event.
-TRACE_MASK = FAN_OPEN | FAN_ACCESS | FAN_OPEN_EXEC
+# What a trace watches: opens, execs included (the kernel's own opens of an ELF interpreter or a script's
+# interpreter count too). Every file the workload reads it opens first, after the mark, so a file's first
+# event is its open: FAN_ACCESS would add nothing to the list, but would put fanotify on the path of every
+# read() in the container, and queue an event per read until the ignore mark is in place. No FAN_ONDIR,
+# so listing a directory never produces an event.
+TRACE_MASK = FAN_OPEN | FAN_OPEN_EXEC
 
 # Without O_LARGEFILE the kernel cannot open the event fd of a file > 2 GiB (EOVERFLOW) and drops the
 # event. 64-bit kernels since 5.1 add it themselves; older ones and 32-bit ones need it from us, with
@@ -64,12 +66,6 @@ _ffi.cdef(
     """
 )
 _libc = _ffi.dlopen(None)
-
-
-class Event(NamedTuple):
-    fd: int  # FAN_NOFD for a queue overflow
-    mask: int
-    pid: int
 
 
 class EventFormatError(ValueError):
@@ -119,13 +115,22 @@ def queued_bytes(group: int) -> int:
     return int(count)
 
 
-def iter_events(buf: bytes) -> Iterator[Event]:
-    """The events in one read() of a group fd, walking event_len so info records are skipped.
+def iter_events(buf: bytes) -> Iterator[tuple[int, int, int]]:
+    """The events in one read() of a group fd, as (fd, mask, pid); fd is FAN_NOFD for a queue overflow.
 
-    read() returns whole events only, so anything that does not fit is a format error. Events yielded
-    before the error carry open fds: the caller has them and must close them.
+    Walks event_len, so that info records are skipped. read() returns whole events only, so anything that
+    does not fit is a format error. Events yielded before the error carry open fds: the caller has them and
+    must close them.
     """
     offset = 0
+    if len(buf) % METADATA_LEN == 0:
+        # The common case, events without info records, unpacked in one go; the walk below takes over at the
+        # first event that is not of that kind.
+        for event_len, vers, _, _, mask, fd, pid in _METADATA.iter_unpack(buf):
+            if event_len != METADATA_LEN or vers != FANOTIFY_METADATA_VERSION:
+                break
+            yield fd, mask, pid
+            offset += METADATA_LEN
     while offset < len(buf):
         if len(buf) - offset < METADATA_LEN:
             raise EventFormatError(f"{len(buf) - offset} trailing bytes, shorter than an event")
@@ -134,5 +139,5 @@ def iter_events(buf: bytes) -> Iterator[Event]:
             raise EventFormatError(f"metadata version {vers}, expected {FANOTIFY_METADATA_VERSION}")
         if event_len < METADATA_LEN or event_len > len(buf) - offset:
             raise EventFormatError(f"event_len {event_len} at offset {offset} of {len(buf)}")
-        yield Event(fd, mask, pid)
+        yield fd, mask, pid
         offset += event_len

@@ -9,14 +9,18 @@ Every message starts with the same 5-byte little-endian header, then a body fixe
     CANCEL   (empty)                                   plugin → server: drop the session, no reply
     READY    (empty)                                   server → plugin: the mark is in place
     FAILED   message (UTF-8, the rest of the datagram) server → plugin: the session is gone
-    EVENTS   count u16, count x (mask u64, pid i32, t_ns u64)
-                                                       server → plugin: exactly `count` fds in SCM_RIGHTS
-    DONE     overflowed u8 (0/1), lost u32             server → plugin: last message of a session
+    FILES    count u16, count x (mask u64, pid i32, t_ns u64, dev u64, ino u64, size u64, path_len u16, path)
+                                                       server → plugin: files seen for the first time
+    DONE     overflowed u8 (0/1), lost u32, events u32 server → plugin: last message of a session
 
+The server resolves every event itself (fstat and readlink of the fd the kernel opened for it) and sends
+each regular file once: the plugin makes no system call per file and receives no fds. path is what the
+event fd reads back as, container-relative, raw bytes; size is st_size when the server looked.
 t_ns is CLOCK_MONOTONIC (time.monotonic_ns()) when the server read the event from the kernel.
-mask carries the kernel's fanotify bits, plus FOREIGN (bit 63, never a kernel bit) when the accessing
-process is not a descendant of the traced pid: it entered the container from outside (runc exec: exec
-probes, kubectl exec).
+mask carries the kernel's fanotify bits, plus two of ours (never kernel bits): FOREIGN (bit 63) when the
+accessing process is not a descendant of the traced pid: it entered the container from outside (runc exec:
+exec probes, kubectl exec); DELETED (bit 62) when the file was already unlinked (a file the container made
+and removed). A file is sent once as the workload's and at most once more as FOREIGN.
 """
 
 from __future__ import annotations
@@ -25,38 +29,46 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-# include/net/scm.h: the kernel refuses (ETOOMANYREFS) an SCM_RIGHTS message with more fds.
-SCM_MAX_FD = 253
-MAX_EVENTS_PER_MESSAGE = SCM_MAX_FD
+# A datagram must fit the socket's send buffer (net.core.wmem_default, 208 KiB by default); 64 KiB holds
+# over a thousand typical records and still any single one (a path is at most PATH_MAX, 4096 bytes).
+MAX_DATAGRAM = 64 * 1024
 # FAILED text is for logs; a bound keeps every datagram far below the socket buffer.
 MAX_FAILED_MESSAGE = 4096
-# Large enough for any message this codec produces (an EVENTS message is 7 + 253 x 20 = 5067 bytes).
-MAX_DATAGRAM = 8192
 
 TRACE = 0x01
 STOP = 0x02
 CANCEL = 0x03
 READY = 0x81
 FAILED = 0x82
-EVENTS = 0x83
-FOREIGN = 1 << 63
+FILES = 0x83
 DONE = 0x84
+
+FOREIGN = 1 << 63
+DELETED = 1 << 62
 
 _HEADER = struct.Struct("<BI")
 _PID = struct.Struct("<i")
 _COUNT = struct.Struct("<H")
-_EVENT = struct.Struct("<QiQ")
-_DONE = struct.Struct("<BI")
+_RECORD = struct.Struct("<QiQQQQH")  # mask, pid, t_ns, dev, ino, size, path length; then the path
+RECORD_HEADER_LEN = _RECORD.size
+FILES_HEADER_LEN = _HEADER.size + _COUNT.size
+_DONE = struct.Struct("<BII")
 
 
 class ProtocolError(ValueError):
     """A datagram that is not a valid message of the expected direction."""
 
 
-class EventRecord(NamedTuple):
-    mask: int
-    pid: int
-    t_ns: int
+class FileRecord(NamedTuple):
+    """A file's first access in a trace."""
+
+    mask: int  # fanotify bits of the event, with FOREIGN and DELETED
+    pid: int  # the accessing process, as seen from the host
+    t_ns: int  # CLOCK_MONOTONIC when the server read the event
+    dev: int  # st_dev and st_ino: the file's identity
+    ino: int
+    size: int  # st_size
+    path: bytes  # container-relative, as the event fd reads back
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +99,9 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
-class Events:
-    """The fds travel beside the datagram (SCM_RIGHTS), in the order of `events`."""
-
+class Files:
     session: int
-    events: tuple[EventRecord, ...]
+    files: tuple[FileRecord, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +109,11 @@ class Done:
     session: int
     overflowed: bool  # the kernel queue overflowed: events are missing
     lost: int  # events the kernel dropped because it could not open the file for us
+    events: int = 0  # events the server read from the kernel for this session (repeats included)
 
 
 Command = Trace | Stop | Cancel
-Reply = Ready | Failed | Events | Done
+Reply = Ready | Failed | Files | Done
 Message = Command | Reply
 
 
@@ -123,16 +134,13 @@ def encode(msg: Message) -> bytes:
                 # Cutting may split a character; decode with "ignore" drops the partial one.
                 text = text.decode("utf-8", "ignore").encode("utf-8")
                 return _HEADER.pack(FAILED, session) + text
-            case Events(session, events):
-                if not 1 <= len(events) <= MAX_EVENTS_PER_MESSAGE:
-                    raise ValueError(f"EVENTS carries 1..{MAX_EVENTS_PER_MESSAGE} events, not {len(events)}")
-                return (
-                    _HEADER.pack(EVENTS, session)
-                    + _COUNT.pack(len(events))
-                    + b"".join(_EVENT.pack(*event) for event in events)
-                )
-            case Done(session, overflowed, lost):
-                return _HEADER.pack(DONE, session) + _DONE.pack(overflowed, lost)
+            case Files(session, files):
+                data = files_message(session, [encode_file(*file) for file in files])
+                if not files or len(data) > MAX_DATAGRAM:
+                    raise ValueError(f"FILES carries 1 or more files in at most {MAX_DATAGRAM} bytes")
+                return data
+            case Done(session, overflowed, lost, events):
+                return _HEADER.pack(DONE, session) + _DONE.pack(overflowed, lost, events)
     except struct.error as e:
         raise ValueError(f"cannot encode {msg!r}: {e}") from None
     raise TypeError(f"not a protocol message: {msg!r}")
@@ -154,7 +162,7 @@ def decode_command(data: bytes) -> Command:
 
 
 def decode_reply(data: bytes) -> Reply:
-    """A server → plugin datagram (the fds of EVENTS are the caller's business)."""
+    """A server → plugin datagram."""
     kind, session, body = _split(data)
     if kind == READY:
         _expect_len(body, 0, "READY")
@@ -166,22 +174,49 @@ def decode_reply(data: bytes) -> Reply:
             return Failed(session, body.decode("utf-8"))
         except UnicodeDecodeError as e:
             raise ProtocolError(f"FAILED message is not UTF-8: {e}") from None
-    if kind == EVENTS:
-        if len(body) < _COUNT.size:
-            raise ProtocolError("EVENTS without a count")
-        (count,) = _COUNT.unpack_from(body)
-        if not 1 <= count <= MAX_EVENTS_PER_MESSAGE:
-            raise ProtocolError(f"EVENTS count {count} outside 1..{MAX_EVENTS_PER_MESSAGE}")
-        _expect_len(body, _COUNT.size + count * _EVENT.size, "EVENTS")
-        records = tuple(EventRecord(*fields) for fields in _EVENT.iter_unpack(body[_COUNT.size :]))
-        return Events(session, records)
+    if kind == FILES:
+        return Files(session, _decode_files(body))
     if kind == DONE:
         _expect_len(body, _DONE.size, "DONE")
-        overflowed, lost = _DONE.unpack(body)
+        overflowed, lost, events = _DONE.unpack(body)
         if overflowed > 1:
             raise ProtocolError(f"DONE overflowed flag {overflowed}, expected 0 or 1")
-        return Done(session, bool(overflowed), lost)
+        return Done(session, bool(overflowed), lost, events)
     raise ProtocolError(f"unknown reply kind 0x{kind:02x}")
+
+
+def encode_file(mask: int, pid: int, t_ns: int, dev: int, ino: int, size: int, path: bytes) -> bytes:
+    """One record of a FILES message (the server builds messages from these without making records)."""
+    return _RECORD.pack(mask, pid, t_ns, dev, ino, size, len(path)) + path
+
+
+def files_message(session: int, records: list[bytes]) -> bytes:
+    """A FILES datagram of encoded records; the caller keeps it within MAX_DATAGRAM."""
+    return _HEADER.pack(FILES, session) + _COUNT.pack(len(records)) + b"".join(records)
+
+
+def _decode_files(body: bytes) -> tuple[FileRecord, ...]:
+    if len(body) < _COUNT.size:
+        raise ProtocolError("FILES without a count")
+    (count,) = _COUNT.unpack_from(body)
+    if count == 0:
+        raise ProtocolError("FILES with no file")
+    files: list[FileRecord] = []
+    offset = _COUNT.size
+    unpack = _RECORD.unpack_from
+    for _ in range(count):
+        if len(body) - offset < _RECORD.size:
+            raise ProtocolError(f"FILES record {len(files) + 1} of {count} is cut short")
+        mask, pid, t_ns, dev, ino, size, length = unpack(body, offset)
+        offset += _RECORD.size
+        path = body[offset : offset + length]
+        if len(path) != length:
+            raise ProtocolError(f"FILES record {len(files) + 1} of {count} is cut short")
+        offset += length
+        files.append(FileRecord(mask, pid, t_ns, dev, ino, size, path))
+    if offset != len(body):
+        raise ProtocolError(f"FILES has {len(body) - offset} bytes after its {count} records")
+    return tuple(files)
 
 
 def _split(data: bytes) -> tuple[int, int, bytes]:

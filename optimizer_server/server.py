@@ -5,18 +5,19 @@ magic link /proc/PID/root, so the server never enters the container's mount name
 resolves a path inside it; event fds still read back container-relative, because the container's root
 is not reachable from ours.
 
-After the first event of an inode the server puts an ignore mark on it, so the kernel stops reporting
-repeats. Events queued between the read that returned the first one and the mark still arrive: a file
-the workload rereads at once may be reported a few times (the plugin dedups).
+The server resolves each event itself: fstat (identity, size, type) and readlink of the fd the kernel
+opened for it, then closes it. Each regular file goes to the plugin once, as a record (protocol.FILES):
+the plugin makes no system call per file. A file reported again gets an ignore mark, so the kernel stops
+reporting it; a file read once never needs one, which spares the kernel a mark per file.
 """
 
 from __future__ import annotations
 
-import array
 import logging
 import os
 import select
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +32,8 @@ READ_SIZE = 64 * 1024
 # fds the server needs besides one read's event fds: stdio, the control socket, the epoll fd, and one
 # group per session (fs.fanotify.max_user_groups is 128 by default), with headroom.
 FD_RESERVE = 512
+# What readlink of a deleted file's fd ends with.
+_DELETED = b" (deleted)"
 
 
 @dataclass
@@ -41,8 +44,11 @@ class _Session:
     overflowed: bool = False
     lost: int = 0
     ignore_failed: bool = False
-    seen: set[int] = field(default_factory=set)  # (st_dev << 64) | st_ino of every file sent
-    repeats: int = 0  # events not sent: queued before their file's ignore mark was in place
+    seen: set[int] = field(default_factory=set)  # (st_dev << 64) | st_ino of every workload file sent
+    foreign_seen: set[int] = field(default_factory=set)  # the same, for files sent as FOREIGN
+    ignored: set[int] = field(default_factory=set)  # files with an ignore mark
+    events: int = 0  # events read from the kernel, but for overflow notices
+    repeats: int = 0  # events of files sent already: not sent again
 
 
 class Server:
@@ -53,6 +59,8 @@ class Server:
         events_per_read = max(1, min(READ_SIZE // fanotify.METADATA_LEN, nofile - FD_RESERVE))
         self._read_size = events_per_read * fanotify.METADATA_LEN
         self._epoll = select.epoll()
+        # Event fds are resolved relative to our fd directory: readlinkat skips looking up /proc/self/fd.
+        self._fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._sessions: dict[int, _Session] = {}
         self._by_group: dict[int, _Session] = {}
         self._tree = ProcessTree()
@@ -80,6 +88,7 @@ class Server:
                 self._close(session)
             self._tree.close()
             self._epoll.close()
+            os.close(self._fd_dir)
 
     def _on_control(self, flags: int) -> bool:
         """Handle one command; False once the plugin has closed its end."""
@@ -135,14 +144,16 @@ class Server:
             pending -= done
         self._close(session)
         log.info(
-            "session %d: done with pid %d (overflowed=%s, lost=%d, repeats not sent=%d)",
+            "session %d: done with pid %d (overflowed=%s, lost=%d, events=%d, repeats not sent=%d, ignore marks=%d)",
             session_id,
             session.pid,
             session.overflowed,
             session.lost,
+            session.events,
             session.repeats,
+            len(session.ignored),
         )
-        self._send(protocol.Done(session_id, session.overflowed, session.lost))
+        self._send(protocol.Done(session_id, session.overflowed, session.lost, session.events))
 
     def _read_once(self, session: _Session) -> int | None:
         """Read and forward one buffer of events; how many queued bytes it took, None if none were queued.
@@ -163,64 +174,86 @@ class Server:
         return len(buf)
 
     def _forward(self, session: _Session, buf: bytes, t_ns: int) -> None:
-        records: list[protocol.EventRecord] = []
-        fds: list[int] = []
+        records: list[bytes] = []
         # Every fork behind these events was reported before the events themselves were queued.
         self._tree.drain()
+        own: dict[int, bool] = {}  # pid -> descends from the traced one; a read's events share few pids
         try:
-            try:
-                for event in fanotify.iter_events(buf):
-                    if event.fd == fanotify.FAN_NOFD:
-                        session.overflowed |= bool(event.mask & fanotify.FAN_Q_OVERFLOW)
-                        continue
-                    if self._tree.descends(session.pid, event.pid):
-                        if self._repeat(session, event.fd):
-                            os.close(event.fd)
-                            continue
-                        fds.append(event.fd)
-                        records.append(protocol.EventRecord(event.mask, event.pid, t_ns))
-                        self._ignore_repeats(session, event.fd)
-                    else:
-                        fds.append(event.fd)
-                        # No ignore mark: the workload's own first read of this file must still be reported.
-                        records.append(protocol.EventRecord(event.mask | protocol.FOREIGN, event.pid, t_ns))
-            except fanotify.EventFormatError as e:
-                session.lost += 1
-                log.error("session %d: unreadable event stream, rest of this read dropped: %s", session.id, e)
-            step = protocol.MAX_EVENTS_PER_MESSAGE
-            for start in range(0, len(fds), step):
-                batch = protocol.Events(session.id, tuple(records[start : start + step]))
+            for fd, mask, pid in fanotify.iter_events(buf):
+                if fd == fanotify.FAN_NOFD:
+                    session.overflowed |= bool(mask & fanotify.FAN_Q_OVERFLOW)
+                    continue
+                session.events += 1
+                if (ours := own.get(pid)) is None:
+                    ours = own[pid] = self._tree.descends(session.pid, pid)
                 try:
-                    self._send(batch, fds[start : start + step])
-                except (BrokenPipeError, ConnectionResetError):
-                    raise
-                except OSError as e:  # e.g. ENOBUFS: this batch is lost, the session goes on
-                    session.lost += len(batch.events)
-                    log.error("session %d: %d events not sent: %s", session.id, len(batch.events), e.strerror)
-        finally:
-            # The receiver holds its own copies once sent; unsent ones (plugin gone) are no one's.
-            for fd in fds:
-                os.close(fd)
+                    record = self._resolve(session, fd, mask, pid, ours, t_ns)
+                finally:
+                    os.close(fd)
+                if record is not None:
+                    records.append(record)
+        except fanotify.EventFormatError as e:
+            session.lost += 1
+            log.error("session %d: unreadable event stream, rest of this read dropped: %s", session.id, e)
+        self._send_files(session, records)
 
-    def _repeat(self, session: _Session, fd: int) -> bool:
-        """Whether this file was sent already. A workload rereading a file at once gets ahead of the ignore
-        mark: those events are the kernel's to queue, not ours to forward."""
+    def _resolve(self, session: _Session, fd: int, mask: int, pid: int, own: bool, t_ns: int) -> bytes | None:
+        """The record of a file seen for the first time (as the workload's, or as FOREIGN), else None."""
         try:
             info = os.fstat(fd)
         except OSError:
-            return False
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
         key = (info.st_dev << 64) | info.st_ino
-        if key in session.seen:
+        seen = session.seen if own else session.foreign_seen
+        if key in seen:
             session.repeats += 1
-            return True
-        session.seen.add(key)
-        return False
+            # Reported again: the workload rereads it, so have the kernel stop reporting it. Not for an exec'd
+            # process: the workload's own first read of the file must still be reported.
+            if own and key not in session.ignored:
+                session.ignored.add(key)
+                self._ignore_repeats(session, fd)
+            return None
+        try:
+            path = os.readlink(b"%d" % fd, dir_fd=self._fd_dir)
+        except OSError as e:
+            log.warning("session %d: cannot resolve an event fd: %s", session.id, e.strerror)
+            return None
+        seen.add(key)
+        if not own:
+            mask |= protocol.FOREIGN
+        if info.st_nlink == 0 and path.endswith(_DELETED):
+            mask |= protocol.DELETED
+        return protocol.encode_file(mask, pid, t_ns, info.st_dev, info.st_ino, info.st_size, path)
+
+    def _send_files(self, session: _Session, records: list[bytes]) -> None:
+        """Records in as few datagrams as fit."""
+        batch: list[bytes] = []
+        size = protocol.FILES_HEADER_LEN
+        for record in records:
+            if batch and size + len(record) > protocol.MAX_DATAGRAM:
+                self._send_batch(session, batch)
+                batch, size = [], protocol.FILES_HEADER_LEN
+            batch.append(record)
+            size += len(record)
+        if batch:
+            self._send_batch(session, batch)
+
+    def _send_batch(self, session: _Session, batch: list[bytes]) -> None:
+        try:
+            self._control.send(protocol.files_message(session.id, batch))
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except OSError as e:  # e.g. ENOBUFS: this batch is lost, the session goes on
+            session.lost += len(batch)
+            log.error("session %d: %d files not sent: %s", session.id, len(batch), e.strerror)
 
     def _ignore_repeats(self, session: _Session, fd: int) -> None:
         try:
             fanotify.ignore_inode(session.group, fd)
         except OSError as e:
-            # Still correct (the plugin dedups), only slower: say so once per session.
+            # Still correct (repeats are not sent), only slower: say so once per session.
             if not session.ignore_failed:
                 session.ignore_failed = True
                 log.warning("session %d: repeats will not be suppressed: %s", session.id, e.strerror)
@@ -246,10 +279,9 @@ class Server:
             self._epoll.register(fd, select.EPOLLIN)
             self._tree_fd = fd
 
-    def _send(self, msg: protocol.Reply, fds: list[int] | None = None) -> None:
+    def _send(self, msg: protocol.Reply) -> None:
         # Blocking send: a slow plugin slows us down (backpressure) instead of reordering or dropping.
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        self._control.sendmsg([protocol.encode(msg)], ancillary)
+        self._control.send(protocol.encode(msg))
 
 
 class _Refused(Exception):

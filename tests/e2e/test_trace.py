@@ -170,7 +170,7 @@ def test_files_read_by_an_exec_process_are_absent(traced: Traced) -> None:
         time.sleep(0.05)
     line = traced.finish(run)
     assert traced.result() == ["/bin/busybox", "/data/f001", "/data/f002"]
-    assert "events of exec'd processes" in line and " 0 events of exec'd processes" not in line
+    assert "files of exec'd processes" in line and " 0 files of exec'd processes" not in line
 
 
 def test_a_sparse_5_gib_file_is_listed_with_its_size(make_containerd, tmp_path) -> None:

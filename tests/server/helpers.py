@@ -1,4 +1,4 @@
-"""Fake containers on the real kernel, and a sink that resolves event fds like the recorder will."""
+"""Fake containers on the real kernel, and a sink that keeps every file record the server sends."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nri_optimizer.tracer import TraceEvent
+from optimizer_server.protocol import FileRecord
 
 SERVER_CMD = [sys.executable, "-m", "optimizer_server", "--log-level", "DEBUG"]
 
@@ -123,20 +123,15 @@ class Access:
 
 @dataclass
 class CollectingSink:
-    """Resolves and closes every fd at once, as the recorder does."""
+    """Every record, in the order received."""
 
     accesses: list[Access] = field(default_factory=list)
     batches: int = 0
 
-    def __call__(self, events: Sequence[TraceEvent], /) -> None:
+    def __call__(self, files: Sequence[FileRecord], /) -> None:
         self.batches += 1
-        for event in events:
-            try:
-                st = os.fstat(event.fd)
-                path = os.readlink(f"/proc/self/fd/{event.fd}")
-            finally:
-                os.close(event.fd)
-            self.accesses.append(Access(path, st.st_dev, st.st_ino, event.mask, event.pid, event.t_ns))
+        for file in files:
+            self.accesses.append(Access(os.fsdecode(file.path), file.dev, file.ino, file.mask, file.pid, file.t_ns))
 
     def paths(self) -> list[str]:
         """Paths in first-access order, each once (dedup by inode, like the recorder)."""

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from optimizer_server.fanotify import METADATA_LEN, Event, EventFormatError, iter_events
+from optimizer_server.fanotify import METADATA_LEN, EventFormatError, iter_events
 
 
 def kernel_event(fd: int, mask: int, pid: int, *, info: bytes = b"", vers: int = 3) -> bytes:
@@ -20,12 +20,18 @@ def test_metadata_is_24_bytes() -> None:
 
 def test_events_come_out_in_order() -> None:
     buf = kernel_event(5, 0x20, 100) + kernel_event(6, 0x1, 101) + kernel_event(-1, 0x4000, 0)
-    assert list(iter_events(buf)) == [Event(5, 0x20, 100), Event(6, 0x1, 101), Event(-1, 0x4000, 0)]
+    assert list(iter_events(buf)) == [(5, 0x20, 100), (6, 0x1, 101), (-1, 0x4000, 0)]
 
 
 def test_info_records_are_skipped_by_event_len() -> None:
     buf = kernel_event(5, 0x20, 1, info=b"\x01" * 16) + kernel_event(6, 0x20, 2)
-    assert list(iter_events(buf)) == [Event(5, 0x20, 1), Event(6, 0x20, 2)]
+    assert list(iter_events(buf)) == [(5, 0x20, 1), (6, 0x20, 2)]
+
+
+def test_an_event_with_info_after_plain_ones_is_walked_from_where_they_end() -> None:
+    # 24 + 24 + 48 bytes: a multiple of 24, so plain events are taken in one go until the one with info.
+    buf = kernel_event(5, 0x20, 1) + kernel_event(6, 0x20, 2) + kernel_event(7, 0x20, 3, info=b"\x01" * 24)
+    assert list(iter_events(buf)) == [(5, 0x20, 1), (6, 0x20, 2), (7, 0x20, 3)]
 
 
 def test_empty_read_has_no_events() -> None:
@@ -49,6 +55,6 @@ def test_malformed_stream_is_refused(buf: bytes, error: str) -> None:
 def test_events_before_a_malformed_one_are_still_yielded() -> None:
     """So the caller can close their fds."""
     events = iter_events(kernel_event(5, 0x20, 1) + kernel_event(6, 0x20, 1, vers=9))
-    assert next(events) == Event(5, 0x20, 1)
+    assert next(events) == (5, 0x20, 1)
     with pytest.raises(EventFormatError):
         next(events)

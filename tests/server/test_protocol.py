@@ -12,9 +12,9 @@ from optimizer_server import protocol
 from optimizer_server.protocol import (
     Cancel,
     Done,
-    EventRecord,
-    Events,
     Failed,
+    FileRecord,
+    Files,
     ProtocolError,
     Ready,
     Stop,
@@ -24,13 +24,13 @@ from optimizer_server.protocol import (
 u32 = st.integers(0, 2**32 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
 u64 = st.integers(0, 2**64 - 1)
-records = st.builds(EventRecord, u64, i32, u64)
+records = st.builds(FileRecord, u64, i32, u64, u64, u64, u64, st.binary(max_size=300))
 commands = st.one_of(st.builds(Trace, u32, i32), st.builds(Stop, u32), st.builds(Cancel, u32))
 replies = st.one_of(
     st.builds(Ready, u32),
     st.builds(Failed, u32, st.text(max_size=1000)),
-    st.builds(Events, u32, st.lists(records, min_size=1, max_size=253).map(tuple)),
-    st.builds(Done, u32, st.booleans(), u32),
+    st.builds(Files, u32, st.lists(records, min_size=1, max_size=200).map(tuple)),
+    st.builds(Done, u32, st.booleans(), u32, u32),
 )
 
 
@@ -40,10 +40,10 @@ def test_layout_is_little_endian_kind_session_then_body() -> None:
     assert protocol.encode(Cancel(7)) == b"\x03\x07\x00\x00\x00"
     assert protocol.encode(Ready(7)) == b"\x81\x07\x00\x00\x00"
     assert protocol.encode(Failed(7, "pid 1: é")) == b"\x82\x07\x00\x00\x00" + "pid 1: é".encode()
-    assert protocol.encode(Events(7, (EventRecord(0x20, 42, 99),))) == (
-        b"\x83\x07\x00\x00\x00" + struct.pack("<H", 1) + struct.pack("<QiQ", 0x20, 42, 99)
+    assert protocol.encode(Files(7, (FileRecord(0x20, 42, 99, 5, 6, 7, b"/etc/x"),))) == (
+        b"\x83\x07\x00\x00\x00" + struct.pack("<H", 1) + struct.pack("<QiQQQQH", 0x20, 42, 99, 5, 6, 7, 6) + b"/etc/x"
     )
-    assert protocol.encode(Done(7, True, 3)) == b"\x84\x07\x00\x00\x00\x01" + struct.pack("<I", 3)
+    assert protocol.encode(Done(7, True, 3, 9)) == b"\x84\x07\x00\x00\x00\x01" + struct.pack("<II", 3, 9)
 
 
 @given(commands)
@@ -56,7 +56,9 @@ def test_replies_round_trip(msg: protocol.Reply) -> None:
     assert protocol.decode_reply(protocol.encode(msg)) == msg
 
 
-@given(st.binary(max_size=64) | st.binary(min_size=5, max_size=5200).map(lambda b: b"\x83" + b[1:]))
+@given(st.binary(max_size=64) | st.binary(min_size=5, max_size=5200).map(lambda b: b"\x83" + b[1:])
+       | st.builds(lambda n, body: b"\x83\x01\x00\x00\x00" + struct.pack("<H", n) + body,
+                   st.integers(0, 3), st.binary(max_size=200)))
 def test_any_datagram_decodes_canonically_or_raises_protocol_error(data: bytes) -> None:
     for decode in (protocol.decode_command, protocol.decode_reply):
         try:
@@ -66,9 +68,9 @@ def test_any_datagram_decodes_canonically_or_raises_protocol_error(data: bytes) 
         assert protocol.encode(msg) == data
 
 
-def test_the_largest_events_message_fits_a_datagram() -> None:
-    msg = Events(1, (EventRecord(2**64 - 1, -1, 2**64 - 1),) * protocol.MAX_EVENTS_PER_MESSAGE)
-    assert len(protocol.encode(msg)) <= protocol.MAX_DATAGRAM
+def test_a_file_of_the_longest_path_fits_a_datagram() -> None:
+    msg = Files(1, (FileRecord(2**64 - 1, -1, 2**64 - 1, 2**64 - 1, 2**64 - 1, 2**64 - 1, b"/" * 4096),))
+    assert protocol.decode_reply(protocol.encode(msg)) == msg
 
 
 def test_long_failed_message_is_cut_at_a_character_boundary() -> None:
@@ -103,12 +105,13 @@ def test_garbled_command_is_refused(data: bytes, error: str) -> None:
         (b"\x81\x01\x00\x00\x00x", "READY body is 1 bytes, expected 0"),
         (b"\x82\x01\x00\x00\x00\xff", "FAILED message is not UTF-8: "),
         (b"\x82\x01\x00\x00\x00" + b"x" * 4097, "FAILED message of 4097 bytes, limit 4096"),
-        (b"\x83\x01\x00\x00\x00\x01", "EVENTS without a count"),
-        (b"\x83\x01\x00\x00\x00\x00\x00", "EVENTS count 0 outside 1..253"),
-        (b"\x83\x01\x00\x00\x00\xfe\x00", "EVENTS count 254 outside 1..253"),
-        (b"\x83\x01\x00\x00\x00\x02\x00" + bytes(20), "EVENTS body is 22 bytes, expected 42"),
-        (b"\x84\x01\x00\x00\x00\x01", "DONE body is 1 bytes, expected 5"),
-        (b"\x84\x01\x00\x00\x00\x02\x00\x00\x00\x00", "DONE overflowed flag 2, expected 0 or 1"),
+        (b"\x83\x01\x00\x00\x00\x01", "FILES without a count"),
+        (b"\x83\x01\x00\x00\x00\x00\x00", "FILES with no file"),
+        (b"\x83\x01\x00\x00\x00\x02\x00" + bytes(46), "FILES record 2 of 2 is cut short"),
+        (b"\x83\x01\x00\x00\x00\x01\x00" + bytes(44) + b"\x05\x00/etc", "FILES record 1 of 1 is cut short"),
+        (b"\x83\x01\x00\x00\x00\x01\x00" + bytes(44) + b"\x01\x00/xy", "FILES has 2 bytes after its 1 records"),
+        (b"\x84\x01\x00\x00\x00\x01", "DONE body is 1 bytes, expected 9"),
+        (b"\x84\x01\x00\x00\x00\x02" + bytes(8), "DONE overflowed flag 2, expected 0 or 1"),
     ],
 )
 def test_garbled_reply_is_refused(data: bytes, error: str) -> None:
@@ -123,9 +126,10 @@ def test_garbled_reply_is_refused(data: bytes, error: str) -> None:
         Trace(2**32, 1),
         Trace(1, 2**31),
         Stop(-1),
-        Events(1, ()),
-        Events(1, (EventRecord(0, 0, 0),) * 254),
-        Events(1, (EventRecord(-1, 0, 0),)),
+        Files(1, ()),
+        Files(1, (FileRecord(0, 0, 0, 0, 0, 0, b"/" * 4096),) * 16),
+        Files(1, (FileRecord(-1, 0, 0, 0, 0, 0, b"/x"),)),
+        Files(1, (FileRecord(0, 0, 0, 0, 0, 0, b"/" * 65536),)),
         Done(1, False, -1),
     ],
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import array
 import os
 import select
 import signal
@@ -16,7 +15,7 @@ import pytest
 
 from optimizer_server import protocol
 from optimizer_server.fanotify import FAN_OPEN
-from optimizer_server.protocol import Cancel, Done, Events, Failed, Ready, Stop, Trace
+from optimizer_server.protocol import Cancel, Done, Failed, Files, Ready, Stop, Trace
 
 from .helpers import SERVER_CMD, MakeContainer, read_each
 
@@ -33,33 +32,25 @@ class RawServer:
     def send(self, msg: protocol.Command) -> None:
         self.sock.send(protocol.encode(msg))
 
-    def recv(self, timeout: float = 10.0) -> tuple[protocol.Reply, list[int]]:
+    def recv(self, timeout: float = 10.0) -> protocol.Reply:
         ready, _, _ = select.select([self.sock], [], [], timeout)
         assert ready, f"no reply within {timeout} s"
-        data, ancdata, flags, _ = self.sock.recvmsg(
-            protocol.MAX_DATAGRAM, socket.CMSG_SPACE(253 * 4), socket.MSG_CMSG_CLOEXEC
-        )
+        data, ancdata, flags, _ = self.sock.recvmsg(protocol.MAX_DATAGRAM, socket.CMSG_SPACE(4))
         assert not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
-        fds = array.array("i")
-        for _, _, data_fds in ancdata:
-            fds.frombytes(data_fds)
-        return protocol.decode_reply(data), fds.tolist()
+        assert ancdata == [], "the server sends no fds"
+        return protocol.decode_reply(data)
 
-    def recv_until_done(self) -> tuple[list[Events], list[str], Done]:
-        """EVENTS messages and the paths of their fds (closed here), up to DONE."""
-        messages: list[Events] = []
+    def recv_until_done(self) -> tuple[list[Files], list[str], Done]:
+        """FILES messages and their paths, up to DONE."""
+        messages: list[Files] = []
         paths: list[str] = []
         while True:
-            reply, fds = self.recv()
+            reply = self.recv()
             if isinstance(reply, Done):
-                assert fds == []
                 return messages, paths, reply
-            assert isinstance(reply, Events), reply
-            assert len(fds) == len(reply.events)
+            assert isinstance(reply, Files), reply
             messages.append(reply)
-            for fd in fds:
-                paths.append(os.readlink(f"/proc/self/fd/{fd}"))
-                os.close(fd)
+            paths.extend(os.fsdecode(file.path) for file in reply.files)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text()
@@ -79,15 +70,15 @@ def server(tmp_path: Path) -> Iterator[RawServer]:
 def test_ready_comes_after_the_mark_so_the_first_read_is_seen(server: RawServer, make_container: MakeContainer) -> None:
     container = make_container(["/f1", "/f2"], read_each(["/f1", "/f2"]))
     server.send(Trace(1, container.pid))
-    assert server.recv() == (Ready(1), [])
+    assert server.recv() == Ready(1)
     before = time.monotonic_ns()
     container.go()
     container.expect("done")
     server.send(Stop(1))
     messages, paths, done = server.recv_until_done()
     assert paths == ["/f1", "/f2"]
-    assert done == Done(1, overflowed=False, lost=0)
-    for record in (record for message in messages for record in message.events):
+    assert done == Done(1, overflowed=False, lost=0, events=2)
+    for record in (record for message in messages for record in message.files):
         assert record.mask & FAN_OPEN
         assert record.pid == container.pid
         assert before < record.t_ns < time.monotonic_ns()
@@ -97,15 +88,16 @@ def test_nonexistent_pid_fails_with_exact_message(server: RawServer) -> None:
     # pids are always below pid_max, so this one cannot exist.
     pid = int(Path("/proc/sys/kernel/pid_max").read_text())
     server.send(Trace(5, pid))
-    assert server.recv() == (Failed(5, f"pid {pid}: no such process"), [])
+    assert server.recv() == Failed(5, f"pid {pid}: no such process")
     assert server.proc.poll() is None
 
 
-def test_big_reads_are_split_into_messages_of_at_most_253_fds(server: RawServer, make_container: MakeContainer) -> None:
-    files = [f"/f{i}" for i in range(600)]
+def test_big_reads_are_split_into_datagrams_that_fit(server: RawServer, make_container: MakeContainer) -> None:
+    # 200-byte paths make 246-byte records: 266 fit in a 64 KiB datagram after its 7-byte header.
+    files = [f"/{i:03d}{'x' * 196}" for i in range(600)]
     container = make_container(files, read_each(files))
     server.send(Trace(1, container.pid))
-    assert server.recv() == (Ready(1), [])
+    assert server.recv() == Ready(1)
     # A stopped server lets all 600 events queue up, so that one read returns them all.
     server.proc.send_signal(signal.SIGSTOP)
     try:
@@ -116,14 +108,14 @@ def test_big_reads_are_split_into_messages_of_at_most_253_fds(server: RawServer,
     server.send(Stop(1))
     messages, paths, done = server.recv_until_done()
     assert paths == files
-    assert [len(message.events) for message in messages] == [253, 253, 94]
-    assert done == Done(1, overflowed=False, lost=0)
+    assert [len(message.files) for message in messages] == [266, 266, 68]
+    assert done == Done(1, overflowed=False, lost=0, events=600)
 
 
 def test_garbled_control_message_is_logged_and_ignored(server: RawServer) -> None:
     server.sock.send(b"\x99garbage")
     server.send(Stop(3))
-    assert server.recv() == (Failed(3, "session 3 is not tracing"), [])
+    assert server.recv() == Failed(3, "session 3 is not tracing")
     assert "ignoring a 8-byte control message 9967617262616765: unknown command kind 0x99" in server.stderr()
 
 
@@ -131,25 +123,25 @@ def test_a_session_id_cannot_trace_twice(server: RawServer, make_container: Make
     container = make_container([], ":")
     server.send(Trace(1, container.pid))
     server.send(Trace(1, container.pid))
-    assert server.recv() == (Ready(1), [])
-    assert server.recv() == (Failed(1, "session 1 is already tracing"), [])
+    assert server.recv() == Ready(1)
+    assert server.recv() == Failed(1, "session 1 is already tracing")
 
 
 def test_cancel_drops_the_session_without_a_reply(server: RawServer, make_container: MakeContainer) -> None:
     container = make_container(["/f1"], read_each(["/f1"]))
     server.send(Trace(1, container.pid))
-    assert server.recv() == (Ready(1), [])
+    assert server.recv() == Ready(1)
     server.send(Cancel(1))
     container.go()
     container.expect("done")
     server.send(Stop(1))
-    assert server.recv() == (Failed(1, "session 1 is not tracing"), [])
+    assert server.recv() == Failed(1, "session 1 is not tracing")
 
 
 def test_server_exits_0_when_the_plugin_closes_its_end(server: RawServer, make_container: MakeContainer) -> None:
     container = make_container([], ":")
     server.send(Trace(1, container.pid))
-    assert server.recv() == (Ready(1), [])
+    assert server.recv() == Ready(1)
     server.sock.close()
     assert server.proc.wait(10) == 0
 
@@ -173,15 +165,15 @@ def test_server_imports_nothing_after_start_up(tmp_path: Path, make_container: M
     # Every path through the server: garbage, FAILED, TRACE, events, STOP, CANCEL, end of file.
     server.sock.send(b"\xff")
     server.send(Trace(1, int(Path("/proc/sys/kernel/pid_max").read_text())))
-    assert isinstance(server.recv()[0], Failed)
+    assert isinstance(server.recv(), Failed)
     server.send(Trace(2, container.pid))
-    assert server.recv() == (Ready(2), [])
+    assert server.recv() == Ready(2)
     container.go()
     container.expect("done")
     server.send(Stop(2))
     assert server.recv_until_done()[1] == ["/f1"]
     server.send(Trace(3, idle.pid))
-    assert server.recv() == (Ready(3), [])
+    assert server.recv() == Ready(3)
     server.send(Cancel(3))
     server.sock.close()
     assert server.proc.wait(10) == 0
@@ -195,10 +187,10 @@ def test_a_file_over_4_gib_is_recorded(server: RawServer, make_container: MakeCo
     """The kernel opens its event fd only with O_LARGEFILE; a sparse file costs no memory."""
     container = make_container(["/f1"], read_each(["/big", "/f1"]), setup="echo x > big && truncate -s 5G big")
     server.send(Trace(1, container.pid))
-    assert server.recv() == (Ready(1), [])
+    assert server.recv() == Ready(1)
     container.go()
     container.expect("done")
     server.send(Stop(1))
     _, paths, done = server.recv_until_done()
     assert paths == ["/big", "/f1"]
-    assert done == Done(1, overflowed=False, lost=0)
+    assert done == Done(1, overflowed=False, lost=0, events=2)
