@@ -34,6 +34,12 @@ READ_SIZE = 64 * 1024
 FD_RESERVE = 512
 # What readlink of a deleted file's fd ends with.
 _DELETED = b" (deleted)"
+# After reading a group's queue, the server leaves it for this long before it listens again (and likewise the
+# process events connector). Meanwhile events queue up without waking anyone: a workload opening files at
+# full speed pays for an event, not also for a wake-up of the server (an IPI, and on a VM an exit) per open.
+# Events reach the plugin that much later, which no one waits for: STOP reads the queue at once.
+COALESCE = 0.010
+_ONESHOT = select.EPOLLIN | select.EPOLLONESHOT
 
 
 @dataclass
@@ -65,21 +71,25 @@ class Server:
         self._by_group: dict[int, _Session] = {}
         self._tree = ProcessTree()
         self._tree_fd: int | None = None  # the connector socket registered with epoll
+        self._resting: dict[int, float] = {}  # fd -> when to listen to it again (monotonic)
 
     def run(self) -> int:
         """Serve until the plugin closes its end; returns the exit status."""
         self._epoll.register(self._control, select.EPOLLIN | select.EPOLLRDHUP)
         try:
             while True:
-                for fd, flags in self._epoll.poll():
+                for fd, flags in self._epoll.poll(self._poll_timeout()):
                     if fd == self._control.fileno():
                         if not self._on_control(flags):
                             log.info("control socket closed: exiting")
                             return 0
                     elif session := self._by_group.get(fd):
-                        self._read_once(session)
+                        self._read_queued(session)
+                        self._rest(fd)
                     elif fd == self._tree_fd:
                         self._tree.drain()
+                        self._rest(fd)
+                self._wake_rested()
         except (BrokenPipeError, ConnectionResetError):
             log.info("plugin went away: exiting")
             return 0
@@ -127,7 +137,7 @@ class Server:
         self._follow_tree()
         self._sessions[session_id] = session
         self._by_group[group] = session
-        self._epoll.register(group, select.EPOLLIN)
+        self._epoll.register(group, _ONESHOT)
         log.info("session %d: watching the root mount of pid %d", session_id, pid)
         self._send(protocol.Ready(session_id))
 
@@ -137,11 +147,8 @@ class Server:
             self._send(protocol.Failed(session_id, f"session {session_id} is not tracing"))
             return
         # Events are queued during the workload's own syscalls, so everything it did before STOP is in
-        # the queue by now. Read exactly that much: a workload still opening new files behind it must
-        # not hold the loop forever.
-        pending = fanotify.queued_bytes(session.group)
-        while pending > 0 and (done := self._read_once(session)) is not None:
-            pending -= done
+        # the queue by now.
+        self._read_queued(session)
         self._close(session)
         log.info(
             "session %d: done with pid %d (overflowed=%s, lost=%d, events=%d, repeats not sent=%d, ignore marks=%d)",
@@ -154,6 +161,28 @@ class Server:
             len(session.ignored),
         )
         self._send(protocol.Done(session_id, session.overflowed, session.lost, session.events))
+
+    def _read_queued(self, session: _Session) -> None:
+        """Read and forward what is queued now, no more: a workload still opening new files behind it must not
+        hold the loop forever."""
+        pending = fanotify.queued_bytes(session.group)
+        while pending > 0 and (done := self._read_once(session)) is not None:
+            pending -= done
+
+    def _rest(self, fd: int) -> None:
+        """Leave a one-shot source disarmed for COALESCE seconds."""
+        self._resting[fd] = time.monotonic() + COALESCE
+
+    def _poll_timeout(self) -> float | None:
+        """Until the first rested source is due, or forever."""
+        return max(0.0, min(self._resting.values()) - time.monotonic()) if self._resting else None
+
+    def _wake_rested(self) -> None:
+        now = time.monotonic()
+        for fd in [fd for fd, due in self._resting.items() if due <= now]:
+            del self._resting[fd]
+            # Armed again; epoll reports at once what queued up meanwhile.
+            self._epoll.modify(fd, _ONESHOT)
 
     def _read_once(self, session: _Session) -> int | None:
         """Read and forward one buffer of events; how many queued bytes it took, None if none were queued.
@@ -261,6 +290,7 @@ class Server:
     def _close(self, session: _Session) -> None:
         del self._sessions[session.id]
         del self._by_group[session.group]
+        self._resting.pop(session.group, None)
         self._epoll.unregister(session.group)
         os.close(session.group)
         if not any(other.pid == session.pid for other in self._sessions.values()):
@@ -268,6 +298,7 @@ class Server:
         if self._tree.idle:
             # Out of the poll set before the socket is closed, while its fd number still means it.
             if self._tree_fd is not None:
+                self._resting.pop(self._tree_fd, None)
                 self._epoll.unregister(self._tree_fd)
                 self._tree_fd = None
             self._tree.close()
@@ -276,7 +307,7 @@ class Server:
         """Poll the connector socket the tree opened, if it did."""
         fd = self._tree.fileno()
         if fd is not None and self._tree_fd is None:
-            self._epoll.register(fd, select.EPOLLIN)
+            self._epoll.register(fd, _ONESHOT)
             self._tree_fd = fd
 
     def _send(self, msg: protocol.Reply) -> None:
