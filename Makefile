@@ -2,6 +2,7 @@
 #   make demo     profile a demo image on a private containerd it starts and tears down (needs root)
 #   make test     unit tests + end-to-end tests against real containerd 2.1 and 1.7 (needs root)
 #   make proto    regenerate nri_optimizer/proto/*_pb2.py from proto/*.proto
+#   make ffi      regenerate optimizer_server/_libc.py (cffi, out-of-line ABI mode) from libc_build.py
 #   make lint     ruff and mypy
 #   make optimizer, make install-optimizer, make uninstall-optimizer   (as upstream; see README.md "Install")
 
@@ -10,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all venv optimizer demo test unit e2e stress lint proto clean
+.PHONY: all venv optimizer demo test unit e2e stress lint proto ffi clean
 
 all: optimizer
 
@@ -51,6 +52,9 @@ proto: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=nri_optimizer/proto --pyi_out=nri_optimizer/proto \
 		proto/nri.proto proto/ttrpc.proto
+
+ffi: venv
+	$(PY) -m optimizer_server.libc_build
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

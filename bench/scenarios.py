@@ -33,7 +33,7 @@ class Plan:
     start_stop: int = 60
     stop_pod: int = 40
     completeness: int = 20
-    event_cost: int = 15
+    event_cost: int = 30
     scale_rounds: int = 5
     scale_n: int = 20
     pods_for_memory: int = 200
@@ -233,6 +233,7 @@ def event_cost(ctx: Context) -> None:
         ("few", "500 files x 100", workloads.read_few_100_times(), ["/bin/busybox", *workloads.FEW]),
     ]
     for key, label, command, expected in cases:
+        times: dict[int, dict[str, float]] = {}  # run -> variant -> workload ms
         for i, v in interleaved(ctx.variants, runs):
             v.clear_result(workloads.IMAGE)
             before = v.cpu()
@@ -248,6 +249,7 @@ def event_cost(ctx: Context) -> None:
                 v.remove(run)
             r = ctx.results
             r.add(f"time_{key}", v.name, _ms(seconds), scenario="d", label=f"workload time: {label}", unit="ms")
+            times.setdefault(i, {})[v.name] = _ms(seconds)
             row: dict[str, Any] = {"variant": v.name, "case": key, "run": i, "workload_ms": _ms(seconds)}
             if v.traced:
                 cmp = stats.compare(expected, got)
@@ -276,6 +278,13 @@ def event_cost(ctx: Context) -> None:
             extra = (f"  files {row.get('files')}  events {row.get('events')}  "
                      f"cpu/file {row.get('per_file_us', 0):.1f} us" if v.traced else "")
             ctx.progress.step(f"{key:4} {v.name:8} run {i + 1}/{runs}  workload {_ms(seconds):7.1f} ms{extra}")
+        # Each run's pair (A B, then B A) ran back to back: the ratio within a pair cancels the drift of a shared
+        # machine, which the ratio of the medians does not.
+        for pair in times.values():
+            for name, ms in pair.items():
+                if name != "none" and pair.get("none"):
+                    ctx.results.add(f"time_ratio_{key}", name, ms / pair["none"], scenario="d",
+                                    label=f"workload time / baseline's in the same pair: {label}", unit="x")
 
 
 # --- (e), (f) ---------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
-"""fanotify through cffi (ABI mode): constants, the two syscalls, and event parsing.
+"""fanotify: constants, the two system calls (through cffi, optimizer_server.libc), and event parsing.
 
-Python has no binding for fanotify_init(2) or fanotify_mark(2); glibc does, so we dlopen the
-C library once, at import, and call it. Parsing the event stream is a pure function over bytes.
+Parsing the event stream is a pure function over bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import struct
 import termios
 from collections.abc import Iterator
 
-import cffi  # type: ignore[import-untyped, unused-ignore]  # no stubs in the venv
+from optimizer_server.libc import NULL, check, lib
 
 # <linux/fanotify.h>
 FAN_ACCESS = 0x0000_0001
@@ -58,25 +57,9 @@ O_LARGEFILE = _O_LARGEFILE_BY_ARCH.get(platform.machine(), 0o100000)  # asm-gene
 _METADATA = struct.Struct("=IBBHQii")
 METADATA_LEN = _METADATA.size
 
-_ffi = cffi.FFI()
-_ffi.cdef(
-    """
-    int fanotify_init(unsigned int flags, unsigned int event_f_flags);
-    int fanotify_mark(int fanotify_fd, unsigned int flags, uint64_t mask, int dirfd, const char *pathname);
-    """
-)
-_libc = _ffi.dlopen(None)
-
 
 class EventFormatError(ValueError):
     """The kernel's event stream is not what this code understands (never expected in practice)."""
-
-
-def _check(result: int, call: str) -> int:
-    if result < 0:
-        errno = _ffi.errno
-        raise OSError(errno, f"{call}: {os.strerror(errno)}")
-    return result
 
 
 def init_group(*, unlimited_queue: bool) -> int:
@@ -87,7 +70,7 @@ def init_group(*, unlimited_queue: bool) -> int:
     memory only while the server lags, and ignore marks keep it near one event per distinct file.
     """
     flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | (FAN_UNLIMITED_QUEUE if unlimited_queue else 0)
-    return _check(_libc.fanotify_init(flags, os.O_RDONLY | O_LARGEFILE | os.O_CLOEXEC), "fanotify_init")
+    return check(lib.fanotify_init(flags, os.O_RDONLY | O_LARGEFILE | os.O_CLOEXEC), "fanotify_init")
 
 
 def mark_mount(group: int, dirfd: int, mask: int = TRACE_MASK) -> None:
@@ -96,15 +79,13 @@ def mark_mount(group: int, dirfd: int, mask: int = TRACE_MASK) -> None:
     The pathname is "." rather than NULL: with NULL the kernel takes dirfd through fdget(), which
     refuses O_PATH fds (EBADF); "." resolves to dirfd itself without looking up any name.
     """
-    _check(_libc.fanotify_mark(group, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, dirfd, b"."), "fanotify_mark")
+    check(lib.fanotify_mark(group, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, dirfd, b"."), "fanotify_mark")
 
 
 def ignore_inode(group: int, fd: int, mask: int = TRACE_MASK) -> None:
     """Stop reporting events on fd's inode; SURV_MODIFY keeps the ignore mark when the file is written."""
-    _check(
-        _libc.fanotify_mark(
-            group, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, mask, fd, _ffi.NULL
-        ),
+    check(
+        lib.fanotify_mark(group, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, mask, fd, NULL),
         "fanotify_mark(ignore)",
     )
 

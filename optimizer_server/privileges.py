@@ -9,9 +9,7 @@ from getting anything back.
 
 from __future__ import annotations
 
-import os
-
-import cffi  # type: ignore[import-untyped, unused-ignore]  # no stubs in the venv
+from optimizer_server.libc import check, ffi, lib
 
 CAP_NET_ADMIN = 12
 CAP_SYS_PTRACE = 19
@@ -25,14 +23,6 @@ _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
-_ffi = cffi.FFI()
-_ffi.cdef(
-    """
-    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
-    int capset(void *header, void *data);
-    """
-)
-_libc = _ffi.dlopen(None)
 
 
 def kept_mask() -> int:
@@ -45,18 +35,12 @@ def drop() -> None:
         last_cap = int(last.read())
     for cap in range(last_cap + 1):
         if cap not in KEPT:
-            _check(_libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap} from the bounding set")
-    _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
-    header = _ffi.new("uint32_t[2]", [_LINUX_CAPABILITY_VERSION_3, 0])
+            check(lib.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap} from the bounding set")
+    check(lib.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
+    header = ffi.new("uint32_t[2]", [_LINUX_CAPABILITY_VERSION_3, 0])
     mask = kept_mask()
     low, high = mask & 0xFFFF_FFFF, mask >> 32
     # Two struct __user_cap_data_struct {effective, permitted, inheritable}: capabilities 0-31, then 32-63.
-    data = _ffi.new("uint32_t[6]", [low, low, 0, high, high, 0])
-    _check(_libc.capset(header, data), "setting capabilities")
-    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = _ffi.errno
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+    data = ffi.new("uint32_t[6]", [low, low, 0, high, high, 0])
+    check(lib.capset(header, data), "setting capabilities")
+    check(lib.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")

@@ -31,6 +31,9 @@ EXPECTED = {
     # (d)
     "time_many": ["none", "ours"],
     "time_few": ["none", "ours"],
+    "time_ratio_many": ["ours"],
+    "time_ratio_few": ["ours"],
+    "kernel_events_per_file_few": ["ours"],
     "recall_many": ["ours"],
     "cpu_per_file_many": ["ours"],
     "cpu_per_file_few": ["ours"],

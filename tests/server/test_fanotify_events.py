@@ -58,3 +58,10 @@ def test_events_before_a_malformed_one_are_still_yielded() -> None:
     assert next(events) == (5, 0x20, 1)
     with pytest.raises(EventFormatError):
         next(events)
+
+
+def test_the_committed_cffi_module_is_what_libc_build_generates(tmp_path) -> None:
+    from optimizer_server import libc_build
+
+    libc_build.generate(tmp_path / "_libc.py")
+    assert (tmp_path / "_libc.py").read_text() == libc_build.MODULE.read_text(), "run make ffi"
