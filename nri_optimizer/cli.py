@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import logging
 import os
@@ -129,6 +130,9 @@ def run_daemon(argv: Sequence[str]) -> int:
         finally:
             await optimizer.shutdown()
 
+    # What start-up made lives as long as the daemon: out of the collector's sight, so that collections, which
+    # the per-file garbage of a trace triggers, do not walk every module's objects each time.
+    gc.freeze()
     try:
         asyncio.run(_until_signal(serve()))
     finally:

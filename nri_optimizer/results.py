@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
+from json.encoder import encode_basestring_ascii as encode_json_string
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,13 @@ class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclas
 
 def listable(path: bytes) -> str | None:
     """The path as list text, or None if the list format cannot carry it (the module's odd-name rule)."""
+    if not path.startswith(b"/") or b"\n" in path or b"\r" in path:  # begins with "/": no leading white space
+        return None
     try:
         text = path.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if "\n" in text or "\r" in text or text != text.strip() or not text.startswith("/"):
-        return None
-    return text
+    return None if text[-1].isspace() else text
 
 
 def readable_size(size: int) -> str:
@@ -93,8 +93,10 @@ def render(
             writer.writerow([text, entry.size, entry.elapsed_us])
     plain = "".join(f"{line}\n" for line in lines)
     paths = lines[1:] if incomplete else lines
-    # No indent: with one, json falls back to its pure-Python encoder (a third of persist time at 20,000 files).
-    prefetch = json.dumps({"version": "v1", "files": [{"path": path} for path in paths]}) + "\n"
+    # What json.dumps({"version": "v1", "files": [{"path": path}, ...]}) writes, at a fifth of the cost: one
+    # dict per file is most of the work of persisting a long list.
+    files = ", ".join(['{"path": ' + encode_json_string(path) + "}" for path in paths])
+    prefetch = f'{{"version": "v1", "files": [{files}]}}\n'
     return plain.encode(), table.getvalue().encode(), prefetch.encode(), left_out
 
 

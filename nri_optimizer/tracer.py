@@ -21,6 +21,7 @@ from optimizer_server.protocol import FileRecord
 
 log = logging.getLogger(__name__)
 
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: the enum's & runs in Python
 # Messages handled per wake-up, so that a flood from the server cannot starve the rest of the daemon.
 _MESSAGES_PER_WAKEUP = 64
 # How long close() waits for the server to exit after its socket is closed, before killing it.
@@ -240,7 +241,7 @@ class TraceServer:
 
     def _dispatch(self, data: bytes, flags: int) -> None:
         try:
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 raise protocol.ProtocolError(f"datagram longer than {protocol.MAX_DATAGRAM} bytes")
             reply = protocol.decode_reply(data)
         except protocol.ProtocolError as e:
