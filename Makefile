@@ -95,14 +95,18 @@ uninstall-optimizer:
 
 # --- the optimizer benchmark (bench/, shared docs BENCH.md §1) ------------------------------------------
 # make bench BENCH_ARGS="--upstream-plugin PATH --upstream-server PATH" adds upstream's plugin as an anchor.
+# Ours is measured as make install-optimizer installs it (its own venv, no editable-install hooks), into a DESTDIR.
 BENCH_ARGS ?=
+BENCH_INSTALL := $(CURDIR)/build/bench-install
 
 .PHONY: bench bench-quick
 
 bench: venv
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m nri_optimizer.testbed fetch 2.1
-	$(PY) -m bench $(BENCH_ARGS)
+	$(MAKE) --no-print-directory install-optimizer DESTDIR='$(BENCH_INSTALL)' > /dev/null
+	$(PY) -m bench --plugin '$(BENCH_INSTALL)$(PLUGIN_DIR)/02-optimizer-nri-plugin' \
+		--server '$(BENCH_INSTALL)$(BINDIR)/optimizer-server' $(BENCH_ARGS)
 
 bench-quick: venv
 	$(PY) -m pip install --quiet -e '.[bench]'

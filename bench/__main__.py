@@ -1,4 +1,5 @@
-"""python -m bench [--quick] [--upstream-plugin PATH --upstream-server PATH] [--containerd 2.1|1.7] [--out DIR]"""
+"""python -m bench [--quick] [--plugin PATH --server PATH] [--upstream-plugin PATH --upstream-server PATH]
+[--containerd 2.1|1.7] [--out DIR]"""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a few runs of each scenario: checks that everything runs (CI), not timing")
     parser.add_argument("--containerd", default="2.1", choices=sorted(debs.CONTAINERD_FLAVOURS),
                         help="containerd flavour (default 2.1)")
+    parser.add_argument("--plugin", type=Path, help="our plugin as installed (make install-optimizer; default: "
+                        "a launcher of this source tree)")
+    parser.add_argument("--server", type=Path, help="our optimizer-server as installed (default: this venv's)")
     parser.add_argument("--upstream-plugin", type=Path, help="nydus-snapshotter's optimizer-nri-plugin binary")
     parser.add_argument("--upstream-server", type=Path, help="nydus-snapshotter's optimizer-server binary")
     parser.add_argument("--scenarios", default=",".join(scenarios.SCENARIOS),
@@ -44,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}: choose from {', '.join(scenarios.SCENARIOS)}")
     if bool(args.upstream_plugin) != bool(args.upstream_server):
         parser.error("--upstream-plugin and --upstream-server go together")
-    for path in (args.upstream_plugin, args.upstream_server):
+    if bool(args.plugin) != bool(args.server):
+        parser.error("--plugin and --server go together")
+    for path in (args.upstream_plugin, args.upstream_server, args.plugin, args.server):
         if path is not None and not (path.is_file() and os.access(path, os.X_OK)):
             parser.error(f"{path}: not an executable file")
     return args
@@ -90,7 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"the images ({plan.many_files:,} files take a while)")
         with ThreadPoolExecutor(len(variants_wanted)) as pool:
             futures = [pool.submit(make_variant, name, runtime, work, [pause, workload, scale],
-                                   upstream_plugin=args.upstream_plugin, upstream_server=args.upstream_server)
+                                   upstream_plugin=args.upstream_plugin, upstream_server=args.upstream_server,
+                                   plugin=args.plugin, server=args.server)
                        for name in variants_wanted]
             for future in futures:  # keep every variant that started, so that all are closed
                 with contextlib.suppress(Exception):
@@ -135,6 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "commit": commit,
         "upstream": {"plugin": str(args.upstream_plugin), "server": str(args.upstream_server)}
         if args.upstream_plugin else None,
+        "ours": {"plugin": str(args.plugin), "server": str(args.server)} if args.plugin else "this source tree",
     }
     return report.to_json(results, variants_wanted, meta)
 

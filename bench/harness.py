@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -33,7 +34,8 @@ from tests.e2e.plugin import PLUGIN_FILE, REGISTERED, install_prelaunched
 from tests.e2e.tracing import SERVER
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PAGE_KB = PAGE_SIZE // 1024
 
 # "<cid> recorded N files (why; E events, R files reported, W written by the container, ...) in PATH"
 _RECORDED = re.compile(r"(?P<cid>[0-9a-f]{64}) recorded (?P<files>\d+) files \((?P<why>[^;]+); "
@@ -75,6 +77,24 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def resident_frames(pid: int) -> set[int]:
+    """The physical page frames a process has resident (from /proc/PID/pagemap; needs root to see them)."""
+    frames: set[int] = set()
+    with open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as maps, \
+            open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split(" ", 1)[0].split("-"))
+            if line.rstrip().endswith("[vsyscall]"):
+                continue
+            first, count = start // PAGE_SIZE, (end - start) // PAGE_SIZE
+            pagemap.seek(first * 8)
+            data = pagemap.read(count * 8)
+            for (entry,) in struct.iter_unpack("<Q", data):
+                if entry >> 63:  # present; bits 0-54 are the frame number
+                    frames.add(entry & ((1 << 55) - 1))
+    return frames
 
 
 def pss_kb(pid: int) -> int:
@@ -365,20 +385,27 @@ class Variant:
         return out
 
     def memory(self) -> dict[str, float]:
-        """RSS and PSS (MB) of the daemon and of all its tracer processes, and how many tracers run."""
+        """RSS and PSS (MB) of the daemon and of all its tracer processes, how many tracers run, and their
+        footprint: the distinct physical pages resident in any of them (a page that several map, such as the
+        interpreter's shared library, counted once; RSS counts it in each, PSS shares it with every other
+        process that maps it, the bench's own included)."""
         daemon, tracers = self.tree()
         out = {"daemon_rss": 0.0, "daemon_pss": 0.0, "tracer_rss": 0.0, "tracer_pss": 0.0, "tracers": 0.0}
         if daemon is None:
             return out
+        frames: set[int] = set()
         with contextlib.suppress(OSError):
             out["daemon_rss"] = rss_kb(daemon) / 1024
             out["daemon_pss"] = pss_kb(daemon) / 1024
+            frames |= resident_frames(daemon)
         for pid in tracers:
             with contextlib.suppress(OSError):
                 out["tracer_rss"] += rss_kb(pid) / 1024
                 out["tracer_pss"] += pss_kb(pid) / 1024
+                frames |= resident_frames(pid)
                 out["tracers"] += 1
         out["total_rss"] = out["daemon_rss"] + out["tracer_rss"]
+        out["total_pages"] = len(frames) * PAGE_SIZE / 2**20
         out["total_pss"] = out["daemon_pss"] + out["tracer_pss"]
         return out
 
@@ -427,11 +454,14 @@ def make_variant(
     label: str | None = None,
     extra_config: str = "",
     persist_dir: Path | None = None,
+    plugin: Path | None = None,
+    server: Path | None = None,
 ) -> Variant:
     """Start a containerd for one variant (its plugin, if any, pre-launched), import the images.
 
     name is the kind (none, ours, upstream); label names the variant in results (several variants of one
-    kind, e.g. ours with different extra_config lines appended to its config, for experiments)."""
+    kind, e.g. ours with different extra_config lines appended to its config, for experiments). plugin and server
+    are ours as installed (make install-optimizer): by default, launchers of this source tree."""
     label = label or name
     vdir = base / label
     vdir.mkdir(parents=True)
@@ -446,9 +476,11 @@ def make_variant(
         log = LogFollower(vdir / "plugin.log")
         text = (
             f'persist_dir = "{results}"\nlog_file = "{log.path}"\nlog_level = "info"\n'
-            f'server_path = "{SERVER}"\noverwrite = true\n{extra_config}'
+            f'server_path = "{server or SERVER}"\noverwrite = true\n{extra_config}'
         )
         plugins, confs = install_prelaunched(vdir, text)
+        if plugin is not None:
+            shutil.copy2(plugin, plugins / PLUGIN_FILE)  # the installed launcher names its own interpreter
     elif name == "upstream":
         assert upstream_plugin is not None and upstream_server is not None
         results = vdir / "results"

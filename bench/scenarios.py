@@ -349,7 +349,8 @@ def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
             if "watching_ms" in trace:
                 r.add(f"scale{tag}_watching", v.name, trace["watching_ms"], scenario="f",
                       label=f"{n} at once: plugin StartContainer to watching", unit="ms")
-        for what, label in (("total_rss", "whole footprint RSS"), ("total_pss", "whole footprint PSS"),
+        for what, label in (("total_pages", "whole footprint, each resident page once"),
+                            ("total_rss", "whole footprint RSS"), ("total_pss", "whole footprint PSS"),
                             ("daemon_rss", "daemon RSS"), ("tracer_rss", "tracers RSS")):
             r.add(f"mem{tag}_{what}", v.name, mem[what], scenario="e", label=f"{label}, {n} traced", unit="MB")
         r.add(f"mem{tag}_tracers", v.name, mem["tracers"], scenario="e", label=f"tracer processes, {n} traced",
@@ -398,6 +399,8 @@ def idle(ctx: Context) -> None:
         r.add("daemon_rss_idle", v.name, mem["daemon_rss"], scenario="e", label="daemon RSS idle", unit="MB")
         r.add("daemon_pss_idle", v.name, mem["daemon_pss"], scenario="e", label="daemon PSS idle", unit="MB")
         r.add("total_rss_idle", v.name, mem["total_rss"], scenario="e", label="whole footprint RSS idle", unit="MB")
+        r.add("total_pages_idle", v.name, mem["total_pages"], scenario="e",
+              label="whole footprint idle, each resident page once", unit="MB")
 
 
 SCENARIOS: dict[str, Callable[[Context], None]] = {

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import platform
 import struct
 import termios
 from collections.abc import Iterator
@@ -50,7 +49,7 @@ _O_LARGEFILE_BY_ARCH = {
     "ppc64le": 0o200000,
     "ppc64": 0o200000,
 }
-O_LARGEFILE = _O_LARGEFILE_BY_ARCH.get(platform.machine(), 0o100000)  # asm-generic (x86, riscv, s390)
+O_LARGEFILE = _O_LARGEFILE_BY_ARCH.get(os.uname().machine, 0o100000)  # asm-generic (x86, riscv, s390)
 
 # struct fanotify_event_metadata: event_len u32, vers u8, reserved u8, metadata_len u16,
 # mask u64 (aligned), fd s32, pid s32 — native byte order, no padding.

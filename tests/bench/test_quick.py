@@ -44,6 +44,7 @@ EXPECTED = {
     "daemon_rss_after": ["ours"],
     "mem1_total_rss": ["ours"],
     "mem20_total_rss": ["ours"],
+    "mem20_total_pages": ["ours"],
     "mem20_total_pss": ["ours"],
     # (f)
     "scale20_start": ["none", "ours"],
@@ -85,7 +86,7 @@ def test_every_scenario_produced_numbers_for_every_variant(quick_run) -> None:
             if not samples or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in samples):
                 missing.append(f"{key}/{variant}")
     assert not missing, f"no numbers for {missing}"
-    for key in ("daemon_rss_idle", "mem20_total_rss"):
+    for key in ("daemon_rss_idle", "mem20_total_rss", "mem20_total_pages"):
         assert data["metrics"][key]["samples"]["ours"][0] > 0
 
 
