@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-from nri_optimizer.testbed import TestbedError, debs
+from nri_optimizer.testbed import TestbedError, debs, host
 
 REGISTRY_SUITE = "bookworm"
 _LISTENING = re.compile(r'msg="listening on 127\.0\.0\.1:([0-9]+)"')
@@ -102,13 +102,7 @@ class LocalRegistry:
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        host.terminate(proc, 10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> LocalRegistry:

@@ -145,13 +145,7 @@ class Containerd:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the containerd we started, SIGKILL after `timeout`. Shims and pods keep running."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        host.terminate(proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

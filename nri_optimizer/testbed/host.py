@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -66,6 +67,18 @@ def wait_gone(procs: Iterable[Proc], timeout: float) -> list[Proc]:
         time.sleep(0.02)
         remaining = [p for p in remaining if p.alive()]
     return remaining
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM a process we started, if it still runs; SIGKILL it after `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _is_zombie(pid: int) -> bool:

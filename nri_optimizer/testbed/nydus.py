@@ -218,13 +218,7 @@ class NydusSnapshotter:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the snapshotter we started (it stops its nydusd daemons itself), SIGKILL after `timeout`."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        host.terminate(proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

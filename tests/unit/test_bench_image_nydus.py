@@ -24,6 +24,7 @@ from nri_optimizer.benchimage.runner import Sample
 from nri_optimizer.benchimage.variants import find, skip_reason
 from nri_optimizer.testbed import TestbedError, nydus
 from nri_optimizer.testbed import config as ctd_config
+from tests.unit.test_bench_image import load
 
 LAYOUT = nydus.Layout(Path("/tmp/nriopt-nydus-list-x"))
 
@@ -217,12 +218,6 @@ def tool(path: Path) -> Path:
     path.write_text("#!/bin/sh\nexit 0\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
-
-
-def load(tmp_path: Path, text: str) -> cfg.BenchConfig:
-    path = tmp_path / "bench.yaml"
-    path.write_text(text)
-    return cfg.load(path)
 
 
 NYDUS_LIST = cfg.Variant("nydus-prefetch-list", "nydus", "_nydus_prefetch", "list")
