@@ -88,6 +88,18 @@ def interleaved(variants: Sequence[Variant], runs: int) -> Iterator[tuple[int, V
             yield i, v
 
 
+def add_pair_ratios(results: Results, key: str, runs: dict[int, dict[str, float]], *, scenario: str,
+                    label: str) -> None:
+    """Each variant's value over the baseline's in the same run. The variants of a run ran back to back
+    (interleaved), so a ratio within the run cancels the drift of a shared machine, which the ratio of two
+    medians taken over the whole scenario does not."""
+    for values in runs.values():
+        for name, value in values.items():
+            if name != "none" and values.get("none"):
+                results.add(key, name, value / values["none"], scenario=scenario,
+                            label=f"{label} / baseline's in the same run", unit="x")
+
+
 def _ms(seconds: float) -> float:
     return seconds * 1000
 
@@ -107,6 +119,7 @@ SERVICE = ["/bin/sh", "-c", f"trap 'exit 0' TERM; cat /data/f000 >/dev/null; ech
 
 def start_stop(ctx: Context) -> None:
     runs = ctx.plan.start_stop
+    stops: dict[int, dict[str, float]] = {}
     for i, v in interleaved(ctx.variants, runs):
         run = v.launch(workloads.IMAGE, SERVICE)
         try:
@@ -118,6 +131,7 @@ def start_stop(ctx: Context) -> None:
         r = ctx.results
         r.add("start", v.name, _ms(run.times["start"]), scenario="a", label="StartContainer", unit="ms")
         r.add("stop_container", v.name, _ms(stop), scenario="b", label="StopContainer (own pid ns)", unit="ms")
+        stops.setdefault(i, {})[v.name] = _ms(stop)
         r.add("run_pod", v.name, _ms(run.times["run_pod"]), scenario="a", label="RunPodSandbox", unit="ms")
         if "watching_ms" in trace:
             r.add("watching", v.name, trace["watching_ms"], scenario="a",
@@ -126,10 +140,12 @@ def start_stop(ctx: Context) -> None:
                                 "stop_ms": _ms(stop), **{k: t for k, t in trace.items() if k != "line"}})
         ctx.progress.step(f"{v.name:8} run {i + 1}/{runs}  start {_ms(run.times['start']):6.1f} ms  "
                           f"stop {_ms(stop):7.1f} ms")
+    add_pair_ratios(ctx.results, "stop_container_ratio", stops, scenario="b", label="StopContainer (own pid ns)")
 
 
 def stop_pod(ctx: Context) -> None:
     runs = ctx.plan.stop_pod
+    stops: dict[int, dict[str, float]] = {}
     for i, v in interleaved(ctx.variants, runs):
         run = v.launch(workloads.IMAGE, SERVICE, pid_namespace="pod")
         try:
@@ -143,7 +159,9 @@ def stop_pod(ctx: Context) -> None:
                         unit="ms")
         ctx.results.add("start_shared", v.name, _ms(run.times["start"]), scenario="b",
                         label="StartContainer (shared pid ns)", unit="ms")
+        stops.setdefault(i, {})[v.name] = _ms(stop)
         ctx.progress.step(f"{v.name:8} run {i + 1}/{runs}  StopPodSandbox {_ms(stop):7.1f} ms")
+    add_pair_ratios(ctx.results, "stop_pod_ratio", stops, scenario="b", label="StopPodSandbox (shared pid ns)")
 
 
 # --- (c) --------------------------------------------------------------------------------------------------
@@ -278,13 +296,7 @@ def event_cost(ctx: Context) -> None:
             extra = (f"  files {row.get('files')}  events {row.get('events')}  "
                      f"cpu/file {row.get('per_file_us', 0):.1f} us" if v.traced else "")
             ctx.progress.step(f"{key:4} {v.name:8} run {i + 1}/{runs}  workload {_ms(seconds):7.1f} ms{extra}")
-        # Each run's pair (A B, then B A) ran back to back: the ratio within a pair cancels the drift of a shared
-        # machine, which the ratio of the medians does not.
-        for pair in times.values():
-            for name, ms in pair.items():
-                if name != "none" and pair.get("none"):
-                    ctx.results.add(f"time_ratio_{key}", name, ms / pair["none"], scenario="d",
-                                    label=f"workload time / baseline's in the same pair: {label}", unit="x")
+        add_pair_ratios(ctx.results, f"time_ratio_{key}", times, scenario="d", label=f"workload time: {label}")
 
 
 # --- (e), (f) ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ EXPECTED = {
     "start": ["none", "ours"],
     "stop_container": ["none", "ours"],
     "stop_pod": ["none", "ours"],
+    "stop_container_ratio": ["ours"],
+    "stop_pod_ratio": ["ours"],
     "watching": ["ours"],
     # (c): three workloads, unloaded and loaded
     **{f"{what}_{case}_{load}": ["ours"]
