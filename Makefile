@@ -1,6 +1,7 @@
 # nri-optimizer: the project's verbs.
 #   make demo     profile a demo image on a private containerd it starts and tears down (needs root)
 #   make test     unit tests + end-to-end tests against real containerd 2.1 and 1.7 (needs root)
+#   make bench    what tracing costs, against a real containerd (bench/; README.md "What tracing costs")
 #   make proto    regenerate nri_optimizer/proto/*_pb2.py from proto/*.proto
 #   make ffi      regenerate optimizer_server/_libc.py (cffi, out-of-line ABI mode) from libc_build.py
 #   make lint     ruff and mypy
