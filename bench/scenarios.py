@@ -372,7 +372,7 @@ def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
     r.record("scale", row)
     ctx.progress.step(f"{n:2} at once {v.name:8} round {i + 1}  started in {started:5.2f} s"
                       + (f"  exact {row['exact']}/{n}  all traced {traced_all:5.2f} s  footprint "
-                         f"{row['total_rss']:.1f} MB" if v.traced else ""))
+                         f"{row['total_pages']:.1f} MB (RSS sum {row['total_rss']:.1f})" if v.traced else ""))
 
 
 def scale(ctx: Context) -> None:
