@@ -28,6 +28,12 @@ _EVENT_HEADER = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _FORK = struct.Struct("=iiii")  # parent pid, parent tgid, child pid, child tgid
 _RECV_BUFFER = 16 << 20  # forks of a busy node while we lag (~200k); memory is used only when full
 _SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python's socket module lacks it
+_FILTERING_SINCE = (6, 6)  # the connector filters events per listener (struct proc_input) since Linux 6.6
+
+
+def _kernel_release() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
 class ProcessTree:
@@ -116,6 +122,10 @@ def _subscribe() -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
         sock.bind((0, _CN_IDX_PROC))
         operation = struct.pack("=I", _PROC_CN_MCAST_LISTEN)
+        if _kernel_release() >= _FILTERING_SINCE:
+            # struct proc_input: forks only, so that the kernel does not send us (nor wake us for) every exec and
+            # exit on the node. Older kernels take only the bare operation and ignore a longer message unsaid.
+            operation += struct.pack("=I", _PROC_EVENT_FORK)
         message = _CN_MSG.pack(_CN_IDX_PROC, _CN_VAL_PROC, 0, 0, len(operation), 0) + operation
         sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(message), _NLMSG_DONE, 0, 0, os.getpid()) + message)
     except OSError:
