@@ -204,7 +204,7 @@ def _decode_files(body: bytes) -> tuple[FileRecord, ...]:
     files: list[FileRecord] = []
     offset = _COUNT.size
     unpack = _RECORD.unpack_from
-    make = FileRecord._make  # tuple.__new__: a third of the cost of FileRecord(...)
+    new = tuple.__new__  # FileRecord(...) and ._make run Python code per record; this is one C call
     for _ in range(count):
         if len(body) - offset < _RECORD.size:
             raise ProtocolError(f"FILES record {len(files) + 1} of {count} is cut short")
@@ -214,7 +214,7 @@ def _decode_files(body: bytes) -> tuple[FileRecord, ...]:
         if len(path) != length:
             raise ProtocolError(f"FILES record {len(files) + 1} of {count} is cut short")
         offset += length
-        files.append(make((mask, pid, t_ns, dev, ino, size, path)))
+        files.append(new(FileRecord, (mask, pid, t_ns, dev, ino, size, path)))
     if offset != len(body):
         raise ProtocolError(f"FILES has {len(body) - offset} bytes after its {count} records")
     return tuple(files)
