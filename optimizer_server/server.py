@@ -13,6 +13,7 @@ reporting it; a file read once never needs one, which spares the kernel a mark p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -61,6 +62,10 @@ class Server:
     def __init__(self, control: socket.socket, *, nofile: int, unlimited_queue: bool = True) -> None:
         """control: our end of the SEQPACKET socketpair; nofile: the RLIMIT_NOFILE soft limit."""
         self._control = control
+        # Room for a few of the largest FILES datagrams, whatever net.core.wmem_default says (a datagram larger
+        # than the send buffer could never be sent: EMSGSIZE).
+        with contextlib.suppress(OSError):
+            control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * protocol.MAX_DATAGRAM)
         self._unlimited_queue = unlimited_queue
         events_per_read = max(1, min(READ_SIZE // fanotify.METADATA_LEN, nofile - FD_RESERVE))
         self._read_size = events_per_read * fanotify.METADATA_LEN
