@@ -114,6 +114,8 @@ class TraceServer:
         self._start_lock = asyncio.Lock()
         self._relay: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        # The running server's HELLO: None once it said the right version, else why it cannot be used.
+        self._hello: asyncio.Future[str | None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -121,36 +123,47 @@ class TraceServer:
         return self._proc.pid if self._proc is not None else None
 
     async def start(self) -> None:
-        """Spawn the server unless it runs already."""
+        """Spawn the server unless it runs already; returns once it has said HELLO in our protocol's version.
+
+        Raises TraceError if it says another version or ends before it says anything.
+        """
         async with self._start_lock:
-            if self._sock is not None:
-                return
-            if self._reaper is not None:
-                await self._reaper
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                self._proc = await asyncio.create_subprocess_exec(
-                    *self._cmd,
-                    "--fd",
-                    str(theirs.fileno()),
-                    pass_fds=(theirs.fileno(),),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    # Its log joins ours: a pre-launched plugin's own stderr is /dev/null.
-                    stderr=asyncio.subprocess.PIPE,
-                )
-            except BaseException:
-                ours.close()
-                raise
-            finally:
-                # The server's copy must be its only one, so that its death reads as EOF here.
-                theirs.close()
-            ours.setblocking(False)
-            self._sock = ours
-            assert self._proc.stderr is not None
-            self._relay = asyncio.get_running_loop().create_task(_relay_log(self._proc.stderr))
-            asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
-            log.info("trace server started (pid %d)", self._proc.pid)
+            if self._sock is None:
+                await self._spawn()
+            assert self._hello is not None
+            hello = self._hello
+        problem = await asyncio.shield(hello)
+        if problem is not None:
+            raise TraceError(problem)
+
+    async def _spawn(self) -> None:
+        if self._reaper is not None:
+            await self._reaper
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self._cmd,
+                "--fd",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                # Its log joins ours: a pre-launched plugin's own stderr is /dev/null.
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            # The server's copy must be its only one, so that its death reads as EOF here.
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._hello = asyncio.get_running_loop().create_future()
+        assert self._proc.stderr is not None
+        self._relay = asyncio.get_running_loop().create_task(_relay_log(self._proc.stderr))
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+        log.info("trace server started (pid %d)", self._proc.pid)
 
     async def trace(self, pid: int, sink: EventSink, *, timeout: float) -> Session:
         """Start watching pid's root mount; returns once the server has placed the mark.
@@ -247,6 +260,9 @@ class TraceServer:
         except protocol.ProtocolError as e:
             log.error("ignoring a message from the trace server: %s", e)
             return
+        if isinstance(reply, protocol.Hello):
+            self._on_hello(reply.version)
+            return
         session = self._sessions.get(reply.session)
         match session, reply:
             case None, _:
@@ -261,6 +277,17 @@ class TraceServer:
             case _, protocol.Done(_, overflowed, lost, events):
                 del self._sessions[session.id]
                 session._finish(overflowed=overflowed, lost=lost, events=events)
+
+    def _on_hello(self, version: int) -> None:
+        if self._hello is None or self._hello.done():
+            log.error("ignoring a second HELLO from the trace server")
+            return
+        if version == protocol.PROTOCOL_VERSION:
+            self._hello.set_result(None)
+            return
+        self._hello.set_result(f"the trace server {self._cmd[0]} speaks protocol version {version}, this plugin "
+                               f"{protocol.PROTOCOL_VERSION}: install the two together (make install-optimizer)")
+        self._server_gone("wrong protocol version")
 
     def _server_gone(self, reason: str) -> None:
         proc = self._proc
@@ -277,6 +304,9 @@ class TraceServer:
             self._sock.close()
             self._sock = None
         self._proc = None
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_result(f"the trace server {self._cmd[0]} ended ({reason}) before it said HELLO: is "
+                                   "server_path nri-optimizer's optimizer-server?")
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             session._finish(reason)

@@ -7,6 +7,7 @@ Every message starts with the same 5-byte little-endian header, then a body fixe
     TRACE    pid i32                                   plugin → server: watch this process's root mount
     STOP     (empty)                                   plugin → server: drain, send what is left, then DONE
     CANCEL   (empty)                                   plugin → server: drop the session, no reply
+    HELLO    version u16 (session 0)                   server → plugin: first message, once, at start
     READY    (empty)                                   server → plugin: the mark is in place
     FAILED   message (UTF-8, the rest of the datagram) server → plugin: the session is gone
     FILES    count u16, count x (mask u64, pid i32, t_ns u64, dev u64, ino u64, size u64, path_len u16, path)
@@ -42,6 +43,11 @@ READY = 0x81
 FAILED = 0x82
 FILES = 0x83
 DONE = 0x84
+HELLO = 0x85
+
+# What HELLO says; a plugin refuses a server that speaks another version (the two are separate executables,
+# installed together, but server_path may name an older one, or upstream's). 2: FILES records, DONE with events.
+PROTOCOL_VERSION = 2
 
 FOREIGN = 1 << 63
 DELETED = 1 << 62
@@ -53,6 +59,7 @@ _RECORD = struct.Struct("<QiQQQQH")  # mask, pid, t_ns, dev, ino, size, path len
 RECORD_HEADER_LEN = _RECORD.size
 FILES_HEADER_LEN = _HEADER.size + _COUNT.size
 _DONE = struct.Struct("<BII")
+_VERSION = struct.Struct("<H")
 
 
 class ProtocolError(ValueError):
@@ -88,6 +95,12 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Hello:
+    session: int  # always 0: it is about the connection
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     session: int
 
@@ -113,7 +126,7 @@ class Done:
 
 
 Command = Trace | Stop | Cancel
-Reply = Ready | Failed | Files | Done
+Reply = Hello | Ready | Failed | Files | Done
 Message = Command | Reply
 
 
@@ -127,6 +140,8 @@ def encode(msg: Message) -> bytes:
                 return _HEADER.pack(STOP, session)
             case Cancel(session):
                 return _HEADER.pack(CANCEL, session)
+            case Hello(session, version):
+                return _HEADER.pack(HELLO, session) + _VERSION.pack(version)
             case Ready(session):
                 return _HEADER.pack(READY, session)
             case Failed(session, message):
@@ -164,6 +179,9 @@ def decode_command(data: bytes) -> Command:
 def decode_reply(data: bytes) -> Reply:
     """A server → plugin datagram."""
     kind, session, body = _split(data)
+    if kind == HELLO:
+        _expect_len(body, _VERSION.size, "HELLO")
+        return Hello(session, _VERSION.unpack(body)[0])
     if kind == READY:
         _expect_len(body, 0, "READY")
         return Ready(session)

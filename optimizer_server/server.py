@@ -82,6 +82,7 @@ class Server:
         """Serve until the plugin closes its end; returns the exit status."""
         self._epoll.register(self._control, select.EPOLLIN | select.EPOLLRDHUP)
         try:
+            self._send(protocol.Hello(0, protocol.PROTOCOL_VERSION))
             while True:
                 for fd, flags in self._epoll.poll(self._poll_timeout()):
                     if fd == self._control.fileno():

@@ -15,6 +15,7 @@ from optimizer_server.protocol import (
     Failed,
     FileRecord,
     Files,
+    Hello,
     ProtocolError,
     Ready,
     Stop,
@@ -27,6 +28,7 @@ u64 = st.integers(0, 2**64 - 1)
 records = st.builds(FileRecord, u64, i32, u64, u64, u64, u64, st.binary(max_size=300))
 commands = st.one_of(st.builds(Trace, u32, i32), st.builds(Stop, u32), st.builds(Cancel, u32))
 replies = st.one_of(
+    st.builds(Hello, u32, st.integers(0, 2**16 - 1)),
     st.builds(Ready, u32),
     st.builds(Failed, u32, st.text(max_size=1000)),
     st.builds(Files, u32, st.lists(records, min_size=1, max_size=200).map(tuple)),
@@ -38,6 +40,7 @@ def test_layout_is_little_endian_kind_session_then_body() -> None:
     assert protocol.encode(Trace(7, 1234)) == bytes([0x01]) + struct.pack("<I", 7) + struct.pack("<i", 1234)
     assert protocol.encode(Stop(7)) == b"\x02\x07\x00\x00\x00"
     assert protocol.encode(Cancel(7)) == b"\x03\x07\x00\x00\x00"
+    assert protocol.encode(Hello(0, 2)) == b"\x85\x00\x00\x00\x00\x02\x00"
     assert protocol.encode(Ready(7)) == b"\x81\x07\x00\x00\x00"
     assert protocol.encode(Failed(7, "pid 1: é")) == b"\x82\x07\x00\x00\x00" + "pid 1: é".encode()
     assert protocol.encode(Files(7, (FileRecord(0x20, 42, 99, 5, 6, 7, b"/etc/x"),))) == (
@@ -111,6 +114,7 @@ def test_garbled_command_is_refused(data: bytes, error: str) -> None:
         (b"\x83\x01\x00\x00\x00\x01\x00" + bytes(44) + b"\x05\x00/etc", "FILES record 1 of 1 is cut short"),
         (b"\x83\x01\x00\x00\x00\x01\x00" + bytes(44) + b"\x01\x00/xy", "FILES has 2 bytes after its 1 records"),
         (b"\x84\x01\x00\x00\x00\x01", "DONE body is 1 bytes, expected 9"),
+        (b"\x85\x00\x00\x00\x00\x02", "HELLO body is 1 bytes, expected 2"),
         (b"\x84\x01\x00\x00\x00\x02" + bytes(8), "DONE overflowed flag 2, expected 0 or 1"),
     ],
 )

@@ -15,7 +15,7 @@ import pytest
 
 from optimizer_server import protocol
 from optimizer_server.fanotify import FAN_OPEN
-from optimizer_server.protocol import Cancel, Done, Failed, Files, Ready, Stop, Trace
+from optimizer_server.protocol import Cancel, Done, Failed, Files, Hello, Ready, Stop, Trace
 
 from .helpers import SERVER_CMD, MakeContainer, read_each
 
@@ -28,6 +28,8 @@ class RawServer:
         with open(stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stderr=stderr)
         theirs.close()
+        # Before anything else, the server says which protocol it speaks.
+        assert self.recv() == Hello(0, protocol.PROTOCOL_VERSION)
 
     def send(self, msg: protocol.Command) -> None:
         self.sock.send(protocol.encode(msg))

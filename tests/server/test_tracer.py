@@ -17,7 +17,7 @@ import pytest
 
 from nri_optimizer.tracer import TraceError, TraceServer
 from optimizer_server import privileges
-from optimizer_server.protocol import FOREIGN
+from optimizer_server.protocol import FOREIGN, PROTOCOL_VERSION
 
 from .helpers import SERVER_CMD, CollectingSink, MakeContainer, read_each
 
@@ -240,10 +240,11 @@ def test_killed_server_ends_its_sessions_incomplete_and_the_next_trace_restarts_
     run(body)
 
 
-# Answers nothing; notes the kind of every datagram it gets, until EOF.
+# Says HELLO (in the version given), then answers nothing; notes the kind of every datagram it gets, until EOF.
 MUTE_SERVER = """
-import socket, sys
+import socket, struct, sys
 sock = socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1]))
+sock.send(bytes([0x85]) + struct.pack("<IH", 0, int(sys.argv[2])))
 with open(sys.argv[1], "w") as log:
     while data := sock.recv(100):
         print(data[0], file=log, flush=True)
@@ -254,11 +255,39 @@ def test_trace_gives_up_on_a_silent_server_and_cancels(tmp_path: Path) -> None:
     seen = tmp_path / "seen"
 
     async def body() -> None:
-        server = TraceServer([sys.executable, "-c", MUTE_SERVER, str(seen)])
+        server = TraceServer([sys.executable, "-c", MUTE_SERVER, str(seen), str(PROTOCOL_VERSION)])
         with pytest.raises(TraceError, match=r"^pid 1: the trace server did not answer within 0.5 s$"):
             await server.trace(1, CollectingSink(), timeout=0.5)
         await server.close()
         assert seen.read_text().split() == ["1", "3"]  # TRACE, CANCEL
+
+    run(body)
+
+
+def test_a_server_of_another_protocol_version_is_refused_and_nothing_is_sent_to_it(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+
+    async def body() -> None:
+        server = TraceServer([sys.executable, "-c", MUTE_SERVER, str(seen), "1"])
+        with pytest.raises(TraceError) as info:
+            await server.trace(1, CollectingSink(), timeout=TIMEOUT)
+        assert str(info.value) == (f"the trace server {sys.executable} speaks protocol version 1, this plugin "
+                                   f"{PROTOCOL_VERSION}: install the two together (make install-optimizer)")
+        await until(lambda: server.pid is None, "the server to be let go")
+        await server.close()
+        assert seen.read_text() == ""
+
+    run(body)
+
+
+def test_a_program_that_never_says_hello_is_refused_with_what_to_check(tmp_path: Path) -> None:
+    async def body() -> None:
+        server = TraceServer([sys.executable, "-c", "import sys; sys.exit(3)"])
+        with pytest.raises(TraceError) as info:
+            await server.trace(1, CollectingSink(), timeout=TIMEOUT)
+        assert str(info.value) == (f"the trace server {sys.executable} ended (server died) before it said HELLO: "
+                                   "is server_path nri-optimizer's optimizer-server?")
+        await server.close()
 
     run(body)
 
