@@ -177,9 +177,10 @@ PLOT_PANELS = ["start", "stop_container", "stop_pod", "time_many", "time_few", "
                "scale20_traced_all"]
 MEMORY_BARS = [
     ("daemon_rss_idle", "daemon idle"),
-    ("mem1_total_rss", "all, 1 traced"),
-    ("mem20_total_rss", "all, 20 traced"),
-    ("mem20_total_pss", "all PSS, 20 traced"),
+    ("mem1_total_pages", "all, 1 traced"),
+    ("mem20_total_pages", "all, 20 traced"),
+    ("mem20_total_rss", "RSS sum, 20 traced"),
+    ("mem20_total_pss", "PSS sum, 20 traced"),
     ("daemon_rss_after", "daemon after pods"),
 ]
 COLOURS = {"none": "#7f7f7f", "ours": "#1f77b4", "upstream": "#d62728"}
@@ -238,7 +239,7 @@ def plot(results: Results, variants: list[str], path: Path, title: str) -> None:
     ax.set_xticks([i + width * (len(traced) - 1) / 2 for i in range(len(bars))], [b for _, b in bars],
                   fontsize=7, rotation=20)
     ax.axhline(35, color="black", linestyle=":", linewidth=1)
-    ax.text(len(bars) - 0.5, 35.5, "35 MB target (footprint, 20 traced)", fontsize=6, ha="right")
+    ax.text(len(bars) - 0.5, 35.5, "35 MB target (all, 20 traced: each page once)", fontsize=6, ha="right")
     ax.set_title("memory (median)", fontsize=10)
     ax.set_ylabel("MB")
     ax.legend(fontsize=7)
