@@ -239,10 +239,11 @@ def plot(results: Results, variants: list[str], path: Path, title: str) -> None:
     ax.set_xticks([i + width * (len(traced) - 1) / 2 for i in range(len(bars))], [b for _, b in bars],
                   fontsize=7, rotation=20)
     ax.axhline(35, color="black", linestyle=":", linewidth=1)
-    ax.text(len(bars) - 0.5, 35.5, "35 MB target (all, 20 traced: each page once)", fontsize=6, ha="right")
+    ax.text(-0.4, 35.5, "35 MB target (all, 20 traced: each page once)", fontsize=6, ha="left")
+    ax.set_ylim(0, max(45.0, ax.get_ylim()[1] * 1.15))  # room above the bars for the legend
     ax.set_title("memory (median)", fontsize=10)
     ax.set_ylabel("MB")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     for ax in flat[n:]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
