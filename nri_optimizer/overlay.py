@@ -106,7 +106,7 @@ class UpperLayer:
         written = self._contents(limit=len(entries))
         if written is None:
             return [entry for entry in entries if not self.wrote(entry.path)]
-        return [entry for entry in entries if entry.path not in written] if written else list(entries)
+        return [entry for entry in entries if entry.path not in written]
 
     def _contents(self, limit: int) -> set[bytes] | None:
         """Every path in the upper layer, as container-absolute paths; None if there are more than limit,

@@ -28,11 +28,9 @@ class Recorder:
         self.foreign = 0  # files first read by exec'd processes, left out
         self._seen: set[int] = set()  # with include_exec: (st_dev << 64) | st_ino of every file listed
         self.entries: list[Entry] = []
-        self.events = 0
         self.deleted = 0  # files gone before the server looked: created and removed by the container
 
     def __call__(self, files: Sequence[FileRecord]) -> None:
-        self.events += len(files)
         started_ns = self._started_ns
         append = self.entries.append
         new = tuple.__new__  # Entry(...) and ._make run Python code per entry; this is one C call
