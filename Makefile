@@ -1,8 +1,8 @@
 # nri-optimizer: the project's verbs.
 #   make demo     profile a demo image on a private containerd it starts and tears down (needs root)
 #   make test     unit tests + end-to-end tests against real containerd 2.1 and 1.7 (needs root)
-#   make bench    what tracing costs, against a real containerd (bench/; README.md "What tracing costs")
-#   make proto    regenerate nri_optimizer/proto/*_pb2.py from proto/*.proto
+#   make bench    what tracing costs, against a real containerd (benchmarks/cost/; README.md "What tracing costs")
+#   make proto    regenerate nri_optimizer/nri/proto/*_pb2.py from proto/*.proto
 #   make ffi      regenerate optimizer_server/_libc.py (cffi, out-of-line ABI mode) from libc_build.py
 #   make lint     ruff and mypy
 #   make optimizer, make install-optimizer, make uninstall-optimizer   (as upstream; see README.md "Install")
@@ -26,22 +26,22 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m nri_optimizer.testbed demo
+	$(PY) -m testbed demo
 
 # Fetch containerd, runc and busybox into the cache first, so that a missing archive fails loudly here.
 test: venv
-	$(PY) -m nri_optimizer.testbed fetch
+	$(PY) -m testbed fetch
 	$(PY) -m pytest -m 'not stress' $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests/unit tests/server $(PYTEST_ARGS)
 
 e2e: venv
-	$(PY) -m nri_optimizer.testbed fetch
+	$(PY) -m testbed fetch
 	$(PY) -m pytest tests/e2e -m 'not stress' $(PYTEST_ARGS)
 
 stress: venv
-	$(PY) -m nri_optimizer.testbed fetch
+	$(PY) -m testbed fetch
 	$(PY) -m pytest -m stress $(PYTEST_ARGS)
 
 lint: venv
@@ -51,7 +51,7 @@ lint: venv
 
 proto: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=nri_optimizer/proto --pyi_out=nri_optimizer/proto \
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=nri_optimizer/nri/proto --pyi_out=nri_optimizer/nri/proto \
 		proto/nri.proto proto/ttrpc.proto
 
 ffi: venv
@@ -63,7 +63,7 @@ clean:
 # --- install, as upstream's: upstream's paths, each overridable; DESTDIR prefixes them all ---------------
 # PYTHON is the interpreter the installed venv is based on. A venv cannot be moved, so with DESTDIR every
 # installed path (launchers, server_path, the unit) names the copy under DESTDIR: a working tree to test in
-# place, not a staging area (see nri_optimizer/install.py).
+# place, not a staging area (see deploy/install.py).
 PREFIX_VENV ?= /opt/nri-optimizer/venv
 PLUGIN_DIR ?= /opt/nri/plugins
 BINDIR ?= /usr/local/bin
@@ -72,14 +72,14 @@ PERSIST_DIR ?= /opt/nri/optimizer/results
 SYSTEMD_DIR ?= /etc/systemd/system
 WHEELHOUSE := build/wheelhouse
 # Standard library only, from the source tree: uninstall works even after make clean.
-OPTIMIZER_INSTALL := $(PYTHON) -m nri_optimizer.install --destdir '$(DESTDIR)' --venv '$(PREFIX_VENV)'
+OPTIMIZER_INSTALL := $(PYTHON) -m deploy.install --destdir '$(DESTDIR)' --venv '$(PREFIX_VENV)'
 
 .PHONY: install-optimizer uninstall-optimizer
 
 # The project and its dependencies as wheels: installing then needs no network and no source tree.
 # Rebuilt when a module or a package directory changes (a directory's time covers deleted modules); build/lib
 # goes too, or setuptools would carry deleted modules over from it.
-OPTIMIZER_SOURCES := $(wildcard nri_optimizer/*.py nri_optimizer/*/*.py optimizer_server/*.py)
+OPTIMIZER_SOURCES := $(wildcard nri_optimizer/*.py nri_optimizer/*/*.py nri_optimizer/*/*/*.py optimizer_server/*.py)
 optimizer: $(WHEELHOUSE)/.built
 
 $(WHEELHOUSE)/.built: $(VENV)/.installed pyproject.toml $(OPTIMIZER_SOURCES) $(sort $(dir $(OPTIMIZER_SOURCES)))
@@ -94,7 +94,7 @@ install-optimizer: optimizer
 uninstall-optimizer:
 	$(OPTIMIZER_INSTALL) uninstall
 
-# --- the optimizer benchmark (bench/, shared docs BENCH.md §1) ------------------------------------------
+# --- the optimizer benchmark (benchmarks/cost/, shared docs BENCH.md §1) ------------------------------------------
 # make bench BENCH_ARGS="--upstream-plugin PATH --upstream-server PATH" adds upstream's plugin as an anchor.
 # Ours is measured as make install-optimizer installs it (its own venv, no editable-install hooks), into a DESTDIR.
 BENCH_ARGS ?=
@@ -104,12 +104,12 @@ BENCH_INSTALL := $(CURDIR)/build/bench-install
 
 bench: venv
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m nri_optimizer.testbed fetch 2.1
+	$(PY) -m testbed fetch 2.1
 	$(MAKE) --no-print-directory install-optimizer DESTDIR='$(BENCH_INSTALL)' > /dev/null
-	$(PY) -m bench --plugin '$(BENCH_INSTALL)$(PLUGIN_DIR)/02-optimizer-nri-plugin' \
+	$(PY) -m benchmarks.cost --plugin '$(BENCH_INSTALL)$(PLUGIN_DIR)/02-optimizer-nri-plugin' \
 		--server '$(BENCH_INSTALL)$(BINDIR)/optimizer-server' $(BENCH_ARGS)
 
 bench-quick: venv
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m nri_optimizer.testbed fetch 2.1
-	$(PY) -m bench --quick $(BENCH_ARGS)
+	$(PY) -m testbed fetch 2.1
+	$(PY) -m benchmarks.cost --quick $(BENCH_ARGS)

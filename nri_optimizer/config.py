@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .stub import EVENT_NAMES
+from nri_optimizer.errors import ConfigError as ConfigError
+from nri_optimizer.nri.api import DEFAULT_SOCKET, EVENT_NAMES
 
 DEFAULT_CONFIG_FILE = "/etc/nri/conf.d/02-optimizer-nri-plugin.conf"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-
-class ConfigError(Exception):
-    """One line naming the source, the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class Config:
     # Ours.
     include_exec: bool = False  # list files read by processes exec'd into the container (probes, kubectl exec)
     unlimited_queue: bool = True  # false: the kernel's queue limit; a burst beyond it makes an incomplete list
-    socket: str = "/var/run/nri/nri.sock"
+    socket: str = DEFAULT_SOCKET
     log_level: str = "info"
     log_file: str = ""  # "" logs to stderr only
 
@@ -52,7 +50,7 @@ _EXPECT: dict[str, str] = {
     "events": 'a list of event names, e.g. events = ["StartContainer", "StopContainer"]',
     "include_exec": "true or false, e.g. include_exec = false",
     "unlimited_queue": "true or false, e.g. unlimited_queue = true",
-    "socket": 'an absolute socket path, e.g. socket = "/var/run/nri/nri.sock"',
+    "socket": f'an absolute socket path, e.g. socket = "{DEFAULT_SOCKET}"',
     "log_level": f'one of {", ".join(LOG_LEVELS)}, e.g. log_level = "info"',
     "log_file": 'an absolute file path, or "" for stderr only, e.g. log_file = "/var/log/nri-optimizer.log"',
 }
@@ -160,3 +158,14 @@ def validate_paths(config: Config, source: str) -> None:
 
 def log_level(config: Config) -> int:
     return int(getattr(logging, config.log_level.upper()))
+
+def load_config(flags: dict[str, Any]) -> Config:
+    """Defaults < config file < flags; every failure is a one-line ConfigError."""
+    path = flags.pop("config", None)
+    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+        path = DEFAULT_CONFIG_FILE
+    file_settings = read_file(path) if path else {}
+    flag_settings = {key: check_flag(key, value) for key, value in flags.items() if key in KEYS}
+    config = build(file_settings, flag_settings)
+    validate_paths(config, path or "--persist-dir")
+    return config

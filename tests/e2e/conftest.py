@@ -10,13 +10,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
-from nri_optimizer.testbed import TestbedError, debs, images
-from nri_optimizer.testbed.bed import Testbed
-from nri_optimizer.testbed.containerd import Containerd
+from testbed import TestbedError, debs, images
+from testbed.bed import MakeContainerd, Testbed
+from testbed.containerd import Containerd
 
 FLAVOURS = ["2.1", "1.7"]
 HERE = Path(__file__).parent
@@ -37,16 +36,6 @@ class TestImages:
     busybox: Path
 
 
-class MakeContainerd(Protocol):
-    def __call__(
-        self,
-        flavour: str,
-        *,
-        nri: bool = ...,
-        nri_socket: Path | None = ...,
-        plugin_path: Path | None = ...,
-        plugin_config_path: Path | None = ...,
-    ) -> Testbed: ...
 
 
 @pytest.fixture(scope="session")

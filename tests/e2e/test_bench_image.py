@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from nri_optimizer.benchimage import workloads
-from nri_optimizer.benchimage.config import Image, Ready, Variant
-from nri_optimizer.benchimage.handlers import HandlerCri
-from nri_optimizer.benchimage.registry import LocalRegistry, pull_size, push_layout, registry_binary, write_hosts
-from nri_optimizer.benchimage.report import RUN_COLUMNS, SUMMARY_COLUMNS
-from nri_optimizer.benchimage.runner import Runner, Sample
-from nri_optimizer.benchimage.throttle import Throttle
-from nri_optimizer.testbed import debs, host
-from nri_optimizer.testbed.containerd import Containerd
-from nri_optimizer.testbed.images import build_image
+from benchmarks.prefetch import workloads
+from benchmarks.prefetch.config import Image, Ready, Variant
+from benchmarks.prefetch.handlers import HandlerCri
+from benchmarks.prefetch.registry import LocalRegistry, pull_size, push_layout, registry_binary, write_hosts
+from benchmarks.prefetch.report import RUN_COLUMNS, SUMMARY_COLUMNS
+from benchmarks.prefetch.runner import Runner, Sample
+from benchmarks.prefetch.throttle import Throttle
+from testbed import debs, host
+from testbed.containerd import Containerd
+from testbed.images import build_image
 
 OCI = Variant("oci", "overlayfs")
 WEB_PORT = 18391
@@ -196,7 +196,7 @@ class Bed:
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory, runtime: Callable[[str], debs.Runtime]) -> Iterator[Bed]:
-    from nri_optimizer.testbed.images import build_pause_image
+    from testbed.images import build_pause_image
 
     work = tmp_path_factory.mktemp("bench-bed")
     ctd = Containerd(runtime("2.1"), nri=False, registry_config_dir=work / "hosts")
@@ -291,7 +291,7 @@ def test_throttle_slows_only_the_registry_and_goes_away(bed: Bed) -> None:
 
 
 def test_throttle_refuses_a_lo_with_a_qdisc(bed: Bed) -> None:
-    from nri_optimizer.benchimage.throttle import ThrottleError
+    from benchmarks.prefetch.throttle import ThrottleError
 
     with Throttle("10mbit", bed.registry.port), pytest.raises(ThrottleError, match="lo already has a queueing"), \
             Throttle("10mbit", bed.registry.port):
@@ -300,7 +300,7 @@ def test_throttle_refuses_a_lo_with_a_qdisc(bed: Bed) -> None:
 
 
 def test_tc_missing_is_said(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nri_optimizer.benchimage.throttle import ThrottleError
+    from benchmarks.prefetch.throttle import ThrottleError
 
     real_which: Callable[[str], str | None] = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: None if name == "tc" else real_which(name))

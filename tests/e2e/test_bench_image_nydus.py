@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from nri_optimizer.benchimage import workloads
-from nri_optimizer.benchimage.config import Image, Ready, Variant
-from nri_optimizer.benchimage.handlers import HandlerCri
-from nri_optimizer.benchimage.registry import LocalRegistry, push_layout, registry_binary, write_hosts
-from nri_optimizer.benchimage.runner import Runner
-from nri_optimizer.testbed import TestbedError, debs, host, nydus
-from nri_optimizer.testbed.containerd import Containerd
-from nri_optimizer.testbed.images import build_pause_image
+from benchmarks.prefetch import workloads
+from benchmarks.prefetch.config import Image, Ready, Variant
+from benchmarks.prefetch.handlers import HandlerCri
+from benchmarks.prefetch.registry import LocalRegistry, push_layout, registry_binary, write_hosts
+from benchmarks.prefetch.runner import Runner
+from testbed import TestbedError, debs, host, nydus
+from testbed.containerd import Containerd
+from testbed.images import build_pause_image
 
 NYDUS_OFF = Variant("nydus", "nydus", "_nydus", "off")
 

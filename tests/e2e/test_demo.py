@@ -1,4 +1,4 @@
-"""`make demo` (python -m nri_optimizer.testbed demo): the demo image's exact list, and nothing left behind."""
+"""`make demo` (python -m testbed demo): the demo image's exact list, and nothing left behind."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import re
 import subprocess
 import sys
 
-from nri_optimizer.testbed import host
-from nri_optimizer.testbed.demo import EXPECTED
+from testbed import host
+from testbed.demo import EXPECTED
 
 
 def test_demo_prints_the_exact_list_and_leaves_nothing_behind() -> None:
-    result = subprocess.run([sys.executable, "-m", "nri_optimizer.testbed", "demo"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "testbed", "demo"], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == EXPECTED

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nri_optimizer.testbed import host
-
-from .plugin import REGISTERED, ExternalPlugin, config_text, prelaunched_pid
-from .tracing import SERVER, WORKLOAD_IMAGE, Traced, build_workload_image, start_traced
+from testbed import host
+from testbed.plugin import REGISTERED, ExternalPlugin, config_text, prelaunched_pid
+from testbed.tracing import SERVER, WORKLOAD_IMAGE, Traced, build_workload_image, start_traced
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from nri_optimizer.testbed.images import FileSpec, build_image
-
-from .tracing import start_traced
+from testbed.images import FileSpec, build_image
+from testbed.tracing import start_traced
 
 HOSTILE_IMAGE = "nri-optimizer.test/hostile:1"
 MARKER = "/tmp/nri-optimizer-hostile-marker"

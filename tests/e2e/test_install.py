@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .plugin import REGISTERED, PluginLog
-from .tracing import DATA_FILES, Traced, build_workload_image, shuffled
+from testbed.plugin import REGISTERED, PluginLog
+from testbed.tracing import DATA_FILES, Traced, build_workload_image, shuffled
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = "opt/nri-optimizer/venv/bin/python"

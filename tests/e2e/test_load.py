@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nri_optimizer.testbed import host
-
-from .plugin import prelaunched_pid
-from .tracing import DATA_FILES, Traced, build_workload_image, start_traced
+from testbed import host
+from testbed.plugin import prelaunched_pid
+from testbed.tracing import DATA_FILES, Traced, build_workload_image, start_traced
 
 pytestmark = pytest.mark.stress
 

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nri_optimizer.testbed.bed import Testbed
-from nri_optimizer.testbed.images import BUSYBOX_IMAGE
-
-from .conftest import MakeContainerd
-from .plugin import REGISTERED, ExternalPlugin, PluginLog, config_text, prelaunched_pid, start_prelaunched
+from testbed.bed import MakeContainerd, Testbed
+from testbed.images import BUSYBOX_IMAGE
+from testbed.plugin import REGISTERED, ExternalPlugin, PluginLog, config_text, prelaunched_pid, start_prelaunched
 
 START_LINE = r"INFO {cid} StartContainer name={name} pid=([0-9]+) image={image} pod=default/{name}$"
 STOP_LINE = r"INFO {cid} StopContainer name={name} pid=[0-9]+ image={image} pod=default/{name}$"

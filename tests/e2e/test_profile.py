@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nri_optimizer.testbed.bed import Testbed
-from nri_optimizer.testbed.images import BUSYBOX_IMAGE
-
-from .tracing import DATA_FILES, SERVER, WORKLOAD_IMAGE, build_workload_image
+from testbed.bed import Testbed
+from testbed.images import BUSYBOX_IMAGE
+from testbed.tracing import DATA_FILES, SERVER, WORKLOAD_IMAGE, build_workload_image
 
 RESULT = "workload:1"
 

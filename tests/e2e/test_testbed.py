@@ -7,10 +7,10 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from nri_optimizer.testbed import host
-from nri_optimizer.testbed.bed import Testbed
-from nri_optimizer.testbed.containerd import SHIM_SOCKET_DIR, Containerd, shim_socket_name
-from nri_optimizer.testbed.images import TESTBED_ID, TESTBED_ID_FILE
+from testbed import host
+from testbed.bed import Testbed
+from testbed.containerd import SHIM_SOCKET_DIR, Containerd, shim_socket_name
+from testbed.images import TESTBED_ID, TESTBED_ID_FILE
 
 MakeContainerd = Callable[..., Testbed]
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from nri_optimizer.cri import Mount
-from nri_optimizer.testbed import host
-from nri_optimizer.testbed.images import FileSpec, build_image
-
-from .plugin import prelaunched_pid
-from .tracing import DATA_FILES, Traced, build_workload_image, shuffled, start_traced
+from nri_optimizer.cri.client import Mount
+from testbed import host
+from testbed.images import FileSpec, build_image
+from testbed.plugin import prelaunched_pid
+from testbed.tracing import DATA_FILES, Traced, build_workload_image, shuffled, start_traced
 
 SPARSE_IMAGE = "nri-optimizer.test/sparse:1"
 SPARSE = "/data/sparse-5g"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import FakeContainer, MakeContainer
+from tests.server.helpers import FakeContainer, MakeContainer
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ import pytest
 from optimizer_server import protocol
 from optimizer_server.fanotify import FAN_OPEN
 from optimizer_server.protocol import Cancel, Done, Failed, Files, Hello, Ready, Stop, Trace
-
-from .helpers import SERVER_CMD, MakeContainer, read_each
+from tests.server.helpers import SERVER_CMD, MakeContainer, read_each
 
 
 class RawServer:

@@ -1,4 +1,4 @@
-"""The plugin's client (nri_optimizer.tracer) with the real server, tracing fake containers."""
+"""The plugin's client (nri_optimizer.trace.client) with the real server, tracing fake containers."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from nri_optimizer.tracer import TraceError, TraceServer
+from nri_optimizer.trace.client import TraceClient, TraceError
 from optimizer_server import privileges
 from optimizer_server.protocol import FOREIGN, PROTOCOL_VERSION
-
-from .helpers import SERVER_CMD, CollectingSink, MakeContainer, read_each
+from tests.server.helpers import SERVER_CMD, CollectingSink, MakeContainer, read_each
 
 TIMEOUT = 10.0
 
@@ -44,7 +43,7 @@ def limit_leaving_free(count: int) -> int:
     return limit
 
 
-def paused(server: TraceServer) -> _Paused:
+def paused(server: TraceClient) -> _Paused:
     """SIGSTOP the server for a block, so that events queue up in the kernel meanwhile."""
     assert server.pid is not None
     return _Paused(server.pid)
@@ -67,7 +66,7 @@ def test_trace_records_every_file_once_in_first_access_order(make_container: Mak
     container = make_container(files, read_each(order, times=100))
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         container.go()
@@ -87,7 +86,7 @@ def test_listing_a_directory_records_nothing(make_container: MakeContainer) -> N
     container = make_container(["/d/a", "/d/b", "/f1"], ": /d/*; for n in /d/*; do :; done; read -r x < /f1")
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         container.go()
@@ -99,7 +98,7 @@ def test_listing_a_directory_records_nothing(make_container: MakeContainer) -> N
     run(body)
 
 
-def ignore_marked_inodes(server: TraceServer) -> list[int]:
+def ignore_marked_inodes(server: TraceClient) -> list[int]:
     """Inode numbers the server's one fanotify group holds ignore marks for (its fdinfo lists each mark)."""
     groups = []
     for fd in Path(f"/proc/{server.pid}/fd").iterdir():
@@ -121,7 +120,7 @@ def test_a_file_read_again_gets_an_ignore_mark_and_a_file_read_once_none(make_co
     )
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         container.go()
@@ -148,7 +147,7 @@ def test_stop_after_the_workload_exited_still_delivers_everything(make_container
     container = make_container(files, read_each(files))
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         # Nothing is read before STOP: the container is gone, its mount namespace too, yet all 50
@@ -171,7 +170,7 @@ def test_two_sessions_at_once_keep_their_events_apart(make_container: MakeContai
     b = make_container(a_files + b_files, read_each(b_files, times=2))
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         a_sink, b_sink = CollectingSink(), CollectingSink()
         a_session = await server.trace(a.pid, a_sink, timeout=TIMEOUT)
         b_session = await server.trace(b.pid, b_sink, timeout=TIMEOUT)
@@ -196,7 +195,7 @@ def test_trace_of_a_missing_pid_raises_the_servers_message_and_the_server_lives_
     container = make_container(["/f1"], read_each(["/f1"]))
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         with pytest.raises(TraceError, match=f"^pid {pid}: no such process$"):
             await server.trace(pid, CollectingSink(), timeout=TIMEOUT)
         server_pid = server.pid
@@ -220,7 +219,7 @@ def test_killed_server_ends_its_sessions_incomplete_and_the_next_trace_restarts_
 
     async def body() -> None:
         exits: list[int] = []
-        server = TraceServer(SERVER_CMD, on_exit=exits.append)
+        server = TraceClient(SERVER_CMD, on_exit=exits.append)
         session = await server.trace(first.pid, CollectingSink(), timeout=TIMEOUT)
         assert server.pid is not None
         os.kill(server.pid, signal.SIGKILL)
@@ -255,7 +254,7 @@ def test_trace_gives_up_on_a_silent_server_and_cancels(tmp_path: Path) -> None:
     seen = tmp_path / "seen"
 
     async def body() -> None:
-        server = TraceServer([sys.executable, "-c", MUTE_SERVER, str(seen), str(PROTOCOL_VERSION)])
+        server = TraceClient([sys.executable, "-c", MUTE_SERVER, str(seen), str(PROTOCOL_VERSION)])
         with pytest.raises(TraceError, match=r"^pid 1: the trace server did not answer within 0.5 s$"):
             await server.trace(1, CollectingSink(), timeout=0.5)
         await server.close()
@@ -268,7 +267,7 @@ def test_a_server_of_another_protocol_version_is_refused_and_nothing_is_sent_to_
     seen = tmp_path / "seen"
 
     async def body() -> None:
-        server = TraceServer([sys.executable, "-c", MUTE_SERVER, str(seen), "1"])
+        server = TraceClient([sys.executable, "-c", MUTE_SERVER, str(seen), "1"])
         with pytest.raises(TraceError) as info:
             await server.trace(1, CollectingSink(), timeout=TIMEOUT)
         assert str(info.value) == (f"the trace server {sys.executable} speaks protocol version 1, this plugin "
@@ -282,7 +281,7 @@ def test_a_server_of_another_protocol_version_is_refused_and_nothing_is_sent_to_
 
 def test_a_program_that_never_says_hello_is_refused_with_what_to_check(tmp_path: Path) -> None:
     async def body() -> None:
-        server = TraceServer([sys.executable, "-c", "import sys; sys.exit(3)"])
+        server = TraceClient([sys.executable, "-c", "import sys; sys.exit(3)"])
         with pytest.raises(TraceError) as info:
             await server.trace(1, CollectingSink(), timeout=TIMEOUT)
         assert str(info.value) == (f"the trace server {sys.executable} ended (server died) before it said HELLO: "
@@ -297,7 +296,7 @@ def test_closing_ends_open_sessions_as_incomplete(make_container: MakeContainer)
 
     async def body() -> None:
         exits: list[int] = []
-        server = TraceServer(SERVER_CMD, on_exit=exits.append)
+        server = TraceClient(SERVER_CMD, on_exit=exits.append)
         session = await server.trace(container.pid, CollectingSink(), timeout=TIMEOUT)
         await server.close()
         result = await session.stop(timeout=TIMEOUT)
@@ -316,7 +315,7 @@ def test_a_bounded_queue_overflows_visibly_and_the_default_one_does_not(
     container = make_container(files, read_each(files))
 
     async def body() -> None:
-        server = TraceServer([*SERVER_CMD, "--bounded-queue"] if bounded else SERVER_CMD)
+        server = TraceClient([*SERVER_CMD, "--bounded-queue"] if bounded else SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         with paused(server):
@@ -340,7 +339,7 @@ def test_the_plugin_side_needs_no_fd_per_file(make_container: MakeContainer) -> 
     container = make_container(files, read_each(files))
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         limits = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -361,7 +360,7 @@ def test_the_plugin_side_needs_no_fd_per_file(make_container: MakeContainer) -> 
 
 def test_a_missing_server_binary_is_a_trace_error(tmp_path: Path) -> None:
     async def body() -> None:
-        server = TraceServer([str(tmp_path / "optimizer-server")])
+        server = TraceClient([str(tmp_path / "optimizer-server")])
         with pytest.raises(TraceError, match=r"^cannot start the trace server \[.*\]: .*No such file"):
             await server.trace(1, CollectingSink(), timeout=TIMEOUT)
         assert server.pid is None
@@ -376,7 +375,7 @@ def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_cont
     container = make_container(["/f1", "/f2", "/f3"], "read -r x < /f1; (read -r y < /f2); echo read; read wait")
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         container.go()
@@ -404,7 +403,7 @@ def test_the_server_keeps_only_the_capabilities_it_uses_and_still_reads_root_onl
                                setup="chown 4321:4321 secret && chmod 000 secret")
 
     async def body() -> None:
-        server = TraceServer(SERVER_CMD)
+        server = TraceClient(SERVER_CMD)
         sink = CollectingSink()
         session = await server.trace(container.pid, sink, timeout=TIMEOUT)
         status = Path(f"/proc/{server.pid}/status").read_text()

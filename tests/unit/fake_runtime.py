@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from nri_optimizer import mux, transport
-from nri_optimizer.proto import nri_pb2 as api
-from nri_optimizer.stub import PLUGIN_SERVICE, RUNTIME_SERVICE
+from nri_optimizer.nri import connection, mux
+from nri_optimizer.nri.api import PLUGIN_SERVICE, RUNTIME_SERVICE
+from nri_optimizer.nri.proto import nri_pb2 as api
 
 
 class FakeRuntime:
@@ -16,11 +16,11 @@ class FakeRuntime:
         self.registrations: list[api.RegisterPluginRequest] = []
         self.registered = asyncio.Event()
         self.register_delay = register_delay
-        self.connection: transport.Connection | None = None
+        self.connection: connection.Connection | None = None
         self._run: asyncio.Task[None] | None = None
 
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connection = transport.Connection(
+        self.connection = connection.Connection(
             reader,
             writer,
             self._handle,
@@ -31,7 +31,7 @@ class FakeRuntime:
 
     async def _handle(self, service: str, method: str, payload: bytes) -> bytes:
         if (service, method) != (RUNTIME_SERVICE, "RegisterPlugin"):
-            raise transport.Unimplemented()
+            raise connection.Unimplemented()
         await asyncio.sleep(self.register_delay)
         request = api.RegisterPluginRequest()
         request.ParseFromString(payload)

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from nri_optimizer import config as cfg
-from nri_optimizer.cli import load_config
+from nri_optimizer.config import load_config
 
 UPSTREAM_FILE = """\
 # The directory to persist accessed files list for container.

@@ -1,6 +1,0 @@
-"""The optimizer benchmark: `python -m bench` (or `make bench`); `--quick` for CI.
-
-Runs every scenario with no plugin, with ours and, given the paths to its plugin and server, with
-upstream's, interleaved; prints medians, p90 and spreads, checks the targets, writes JSON and a PNG.
-See bench/scenarios.py for the scenarios and bench/__main__.py for the options.
-"""

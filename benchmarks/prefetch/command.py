@@ -1,0 +1,118 @@
+"""``nri-optimizer bench-image run CONFIG`` and ``nri-optimizer bench-image convert CONFIG``.
+
+`run` starts a private containerd (the testbed's, from the cache), and for ``registry: local`` Debian's
+docker-registry on loopback with the config's images pushed into it (optionally throttled with tc); then for
+each image, variant and repetition it pulls, creates and runs the image through CRI and cleans up; it prints the
+table and writes runs.csv, summary.csv, results.json, table.md and a PNG per image. Nydus variants run where
+containerd-nydus-grpc and nydusd are found (config `nydus:`, flags, else PATH): on a private nydus-snapshotter per
+prefetch mode; elsewhere they are reported as skipped with the reason. Everything it started is stopped and
+removed at the end, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.prefetch import config as cfg
+from benchmarks.prefetch.convert import ConvertError, plan, run_plan
+from nri_optimizer import config as plugin_config
+from testbed import debs
+
+PROG = "nri-optimizer bench-image"
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="What a prefetch list buys: pull, create and run "
+                                     "times of images and their variants, measured through CRI.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="measure (needs root: it runs a private containerd)")
+    run.add_argument("config", type=Path, help="the YAML config (see examples/bench-image.yaml)")
+    run.add_argument("--out", type=Path, help="results directory (default: bench-image-results/<UTC time>)")
+    run.add_argument("--repetitions", type=int, metavar="N", help="override the config's repetitions")
+    run.add_argument("--throttle", metavar="RATE", help="shape the local registry's replies, e.g. 25mbit (tc on lo)")
+    run.add_argument("--containerd", choices=sorted(debs.CONTAINERD_FLAVOURS), default="2.1",
+                     help="containerd flavour from the testbed cache (default: %(default)s)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--nydus-snapshotter", metavar="PATH",
+                     help="containerd-nydus-grpc to use (default: the config's nydus.snapshotter, else from PATH)")
+    run.add_argument("--nydusd", metavar="PATH", help="nydusd to use (default: nydus.nydusd, else from PATH)")
+    run.add_argument("--nydusify", metavar="PATH",
+                     help="nydusify converting the local registry's images (default: nydus.nydusify, else from PATH)")
+    run.add_argument("--persist-dir", default=plugin_config.Config.persist_dir,
+                     help="where the plugin saved its lists, for prefetch: list (default: %(default)s)")
+    convert = actions.add_parser("convert", help="build the nydus variants' images with nydusify")
+    convert.add_argument("config", type=Path)
+    convert.add_argument("--target", help="registry to copy into and push to (default: the config's registry)")
+    convert.add_argument("--persist-dir", default=plugin_config.Config.persist_dir,
+                         help="where the plugin saved its lists (default: %(default)s)")
+    convert.add_argument("--nydusify", default="nydusify", help="nydusify executable (default: from PATH)")
+    convert.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default: 6)")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.action == "run":
+        overrides = {key: value for key in ("repetitions", "throttle") if (value := getattr(args, key)) is not None}
+    config = cfg.load(args.config, overrides)
+    if args.action == "run":
+        config = _with_tools(config, args)
+    if args.action == "convert":
+        return _convert(config, args)
+    from benchmarks.prefetch.bench import bench  # grpc, the testbed and matplotlib only when measuring
+
+    out = args.out or Path("bench-image-results") / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return bench(config, args.config, flavour=args.containerd, out_dir=out, quiet=args.quiet, prog=PROG,
+                 persist_dir=args.persist_dir)
+
+
+def _with_tools(config: cfg.BenchConfig, args: argparse.Namespace) -> cfg.BenchConfig:
+    """The nydus tools' flags (paths relative to the working directory) over the config's `nydus:` section."""
+    def flag(value: str | None, configured: str | None) -> str | None:
+        return configured if value is None else str(Path(value).absolute())
+
+    tools = dataclasses.replace(config.nydus, snapshotter=flag(args.nydus_snapshotter, config.nydus.snapshotter),
+                                nydusd=flag(args.nydusd, config.nydus.nydusd),
+                                nydusify=flag(args.nydusify, config.nydus.nydusify))
+    return dataclasses.replace(config, nydus=tools)
+
+
+def _convert(config: cfg.BenchConfig, args: argparse.Namespace) -> int:
+    target = args.target or (None if config.local else config.registry)
+    if target is None:
+        raise ConvertError("registry: local lives only while `run` runs: give --target HOST[:PORT] (a registry "
+                           "that stays), e.g. one started with docker-registry")
+    nydusify = shutil.which(args.nydusify)
+    steps = plan(config, target, nydusify=nydusify or args.nydusify, fs_version=args.fs_version,
+                 persist_dir=args.persist_dir)
+    pushes = [image for image in config.images if image.build or image.archive]
+    if nydusify is None:
+        print(f"{PROG} convert: {args.nydusify} is not installed (it comes with nydus: "
+              "https://github.com/dragonflyoss/nydus/releases); run these where it is:", file=sys.stderr)
+        for image in pushes:
+            what = f"built-in workload {image.build}" if image.build else str(image.archive)
+            print(f"# bench-image convert pushes {what} as {target}/{image.name} first")
+        for step in steps:
+            print(step.printable())
+        return 1
+    for image in pushes:
+        _push(image, target, config.insecure)
+    return run_plan(steps)
+
+
+def _push(image: cfg.Image, target: str, insecure: bool) -> None:
+    from benchmarks.prefetch.registry import push_layout
+    from benchmarks.prefetch.workloads import build
+
+    repository, _, tag = image.name.rpartition(":")
+    host, _, namespace = target.partition("/")
+    with tempfile.TemporaryDirectory(prefix="nriopt-benchimage-push-") as work:
+        tarball = image.archive or build(str(image.build), f"{target}/{image.name}", Path(work) / "image.tar")
+        base = f"{'http' if insecure else 'https'}://{host}"
+        push_layout(tarball, base, f"{namespace}/{repository}" if namespace else repository, tag)
+    print(f"{PROG} convert: pushed {target}/{image.name}", file=sys.stderr)

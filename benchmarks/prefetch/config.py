@@ -1,0 +1,337 @@
+"""The bench-image config: the seed's YAML (``registry``, ``insecure_registry``, ``images: [{name, arg, ready}]``)
+plus explicit readiness, repetitions and variants. Every mistake is one line naming the key and the fix.
+
+.. code-block:: yaml
+
+    registry: local            # the harness's docker-registry on 127.0.0.1; or HOST[:PORT][/NAMESPACE]
+    insecure_registry: true    # plain HTTP (a local registry always is)
+    repetitions: 3
+    timeout: 120               # seconds an image may take to become ready (per image: `timeout`)
+    pull_timeout: 600
+    throttle: 25mbit           # optional: the local registry's replies shaped on lo (tc)
+    images:
+      - name: bench-web:1
+        build: web             # local registry: build this built-in image offline and push it
+        arg: -e PORT=18080     # docker-run style; -e/--env only
+        ready: {url: "http://127.0.0.1:18080/"}
+      - name: bench-db:1
+        archive: db.tar        # local registry: push this OCI image-layout tarball
+        ready: {line: "ready to accept connections"}
+      - name: hello:1
+        ready: exit            # or `start` (ready when StartContainer returns)
+    variants:                  # default: oci, nydus, nydus-prefetch-all, nydus-prefetch-list
+      - {name: oci, snapshotter: overlayfs}
+      - {name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}
+    nydus:                     # optional; each tool defaults to the one on PATH (flags override these)
+      snapshotter: /opt/nydus/bin/containerd-nydus-grpc
+      nydusd: /opt/nydus/bin/nydusd
+      nydusify: /opt/nydus/bin/nydusify    # registry: local converts the pushed images with it
+      prefetch_threads: 4      # nydusd's fs_prefetch.threads_count
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from nri_optimizer.errors import ConfigError as ConfigError
+from nri_optimizer.results import reference
+
+LOCAL = "local"
+ReadyKind = Literal["url", "line", "exit", "start"]
+Prefetch = Literal["off", "all", "list"]
+SNAPSHOTTERS = ("overlayfs", "nydus")
+BUILTIN_WORKLOADS = ("web", "db")
+_RATE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:k|m|g)?(?:bit|bps)", re.IGNORECASE)
+
+
+
+@dataclass(frozen=True)
+class Ready:
+    kind: ReadyKind
+    value: str = ""  # the URL, or the text a log line contains
+
+    def describe(self) -> str:
+        return {
+            "url": f"{self.value} answers 2xx/3xx",
+            "line": f"a log line contains {self.value!r}",
+            "exit": "the container exits with 0",
+            "start": "StartContainer returns",
+        }[self.kind]
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str  # repository:tag under the registry
+    ready: Ready
+    timeout: float
+    env: dict[str, str] = field(default_factory=dict)
+    build: str | None = None  # a built-in workload (local registry only)
+    archive: Path | None = None  # an OCI image-layout tarball (local registry only)
+    list_file: Path | None = None  # the recorded list, for convert (default: the plugin's result)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    snapshotter: str
+    tag_suffix: str = ""
+    prefetch: Prefetch | None = None  # nydus only: how convert builds the image's prefetch table
+
+
+DEFAULT_VARIANTS = (
+    Variant("oci", "overlayfs"),
+    Variant("nydus", "nydus", "_nydus", "off"),
+    Variant("nydus-prefetch-all", "nydus", "_nydus_prefetchall", "all"),
+    Variant("nydus-prefetch-list", "nydus", "_nydus_prefetch", "list"),
+)
+
+
+@dataclass(frozen=True)
+class NydusTools:
+    """Where the nydus tools are (None: look on PATH); relative paths are relative to the config file."""
+
+    snapshotter: str | None = None  # containerd-nydus-grpc
+    nydusd: str | None = None
+    nydusify: str | None = None
+    prefetch_threads: int = 4
+
+
+NYDUS_KEYS = ("snapshotter", "nydusd", "nydusify")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    registry: str  # LOCAL, or HOST[:PORT][/NAMESPACE]
+    insecure: bool
+    repetitions: int
+    pull_timeout: float
+    throttle: str | None
+    images: tuple[Image, ...]
+    variants: tuple[Variant, ...]
+    nydus: NydusTools = NydusTools()
+
+    @property
+    def local(self) -> bool:
+        return self.registry == LOCAL
+
+    def reference(self, registry: str, image: Image, variant: Variant) -> str:
+        """The reference CRI pulls: `registry` is the address the local registry got, or the configured one."""
+        return f"{registry}/{image.name}{variant.tag_suffix}"
+
+
+def load(path: Path, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Read and check the file; `overrides` (from flags) replace top-level keys and are checked as they are."""
+    try:
+        import yaml  # only bench-image needs YAML
+    except ImportError:
+        raise ConfigError("PyYAML is not installed: pip install pyyaml") from None
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if overrides and isinstance(data, dict):
+        data = {**data, **overrides}
+    return parse(data, path)
+
+
+def parse(data: Any, path: Path) -> BenchConfig:
+    where = _Where(path)
+    if not isinstance(data, dict):
+        raise where.error("", data, "a mapping with registry, images, ...")
+    where.known(data, "", {"registry", "insecure_registry", "repetitions", "timeout", "pull_timeout", "throttle",
+                           "images", "variants", "nydus"})
+    registry = data.get("registry", LOCAL)
+    if not isinstance(registry, str) or not registry or (registry != LOCAL and not _valid_registry(registry)):
+        raise where.error("registry", registry, f"{LOCAL!r} or HOST[:PORT][/NAMESPACE], e.g. registry: local")
+    insecure = data.get("insecure_registry", registry == LOCAL)
+    if not isinstance(insecure, bool):
+        raise where.error("insecure_registry", insecure, "true or false")
+    repetitions = where.number(data, "repetitions", 3, integer=True)
+    timeout = where.number(data, "timeout", 120)
+    pull_timeout = where.number(data, "pull_timeout", 600)
+    throttle = data.get("throttle")
+    if throttle is not None and not (isinstance(throttle, str) and _RATE.fullmatch(throttle)):
+        raise where.error("throttle", throttle, "a tc rate such as 25mbit, or no key")
+    images = data.get("images")
+    if not isinstance(images, list) or not images:
+        raise where.error("images", images, "a list of {name, ready, ...}, e.g. images: [{name: web:1, ready: exit}]")
+    parsed = tuple(_image(where, f"images[{i}]", item, timeout, path.parent) for i, item in enumerate(images))
+    if len({image.name for image in parsed}) != len(parsed):
+        raise where.error("images", [image.name for image in parsed], "each name once")
+    for i, image in enumerate(parsed):
+        key = f"images[{i}]"
+        if (image.build or image.archive) and registry != LOCAL:
+            raise where.error(f"{key}.{'build' if image.build else 'archive'}", image.build or str(image.archive),
+                              "only with registry: local (the harness pushes it there)")
+        if registry == LOCAL and not (image.build or image.archive):
+            raise where.error(key, image.name, f"build: ({', '.join(BUILTIN_WORKLOADS)}) or archive: (an OCI "
+                              "image-layout tarball): the local registry starts empty")
+    variants = data.get("variants")
+    chosen = DEFAULT_VARIANTS if variants is None else _variants(where, variants)
+    config = BenchConfig(registry, insecure, int(repetitions), pull_timeout, throttle, parsed, chosen,
+                         _nydus(where, data.get("nydus"), path.parent))
+    for image in parsed:
+        for variant in chosen:
+            ref = config.reference("127.0.0.1:5000" if registry == LOCAL else registry, image, variant)
+            try:
+                reference.parse(ref)
+            except reference.ReferenceError:
+                raise where.error("images", image.name, f"names that make valid references with each variant's "
+                                  f"tag suffix; {ref!r} is not") from None
+    if throttle is not None and registry != LOCAL:
+        raise where.error("throttle", throttle, "only with registry: local (it shapes that registry's port on lo)")
+    return config
+
+
+class _Where:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, key: str, got: Any, expected: str) -> ConfigError:
+        shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
+        return ConfigError(f"{self.path}: {key or 'top level'}: got {shown}; expected {expected}")
+
+    def known(self, data: dict[str, Any], prefix: str, keys: set[str]) -> None:
+        for key in data:
+            if key not in keys:
+                raise ConfigError(f"{self.path}: {prefix}{key}: unknown key; known: {', '.join(sorted(keys))}")
+
+    def number(self, data: dict[str, Any], key: str, default: float, *, integer: bool = False,
+               prefix: str = "") -> float:
+        value = data.get(key, default)
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok or value <= 0:
+            raise self.error(prefix + key, value, f"a {'whole ' if integer else ''}number > 0, e.g. {key}: {default}")
+        return float(value)
+
+
+def _valid_registry(text: str) -> bool:
+    try:
+        parsed = reference.parse(f"{text}/probe:1")
+    except reference.ReferenceError:
+        return False
+    return parsed.domain == text.split("/")[0]  # a first component that is not a host would be a repository
+
+
+def _image(where: _Where, key: str, item: Any, default_timeout: float, base: Path) -> Image:
+    if not isinstance(item, dict):
+        raise where.error(key, item, "a mapping {name, ready, ...}")
+    where.known(item, f"{key}.", {"name", "arg", "ready", "timeout", "build", "archive", "list"})
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise where.error(f"{key}.name", name, "REPOSITORY[:TAG], e.g. name: nginx:1.25")
+    if ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    build = item.get("build")
+    if build is not None and build not in BUILTIN_WORKLOADS:
+        raise where.error(f"{key}.build", build, f"one of {', '.join(BUILTIN_WORKLOADS)}")
+    archive = item.get("archive")
+    if archive is not None and not isinstance(archive, str):
+        raise where.error(f"{key}.archive", archive, "the path of an OCI image-layout tarball")
+    if build is not None and archive is not None:
+        raise where.error(f"{key}", "build and archive", "one of them")
+    list_file = item.get("list")
+    if list_file is not None and not isinstance(list_file, str):
+        raise where.error(f"{key}.list", list_file, "the path of a recorded list")
+    return Image(
+        name=name,
+        ready=_ready(where, f"{key}.ready", item.get("ready")),
+        timeout=where.number(item, "timeout", default_timeout, prefix=f"{key}."),
+        env=_env(where, f"{key}.arg", item.get("arg", "")),
+        build=build,
+        archive=base / archive if archive is not None else None,
+        list_file=base / list_file if list_file is not None else None,
+    )
+
+
+def _ready(where: _Where, key: str, value: Any) -> Ready:
+    expected = ("{url: URL}, {line: TEXT}, exit or start, e.g. ready: {url: 'http://127.0.0.1:8080/'} "
+                "(readiness is never guessed)")
+    if value in ("exit", "start"):
+        return Ready(value)
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, text),) = value.items()
+        if kind == "url" and isinstance(text, str) and re.match(r"https?://", text):
+            return Ready("url", text)
+        if kind == "line" and isinstance(text, str) and text:
+            return Ready("line", text)
+    raise where.error(key, value, expected)
+
+
+def _env(where: _Where, key: str, arg: Any) -> dict[str, str]:
+    """The seed's `arg` is docker-run options; the ones that mean something through CRI are -e/--env K=V."""
+    if not isinstance(arg, str):
+        raise where.error(key, arg, "docker-run style options as one string, e.g. arg: -e KEY=VALUE")
+    try:
+        words = shlex.split(arg)
+    except ValueError as exc:
+        raise where.error(key, arg, f"shell words ({exc})") from None
+    env: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in ("-e", "--env") and i + 1 < len(words):
+            assignment, i = words[i + 1], i + 2
+        elif word.startswith("--env="):
+            assignment, i = word.removeprefix("--env="), i + 1
+        else:
+            raise where.error(key, arg, f"only -e/--env KEY=VALUE options (not {word!r})")
+        name, equals, value = assignment.partition("=")
+        if not name or not equals:
+            raise where.error(key, arg, f"KEY=VALUE after -e (not {assignment!r})")
+        env[name] = value
+    return env
+
+
+def _nydus(where: _Where, value: Any, base: Path) -> NydusTools:
+    if value is None:
+        return NydusTools()
+    if not isinstance(value, dict):
+        raise where.error("nydus", value, "a mapping {snapshotter, nydusd, nydusify, prefetch_threads}")
+    where.known(value, "nydus.", {*NYDUS_KEYS, "prefetch_threads"})
+    paths: dict[str, str | None] = {}
+    for key in NYDUS_KEYS:
+        given = value.get(key)
+        if given is not None and (not isinstance(given, str) or not given):
+            raise where.error(f"nydus.{key}", given, "the path of the executable, or no key (then: from PATH)")
+        paths[key] = None if given is None else str(base / given)
+    threads = where.number(value, "prefetch_threads", 4, integer=True, prefix="nydus.")
+    if threads > 1024:
+        raise where.error("nydus.prefetch_threads", int(threads), "at most 1024 (nydusd's limit)")
+    return NydusTools(paths["snapshotter"], paths["nydusd"], paths["nydusify"], int(threads))
+
+
+def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
+    if not isinstance(value, list) or not value:
+        raise where.error("variants", value, "a list of {name, snapshotter, tag_suffix, prefetch}")
+    variants = []
+    for i, item in enumerate(value):
+        key = f"variants[{i}]"
+        if not isinstance(item, dict):
+            raise where.error(key, item, "a mapping {name, snapshotter, tag_suffix, prefetch}")
+        where.known(item, f"{key}.", {"name", "snapshotter", "tag_suffix", "prefetch"})
+        name, snapshotter = item.get("name"), item.get("snapshotter")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise where.error(f"{key}.name", name, "a short name (letters, digits, . _ -), e.g. name: oci")
+        if snapshotter not in SNAPSHOTTERS:
+            raise where.error(f"{key}.snapshotter", snapshotter, f"one of {', '.join(SNAPSHOTTERS)}")
+        suffix = item.get("tag_suffix", "")
+        if not isinstance(suffix, str):
+            raise where.error(f"{key}.tag_suffix", suffix, "text appended to each image's tag, e.g. _nydus")
+        # YAML 1.1 reads a bare `off` as false.
+        prefetch = "off" if item.get("prefetch") is False else item.get("prefetch")
+        if snapshotter == "nydus" and prefetch not in ("off", "all", "list"):
+            raise where.error(f"{key}.prefetch", prefetch, "off, all or list (what the nydus image prefetches)")
+        if snapshotter != "nydus" and prefetch is not None:
+            raise where.error(f"{key}.prefetch", prefetch, "no prefetch key: only nydus variants prefetch")
+        variants.append(Variant(name, snapshotter, suffix, cast(Prefetch | None, prefetch)))
+    if len({v.name for v in variants}) != len(variants):
+        raise where.error("variants", [v.name for v in variants], "each name once")
+    return tuple(variants)

@@ -1,0 +1,71 @@
+"""One PNG per image: for each variant, a bar per phase (pull, create, run, total) at the median, with a whisker
+from the fastest to the slowest repetition. A variant that did not run is named, with why, where its bars would be.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.prefetch.report import TIMES, Summary
+
+COLOURS = {"pull": "#4c72b0", "create": "#dd8452", "run": "#55a868", "total": "#8c8c8c"}
+
+
+def plot_image(summaries: Sequence[Summary], out: Path, *, title: str) -> Path:
+    """Plot the summaries of one image (one per variant) to `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(TIMES)
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(summaries)), 4.5), dpi=100)
+    top = max((s.times["total"].max_us for s in summaries if s.times), default=1_000_000) / 1e6
+    for i, summary in enumerate(summaries):
+        if not summary.times:
+            reason = summary.status + (f": {summary.note}" if summary.note else "")
+            ax.text(i, top * 0.05, "\n".join(textwrap.wrap(reason, 24)), ha="center", va="bottom", fontsize=7,
+                    color="#555555")
+            continue
+        for j, phase in enumerate(TIMES):
+            spread = summary.times[phase]
+            median = spread.median_us / 1e6
+            x = i - 0.4 + width * (j + 0.5)
+            ax.bar(x, median, width, color=COLOURS[phase], label=phase if i == _first_measured(summaries) else None,
+                   yerr=[[median - spread.min_us / 1e6], [spread.max_us / 1e6 - median]], capsize=3,
+                   error_kw={"elinewidth": 1})
+    ax.set_xticks(range(len(summaries)))
+    ax.set_xticklabels([f"{s.first.variant.name}\n({'skipped' if s.status == 'skipped' else f'n={s.n}'})"
+                        for s in summaries])
+    ax.set_ylabel("seconds (median; whiskers: min-max)")
+    ax.set_ylim(0, top * 1.15)
+    ax.set_title(title, fontsize=10)
+    if any(s.times for s in summaries):
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
+
+
+def _first_measured(summaries: Sequence[Summary]) -> int:
+    return next(i for i, s in enumerate(summaries) if s.times)
+
+
+def plot_all(summaries: Sequence[Summary], out_dir: Path, registry: str, throttle: str | None) -> list[Path]:
+    """One PNG per image, named after it (characters other than letters, digits, . _ - become _)."""
+    by_image: dict[str, list[Summary]] = {}
+    for summary in summaries:
+        by_image.setdefault(summary.first.image, []).append(summary)
+    paths = []
+    for image, group in by_image.items():
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", image)
+        repetitions = max(len(s.samples) for s in group)
+        link = f", registry throttled to {throttle}" if throttle else ""
+        title = f"{registry}/{image}: pull, create, run ({repetitions} repetitions{link})"
+        paths.append(plot_image(group, out_dir / f"{name}.png", title=title))
+    return paths

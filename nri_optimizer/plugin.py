@@ -1,0 +1,325 @@
+"""What the plugin does: on StartContainer, begin a trace session for the container and wait until it is
+watching; on StopContainer (or after ``timeout`` seconds), finish it and persist the list.
+
+Sessions are keyed by container id, results by image. Every failure is logged and the event answered OK:
+a profiler must never stand between a user and their container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from nri_optimizer import config as cfg
+from nri_optimizer import logs
+from nri_optimizer.errors import PersistError, TraceError
+from nri_optimizer.nri.proto import nri_pb2 as api
+from nri_optimizer.results import reference, store
+from nri_optimizer.results.journal import Journal
+from nri_optimizer.trace.client import Session, TraceClient
+from nri_optimizer.trace.recorder import Recorder
+from nri_optimizer.trace.upper import UpperLayer
+
+log = logging.getLogger(__name__)
+
+IMAGE_NAME_ANNOTATION = "io.kubernetes.cri.image-name"
+
+# How long StartContainer waits for the server to place its mark. containerd waits for us (2 s by default,
+# and the stub answers at 75 % of that whatever happens); the mark normally takes about a millisecond, a
+# first start of the server a few hundred.
+READY_TIMEOUT = 1.0
+# How long the server may take to drain a stopped container's queue.
+DRAIN_TIMEOUT = 30.0
+
+
+def image_name(container: api.Container) -> str:
+    """Container.image (NRI >= v0.12.2), else the CRI annotation every released containerd sets."""
+    return container.image.name or container.annotations.get(IMAGE_NAME_ANNOTATION, "")
+
+
+def describe(pod: api.PodSandbox, container: api.Container) -> str:
+    return (
+        f"name={container.name} pid={container.pid} image={image_name(container) or '-'} "
+        f"pod={pod.namespace}/{pod.name}"
+    )
+
+
+@dataclass
+class ContainerTrace:
+    container_id: str
+    image: reference.Reference
+    result_name: str
+    session: Session
+    recorder: Recorder
+    upper: UpperLayer | None
+    timer: asyncio.TimerHandle | None = field(default=None)
+    noted: asyncio.Task[None] | None = field(default=None)  # the journal note being written
+
+
+class Plugin:
+    """The NRI plugin object: its handler methods are found by the stub."""
+
+    def __init__(
+        self,
+        config: cfg.Config,
+        *,
+        prelaunched: bool,
+        select: Callable[[api.PodSandbox, api.Container], bool] | None = None,
+        on_done: Callable[[str, str | None], None] | None = None,
+        journal: bool = True,
+    ) -> None:
+        """``select`` narrows tracing to some containers (``profile`` traces only its own); ``on_done`` is
+        told (container id, result path or None) when a trace has been written or given up; ``journal``
+        notes running traces in persist_dir so that a successor can log those a crash lost (the daemon's
+        business, not a one-off profile's)."""
+        self.config = config
+        self._prelaunched = prelaunched
+        self._select = select
+        self._on_done = on_done
+        self._journal = journal
+        self._reported_lost = False
+        self.configured = False
+        self._tracer: TraceClient | None = None
+        self._traces: dict[str, ContainerTrace] = {}
+        self._finishing: set[asyncio.Task[None]] = set()  # background work to wait for at shutdown
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        return self.config.events
+
+    async def configure(self, text: str, runtime: str, version: str) -> None:
+        # A pre-launched plugin has no file or flags: its whole configuration is the drop-in file's text,
+        # which containerd hands over here. An external plugin gets "" and keeps what it read at start.
+        if self._prelaunched:
+            self._configure_from_text(text)
+        if self._journal and not self._reported_lost:
+            # Once: Configure comes again on every reconnect, when the notes are our own running traces.
+            self._reported_lost = True
+            Journal(self.config.persist_dir).report_lost()
+        # Start the trace server now, so that the first StartContainer does not pay for it.
+        self._background(self._get_tracer().start()).add_done_callback(_log_start_failure)
+
+    def _configure_from_text(self, text: str) -> None:
+        try:
+            config = cfg.build(cfg.parse_toml(text, "Configure"), {})
+            cfg.validate_paths(config, "Configure")
+        except cfg.ConfigError:
+            self._setup_prelaunched_logging(cfg.build({"log_file": cfg.salvage_log_file(text)}, {}))
+            raise
+        self._setup_prelaunched_logging(config)
+        self.config = config
+        self.configured = True
+
+    def _setup_prelaunched_logging(self, config: cfg.Config) -> None:
+        logs.setup(cfg.log_level(config), config.log_file or logs.PRELAUNCHED_LOG_FILE, stderr=False)
+
+    # -- events -----------------------------------------------------------------------------------------
+
+    async def start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
+        started_ns = time.monotonic_ns()
+        cid = container.id
+        if self._select is not None and not self._select(pod, container):
+            return
+        log.info("%s StartContainer %s", cid, describe(pod, container))
+        if cid in self._traces:
+            log.warning("%s is traced already; ignoring a second StartContainer", cid)
+            return
+        try:
+            image = reference.parse(image_name(container))
+        except reference.ReferenceError as exc:
+            log.warning("%s not traced: %s", cid, exc)
+            return
+        config = self.config
+        result_name = image.result_name + (f".timeout{config.timeout}s" if config.timeout else "")
+        if not config.overwrite and store.exists(config.persist_dir, image.result_dir, result_name):
+            log.info("%s not traced: %s is recorded already (overwrite = false)", cid, image)
+            return
+        if container.pid <= 0:
+            log.warning("%s not traced: the runtime gave no pid", cid)
+            return
+        upper = UpperLayer.of_process(container.pid)
+        recorder = Recorder(cid, started_ns, include_exec=config.include_exec)
+        try:
+            session = await self._start_session(container.pid, recorder)
+        except (TraceError, asyncio.CancelledError) as exc:
+            if upper is not None:
+                upper.close()
+            if isinstance(exc, asyncio.CancelledError):  # the stub's deadline: it logs that
+                raise
+            log.error("%s not traced: %s", cid, exc)
+            return
+        trace = ContainerTrace(cid, image, result_name, session, recorder, upper)
+        self._traces[cid] = trace
+        if self._journal:
+            # Off the event loop: containerd serializes plugin events, so a slow disk here would delay
+            # every other container's start.
+            trace.noted = self._background(asyncio.to_thread(Journal(config.persist_dir).begin, cid, str(image)))
+        if config.timeout:
+            trace.timer = asyncio.get_running_loop().call_later(config.timeout, self.finish, cid, "timeout")
+        log.info(
+            "%s tracing pid %d for %s (watching after %.1f ms)",
+            cid,
+            container.pid,
+            image,
+            (time.monotonic_ns() - started_ns) / 1e6,
+        )
+
+    async def stop_container(self, pod: api.PodSandbox, container: api.Container) -> None:
+        if self._select is not None and not self._select(pod, container):
+            return
+        log.info("%s StopContainer %s", container.id, describe(pod, container))
+        self.finish(container.id, "stopped")
+
+    async def synchronize(self, pods: list[api.PodSandbox], containers: list[api.Container]) -> None:
+        """After a reconnect: containers that stopped while we were away will send no StopContainer."""
+        alive = {c.id for c in containers if c.state != api.CONTAINER_STOPPED}
+        for cid in [cid for cid in self._traces if cid not in alive]:
+            self.finish(cid, "gone while disconnected")
+
+    # -- sessions ---------------------------------------------------------------------------------------
+
+    def _get_tracer(self) -> TraceClient:
+        if self._tracer is None:
+            # The server's log is relayed into ours: at our level, so that profile and a quiet daemon stay quiet.
+            level = logging.getLevelName(max(logging.getLogger().getEffectiveLevel(), logging.DEBUG))
+            queue = [] if self.config.unlimited_queue else ["--bounded-queue"]
+            self._tracer = TraceClient([self.config.server_path, "--log-level", level, *queue])
+        return self._tracer
+
+    async def _start_session(self, pid: int, recorder: Recorder) -> Session:
+        # The stub may cancel us at its deadline; a session that becomes ready after that must not live on.
+        task = asyncio.ensure_future(self._get_tracer().trace(pid, recorder, timeout=READY_TIMEOUT))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_stop_orphan)
+            raise
+
+    def finish(self, cid: str, why: str) -> None:
+        """End a container's trace now; the list is written in the background (on_done tells when)."""
+        trace = self._traces.pop(cid, None)
+        if trace is None:
+            return
+        if trace.timer is not None:
+            trace.timer.cancel()
+        # StopContainer is answered now; draining and writing happen after, off containerd's clock.
+        self._background(self._complete(trace, why))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run work after the answer; shutdown waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return task
+
+    def recorded(self, cid: str) -> int | None:
+        """Files recorded so far for a container being traced."""
+        trace = self._traces.get(cid)
+        return len(trace.recorder.entries) if trace is not None else None
+
+    async def _complete(self, trace: ContainerTrace, why: str) -> None:
+        cid = trace.container_id
+        path: str | None = None
+        try:
+            outcome = await trace.session.stop(timeout=DRAIN_TIMEOUT)
+            if outcome.incomplete:
+                log.error("%s trace lost (%s): nothing written, earlier results kept", cid, outcome.incomplete)
+                return
+            incomplete = _incompleteness(outcome.overflowed, outcome.lost)
+            if incomplete:
+                log.warning("%s list is incomplete: %s", cid, incomplete)
+            try:
+                persisted, written = await asyncio.to_thread(self._write, trace, incomplete)
+            except (PersistError, OSError) as exc:
+                log.error("%s cannot write the result for %s: %s; earlier results kept", cid, trace.image, exc)
+                return
+            if persisted is None:
+                log.info("%s done; %s was recorded meanwhile and is kept (overwrite = false)", cid, trace.image)
+                return
+            path, listed = persisted
+            log.info(
+                "%s recorded %d files (%s; %d events, %d files reported, %d written by the container, "
+                "%d unlistable, %d files of exec'd processes) in %s",
+                cid,
+                listed,
+                why,
+                outcome.events,
+                outcome.files,
+                written,
+                len(trace.recorder.entries) - written - listed,
+                trace.recorder.foreign,
+                path,
+            )
+        finally:
+            if trace.upper is not None:
+                trace.upper.close()
+            if self._journal:
+                if trace.noted is not None:
+                    await trace.noted  # or the note could be written after it was removed
+                await asyncio.to_thread(Journal(self.config.persist_dir).end, cid)
+            if self._on_done is not None:
+                self._on_done(cid, path)
+
+    def _write(self, trace: ContainerTrace, incomplete: str | None) -> tuple[tuple[str, int] | None, int]:
+        """In a worker thread: leave out what the container wrote, then persist. Returns the persist
+        outcome (path, paths listed) and the number of written files left out."""
+        entries = trace.recorder.entries
+        if trace.upper is not None:
+            entries = trace.upper.without_written(entries)
+            if trace.upper.unreadable:
+                log.warning("%s could not look up %d paths in the container's upper layer (permissions?): "
+                            "they are listed even if the container wrote them", trace.container_id,
+                            trace.upper.unreadable)
+        config = self.config
+        persisted = store.persist(
+            config.persist_dir,
+            trace.image.result_dir,
+            trace.result_name,
+            entries,
+            readable=config.readable,
+            overwrite=config.overwrite,
+            incomplete=incomplete,
+        )
+        return persisted, len(trace.recorder.entries) - len(entries)
+
+    async def shutdown(self) -> None:
+        """The daemon is going away: finished traces are written, running ones are lost (and said so)."""
+        for cid in list(self._traces):
+            trace = self._traces.pop(cid)
+            if trace.timer is not None:
+                trace.timer.cancel()
+            log.error("%s trace lost: the plugin is shutting down while the container runs", cid)
+            if trace.upper is not None:
+                trace.upper.close()
+            if self._journal:
+                Journal(self.config.persist_dir).end(cid)
+        if self._finishing:
+            await asyncio.wait(self._finishing, timeout=DRAIN_TIMEOUT)
+        if self._tracer is not None:
+            await self._tracer.close()
+
+
+def _incompleteness(overflowed: bool, lost: int) -> str | None:
+    reasons = ["the kernel's event queue overflowed"] if overflowed else []
+    if lost:
+        reasons.append(f"the kernel dropped {lost} events")
+    return "; ".join(reasons) + ", files are missing" if reasons else None
+
+
+def _log_start_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cannot start the trace server: %s; will retry at the next container", task.exception())
+
+
+def _stop_orphan(task: asyncio.Future[Session]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    session = task.result()
+    log.warning("trace session %d became ready after its StartContainer was answered; dropping it", session.id)
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop().create_task(session.stop(timeout=DRAIN_TIMEOUT))

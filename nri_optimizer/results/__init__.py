@@ -1,0 +1,2 @@
+"""What a trace leaves: image references and result names, the formats (list, CSV, nydus JSON), the
+store that writes them atomically, the journal of traces in flight, and the merge of several runs."""

@@ -1,0 +1,94 @@
+"""The three result formats, from one list of entries: the plain list (one path a line, upstream's and
+nydus-image's ``--prefetch-patterns`` input), the CSV (path, size, elapsed) and the nydus JSON prefetch file.
+
+The odd-name rule: the plain list is one path per line and nydus-image trims each line, so a path that
+contains a line break (``\\n``, ``\\r``), begins or ends with white space, or is not valid UTF-8 cannot be
+carried. Such a path is left out of all three files, and the number left out is logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as encode_json_string
+from typing import NamedTuple
+
+
+class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclass costs three times as much
+    path: bytes  # as the kernel gave it: container-absolute, not necessarily UTF-8
+    size: int  # bytes
+    elapsed_us: int  # from StartContainer to the first access
+
+
+def listable(path: bytes) -> str | None:
+    """The path as list text, or None if the list format cannot carry it (the module's odd-name rule)."""
+    if not path.startswith(b"/") or b"\n" in path or b"\r" in path:  # begins with "/": no leading white space
+        return None
+    try:
+        text = path.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if text[-1].isspace() else text
+
+
+def readable_size(size: int) -> str:
+    """Upstream's ByteToReadableIEC: "999 B", "1.2 KiB", "3.0 GiB"."""
+    if size < 1024:
+        return f"{size} B"
+    div, exp = 1024, 0
+    n = size // 1024
+    while n >= 1024:
+        div *= 1024
+        exp += 1
+        n //= 1024
+    return f"{size / div:.1f} {'KMGTPE'[exp]}iB"
+
+
+def readable_elapsed(us: int) -> str:
+    """Upstream's MicroSecondToReadable: "850 us", "1.500 ms", "2.000 s"."""
+    if us < 1000:
+        return f"{us} us"
+    if us < 1000_000:
+        return f"{us / 1000:.3f} ms"
+    return f"{us / 1000_000:.3f} s"
+
+
+def render(
+    entries: Sequence[Entry], *, readable: bool, incomplete: str | None = None
+) -> tuple[bytes, bytes, bytes, int]:
+    """(plain list, CSV, nydus JSON, number of paths left out by the odd-name rule).
+
+    An ``incomplete`` list (the kernel lost events) says so in its first line, ``# incomplete: <why>``:
+    not a path, so nydus-image skips it (it takes absolute paths only), and every path line starts with "/".
+    """
+    lines: list[str] = [f"# incomplete: {incomplete}"] if incomplete else []
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["path", "size", "elapsed"])
+    left_out = 0
+    for entry in entries:
+        text = listable(entry.path)
+        if text is None:
+            left_out += 1
+            continue
+        lines.append(text)
+        if readable:
+            writer.writerow([text, readable_size(entry.size), readable_elapsed(entry.elapsed_us)])
+        elif _CSV_PLAIN(text):
+            table.write(f"{text},{entry.size},{entry.elapsed_us}\n")  # what the writer would write, at a third the cost
+        else:
+            writer.writerow([text, entry.size, entry.elapsed_us])
+    plain = "".join(f"{line}\n" for line in lines)
+    paths = lines[1:] if incomplete else lines
+    # What json.dumps({"version": "v1", "files": [{"path": path}, ...]}) writes, at a fifth of the cost: one
+    # dict per file is most of the work of persisting a long list.
+    files = ", ".join(['{"path": ' + encode_json_string(path) + "}" for path in paths])
+    prefetch = f'{{"version": "v1", "files": [{files}]}}\n'
+    return plain.encode(), table.getvalue().encode(), prefetch.encode(), left_out
+
+
+# A field the csv module writes as it is (QUOTE_MINIMAL quotes one holding the delimiter, the quote character
+# or a line break; listable paths hold no line break).
+_CSV_PLAIN = re.compile(r'[^,"]*\Z').match

@@ -1,0 +1,103 @@
+"""Combine the lists of several runs (or nodes) of one image into one ordered list.
+
+One run's list can miss a file or order two files differently from another's (a cache that was warm, a
+branch not taken, two threads racing). The merged list follows this rule:
+
+- a file's *rank* in a run is its position in that run's list (0 = read first), its *support* the number of
+  runs whose list has it;
+- files with a support below ``min_runs`` (``--min-runs K``) are dropped (default 1: every file any run read);
+- the rest are ordered by their median rank over the runs that have them (a run without the file neither
+  pulls it forward nor pushes it back; with an even number of ranks the median is the mean of the middle two);
+- ties go to the file more runs have, then to the file that comes first in the earliest run (in the order the
+  lists were given) that has it; so the result is total and does not depend on anything else.
+
+Sizes and first-access times come from each list's CSV beside it (``<list>.csv``, as the plugin writes it with
+``readable = false``): the size from the first such run that has the file, the time as the median over those runs
+(rounded down to whole µs); 0 when no run with a CSV has the file. The three result formats are written as the plugin
+writes them (see nri_optimizer.results.store).
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nri_optimizer.errors import MergeInputError
+from nri_optimizer.results.formats import Entry
+
+
+@dataclass(frozen=True)
+class Run:
+    entries: Sequence[Entry]
+    detailed: bool = True  # whether the entries' sizes and times are known (a CSV came with the list)
+
+
+@dataclass(frozen=True)
+class Merged:
+    entries: list[Entry]
+    dropped: int  # files seen in fewer than min_runs runs
+
+
+def merge(runs: Sequence[Run], *, min_runs: int = 1) -> Merged:
+    """Merge the runs' lists by the module's rule."""
+    if not 1 <= min_runs <= max(len(runs), 1):
+        raise ValueError(f"--min-runs must be between 1 and the number of runs ({len(runs)}), got {min_runs}")
+    ranks: dict[bytes, list[int]] = {}
+    first: dict[bytes, tuple[int, int]] = {}  # path -> (run index, rank there): the tie-break
+    sizes: dict[bytes, int] = {}
+    elapsed: dict[bytes, list[int]] = {}
+    for run_index, run in enumerate(runs):
+        for rank, entry in enumerate(_first_occurrences(run.entries)):
+            ranks.setdefault(entry.path, []).append(rank)
+            first.setdefault(entry.path, (run_index, rank))
+            if run.detailed:
+                sizes.setdefault(entry.path, entry.size)
+                elapsed.setdefault(entry.path, []).append(entry.elapsed_us)
+    kept = [path for path, seen_at in ranks.items() if len(seen_at) >= min_runs]
+    kept.sort(key=lambda path: (statistics.median(ranks[path]), -len(ranks[path]), first[path]))
+    entries = [
+        Entry(path, sizes.get(path, 0), int(statistics.median(elapsed[path])) if path in elapsed else 0)
+        for path in kept
+    ]
+    return Merged(entries, len(ranks) - len(kept))
+
+
+def _first_occurrences(run: Sequence[Entry]) -> list[Entry]:
+    # The plugin's lists have no duplicates; a hand-made one might, and then its first access is what counts.
+    seen: set[bytes] = set()
+    out = []
+    for entry in run:
+        if entry.path not in seen:
+            seen.add(entry.path)
+            out.append(entry)
+    return out
+
+
+
+def read_run(list_path: str) -> Run:
+    """One run from its plain list, with sizes and times from ``<list>.csv`` when that has them in plain units."""
+    try:
+        with open(list_path, "rb") as f:
+            # Paths only: the list's "# incomplete: ..." line, if any, is not one.
+            paths = [line for line in f.read().split(b"\n") if line.startswith(b"/")]
+    except OSError as exc:
+        raise MergeInputError(f"{list_path}: {exc.strerror}") from exc
+    details = _read_csv(list_path + ".csv")
+    return Run([Entry(path, *details.get(path, (0, 0))) for path in paths], detailed=bool(details))
+
+
+def _read_csv(csv_path: str) -> dict[bytes, tuple[int, int]]:
+    """path -> (size, elapsed µs); empty when there is no CSV or it is in readable units."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MergeInputError(f"{csv_path}: {exc}") from exc
+    try:
+        return {row["path"].encode(): (int(row["size"]), int(row["elapsed"])) for row in rows}
+    except (KeyError, TypeError, ValueError):
+        return {}  # readable = true ("1.2 KiB", "850 us"): the list still gives the order

@@ -1,0 +1,402 @@
+"""nydus-snapshotter (containerd-nydus-grpc) run privately beside the testbed's containerd, one per prefetch mode.
+
+Each instance lives under its own directory (root, gRPC socket, system-controller socket, logs, blob cache) and
+gets two generated files: its TOML config and the nydusd config template it hands every nydusd it starts. The
+template is where prefetch is set (``fs_prefetch``): ``off`` (disabled), ``all`` (``prefetch_all``: the whole
+image in the background) or ``list`` (only the image's own prefetch table, which ``nydusify convert
+--prefetch-patterns`` builds from our recorded list). As the template is per snapshotter, each mode is its own
+snapshotter, registered in containerd as proxy plugin and runtime handler ``nydus-<mode>``.
+
+Only the snapshotter's fields that nydus-snapshotter 0.13 reads are written (its ``config/config.go`` and
+``config/daemonconfig/fuse.go``); everything that would default to a system path (``/var/lib/containerd-nydus``,
+``/run/containerd-nydus``, ``/etc/nydus/certs.d``) or open a TCP port (metrics) is pointed into our dir or off.
+
+Bytes fetched: nydusd serves an HTTP API on ``<root>/socket/<daemon id>/api.sock``; ``GET /api/v1/metrics/backend``
+gives ``read_amount_total``, the bytes it read from the registry (on demand and by prefetch). The daemon serving an
+image is found through the snapshotter's system controller (``GET /api/v1/daemons``: ids and their instances' image
+references).
+
+``debian_snapshotter()`` fetches containerd-nydus-grpc from Debian (sid's nydus-snapshotter package) into the
+testbed cache; Debian does not package nydusd.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from testbed import TestbedError, debs, host
+
+PrefetchMode = Literal["off", "all", "list"]
+PREFETCH_MODES: tuple[PrefetchMode, ...] = ("off", "all", "list")
+SNAPSHOTTER_BINARY = "containerd-nydus-grpc"
+NYDUSD_BINARY = "nydusd"
+SNAPSHOTTER_SUITE = "sid"  # nydus-snapshotter 0.13.4 is packaged there only
+
+
+def snapshotter_name(mode: PrefetchMode) -> str:
+    """The proxy plugin's (and runtime handler's) name in containerd."""
+    return f"nydus-{mode}"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How nydusd reaches the registry: `scheme` http for a plain-HTTP registry, https (certificate not verified
+    with `skip_verify`) otherwise. Host and repository are filled in by the snapshotter per image."""
+
+    scheme: Literal["http", "https"]
+    skip_verify: bool = False
+
+
+def nydusd_config(mode: PrefetchMode, backend: Backend, cache_dir: Path, *, threads: int = 4) -> dict[str, Any]:
+    """The nydusd (FUSE) config template for one prefetch mode."""
+    registry: dict[str, Any] = {"scheme": backend.scheme, "timeout": 30, "connect_timeout": 10, "retry_limit": 2}
+    if backend.skip_verify:
+        registry["skip_verify"] = True
+    return {
+        "device": {
+            "backend": {"type": "registry", "config": registry},
+            "cache": {"type": "blobcache", "config": {"work_dir": str(cache_dir)}},
+        },
+        "mode": "direct",
+        "digest_validate": False,
+        "iostats_files": False,
+        "enable_xattr": True,
+        "fs_prefetch": {
+            "enable": mode != "off",
+            "prefetch_all": mode == "all",
+            "threads_count": threads,
+            "merging_size": 0,
+            "bandwidth_rate": 0,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one snapshotter instance keeps its files."""
+
+    base: Path
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def address(self) -> Path:
+        return self.base / "grpc.sock"
+
+    @property
+    def system_address(self) -> Path:
+        return self.base / "system.sock"
+
+    @property
+    def config(self) -> Path:
+        return self.base / "config.toml"
+
+    @property
+    def nydusd_config(self) -> Path:
+        return self.base / "nydusd-config.json"
+
+    @property
+    def cache(self) -> Path:
+        return self.base / "cache"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "snapshotter.log"
+
+
+def snapshotter_config(layout: Layout, nydusd: Path, *, log_level: str = "info") -> str:
+    """containerd-nydus-grpc's config (TOML, `version = 1`): dedicated nydusd per image, FUSE, nothing shared."""
+    tables: dict[str, dict[str, str | bool | int]] = {
+        "": {
+            "version": 1,
+            "root": str(layout.root),
+            "address": str(layout.address),
+            "daemon_mode": "dedicated",
+            "cleanup_on_close": True,
+        },
+        "system": {"enable": True, "address": str(layout.system_address)},
+        "daemon": {
+            "nydusd_path": str(nydusd),
+            "nydusd_config": str(layout.nydusd_config),
+            "fs_driver": "fusedev",
+            "recover_policy": "none",
+            "threads_number": 0,
+        },
+        "log": {"log_to_stdout": True, "level": log_level},
+        "metrics": {"address": ""},
+        "remote": {"convert_vpc_registry": False},
+        "remote.mirrors_config": {"dir": ""},
+        "remote.auth": {"enable_kubeconfig_keychain": False, "enable_cri_keychain": False},
+        "snapshot": {"enable_nydus_overlayfs": False, "sync_remove": True},
+        "cache_manager": {"disable": False, "gc_period": "24h", "cache_dir": str(layout.cache)},
+        "experimental": {"enable_stargz": False, "enable_referrer_detect": False},
+    }
+    lines: list[str] = []
+    for name, table in tables.items():
+        if name:
+            lines += ["", f"[{name}]"]
+        lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: str | bool | int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)  # a JSON string is a TOML basic string for these ASCII paths
+
+
+class NydusSnapshotter:
+    """One containerd-nydus-grpc under its own temp dir, for prefetch mode `mode`.
+
+    Construction writes both configs; `start()` launches it and waits for its gRPC and system sockets. `close()`
+    stops it by its pid, then kills any nydusd it left (found by our dir in their arguments), unmounts whatever is
+    mounted under the dir and removes it; it raises TestbedError naming anything that had to stay.
+    """
+
+    def __init__(self, binary: Path, nydusd: Path, mode: PrefetchMode, backend: Backend, *,
+                 threads: int = 4, start_timeout: float = 15.0, log_level: str = "info") -> None:
+        self.binary = binary
+        self.nydusd = nydusd
+        self.mode = mode
+        self.name = snapshotter_name(mode)
+        self.start_timeout = start_timeout
+        # /tmp keeps nydusd's API sockets (<root>/socket/<id>/api.sock) well under the 108-byte sun_path limit.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"nriopt-nydus-{mode}-", dir="/tmp"))
+        self.layout = Layout(self.dir)
+        self.layout.cache.mkdir()
+        self.layout.config.write_text(snapshotter_config(self.layout, nydusd, log_level=log_level))
+        self.layout.nydusd_config.write_text(
+            json.dumps(nydusd_config(mode, backend, self.layout.cache, threads=threads), indent=2) + "\n")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._closed = False
+
+    @property
+    def address(self) -> Path:
+        return self.layout.address
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> None:
+        if self._closed:
+            raise TestbedError(f"nydus-snapshotter in {self.dir} is closed; make a new one")
+        if self.pid is not None:
+            return
+        self._log = open(self.layout.log, "ab")  # noqa: SIM115 - held open for the snapshotter's lifetime
+        try:
+            self._proc = subprocess.Popen(
+                [str(self.binary), "--config", str(self.layout.config)],
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as exc:
+            self.stop()
+            raise TestbedError(f"cannot run {self.binary}: {exc.strerror}") from None
+        deadline = time.monotonic() + self.start_timeout
+        while not (_listening(self.layout.address) and _listening(self.layout.system_address)):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                code = self._proc.poll()
+                self.stop()
+                what = f"exited with {code}" if code is not None else f"not listening after {self.start_timeout:g} s"
+                raise TestbedError(f"{self.binary.name} ({self.name}) {what}:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the snapshotter we started (it stops its nydusd daemons itself), SIGKILL after `timeout`."""
+        proc, self._proc = self._proc, None
+        host.terminate(proc, timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        left = self._processes()
+        for proc in left:
+            proc.kill()
+        host.wait_gone(left, 10.0)
+        host.unmount_under(self.dir)
+        if not host.mounts_under(self.dir):  # never rmtree through a mount
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if problems := self.leftovers():
+            raise TestbedError(f"nydus-snapshotter teardown left behind: {'; '.join(problems)}")
+
+    def leftovers(self) -> list[str]:
+        found = [f"process {p.pid} {' '.join(p.cmdline)!r}" for p in self._processes()]
+        found += [f"mount {m}" for m in host.mounts_under(self.dir)]
+        if self.dir.exists():
+            found.append(f"directory {self.dir}")
+        return found
+
+    def __enter__(self) -> NydusSnapshotter:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.layout.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    # --- nydusd ------------------------------------------------------------------------------------
+
+    def daemons(self) -> list[dict[str, Any]]:
+        """The snapshotter's nydusd daemons as its system controller lists them (id, pid, instances...)."""
+        data = _get_json(self.layout.system_address, "/api/v1/daemons")
+        if not isinstance(data, list):
+            raise TestbedError(f"{self.name}: /api/v1/daemons answered {data!r}, not a list")
+        return data
+
+    def backend_bytes(self, reference: str) -> int | None:
+        """Bytes the nydusd daemons serving `reference` read from the registry so far (`read_amount_total` of
+        /api/v1/metrics/backend), None when no daemon serves it (not a nydus image, or nydusd is gone)."""
+        total: int | None = None
+        for daemon in self.daemons():
+            images = {str(i.get("image_id", "")) for i in (daemon.get("instances") or {}).values()}
+            if not _same_image(reference, images):
+                continue
+            sock = self.layout.root / "socket" / str(daemon["id"]) / "api.sock"
+            metrics = _get_json(sock, "/api/v1/metrics/backend")
+            total = (total or 0) + int(metrics["read_amount_total"])
+        return total
+
+    def clear_cache(self) -> None:
+        """Drop nydusd's blob cache, so the next repetition fetches from the registry again."""
+        for entry in self.layout.cache.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def _processes(self) -> list[host.Proc]:
+        marker = str(self.dir) + "/"
+        return [p for p in host.processes() if p.pid != os.getpid() and any(marker in a for a in p.cmdline)]
+
+
+def _same_image(reference: str, images: set[str]) -> bool:
+    """The snapshotter records the reference as CRI normalized it (docker.io/library/... for short names)."""
+    return reference in images or any(image.endswith("/" + reference) for image in images)
+
+
+def _listening(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self._path))
+
+
+def _get_json(path: Path, url: str, timeout: float = 5.0) -> Any:
+    """GET `url` from an HTTP server on unix socket `path`; the decoded JSON body."""
+    connection = _UnixConnection(path, timeout)
+    try:
+        connection.request("GET", url)
+        response = connection.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise TestbedError(f"GET {url} on {path}: {exc}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise TestbedError(f"GET {url} on {path}: HTTP {response.status} {body[:200]!r}")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise TestbedError(f"GET {url} on {path}: not JSON: {body[:200]!r}") from None
+
+
+# --- finding the tools -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tools:
+    snapshotter: Path | None
+    nydusd: Path | None
+    problems: tuple[str, ...]  # why a tool is missing, one phrase each; empty when both were found
+
+    @property
+    def missing(self) -> str | None:
+        """None when both are there, else the skip reason of every nydus variant."""
+        return f"nydus not installed ({'; '.join(self.problems)})" if self.problems else None
+
+
+def find_tools(snapshotter: str | None = None, nydusd: str | None = None) -> Tools:
+    """containerd-nydus-grpc and nydusd: at the paths given (config or flags), else on PATH."""
+    found: dict[str, Path | None] = {}
+    on_path: list[str] = []
+    bad: list[str] = []
+    for name, given in ((SNAPSHOTTER_BINARY, snapshotter), (NYDUSD_BINARY, nydusd)):
+        if given is not None:
+            path = Path(given)
+            ok = path.is_file() and os.access(path, os.X_OK)
+            found[name] = path.absolute() if ok else None
+            if not ok:
+                bad.append(f"{name}: {given} is not an executable file")
+        else:
+            which = shutil.which(name)
+            found[name] = Path(which).absolute() if which else None
+            if which is None:
+                on_path.append(name)
+    problems: Sequence[str] = ([f"{', '.join(on_path)} not on PATH"] if on_path else []) + bad
+    return Tools(found[SNAPSHOTTER_BINARY], found[NYDUSD_BINARY], tuple(problems))
+
+
+def debian_snapshotter(*, cache: Path | None = None) -> Path:
+    """containerd-nydus-grpc from Debian sid's nydus-snapshotter package, fetched into the testbed cache."""
+    cache = cache or debs.cache_dir()
+    with debs._locked(cache):
+        archive = debs._Archive(cache)
+        version = archive.pick("nydus-snapshotter", SNAPSHOTTER_SUITE)
+        binary = archive.unpacked("nydus-snapshotter", version, SNAPSHOTTER_SUITE) / "usr/bin" / SNAPSHOTTER_BINARY
+    if not binary.is_file():
+        raise TestbedError(f"nydus-snapshotter {version} has no /usr/bin/{SNAPSHOTTER_BINARY}; the layout changed")
+    return binary
+
+
+def import_image(ctr: Path, address: str, tarball: Path, snapshotter: str, timeout: float = 30.0) -> None:
+    """Import an image-layout tarball into CRI's namespace unpacked for `snapshotter` (a pod of a runtime handler
+    runs its sandbox image from that handler's snapshotter, so the pause image must be unpacked there too)."""
+    cmd = [str(ctr), "-a", address, "-n", "k8s.io", "images", "import", "--local",
+           "--snapshotter", snapshotter, str(tarball)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise TestbedError(f"ctr images import --snapshotter {snapshotter} {tarball} failed: "
+                           f"{result.stderr.strip() or result.stdout.strip()}")

@@ -1,0 +1,246 @@
+"""bench-image without a runtime: the phase clock, the config, the report's numbers, the convert plan."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from benchmarks.prefetch import config as cfg
+from benchmarks.prefetch.convert import ConvertError, plan
+from benchmarks.prefetch.report import run_rows, seconds, summarize, table
+from benchmarks.prefetch.runner import Sample
+from benchmarks.prefetch.timing import PhaseTimer
+from benchmarks.prefetch.variants import find, skip_reason
+from nri_optimizer.cli import main as cli
+
+
+def bench_image(argv: list[str]) -> int:
+    """`nri-optimizer bench-image ARGV`, as a user runs it."""
+    return cli(["bench-image", *argv])
+
+# --- the clock ------------------------------------------------------------------------------------------------
+
+
+def test_phases_add_up_to_the_total_exactly() -> None:
+    readings = iter([0, 1_250_000_000, 1_750_500_000, 4_500_999_999])  # ns
+    timer = PhaseTimer(lambda: next(readings))
+    assert [timer.lap("pull"), timer.lap("create"), timer.lap("run")] == [1_250_000, 500_500, 2_750_499]
+    assert timer.total_us == 4_500_999  # 1.25 + 0.5005 + 2.750499: the fractions are counted once
+    assert [seconds(us) for us in (1_250_000, 500_500, 2_750_499, 4_500_999)] == [
+        "1.250000", "0.500500", "2.750499", "4.500999"]
+
+
+def test_sub_second_parts_are_not_counted_twice() -> None:
+    # The seed's timer (total_seconds() + microseconds / 1e6) made a 0.3 s phase 0.6 s.
+    timer = PhaseTimer()
+    for name, pause in (("pull", 0.3), ("create", 0.2), ("run", 0.25)):
+        time.sleep(pause)
+        assert pause <= timer.lap(name) / 1e6 < pause + 0.1
+    assert 0.75 <= timer.total_us / 1e6 < 0.95
+    assert timer.total_us == sum(timer.phases.values())
+
+
+# --- the config -----------------------------------------------------------------------------------------------
+
+GOOD = """
+registry: local
+repetitions: 2
+images:
+  - name: web
+    build: web
+    arg: -e PORT=8081 --env=MODE=fast -e 'GREETING=hello world'
+    ready: {url: "http://127.0.0.1:8081/"}
+    timeout: 5
+  - name: db:2
+    archive: db.tar
+    ready: {line: ready}
+    list: lists/db
+variants:
+  - {name: oci, snapshotter: overlayfs}
+  - {name: n, snapshotter: nydus, tag_suffix: _nydus, prefetch: off}
+"""
+
+
+def load(tmp_path: Path, text: str) -> cfg.BenchConfig:
+    path = tmp_path / "bench.yaml"
+    path.write_text(text)
+    return cfg.load(path)
+
+
+def test_a_config_in_the_seeds_shape(tmp_path: Path) -> None:
+    config = load(tmp_path, GOOD)
+    assert (config.registry, config.insecure, config.repetitions, config.throttle) == ("local", True, 2, None)
+    web, db = config.images
+    assert web == cfg.Image("web:latest", cfg.Ready("url", "http://127.0.0.1:8081/"), 5.0,
+                            {"PORT": "8081", "MODE": "fast", "GREETING": "hello world"}, build="web")
+    assert db == cfg.Image("db:2", cfg.Ready("line", "ready"), 120.0, archive=tmp_path / "db.tar",
+                           list_file=tmp_path / "lists/db")
+    # a bare `off` is YAML 1.1's false: still prefetch off
+    assert config.variants == (cfg.Variant("oci", "overlayfs"), cfg.Variant("n", "nydus", "_nydus", "off"))
+    assert config.reference("127.0.0.1:5000", db, config.variants[1]) == "127.0.0.1:5000/db:2_nydus"
+
+
+def test_default_variants_are_the_seeds_four(tmp_path: Path) -> None:
+    config = load(tmp_path, "images: [{name: a:1, build: db, ready: start}]\n")
+    assert [(v.name, v.tag_suffix, v.prefetch) for v in config.variants] == [
+        ("oci", "", None), ("nydus", "_nydus", "off"), ("nydus-prefetch-all", "_nydus_prefetchall", "all"),
+        ("nydus-prefetch-list", "_nydus_prefetch", "list")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("images: [{name: a:1, build: db}]",
+     "images[0].ready: got None; expected {url: URL}, {line: TEXT}, exit or start"),
+    ("images: [{name: a:1, build: db, ready: {url: 'ftp://x'}}]", "images[0].ready: got {'url': 'ftp://x'}"),
+    ("images: [{name: a:1, ready: exit}]", "images[0]: got 'a:1'; expected build: (web, db) or archive:"),
+    ("registry: reg.example:5000\nimages: [{name: a:1, build: web, ready: exit}]",
+     "images[0].build: got 'web'; expected only with registry: local"),
+    ("images: [{name: a:1, build: db, ready: exit, arg: '-v /x:/y'}]",
+     "images[0].arg: got '-v /x:/y'; expected only -e/--env KEY=VALUE options (not '-v')"),
+    ("images: [{name: a:1, build: db, ready: exit, arg: '-e NOVALUE'}]", "expected KEY=VALUE after -e (not 'NOVALUE')"),
+    ("repetitions: 0\nimages: [{name: a:1, build: db, ready: exit}]",
+     "repetitions: got 0; expected a whole number > 0, e.g. repetitions: 3"),
+    ("throttle: fast\nimages: [{name: a:1, build: db, ready: exit}]", "throttle: got 'fast'; expected a tc rate"),
+    ("images: [{name: a:1, build: db, ready: exit, colour: red}]", "images[0].colour: unknown key; known: archive, arg, build, list, name, ready, timeout"),
+    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: overlayfs, prefetch: all}]",
+     "variants[0].prefetch: got 'all'; expected no prefetch key: only nydus variants prefetch"),
+    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus}]",
+     "variants[0].prefetch: got None; expected off, all or list"),
+    ("images: [{name: 'A:1', build: db, ready: exit}]", "images: got 'A:1'; expected names that make valid references"),
+    ("images: [{name: a:1, build: db, ready: exit}, {name: a:1, build: web, ready: exit}]",
+     "images: got ['a:1', 'a:1']; expected each name once"),
+    ("images: [", "not valid YAML"),
+])
+def test_config_errors_are_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(cfg.ConfigError) as caught:
+        load(tmp_path, text + "\n")
+    assert str(caught.value).startswith(f"{tmp_path / 'bench.yaml'}: ")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+# --- the report -----------------------------------------------------------------------------------------------
+
+OCI = cfg.Variant("oci", "overlayfs")
+NYDUS = cfg.Variant("nydus", "nydus", "_nydus", "off")
+
+
+def sample(rep: int, pull: int, create: int, run: int, status: str = "ok") -> Sample:
+    return Sample("web:1", OCI, "r/web:1", rep, f"t{rep}", status, pull, create, run, pull + create + run, 1000)  # type: ignore[arg-type]
+
+
+def test_summary_median_and_spread_and_exact_rows() -> None:
+    samples = [sample(1, 300_001, 100_000, 50_000), sample(2, 100_000, 300_000, 70_000),
+               sample(3, 200_000, 200_000, 60_000),
+               Sample("web:1", NYDUS, "r/web:1_nydus", 0, "t4", "skipped", note="nydus not installed (x)")]
+    (oci, nydus) = summarize(samples)
+    assert (oci.status, oci.n, nydus.status, nydus.n) == ("ok", 3, "skipped", 0)
+    assert {k: (v.median_us, v.min_us, v.max_us) for k, v in oci.times.items()} == {
+        "pull": (200_000, 100_000, 300_001), "create": (200_000, 100_000, 300_000),
+        "run": (60_000, 50_000, 70_000), "total": (460_000, 450_001, 470_000)}
+    for row in run_rows(samples[:3], "r"):
+        assert Decimal(row["total_s"]) == sum(Decimal(row[f"{p}_s"]) for p in ("pull", "create", "run"))
+    lines = table([oci, nydus], "r").splitlines()
+    assert lines[2] == ("| t1 | r | web:1 | oci | 3/3 | 0.200 (0.100-0.300) | 0.200 (0.100-0.300) | "
+                        "0.060 (0.050-0.070) | 0.460 (0.450-0.470) | 1000 B |")
+    assert lines[3] == "| t4 | r | web:1_nydus | nydus | - | skipped: nydus not installed (x) |  |  |  |  |"
+
+
+def test_a_partly_failed_variant_says_so() -> None:
+    failed = Sample("web:1", OCI, "r/web:1", 2, "t2", "failed", note="not ready after 5 s: x did not happen")
+    (summary,) = summarize([sample(1, 1, 1, 1), failed])
+    assert (summary.status, summary.n, summary.note) == ("partial", 1, "not ready after 5 s: x did not happen")
+
+
+# --- variants and convert ---------------------------------------------------------------------------------------
+
+
+def fake_tools(directory: Path, *names: str) -> None:
+    directory.mkdir(exist_ok=True)
+    for name in names:
+        tool = directory / name
+        tool.write_text("#!/bin/sh\necho \"$0 $*\" >> \"$(dirname \"$0\")/calls\"; cat > /dev/null\n")
+        tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+
+
+def test_nydus_variants_say_why_they_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    config = load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n")
+
+    def reason(variant: cfg.Variant = NYDUS, *, local: bool = True) -> str | None:
+        return skip_reason(variant, find(config), local=local)
+
+    assert reason(OCI) is None
+    assert reason() == "nydus not installed (containerd-nydus-grpc, nydusd not on PATH)"
+    fake_tools(tmp_path / "bin", "nydusd")
+    assert reason() == "nydus not installed (containerd-nydus-grpc not on PATH)"
+    fake_tools(tmp_path / "bin", "containerd-nydus-grpc")
+    # registry: local has no nydus image until nydusify makes one
+    assert reason() == ("no nydus image to pull: registry: local gets its nydus images from nydusify "
+                        "(nydusify not on PATH)")
+    assert reason(local=False) is None  # a registry that holds the converted images already
+    fake_tools(tmp_path / "bin", "nydusify")
+    assert reason() is None
+    assert find(config).tools.snapshotter == tmp_path / "bin" / "containerd-nydus-grpc"
+
+
+REMOTE = """
+registry: src.example/team
+insecure_registry: true
+images:
+  - {name: app:1, ready: exit, list: app.list}
+"""
+
+
+def test_convert_plan_copies_then_converts_each_prefetch_mode(tmp_path: Path) -> None:
+    (tmp_path / "app.list").write_text("/bin/sh\n/etc/app.conf\n")
+    steps = plan(load(tmp_path, REMOTE), "127.0.0.1:5000", nydusify="nydusify", fs_version="6", persist_dir="/none")
+    insecure = "--source-insecure --target-insecure"
+    convert = "nydusify convert --source 127.0.0.1:5000/app:1 --target 127.0.0.1:5000/app:1"
+    assert [s.printable() for s in steps] == [
+        f"nydusify copy --source src.example/team/app:1 --target 127.0.0.1:5000/app:1 {insecure}",
+        f"{convert}_nydus --fs-version 6 {insecure}",
+        f"printf '%s\\n' / | {convert}_nydus_prefetchall --fs-version 6 {insecure} --prefetch-patterns",
+        f"{convert}_nydus_prefetch --fs-version 6 {insecure} --prefetch-patterns < {tmp_path / 'app.list'}",
+    ]
+
+
+def test_convert_plan_needs_the_recorded_list(tmp_path: Path) -> None:
+    config = load(tmp_path, REMOTE.replace(", list: app.list", ""))
+    with pytest.raises(ConvertError, match=r"^app:1: no recorded list at /results/team/app:1; record one"):
+        plan(config, "127.0.0.1:5000", nydusify="nydusify", fs_version="6", persist_dir="/results")
+
+
+def test_convert_without_nydusify_prints_the_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "app.list").write_text("/bin/sh\n")
+    (tmp_path / "bench.yaml").write_text(REMOTE)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert bench_image(["convert", str(tmp_path / "bench.yaml")]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("nri-optimizer bench-image convert: nydusify is not installed")
+    # converted in place (target = the config's registry): no copy
+    assert out.splitlines()[0] == ("nydusify convert --source src.example/team/app:1 --target "
+                                   "src.example/team/app:1_nydus --fs-version 6 --source-insecure --target-insecure")
+    assert len(out.splitlines()) == 3
+
+
+def test_convert_runs_nydusify_with_the_patterns_on_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "app.list").write_text("/bin/sh\n")
+    (tmp_path / "bench.yaml").write_text(REMOTE)
+    fake_tools(tmp_path / "bin", "nydusify")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin")
+    assert bench_image(["convert", str(tmp_path / "bench.yaml"), "--target", "127.0.0.1:5000"]) == 0
+    calls = (tmp_path / "bin" / "calls").read_text().splitlines()
+    assert [c.split()[1] for c in calls] == ["copy", "convert", "convert", "convert"]
+
+
+def test_convert_of_a_local_registry_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bench.yaml").write_text("images: [{name: a:1, build: db, ready: exit}]\n")
+    assert bench_image(["convert", str(tmp_path / "bench.yaml")]) == 1
+    assert capsys.readouterr().err.startswith(
+        "nri-optimizer bench-image: registry: local lives only while `run` runs: give --target HOST[:PORT]")
