@@ -1,0 +1,14 @@
+"""Building nydus images ourselves (nydus-image 2.2.0; nydusify cannot be installed), the listed files first.
+
+    tarorder    reorder a layer tar: the listed files first, in list order, every entry byte for byte (no I/O
+                beyond the file objects it is given)
+    tool        find nydus-image (PATH, then `make nydus`'s cache) and run it
+    build       layer tars -> one blob and one bootstrap per layer -> the image's bootstrap (merge), prefetch
+                table in list order
+    bootstrap   read a bootstrap back: its prefetch table, every inode's chunks and where they are in the blob
+    image       the OCI image nydus-snapshotter 0.13.4 runs: blob layers, the bootstrap layer, config, manifest
+    errors      NydusError and its subclasses
+
+Imports go one way: tarorder and errors import nothing of ours but errors; build uses tarorder and tool;
+image uses build's results. Nothing here imports the test bed, the benchmarks or the tests.
+"""
