@@ -11,7 +11,7 @@ The rule:
    has the same size and the same entries; only their order changes.
 2. The listed paths come first, in list order (a path listed twice counts once). Before each one come, once,
    the entries it needs to be read correctly: the entries of its parent directories, outermost first, and for
-   a hard link the entry that holds its data (with that entry's own parents). A hard link names its target,
+   a hard link the entry that holds its data (with that entry's own parents, first). A hard link names its target,
    which must come earlier in a tar; moving the target to the link's place puts the data where the list wants
    it, and every other link to it still follows it.
 3. Then every other entry, in its original order.
@@ -155,20 +155,21 @@ def reorder(layer: BinaryIO, out: BinaryIO, listed: Iterable[str], index: LayerI
 
 
 def _needed(index: LayerIndex, by_path: dict[str, list[int]], path: str) -> Iterator[str]:
-    """The paths whose entries must come before or with `path`'s, in the order they must come, ending with it."""
+    """The paths whose entries must come before or with `path`'s, in the order they come, ending with it: a hard
+    link's target (the data) with what it needs, then the parent directories, outermost first."""
     visiting: set[str] = set()
 
     def walk(path: str) -> Iterator[str]:
         if path in visiting:  # a hard link loop: the tar is broken, and its order is all we can keep
             return
         visiting.add(path)
-        for parent in _parents(path):
-            if parent in by_path:
-                yield parent
         for entry in by_path[path]:
             target = index.entries[entry].link
             if target is not None and target in by_path:
                 yield from walk(target)
+        for parent in _parents(path):
+            if parent in by_path:
+                yield parent
         yield path
 
     return walk(path)
