@@ -81,11 +81,12 @@ def list_paths(text: str) -> list[str]:
 
 
 def build_image(layers: Sequence[Path], out_dir: Path, *, listed: Sequence[str] | None, nydus_image: str,
-                reorder: bool = True) -> ImageBuild:
-    """Build the image of `layers` (uncompressed tars, lowest first) into `out_dir`: ``blobs/<sha256>``,
-    ``layer-N.boot`` and ``image.boot``. With `listed`, the prefetch table is the list (the module's rule) and,
-    with `reorder`, each blob holds its listed files first, in list order."""
-    blob_dir = out_dir / "blobs"
+                reorder: bool = True, blob_dir: Path | None = None) -> ImageBuild:
+    """Build the image of `layers` (uncompressed tars, lowest first): ``layer-N.boot`` and ``image.boot`` into
+    `out_dir`, the blobs into `blob_dir` (default ``out_dir/blobs``; an OCI layout's ``blobs/sha256`` takes them
+    as they are). With `listed`, the prefetch table is the list (the module's rule) and, with `reorder`, each
+    blob holds its listed files first, in list order."""
+    blob_dir = blob_dir or out_dir / "blobs"
     blob_dir.mkdir(parents=True, exist_ok=True)
     indexes = [_scan(layer) for layer in layers]
     prefetch, absent, empty = _prefetch_list(indexes, listed or [])
