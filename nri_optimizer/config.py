@@ -8,6 +8,8 @@ source, the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import ipaddress
 import logging
 import os
 import tomllib
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nri_optimizer import selection
 from nri_optimizer.errors import ConfigError as ConfigError
 from nri_optimizer.nri.api import DEFAULT_SOCKET, EVENT_NAMES
 
@@ -38,6 +41,16 @@ class Config:
     socket: str = DEFAULT_SOCKET
     log_level: str = "info"
     log_file: str = ""  # "" logs to stderr only
+    # Which containers are traced (nri_optimizer/selection.py has the rules).
+    mode: str = "all"
+    namespace_include: tuple[str, ...] = ()
+    namespace_exclude: tuple[str, ...] = ()
+    image_include: tuple[str, ...] = ()
+    image_exclude: tuple[str, ...] = ()
+    metrics_address: str = ""  # "": no metrics endpoint
+    # Seconds the trace server may leave a request unanswered (saying nothing at all) before it is declared
+    # stalled: killed, its traces lost, a fresh one started.
+    stall_timeout: int = 10
 
 
 # What each key takes, said the way the fix is said: "<key>: expected <this>".
@@ -53,6 +66,15 @@ _EXPECT: dict[str, str] = {
     "socket": f'an absolute socket path, e.g. socket = "{DEFAULT_SOCKET}"',
     "log_level": f'one of {", ".join(LOG_LEVELS)}, e.g. log_level = "info"',
     "log_file": 'an absolute file path, or "" for stderr only, e.g. log_file = "/var/log/nri-optimizer.log"',
+    "mode": 'one of "all" (trace every container) or "opt-in" (only pods annotated '
+    f'{selection.POD_ANNOTATION} = "true"), e.g. mode = "all"',
+    "namespace_include": 'a list of namespace patterns, e.g. namespace_include = ["team-*"]',
+    "namespace_exclude": 'a list of namespace patterns, e.g. namespace_exclude = ["kube-system"]',
+    "image_include": 'a list of image name patterns, e.g. image_include = ["registry.example/apps/*"]',
+    "image_exclude": 'a list of image name patterns, e.g. image_exclude = ["registry.k8s.io/pause:*"]',
+    "metrics_address": 'an absolute unix socket path or an IP address and port, or "" for none, '
+    'e.g. metrics_address = "127.0.0.1:9464"',
+    "stall_timeout": "a whole number of seconds >= 1, e.g. stall_timeout = 10",
 }
 KEYS = tuple(f.name for f in dataclasses.fields(Config))
 assert set(KEYS) == set(_EXPECT)
@@ -71,10 +93,17 @@ def _check(key: str, value: object) -> Any:
         if not isinstance(value, bool):
             raise ValueError(got)
         return value
-    if key == "timeout":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if key in ("timeout", "stall_timeout"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "stall_timeout" else 0):
             raise ValueError(got)
         return value
+    if key.endswith(("_include", "_exclude")):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(got)
+        for pattern in value:
+            if problem := selection.pattern_problem(pattern):
+                raise ValueError(problem)
+        return tuple(value)
     if key == "events":
         if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) for v in value):
             raise ValueError(got)
@@ -90,9 +119,33 @@ def _check(key: str, value: object) -> Any:
         return value.lower()
     if key == "log_file" and value == "":
         return value
+    if key == "mode":
+        if value not in selection.MODES:
+            raise ValueError(got)
+        return value
+    if key == "metrics_address":
+        if problem := metrics_address_problem(value):
+            raise ValueError(f"{got}: {problem}")
+        return value
     if not os.path.isabs(value):
         raise ValueError(f"{got}, which is not an absolute path")
     return value
+
+
+def metrics_address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be listened on, or None: "" (off), an absolute unix socket path, or IP:PORT
+    (``127.0.0.1:9464``, ``[::1]:9464``; a host name would need a lookup at every start)."""
+    if address == "" or os.path.isabs(address):
+        return None
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return "not an absolute path and no :PORT between 1 and 65535"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host!r} is not an IP address"
+    return None
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
@@ -148,11 +201,17 @@ def check_flag(key: str, value: object) -> Any:
 
 
 def validate_paths(config: Config, source: str) -> None:
-    """What can only be checked against the machine: persist_dir must be a directory if it exists."""
+    """What can only be checked against the machine: persist_dir must be a directory if it exists, and
+    metrics need their library."""
     path = config.persist_dir
     if os.path.lexists(path) and not os.path.isdir(path):
         raise ConfigError(
             f"{source}: persist_dir: {path} exists and is not a directory; remove it or choose another path"
+        )
+    if config.metrics_address and importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigError(
+            f"{source}: metrics_address: needs prometheus-client, which comes with an extra: "
+            "pip install 'nri-optimizer[metrics]' (or leave metrics_address unset)"
         )
 
 

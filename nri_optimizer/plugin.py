@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -18,9 +19,11 @@ from typing import Any
 from nri_optimizer import config as cfg
 from nri_optimizer import logs
 from nri_optimizer.errors import PersistError, TraceError
+from nri_optimizer.metrics import Metrics, PrometheusMetrics
 from nri_optimizer.nri.proto import nri_pb2 as api
 from nri_optimizer.results import reference, store
 from nri_optimizer.results.journal import Journal
+from nri_optimizer.selection import Selection
 from nri_optimizer.trace.client import Session, TraceClient
 from nri_optimizer.trace.recorder import Recorder
 from nri_optimizer.trace.upper import UpperLayer
@@ -35,6 +38,18 @@ IMAGE_NAME_ANNOTATION = "io.kubernetes.cri.image-name"
 READY_TIMEOUT = 1.0
 # How long the server may take to drain a stopped container's queue.
 DRAIN_TIMEOUT = 30.0
+
+
+@functools.lru_cache(maxsize=1)
+def selection(config: cfg.Config) -> Selection:
+    """The config's selection rules, compiled once per config."""
+    return Selection(
+        config.mode,
+        namespace_include=config.namespace_include,
+        namespace_exclude=config.namespace_exclude,
+        image_include=config.image_include,
+        image_exclude=config.image_exclude,
+    )
 
 
 def image_name(container: api.Container) -> str:
@@ -84,6 +99,8 @@ class Plugin:
         self._journal = journal
         self._reported_lost = False
         self.configured = False
+        self.metrics = Metrics()  # counts nothing until configure() finds metrics_address
+        self._metrics_server: asyncio.Server | None = None
         self._tracer: TraceClient | None = None
         self._traces: dict[str, ContainerTrace] = {}
         self._finishing: set[asyncio.Task[None]] = set()  # background work to wait for at shutdown
@@ -97,6 +114,8 @@ class Plugin:
         # which containerd hands over here. An external plugin gets "" and keeps what it read at start.
         if self._prelaunched:
             self._configure_from_text(text)
+        if self.config.metrics_address and self._metrics_server is None:
+            await self._serve_metrics(self.config.metrics_address)
         if self._journal and not self._reported_lost:
             # Once: Configure comes again on every reconnect, when the notes are our own running traces.
             self._reported_lost = True
@@ -115,6 +134,15 @@ class Plugin:
         self.config = config
         self.configured = True
 
+    async def _serve_metrics(self, address: str) -> None:
+        metrics = PrometheusMetrics(in_flight=lambda: len(self._traces))
+        try:
+            self._metrics_server = await metrics.serve(address)
+        except OSError as exc:  # metrics must not stop tracing: said, and traced without them
+            log.error("cannot serve metrics on %s: %s; running without metrics", address, exc.strerror or exc)
+            return
+        self.metrics = metrics
+
     def _setup_prelaunched_logging(self, config: cfg.Config) -> None:
         logs.setup(cfg.log_level(config), config.log_file or logs.PRELAUNCHED_LOG_FILE, stderr=False)
 
@@ -122,9 +150,15 @@ class Plugin:
 
     async def start_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         started_ns = time.monotonic_ns()
-        cid = container.id
         if self._select is not None and not self._select(pod, container):
             return
+        try:
+            await self._start_container(pod, container, started_ns)
+        finally:
+            self.metrics.start_container_handled((time.monotonic_ns() - started_ns) / 1e9)
+
+    async def _start_container(self, pod: api.PodSandbox, container: api.Container, started_ns: int) -> None:
+        cid = container.id
         log.info("%s StartContainer %s", cid, describe(pod, container))
         if cid in self._traces:
             log.warning("%s is traced already; ignoring a second StartContainer", cid)
@@ -133,14 +167,22 @@ class Plugin:
             image = reference.parse(image_name(container))
         except reference.ReferenceError as exc:
             log.warning("%s not traced: %s", cid, exc)
+            self.metrics.not_traced("unusable")
             return
         config = self.config
+        skip = selection(config).skip(pod.namespace, pod.annotations, container.name, str(image))
+        if skip is not None:
+            log.info("%s not traced: %s", cid, skip.message)
+            self.metrics.not_traced(skip.rule)
+            return
         result_name = image.result_name + (f".timeout{config.timeout}s" if config.timeout else "")
         if not config.overwrite and store.exists(config.persist_dir, image.result_dir, result_name):
             log.info("%s not traced: %s is recorded already (overwrite = false)", cid, image)
+            self.metrics.not_traced("recorded")
             return
         if container.pid <= 0:
             log.warning("%s not traced: the runtime gave no pid", cid)
+            self.metrics.not_traced("unusable")
             return
         upper = UpperLayer.of_process(container.pid)
         recorder = Recorder(cid, started_ns, include_exec=config.include_exec)
@@ -152,9 +194,11 @@ class Plugin:
             if isinstance(exc, asyncio.CancelledError):  # the stub's deadline: it logs that
                 raise
             log.error("%s not traced: %s", cid, exc)
+            self.metrics.not_traced("trace_failed")
             return
         trace = ContainerTrace(cid, image, result_name, session, recorder, upper)
         self._traces[cid] = trace
+        self.metrics.trace_started()
         if self._journal:
             # Off the event loop: containerd serializes plugin events, so a slow disk here would delay
             # every other container's start.
@@ -229,7 +273,9 @@ class Plugin:
             outcome = await trace.session.stop(timeout=DRAIN_TIMEOUT)
             if outcome.incomplete:
                 log.error("%s trace lost (%s): nothing written, earlier results kept", cid, outcome.incomplete)
+                self.metrics.trace_lost("trace_server")
                 return
+            self.metrics.kernel(outcome.events, outcome.overflowed, outcome.lost)
             incomplete = _incompleteness(outcome.overflowed, outcome.lost)
             if incomplete:
                 log.warning("%s list is incomplete: %s", cid, incomplete)
@@ -237,11 +283,13 @@ class Plugin:
                 persisted, written = await asyncio.to_thread(self._write, trace, incomplete)
             except (PersistError, OSError) as exc:
                 log.error("%s cannot write the result for %s: %s; earlier results kept", cid, trace.image, exc)
+                self.metrics.write_failed()
                 return
             if persisted is None:
                 log.info("%s done; %s was recorded meanwhile and is kept (overwrite = false)", cid, trace.image)
                 return
             path, listed = persisted
+            self.metrics.trace_completed(listed)
             log.info(
                 "%s recorded %d files (%s; %d events, %d files reported, %d written by the container, "
                 "%d unlistable, %d files of exec'd processes) in %s",
@@ -294,6 +342,7 @@ class Plugin:
             if trace.timer is not None:
                 trace.timer.cancel()
             log.error("%s trace lost: the plugin is shutting down while the container runs", cid)
+            self.metrics.trace_lost("shutdown")
             if trace.upper is not None:
                 trace.upper.close()
             if self._journal:
@@ -302,6 +351,8 @@ class Plugin:
             await asyncio.wait(self._finishing, timeout=DRAIN_TIMEOUT)
         if self._tracer is not None:
             await self._tracer.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
 
 
 def _incompleteness(overflowed: bool, lost: int) -> str | None:

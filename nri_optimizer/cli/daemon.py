@@ -42,7 +42,7 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _events(text: str) -> list[str]:
+def _comma_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
@@ -56,7 +56,7 @@ def daemon_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", help=f"plugin name to register with NRI (default: {DEFAULT_NAME})")
     parser.add_argument("--idx", help=f"plugin index, two digits (default: {DEFAULT_IDX})")
-    parser.add_argument("--events", type=_events, help="events to subscribe to (default: StartContainer,StopContainer)")
+    parser.add_argument("--events", type=_comma_list, help="events to subscribe to (default: StartContainer,StopContainer)")
     parser.add_argument("--server-path", dest="server_path", help="optimizer-server executable")
     parser.add_argument("--persist-dir", dest="persist_dir", help="directory for the accessed-file lists")
     parser.add_argument("--readable", type=_bool, nargs="?", const=True, help="human units in the CSV file")
@@ -66,6 +66,17 @@ def daemon_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help=f"TOML config file (default: {cfg.DEFAULT_CONFIG_FILE} if it exists)")
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error (default: info)")
     parser.add_argument("--log-file", dest="log_file", help="also log to this file (default: stderr only)")
+    chosen = parser.add_argument_group("which containers are traced (patterns: comma-separated, shell-style)")
+    chosen.add_argument("--mode", help='"all" (default) or "opt-in" (only pods annotated to be traced)')
+    for key, what in (("namespace", "pod namespaces"), ("image", "full image names")):
+        chosen.add_argument(f"--{key}-include", dest=f"{key}_include", type=_comma_list,
+                            help=f"trace only {what} matching one of these")
+        chosen.add_argument(f"--{key}-exclude", dest=f"{key}_exclude", type=_comma_list,
+                            help=f"never trace {what} matching one of these")
+    parser.add_argument("--metrics-address", dest="metrics_address",
+                        help="serve Prometheus metrics on this unix socket path or IP:PORT (default: none)")
+    parser.add_argument("--stall-timeout", dest="stall_timeout", type=int,
+                        help="seconds a silent trace server may leave a request unanswered before it is replaced")
     return parser
 
 

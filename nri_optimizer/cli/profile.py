@@ -90,8 +90,10 @@ def run(args: argparse.Namespace, config: cfg.Config) -> int:
     env = dict(_split(item, "=", "--env", "KEY=VALUE") for item in args.env)
     mounts = [_mount(item) for item in args.mount]
     reference.parse(args.image)
-    # The list must be the container's own, whatever the config says about keeping old ones.
-    config = dataclasses.replace(config, overwrite=True, timeout=0)
+    # The list must be the container's own, whatever the config says about keeping old ones or about which
+    # containers the daemon traces; and the daemon's metrics endpoint stays the daemon's.
+    config = dataclasses.replace(config, overwrite=True, timeout=0, metrics_address="", mode="all",
+                                 namespace_include=(), namespace_exclude=(), image_include=(), image_exclude=())
     profiler = Profiler(args, config, condition, env, mounts)
     entries, path = asyncio.run(profiler.run())
     for line in entries:
