@@ -1,6 +1,8 @@
 # nri-optimizer: the project's verbs.
 #   make demo     profile a demo image on a private containerd it starts and tears down (needs root)
 #   make test     unit tests + end-to-end tests against real containerd 2.1 and 1.7 (needs root)
+#   make nydus    the nydus tool chain into the cache: nydus-rs 2.2.0 (cargo; minutes, once), crictl (go),
+#                 containerd-nydus-grpc and docker-registry (Debian); testbed/toolchain.py
 #   make bench    what tracing costs, against a real containerd (benchmarks/cost/; README.md "What tracing costs")
 #   make proto    regenerate nri_optimizer/nri/proto/*_pb2.py from proto/*.proto
 #   make ffi      regenerate optimizer_server/_libc.py (cffi, out-of-line ABI mode) from libc_build.py
@@ -12,7 +14,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all venv optimizer demo test unit e2e stress lint proto ffi clean
+.PHONY: all venv optimizer demo test unit e2e stress lint proto ffi clean nydus
 
 all: optimizer
 
@@ -29,14 +31,18 @@ demo: venv
 	$(PY) -m testbed demo
 
 # Fetch containerd, runc and busybox into the cache first, so that a missing archive fails loudly here.
-test: venv
+test: venv nydus
 	$(PY) -m testbed fetch
 	$(PY) -m pytest -m 'not stress' $(PYTEST_ARGS)
+
+# Built or fetched once into the cache (NRI_OPTIMIZER_CACHE, default ~/.cache/nri-optimizer); then offline.
+nydus: venv
+	$(PY) -m testbed tools
 
 unit: venv
 	$(PY) -m pytest tests/unit tests/server $(PYTEST_ARGS)
 
-e2e: venv
+e2e: venv nydus
 	$(PY) -m testbed fetch
 	$(PY) -m pytest tests/e2e -m 'not stress' $(PYTEST_ARGS)
 

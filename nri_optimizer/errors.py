@@ -12,6 +12,8 @@
     │   ├── MergeInputError             results.merge: an input list is unreadable or malformed
     │   └── ReferenceError              results.reference: an image reference does not parse
     ├── CriError                    cri.client: the container runtime refused a request or is unreachable
+    ├── RegistryError               oci.registry: a registry refused a request, or sent what we cannot use
+    │   └── RegistryUnreachable         no answer at all (connection refused, DNS, TLS, timeout)
     └── CommandError                cli: a command cannot do what it was asked (profile, convert)
         └── UsageError                  its arguments are wrong (exit status 2, as argparse)
 
@@ -82,6 +84,18 @@ class CriError(OptimizerError):
         self.method = method
         self.code = code
         self.message = message
+
+
+class RegistryError(OptimizerError):
+    """A registry refused a request or sent what we cannot use; ``status`` is the HTTP status, if it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RegistryUnreachable(RegistryError):
+    """A registry did not answer at all."""
 
 
 class CommandError(OptimizerError):

@@ -1,4 +1,5 @@
 """`python -m testbed fetch`: fill the testbed cache, so later runs need no network.
+`python -m testbed tools`: install the nydus tool chain into the cache (what `make nydus` runs; testbed.toolchain).
 `python -m testbed demo`: what `make demo` runs."""
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument(
         "flavours", nargs="*", default=sorted(debs.CONTAINERD_FLAVOURS), help="containerd flavours (default: all)"
     )
+    commands.add_parser("tools", help="install nydusd, nydus-image, crictl, containerd-nydus-grpc and "
+                        "docker-registry into the cache (the first time builds nydus-rs with cargo: minutes)")
     commands.add_parser("demo", help="profile a demo image on a private containerd, then tear it down")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from testbed.demo import run_demo
 
         return run_demo()
+    if args.command == "tools":
+        return _tools()
     try:
         for flavour in args.flavours:
             runtime = debs.fetch_runtime(flavour)
@@ -31,6 +36,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"cache: {debs.cache_dir()}")
+    return 0
+
+
+def _tools() -> int:
+    from testbed import toolchain
+
+    try:
+        tools = toolchain.install()
+    except TestbedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for installed in (tools.nydus_rs, tools.crictl):
+        built = f" (built in {installed.seconds:.0f} s)" if installed.seconds is not None else ""
+        print(f"{installed.name}: {installed.bin_dir}{built}")
+    print(f"containerd-nydus-grpc: {tools.snapshotter}")
+    print(f"docker-registry: {tools.registry}")
     return 0
 
 

@@ -10,7 +10,8 @@ Cache layout (every entry appears atomically, so a reader never sees a half-writ
     debs/                 downloaded .deb files, kept so reruns are offline
     unpacked/<pkg>_<ver>/ dpkg-deb -x of one .deb
     containerd-<flavour>/ bin dir (symlinks) + runtime.json, what fetch_runtime returns
-    busybox.json          which unpacked busybox-static busybox_path returns
+    <package>.json        which unpacked file package_file returns (busybox-static, nydus-snapshotter,
+                          docker-registry): found again without asking the archive
 """
 
 from __future__ import annotations
@@ -91,18 +92,24 @@ def fetch_runtime(flavour: str, *, cache: Path | None = None) -> Runtime:
 
 def busybox_path(*, cache: Path | None = None) -> Path:
     """Return the static busybox binary (from busybox-static), fetching it on first use."""
+    return package_file("busybox-static", BUSYBOX_SUITE, "bin/busybox", cache=cache)
+
+
+def package_file(package: str, suite: str, member: str, *, cache: Path | None = None) -> Path:
+    """The file `member` of Debian `package` (the newest `suite` has), unpacked into the cache on first use;
+    later calls find it through `<cache>/<package>.json` without asking the archive."""
     cache = cache or cache_dir()
-    manifest = cache / "busybox.json"
-    if (path := _load_busybox(manifest)) is not None:
+    manifest = cache / f"{package}.json"
+    if (path := _load_package_file(manifest)) is not None:
         return path
     with _locked(cache):
-        if (path := _load_busybox(manifest)) is not None:
+        if (path := _load_package_file(manifest)) is not None:
             return path
         archive = _Archive(cache)
-        version = archive.pick("busybox-static", BUSYBOX_SUITE)
-        path = archive.unpacked("busybox-static", version, BUSYBOX_SUITE) / "bin/busybox"
+        version = archive.pick(package, suite)
+        path = archive.unpacked(package, version, suite) / member
         if not path.is_file():
-            raise TestbedError(f"busybox-static {version} has no /bin/busybox; the package layout changed")
+            raise TestbedError(f"{package} {version} has no /{member}; the package layout changed")
         _write_atomic(manifest, json.dumps({"version": version, "path": str(path)}))
         return path
 
@@ -280,7 +287,7 @@ def _publish_runtime(target: Path, runtime: Runtime, links: dict[str, Path]) -> 
         (tmp / "runtime.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _load_busybox(manifest: Path) -> Path | None:
+def _load_package_file(manifest: Path) -> Path | None:
     try:
         path = Path(json.loads(manifest.read_text())["path"])
     except FileNotFoundError:

@@ -381,14 +381,7 @@ def find_tools(snapshotter: str | None = None, nydusd: str | None = None) -> Too
 
 def debian_snapshotter(*, cache: Path | None = None) -> Path:
     """containerd-nydus-grpc from Debian sid's nydus-snapshotter package, fetched into the testbed cache."""
-    cache = cache or debs.cache_dir()
-    with debs._locked(cache):
-        archive = debs._Archive(cache)
-        version = archive.pick("nydus-snapshotter", SNAPSHOTTER_SUITE)
-        binary = archive.unpacked("nydus-snapshotter", version, SNAPSHOTTER_SUITE) / "usr/bin" / SNAPSHOTTER_BINARY
-    if not binary.is_file():
-        raise TestbedError(f"nydus-snapshotter {version} has no /usr/bin/{SNAPSHOTTER_BINARY}; the layout changed")
-    return binary
+    return debs.package_file("nydus-snapshotter", SNAPSHOTTER_SUITE, f"usr/bin/{SNAPSHOTTER_BINARY}", cache=cache)
 
 
 def import_image(ctr: Path, address: str, tarball: Path, snapshotter: str, timeout: float = 30.0) -> None:

@@ -20,12 +20,14 @@ from benchmarks.prefetch.config import BenchConfig, Image, Variant
 from benchmarks.prefetch.convert import ConvertError, variant_step
 from benchmarks.prefetch.handlers import HandlerCri
 from benchmarks.prefetch.progress import Progress
-from benchmarks.prefetch.registry import LocalRegistry, pull_size, push_layout, registry_binary, write_hosts
+from benchmarks.prefetch.registry import pull_size
 from benchmarks.prefetch.runner import Runner, Sample, Status
 from benchmarks.prefetch.throttle import Throttle
+from nri_optimizer.oci.registry import Registry
 from testbed import debs, nydus
 from testbed.containerd import Containerd
 from testbed.images import build_pause_image
+from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
 
 
 def nydus_backend(config: BenchConfig) -> nydus.Backend:
@@ -73,15 +75,15 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
         progress.note(f"containerd {runtime.deb_version} running privately in {ctd.dir}")
         cri = HandlerCri(ctd.address)
         stack.callback(cri.close)
-        registry_url: str | None = None
+        local: Registry | None = None
         not_made: dict[tuple[str, str], tuple[Status, str]] = {}  # (image, variant) -> (status, note)
         if config.local:
             registry = stack.enter_context(LocalRegistry(registry_binary()))
-            address, registry_url = registry.address, registry.url
+            address, local = registry.address, registry.client()
             write_hosts(hosts, address, plain_http=True)
             progress.note(f"docker-registry listening on {address} (data in {registry.dir})")
             for image in config.images:
-                _push(image, address, registry_url, work, progress)
+                _push(image, address, local, work, progress)
                 for variant in config.variants:
                     if variant.snapshotter == "nydus" and skips[variant.name] is None:
                         assert found.nydusify is not None
@@ -111,9 +113,9 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
                                           status, note=reason))
                     continue
                 fetched = None
-                if registry_url is not None:
+                if local is not None:
                     repository, _, tag = f"{image.name}{variant.tag_suffix}".rpartition(":")
-                    fetched = pull_size(registry_url, repository, tag, nydus=variant.snapshotter == "nydus")
+                    fetched = pull_size(local, repository, tag, nydus=variant.snapshotter == "nydus")
                 for repetition in range(1, config.repetitions + 1):
                     progress.start(f"{image.name} {variant.name} #{repetition}")
                     sample = runner.repetition(image, variant, reference, repetition, fetched,
@@ -163,12 +165,12 @@ def _convert(config: BenchConfig, image: Image, variant: Variant, address: str, 
     return None
 
 
-def _push(image: Image, address: str, url: str, work: Path, progress: Progress) -> None:
+def _push(image: Image, address: str, registry: Registry, work: Path, progress: Progress) -> None:
     """Put the image (a built-in workload, or a tarball) into the local registry."""
     repository, _, tag = image.name.rpartition(":")
     if image.archive is not None:
         tarball = image.archive
     else:
         tarball = workloads.build(str(image.build), f"{address}/{image.name}", work / "images" / f"{repository}.tar")
-    size = push_layout(tarball, url, repository, tag)
+    size = push_layout(tarball, registry, repository, tag)
     progress.note(f"pushed {address}/{image.name} ({size} bytes)")

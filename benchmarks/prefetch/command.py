@@ -106,13 +106,14 @@ def _convert(config: cfg.BenchConfig, args: argparse.Namespace) -> int:
 
 
 def _push(image: cfg.Image, target: str, insecure: bool) -> None:
-    from benchmarks.prefetch.registry import push_layout
     from benchmarks.prefetch.workloads import build
+    from nri_optimizer.oci.registry import Registry
+    from testbed.registry import push_layout
 
     repository, _, tag = image.name.rpartition(":")
     host, _, namespace = target.partition("/")
     with tempfile.TemporaryDirectory(prefix="nriopt-benchimage-push-") as work:
         tarball = image.archive or build(str(image.build), f"{target}/{image.name}", Path(work) / "image.tar")
-        base = f"{'http' if insecure else 'https'}://{host}"
-        push_layout(tarball, base, f"{namespace}/{repository}" if namespace else repository, tag)
+        repository = f"{namespace}/{repository}" if namespace else repository
+        push_layout(tarball, Registry(host, insecure=insecure), repository, tag)
     print(f"{PROG} convert: pushed {target}/{image.name}", file=sys.stderr)

@@ -22,13 +22,14 @@ import pytest
 from benchmarks.prefetch import workloads
 from benchmarks.prefetch.config import Image, Ready, Variant
 from benchmarks.prefetch.handlers import HandlerCri
-from benchmarks.prefetch.registry import LocalRegistry, pull_size, push_layout, registry_binary, write_hosts
+from benchmarks.prefetch.registry import pull_size
 from benchmarks.prefetch.report import RUN_COLUMNS, SUMMARY_COLUMNS
 from benchmarks.prefetch.runner import Runner, Sample
 from benchmarks.prefetch.throttle import Throttle
 from testbed import debs, host
 from testbed.containerd import Containerd
 from testbed.images import build_image
+from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
 
 OCI = Variant("oci", "overlayfs")
 WEB_PORT = 18391
@@ -186,7 +187,7 @@ class Bed:
 
     def push(self, name: str, tarball: Path) -> str:
         repository, _, tag = name.rpartition(":")
-        push_layout(tarball, self.registry.url, repository, tag)
+        push_layout(tarball, self.registry.client(), repository, tag)
         return f"{self.registry.address}/{name}"
 
     def content_blobs(self) -> set[str]:
@@ -277,7 +278,7 @@ def test_throttle_slows_only_the_registry_and_goes_away(bed: Bed) -> None:
     name = "throttled-web:1"
     reference = bed.push(name, workloads.build("web", name, bed.work / "throttled-web.tar"))
     image = Image(name, Ready("url", f"http://127.0.0.1:{WEB_PORT + 1}/"), 30, env={"PORT": str(WEB_PORT + 1)})
-    size = pull_size(bed.registry.url, *name.rsplit(":", 1))
+    size = pull_size(bed.registry.client(), *name.rsplit(":", 1))
     fast = bed.runner.repetition(image, OCI, reference, 1, size)
     rate_bits = 40_000_000
     with Throttle("40mbit", bed.registry.port):

@@ -23,11 +23,11 @@ import pytest
 from benchmarks.prefetch import workloads
 from benchmarks.prefetch.config import Image, Ready, Variant
 from benchmarks.prefetch.handlers import HandlerCri
-from benchmarks.prefetch.registry import LocalRegistry, push_layout, registry_binary, write_hosts
 from benchmarks.prefetch.runner import Runner
 from testbed import TestbedError, debs, host, nydus
 from testbed.containerd import Containerd
 from testbed.images import build_pause_image
+from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
 
 NYDUS_OFF = Variant("nydus", "nydus", "_nydus", "off")
 
@@ -88,7 +88,7 @@ def test_a_handler_pulls_and_runs_through_the_snapshotter(
         assert snapshot_kinds(ctd, "nydus-off") == ["Committed"]
         registry.start()
         write_hosts(tmp_path / "hosts", registry.address, plain_http=True)
-        push_layout(workloads.build("db", "x/nydus-db:1", tmp_path / "db.tar"), registry.url, "nydus-db", "1_nydus")
+        push_layout(workloads.build("db", "x/nydus-db:1", tmp_path / "db.tar"), registry.client(), "nydus-db", "1_nydus")
         reference = f"{registry.address}/nydus-db:1_nydus"
 
         cri = HandlerCri(ctd.address)
