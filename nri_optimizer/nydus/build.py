@@ -89,7 +89,7 @@ def build_image(layers: Sequence[Path], out_dir: Path, *, listed: Sequence[str] 
     blob_dir = blob_dir or out_dir / "blobs"
     blob_dir.mkdir(parents=True, exist_ok=True)
     indexes = [_scan(layer) for layer in layers]
-    prefetch, absent, empty = _prefetch_list(indexes, listed or [])
+    prefetch, absent, empty = prefetch_list(indexes, listed or [])
     if absent:
         log.warning("nydus build: %d listed paths are not in the image, left out of the prefetch table "
                     "(first: %s)", len(absent), absent[0])
@@ -158,8 +158,9 @@ def locate(indexes: Sequence[LayerIndex], paths: Sequence[str]) -> dict[str, int
     return found
 
 
-def _prefetch_list(indexes: Sequence[LayerIndex], listed: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
-    """(the prefetch list, listed paths not in the image, listed empty regular files): the module's rule."""
+def prefetch_list(indexes: Sequence[LayerIndex], listed: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """(the prefetch table's paths, listed paths the image does not have, listed empty regular files): the
+    module's rule, for the image of the layers `indexes` (lowest first)."""
     wanted = list(dict.fromkeys(tarorder.normalise(path) for path in listed if path.startswith("/")))
     home = locate(indexes, wanted)
     absent = [path for path in wanted if path not in home]

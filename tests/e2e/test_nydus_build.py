@@ -203,6 +203,27 @@ def test_both_images_have_the_same_tree(builds: dict[str, build.ImageBuild], nyd
     assert tree["/usr/bin/app-link"][:4] == ("/usr/bin/app-link", "hardlink", 2, 300_000)
 
 
+ODD_NAMES = ['dir with space/"quoted" \\ back', "nl\nname", "tab\tname", "日本語", "emoji \U0001f389", "it's",
+             "ctl\x01\x7f", "comb\u0301ining", "zw\u200bsp", b"\xff\xfe-not-utf-8".decode(errors="surrogateescape")]
+
+
+def test_odd_names_read_back_as_they_are(nydus_image: str, tmp_path: Path) -> None:
+    entries = [entry("dir with space/", D), entry("null", tarfile.CHRTYPE, devmajor=1, devminor=3),
+               entry("link", tarfile.SYMTYPE, linkname='to "odd"\n\\ \xff'),
+               *(entry(name, content=data(1000)) for name in ODD_NAMES)]
+    layer = tmp_path / "odd.tar"
+    with tarfile.open(layer, "w", format=tarfile.GNU_FORMAT, errors="surrogateescape") as tar:
+        for info, content in entries:
+            tar.addfile(info, io.BytesIO(content) if info.isreg() else None)
+    listed = [f"/{name}" for name in reversed(ODD_NAMES) if "\n" not in name and "\udcff" not in name]  # list-able
+    built = build.build_image([layer], tmp_path, listed=listed, nydus_image=nydus_image)
+    inodes = bootstrap.inodes(built.bootstrap, nydus_image=nydus_image)
+    assert set(inodes) == {"/", "/dir with space", "/null", "/link", *(f"/{name}" for name in ODD_NAMES)}
+    assert (inodes["/null"].kind, inodes["/link"].symlink) == ("", 'to "odd"\n\\ \xff')
+    assert bootstrap.prefetch_paths(bootstrap.prefetch_table(built.bootstrap, nydus_image=nydus_image)) == listed
+    assert bootstrap.listed_chunks_contiguous_in_order(inodes, listed)
+
+
 def test_each_layer_has_the_same_files_as_its_tar(builds: dict[str, build.ImageBuild], layers: list[Path],
                                                   nydus_image: str, tmp_path: Path) -> None:
     for number, source in enumerate(layers):
@@ -299,7 +320,7 @@ def _without_offsets(inode: bootstrap.Inode) -> tuple[object, ...]:
 
 
 def _tree(tar_path: Path) -> dict[str, tuple[object, ...]]:
-    tree = {}
+    tree: dict[str, tuple[object, ...]] = {}
     with tarfile.open(tar_path) as tar:
         for member in tar:
             path = normalise(member.name)
@@ -312,7 +333,7 @@ def _tree(tar_path: Path) -> dict[str, tuple[object, ...]]:
 
 
 def _walk(root: Path) -> dict[str, tuple[object, ...]]:
-    tree = {}
+    tree: dict[str, tuple[object, ...]] = {}
     for directory, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
             path = Path(directory) / name

@@ -61,7 +61,7 @@ def names(layer: bytes) -> list[str]:
 
 def members(layer: bytes) -> dict[str, tuple[object, ...]]:
     """Every member's metadata, pax headers and content digest, by name (names are unique in these tars)."""
-    found = {}
+    found: dict[str, tuple[object, ...]] = {}
     with tarfile.open(fileobj=io.BytesIO(layer), mode="r:") as tar:
         for member in tar:
             data = tar.extractfile(member).read() if member.isreg() else b""  # type: ignore[union-attr]
