@@ -108,8 +108,8 @@ def build_layer(layer: Path, bootstrap: Path, blob_dir: Path, *, listed: Sequenc
                 nydus_image: str, index: LayerIndex | None = None) -> LayerBuild:
     """One layer's blob (into `blob_dir`) and bootstrap; with `listed`, from the tar reordered to put them first."""
     with tempfile.TemporaryDirectory(prefix="nriopt-layer-", dir=bootstrap.parent) as work:
-        source, report = layer, None
-        if listed is not None:
+        source, report = layer, None if listed is None else tarorder.Report((), (), ())
+        if listed:  # (an empty list would copy the tar as it is)
             source = Path(work) / "ordered.tar"
             with open(layer, "rb") as original, open(source, "wb") as ordered:
                 report = tarorder.reorder(original, ordered, listed, index)

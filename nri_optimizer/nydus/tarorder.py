@@ -146,7 +146,7 @@ def plan(index: LayerIndex, listed: Iterable[str]) -> tuple[list[int], Report]:
 def reorder(layer: BinaryIO, out: BinaryIO, listed: Iterable[str], index: LayerIndex | None = None) -> Report:
     """Write `layer` to `out` with the `listed` paths first (the module's rule); `index` is `scan(layer)` if
     the caller has it already."""
-    index = index or scan(layer)
+    index = scan(layer) if index is None else index
     order, report = plan(index, listed)
     for entry in order:
         _copy(layer, out, index.entries[entry].start, index.entries[entry].end)

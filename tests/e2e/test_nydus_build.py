@@ -241,7 +241,14 @@ def test_each_layer_has_the_same_files_as_its_tar(builds: dict[str, build.ImageB
 def converted(layers: list[Path], nydus_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The nydus image of an OCI layout of `layers`, as an OCI layout."""
     out = tmp_path_factory.mktemp("oci")
-    image.convert_layout(_source_layout(out / "source", layers), out / "nydus", listed=LISTED, nydus_image=nydus_image)
+    done = image.convert_layout(_source_layout(out / "source", layers), out / "nydus", listed=LISTED,
+                                nydus_image=nydus_image)
+    assert (done.prefetch, done.absent, done.empty) == (PREFETCH, ("/missing", "/var/gone", "/opt/old/file"),
+                                                        ("/etc/empty",))
+    assert [order.moved if order else None for order in done.orders] == [
+        ("/usr/bin/app-link", "/var/data", "/usr/lib/libbig.so", "/etc/conf"), ("/etc/replaced", "/usr/lib/libnew.so"),
+        ()]
+    assert json.loads((out / "nydus" / "index.json").read_bytes())["manifests"] == [done.manifest]
     return out / "nydus"
 
 
