@@ -1,22 +1,84 @@
-"""``nri-optimizer convert``: build a nydus image whose prefetch table is a recorded list.
+"""``nri-optimizer convert``: build the nydus image of an image, its prefetch table a recorded list, and push it.
 
-It runs ``nydusify convert --source S --target T --fs-version N --prefetch-patterns`` with the list on
-stdin, as the seed document does. Without nydusify it says so and prints the exact command to run.
+Two converters, whichever is there:
+
+- nydusify (on PATH, or ``--nydusify``): ``nydusify convert --source S --target T --fs-version N
+  --prefetch-patterns``, the list's paths on stdin (arguments after ``--`` go to nydusify as they are).
+- Otherwise the built-in one, nydus-image 2.2.0 (``--nydus-image``, PATH, or the cache ``make nydus`` fills):
+  the source image is pulled from its registry (this machine's platform, or ``--platform``), each layer's tar is
+  reordered so the listed files lead its blob, nydus-image builds a blob and a bootstrap per layer and merges the
+  bootstraps with the list as the prefetch table (nri_optimizer.nydus), and the image nydus-snapshotter runs is
+  pushed: blobs, bootstrap layer, config, then the manifest under the target's tag. RAFS v6 only.
+
+The list is the plugin's (one path a line). A first line ``# incomplete: why`` (the trace lost events) is a warning:
+the image gets what the list has. A list naming no file at all is an error (nothing to prefetch; ``--no-list``
+converts without a prefetch table). Listed paths the image does not have are left out of the table and counted
+in a warning (nri_optimizer.nydus.build's); they never fail the conversion. A registry that does not speak TLS
+must be named insecure (``--source-insecure``, ``--target-insecure``, as nydusify's flags): then HTTPS without
+certificate checks, or plain HTTP.
+
+stdout gets one line, the pushed image by digest (``TARGET@sha256:...``) from the built-in converter; progress
+and warnings go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from nri_optimizer import config as cfg
-from nri_optimizer.errors import UsageError
+from nri_optimizer.errors import CommandError, UsageError
+from nri_optimizer.nydus import build, image, tool
+from nri_optimizer.oci import layout
+from nri_optimizer.oci.registry import Registry, host_platform_name
 from nri_optimizer.results import reference
+
+PROG = "nri-optimizer convert"
+INCOMPLETE_MARKER = "# incomplete"  # the plugin's first line for a list whose trace lost events
+
+
+@dataclass(frozen=True)
+class RecordedList:
+    path: Path
+    paths: tuple[str, ...]
+    incomplete: str | None  # why, when the list says it is incomplete
+
+
+@dataclass(frozen=True)
+class Converted:
+    target: str  # reference of the pushed image, by digest
+    size: int  # bytes the image takes in the registry (manifest, config, layers)
+    build: build.ImageBuild
+
+
+def read_list(path: Path) -> RecordedList:
+    """A recorded list; an error if it names no file."""
+    try:
+        text = path.read_bytes().decode(errors="surrogateescape")
+    except OSError as exc:
+        raise UsageError(f"cannot read the list {path}: {exc.strerror}") from None
+    first = text.split("\n", 1)[0]
+    incomplete = first.removeprefix(INCOMPLETE_MARKER).lstrip(":").strip() or "no reason given" \
+        if first.startswith(INCOMPLETE_MARKER) else None
+    paths = tuple(build.list_paths(text))
+    if not paths:
+        raise CommandError(f"{path} names no file: nothing to prefetch (record the image again, or convert "
+                           "without a prefetch table with --no-list)")
+    return RecordedList(path, paths, incomplete)
+
+
+def default_list(persist_dir: str, source: str) -> str:
+    """Where the plugin saved the list for ``source`` (see nri_optimizer.results.store)."""
+    image_ref = reference.parse(source)
+    return os.path.join(persist_dir, image_ref.result_dir, image_ref.result_name)
 
 
 def nydusify_command(nydusify: str, source: str, target: str, fs_version: str, extra: Sequence[str]) -> list[str]:
@@ -24,47 +86,141 @@ def nydusify_command(nydusify: str, source: str, target: str, fs_version: str, e
             *extra, "--prefetch-patterns"]
 
 
-def default_list(persist_dir: str, source: str) -> str:
-    """Where the plugin saved the list for ``source`` (see nri_optimizer.results.store)."""
-    image = reference.parse(source)
-    return os.path.join(persist_dir, image.result_dir, image.result_name)
+def convert(source: str, target: str, listed: Sequence[str] | None, *, nydus_image: str,
+            source_insecure: bool = False, target_insecure: bool = False, platform: tuple[str, str] | None = None,
+            work_dir: Path | None = None, say: Callable[[str], None] = lambda line: None) -> Converted:
+    """The built-in converter: `source` from its registry, the nydus image (prefetch table `listed`, or none) to
+    `target`."""
+    source_ref, target_ref = reference.parse(source), reference.parse(target)
+    if not target_ref.tag:
+        raise UsageError(f"--target {target}: name a tag to push to, not a digest")
+    source_registry = Registry(source_ref.domain, insecure=source_insecure)
+    target_registry = (source_registry if (target_ref.domain, target_insecure) == (source_ref.domain, source_insecure)
+                       else Registry(target_ref.domain, insecure=target_insecure))
+    with tempfile.TemporaryDirectory(prefix="nriopt-convert-", dir=work_dir) as work:
+        pulled, built = Path(work) / "source", Path(work) / "nydus"
+        say(f"pulling {source_ref}")
+        layout.pull(source_registry, source_ref.path, source_ref.digest or source_ref.tag, pulled, platform)
+        say(f"building with {nydus_image}" + (f" ({len(listed)} listed paths)" if listed is not None else ""))
+        converted = image.convert_layout(pulled, built, listed=listed, nydus_image=nydus_image)
+        say(f"pushing {target_ref}")
+        digest, size = layout.push(built, target_registry, target_ref.path, target_ref.tag)
+    pushed = f"{target_ref.domain}/{target_ref.path}@{digest}"
+    return Converted(pushed, size, converted.build)
 
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="nri-optimizer convert",
-        description="Convert an image to nydus, prefetching the files of a recorded list first.",
-        epilog="Arguments after -- go to nydusify convert as they are (e.g. -- --platform linux/amd64).",
+        prog=PROG,
+        description="Convert an image to nydus, its prefetch table a recorded list, and push it.",
+        epilog="Arguments after -- go to nydusify convert as they are (nydusify only).",
     )
-    parser.add_argument("--source", required=True, help="the OCI image to convert (as nydusify takes it)")
-    parser.add_argument("--target", required=True, help="the nydus image to push")
-    parser.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default: %(default)s)")
-    parser.add_argument("--list", dest="list_file", help="the recorded list (default: the plugin's result for "
-                        "--source under persist_dir)")
+    parser.add_argument("--source", required=True, help="the image to convert (a registry reference)")
+    parser.add_argument("--target", required=True, help="where to push the nydus image (a reference with a tag)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--list", dest="list_file", help="the recorded list (default: the plugin's result for "
+                       "--source under persist_dir)")
+    which.add_argument("--no-list", action="store_true", help="no prefetch table")
+    parser.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default: %(default)s;"
+                        " the built-in converter writes 6)")
+    parser.add_argument("--source-insecure", action="store_true", help="the source registry may be plain HTTP or "
+                        "have a certificate that does not verify")
+    parser.add_argument("--target-insecure", action="store_true", help="the same, for the target registry")
+    parser.add_argument("--platform", help="OS/ARCH of a multi-platform source (default: this machine's, "
+                        f"{'/'.join(host_platform_name())})")
+    parser.add_argument("--work-dir", type=Path, help="where the layers are unpacked (default: $TMPDIR)")
     parser.add_argument("--config", help=f"TOML config file, for persist_dir (default: {cfg.DEFAULT_CONFIG_FILE})")
     parser.add_argument("--persist-dir", dest="persist_dir", default=argparse.SUPPRESS)
-    parser.add_argument("--nydusify", default="nydusify", help="nydusify executable (default: from PATH)")
+    converter = parser.add_mutually_exclusive_group()
+    converter.add_argument("--nydusify", help="convert with this nydusify (default: nydusify from PATH if there)")
+    converter.add_argument("--nydus-image", help="convert with this nydus-image (default: from PATH, else "
+                           f"{tool.tools_bin()})")
     own, extra = _split_extra(argv)
     args = parser.parse_args(own)
-    if args.list_file is None:
-        flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir")}
-        args.list_file = default_list(cfg.load_config(flags).persist_dir, args.source)
-    if not os.path.isfile(args.list_file):
-        raise UsageError(
-            f"no recorded list at {args.list_file}; record one first "
-            f"(nri-optimizer profile {args.source}) or pass --list"
-        )
-    nydusify = shutil.which(args.nydusify)
-    command = nydusify_command(nydusify or args.nydusify, args.source, args.target, args.fs_version, extra)
-    printable = f"{shlex.join(command)} < {shlex.quote(args.list_file)}"
-    if nydusify is None:
-        print(f"nri-optimizer convert: {args.nydusify} is not installed (it comes with nydus: "
-              "https://github.com/dragonflyoss/nydus/releases); run this where it is:", file=sys.stderr)
-        print(printable)
-        return 1
-    print(f"nri-optimizer convert: {printable}", file=sys.stderr)
-    with open(args.list_file, "rb") as patterns:
-        return subprocess.run(command, stdin=patterns, check=False).returncode
+    recorded = None if args.no_list else read_list(Path(_list_file(args)))
+    if recorded is not None and recorded.incomplete is not None:
+        _warn(f"{recorded.path} is incomplete ({recorded.incomplete}): the prefetch table gets the files it has")
+    nydusify = _nydusify(args.nydusify) if args.nydus_image is None else None
+    if nydusify is not None:
+        return _run_nydusify(nydusify, args, extra, recorded)
+    if extra:
+        raise UsageError(f"arguments after -- are nydusify's, and nydusify is not installed: {' '.join(extra)}")
+    if args.fs_version != "6":
+        raise UsageError(f"--fs-version {args.fs_version}: the built-in converter (nydus-image) writes RAFS v6 only")
+    nydus_image = tool.find("nydus-image", args.nydus_image)
+    _show_library_warnings()
+    converted = convert(args.source, args.target, recorded.paths if recorded else None, nydus_image=nydus_image,
+                        source_insecure=args.source_insecure, target_insecure=args.target_insecure,
+                        platform=_platform(args.platform), work_dir=args.work_dir, say=_say)
+    table = converted.build
+    if recorded is None:
+        summary = "no prefetch table"
+    else:
+        summary = f"prefetch table of {len(table.prefetch)} files"
+        if table.absent:
+            summary += f", {len(table.absent)} listed paths not in the image left out"
+        if table.empty:
+            summary += f", {len(table.empty)} empty files left out"
+    _say(f"pushed {converted.target} ({converted.size} bytes, {len(table.blobs)} blobs; {summary})")
+    print(converted.target)
+    return 0
+
+
+def _list_file(args: argparse.Namespace) -> str:
+    if args.list_file is not None:
+        return str(args.list_file)
+    flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir")}
+    found = default_list(cfg.load_config(flags).persist_dir, args.source)
+    if not os.path.isfile(found):
+        raise UsageError(f"no recorded list at {found}; record one first (nri-optimizer profile {args.source}) "
+                         "or pass --list")
+    return found
+
+
+def _nydusify(explicit: str | None) -> str | None:
+    """nydusify's path: `explicit` (which must exist), else from PATH, else None."""
+    if explicit is None:
+        return shutil.which("nydusify")
+    if (found := shutil.which(explicit)) is None:
+        raise UsageError(f"--nydusify {explicit}: not an executable")
+    return found
+
+
+def _run_nydusify(nydusify: str, args: argparse.Namespace, extra: list[str], recorded: RecordedList | None) -> int:
+    flags = [*(["--source-insecure"] if args.source_insecure else []),
+             *(["--target-insecure"] if args.target_insecure else []),
+             *(["--platform", args.platform] if args.platform else []), *extra]
+    command = nydusify_command(nydusify, args.source, args.target, args.fs_version, flags)
+    if recorded is None:
+        command.remove("--prefetch-patterns")
+    _say(" ".join(command) + (f" < {recorded.path}" if recorded else ""))
+    stdin = "".join(f"{path}\n" for path in recorded.paths) if recorded else ""
+    return subprocess.run(command, input=stdin.encode(errors="surrogateescape"), check=False).returncode
+
+
+def _platform(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    os_name, _, arch = text.partition("/")
+    if not os_name or not arch:
+        raise UsageError(f"--platform {text}: expected OS/ARCH, e.g. linux/amd64")
+    return os_name, arch
+
+
+def _show_library_warnings() -> None:
+    """nri_optimizer.nydus logs what it leaves out; a command shows that as its own warnings."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("nri_optimizer.nydus").addHandler(handler)
+
+
+def _say(line: str) -> None:
+    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+
+def _warn(line: str) -> None:
+    print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _split_extra(argv: Sequence[str]) -> tuple[list[str], list[str]]:
