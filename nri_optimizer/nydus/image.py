@@ -39,7 +39,6 @@ from typing import Any, Protocol
 
 from .build import ImageBuild, build_image
 from .errors import ImageError
-from .tarorder import Report
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -80,11 +79,10 @@ class SourceImage:
 
 @dataclass(frozen=True)
 class Converted:
+    # What was built: the prefetch table, what was left out of it, each layer's order report, the blobs (now in the
+    # output layout). Its bootstrap paths were in the scratch directory and are gone with it.
+    build: ImageBuild
     manifest: dict[str, Any]  # the descriptor of the nydus image's manifest, as in the output's index.json
-    prefetch: tuple[str, ...]  # as ImageBuild's (the layer tars and bootstraps are gone with the scratch dir)
-    absent: tuple[str, ...]
-    empty: tuple[str, ...]
-    orders: tuple[Report | None, ...]  # each source layer's (tarorder.Report), lowest first
 
 
 def blob_path(layout: Path, digest: str) -> Path:
@@ -160,8 +158,7 @@ def convert_layout(source_layout: Path, out_layout: Path, *, listed: Sequence[st
     (out_layout / "oci-layout").write_bytes(_json_bytes({"imageLayoutVersion": "1.0.0"}))
     (out_layout / "index.json").write_bytes(_json_bytes({"schemaVersion": 2, "mediaType": _INDEX_TYPES[0],
                                                          "manifests": [descriptor]}))
-    return Converted(descriptor, build.prefetch, build.absent, build.empty,
-                     tuple(layer.order for layer in build.layers))
+    return Converted(build, descriptor)
 
 
 def bootstrap_layer(bootstrap: Path, blob_dir: Path) -> tuple[dict[str, Any], str]:

@@ -243,9 +243,9 @@ def converted(layers: list[Path], nydus_image: str, tmp_path_factory: pytest.Tem
     out = tmp_path_factory.mktemp("oci")
     done = image.convert_layout(_source_layout(out / "source", layers), out / "nydus", listed=LISTED,
                                 nydus_image=nydus_image)
-    assert (done.prefetch, done.absent, done.empty) == (PREFETCH, ("/missing", "/var/gone", "/opt/old/file"),
-                                                        ("/etc/empty",))
-    assert [order.moved if order else None for order in done.orders] == [
+    assert (done.build.prefetch, done.build.absent, done.build.empty) == (
+        PREFETCH, ("/missing", "/var/gone", "/opt/old/file"), ("/etc/empty",))
+    assert [layer.order.moved if layer.order else None for layer in done.build.layers] == [
         ("/usr/bin/app-link", "/var/data", "/usr/lib/libbig.so", "/etc/conf"), ("/etc/replaced", "/usr/lib/libnew.so"),
         ()]
     assert json.loads((out / "nydus" / "index.json").read_bytes())["manifests"] == [done.manifest]
