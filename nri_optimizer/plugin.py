@@ -232,8 +232,18 @@ class Plugin:
             # The server's log is relayed into ours: at our level, so that profile and a quiet daemon stay quiet.
             level = logging.getLevelName(max(logging.getLogger().getEffectiveLevel(), logging.DEBUG))
             queue = [] if self.config.unlimited_queue else ["--bounded-queue"]
-            self._tracer = TraceClient([self.config.server_path, "--log-level", level, *queue])
+            self._tracer = TraceClient(
+                [self.config.server_path, "--log-level", level, *queue],
+                on_exit=lambda status: self.metrics.server_restarted(),
+                stall_timeout=self.config.stall_timeout,
+                on_stall=self._server_stalled,
+            )
         return self._tracer
+
+    def _server_stalled(self) -> None:
+        self.metrics.server_stalled()
+        # It was working before: start the next one now, so that the next container does not wait for it.
+        self._background(self._get_tracer().start()).add_done_callback(_log_start_failure)
 
     async def _start_session(self, pid: int, recorder: Recorder) -> Session:
         # The stub may cancel us at its deadline; a session that becomes ready after that must not live on.

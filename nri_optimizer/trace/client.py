@@ -99,11 +99,27 @@ class Session:
 class TraceClient:
     """The optimizer-server process and the socketpair to it."""
 
-    def __init__(self, server_cmd: list[str], *, on_exit: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        server_cmd: list[str],
+        *,
+        on_exit: Callable[[int], None] | None = None,
+        stall_timeout: float | None = None,
+        on_stall: Callable[[], None] | None = None,
+    ) -> None:
         """server_cmd is run with `--fd N` appended. on_exit(status) is called when the server exits
-        without close() having asked it to (for logs and metrics)."""
+        without close() having asked it to (for logs and metrics).
+
+        A server that leaves a request (TRACE, STOP) unanswered and says nothing at all for stall_timeout
+        seconds is stalled (stopped, hung, starved): it is killed, its sessions end as incomplete, and
+        on_stall() is called; the next trace() starts a fresh one."""
         self._cmd = list(server_cmd)
         self._on_exit = on_exit
+        self._stall_timeout = stall_timeout
+        self._on_stall = on_stall
+        # When the server was last asked something and has said nothing since (None: it owes no answer).
+        self._silent_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -221,6 +237,47 @@ class TraceClient:
                 await asyncio.get_running_loop().sock_sendall(self._sock, protocol.encode(msg))
             except OSError as e:
                 raise TraceError(f"the trace server is gone: {e}") from None
+        if isinstance(msg, protocol.Trace | protocol.Stop):
+            self._expect_answer()
+
+    def _expect_answer(self) -> None:
+        """A request the server must answer is sent: its silence counts from now, unless it already does."""
+        if self._stall_timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._silent_since is None:
+            self._silent_since = loop.time()
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._stall_timeout, self._check_stall)
+
+    def _heard(self) -> None:
+        """The server said something: it is alive. Its silence counts again from now if it still owes answers."""
+        if self._silent_since is not None:
+            awaiting = any(not s._ready.done() or s._stopping for s in self._sessions.values())
+            self._silent_since = asyncio.get_running_loop().time() if awaiting else None
+
+    def _check_stall(self) -> None:
+        self._watchdog = None
+        if self._silent_since is None or self._stall_timeout is None or self._sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - self._silent_since
+        if silent < self._stall_timeout:
+            self._watchdog = loop.call_later(self._stall_timeout - silent, self._check_stall)
+            return
+        proc = self._proc
+        log.error(
+            "trace server (pid %s) stalled: a request unanswered and not a word for %.0f s; killing it (%d traces "
+            "lost); the next container gets a fresh one",
+            proc.pid if proc is not None else "?",
+            silent,
+            len(self._sessions),
+        )
+        if proc is not None:
+            proc.kill()  # SIGKILL ends a stopped process too
+        self._server_gone(f"trace server stalled: no answer for {silent:.0f} s")
+        if self._on_stall is not None:
+            self._on_stall()
 
     def _abandon(self, session: Session, problem: str) -> None:
         """Give up on a session: finish it and tell the server to drop it (best effort, never waits)."""
@@ -249,6 +306,7 @@ class TraceClient:
                 self._server_gone("server died")
                 return
             self._dispatch(data, flags)
+            self._heard()
 
     def _dispatch(self, data: bytes, flags: int) -> None:
         try:
@@ -302,6 +360,10 @@ class TraceClient:
             self._sock.close()
             self._sock = None
         self._proc = None
+        self._silent_since = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._hello is not None and not self._hello.done():
             self._hello.set_result(f"the trace server {self._cmd[0]} ended ({reason}) before it said HELLO: is "
                                    "server_path nri-optimizer's optimizer-server?")
