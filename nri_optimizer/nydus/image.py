@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from nri_optimizer.oci.registry import IMAGE_MANIFEST_TYPES, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
+
 from .build import ImageBuild, build_image
 from .errors import ImageError
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
@@ -53,10 +55,8 @@ REF_NAME = "org.opencontainers.image.ref.name"
 FS_VERSION = "6"
 BOOTSTRAP_HISTORY = {"created_by": "nri-optimizer convert", "comment": "Nydus Bootstrap Layer"}
 
-_MANIFEST_TYPES = (OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json")
-_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
-                "application/vnd.docker.distribution.manifest.list.v2+json")
 _COPY_PIECE = 1 << 20  # bytes per read: layers can be GBs
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class _Reader(Protocol):
@@ -86,10 +86,10 @@ class Converted:
 
 
 def blob_path(layout: Path, digest: str) -> Path:
-    algorithm, _, hex_digest = digest.partition(":")
-    if algorithm != "sha256" or len(hex_digest) != 64:
+    """Where a blob is; a digest that is not sha256:<64 hex> is refused (a manifest names paths with it)."""
+    if not _SHA256.fullmatch(digest):
         raise ImageError(f"{layout}: unsupported digest {digest!r} (sha256 only)")
-    return layout / "blobs" / algorithm / hex_digest
+    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
 
 
 def read_layout(layout: Path, ref_name: str | None = None) -> SourceImage:
@@ -103,10 +103,10 @@ def read_layout(layout: Path, ref_name: str | None = None) -> SourceImage:
         which = f" named {ref_name}" if ref_name else ""
         raise ImageError(f"{layout}/index.json: expected one image manifest{which}, found {len(manifests)}")
     descriptor = manifests[0]
-    if descriptor.get("mediaType") in _INDEX_TYPES:
+    if descriptor.get("mediaType") in INDEX_TYPES:
         raise ImageError(f"{layout}: the image is an index (several platforms); pull one platform's manifest")
     manifest = _read_json(blob_path(layout, descriptor["digest"]))
-    if manifest.get("mediaType", descriptor.get("mediaType")) not in _MANIFEST_TYPES:
+    if manifest.get("mediaType", descriptor.get("mediaType")) not in IMAGE_MANIFEST_TYPES:
         raise ImageError(f"{layout}: {descriptor['digest']} is not an image manifest ({manifest.get('mediaType')})")
     config = _read_json(blob_path(layout, manifest["config"]["digest"]))
     return SourceImage(layout, manifest, config)
@@ -156,7 +156,7 @@ def convert_layout(source_layout: Path, out_layout: Path, *, listed: Sequence[st
     if name:
         descriptor["annotations"] = {REF_NAME: name}
     (out_layout / "oci-layout").write_bytes(_json_bytes({"imageLayoutVersion": "1.0.0"}))
-    (out_layout / "index.json").write_bytes(_json_bytes({"schemaVersion": 2, "mediaType": _INDEX_TYPES[0],
+    (out_layout / "index.json").write_bytes(_json_bytes({"schemaVersion": 2, "mediaType": OCI_INDEX,
                                                          "manifests": [descriptor]}))
     return Converted(build, descriptor)
 

@@ -131,3 +131,9 @@ def test_a_layout_must_name_one_image_manifest(tmp_path: Path) -> None:
         image.read_layout(layout(tmp_path / "index", [], index=index))
     with pytest.raises(ImageError, match=r"nowhere/index\.json: "):
         image.read_layout(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("digest", ["sha256:../../../etc/passwd", "sha512:" + "a" * 128, "sha256:" + "A" * 64])
+def test_a_digest_that_is_not_sha256_hex_names_no_path(digest: str) -> None:
+    with pytest.raises(ImageError, match="unsupported digest"):
+        image.blob_path(Path("/layout"), digest)
