@@ -34,6 +34,19 @@ def make(target: str, dest: Path) -> str:
     return result.stdout
 
 
+# The daemon's wheel and its runtime dependencies, nothing of the extras (CRI, YAML, plots); pip is the venv's own.
+DAEMON_DISTRIBUTIONS = ["cffi", "nri-optimizer", "pip", "protobuf", "pycparser"]
+
+
+def installed_distributions(dest: Path) -> list[str]:
+    listing = subprocess.run(
+        [dest / VENV_PYTHON, "-I", "-c", "import importlib.metadata as m\n"
+         "print(*sorted({d.metadata['Name'].lower() for d in m.distributions()}), sep='\\n')"],
+        capture_output=True, text=True, check=True,
+    )
+    return listing.stdout.split()
+
+
 def tree(dest: Path) -> list[str]:
     return sorted(str(path.relative_to(dest)) for path in dest.rglob("*"))
 
@@ -47,6 +60,7 @@ def test_installed_plugin_traces_a_pod_and_uninstall_keeps_only_results_and_the_
         make_containerd, flavour, tmp_path, workload_image) -> None:
     dest = tmp_path / "root"
     make("install-optimizer", dest)
+    assert installed_distributions(dest) == DAEMON_DISTRIBUTIONS  # no extra: the daemon runs on exactly these
     conf = dest / CONF
     # The installed config is used as is (server_path and persist_dir name the installed copies), with a log.
     log = PluginLog(tmp_path / "plugin.log")

@@ -1,0 +1,3 @@
+"""The trace server and its client on the real kernel, tracing fake containers.
+
+Needs root."""

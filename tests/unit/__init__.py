@@ -1,0 +1,1 @@
+"""Unit tests of pure code, one folder per layer of nri_optimizer."""
