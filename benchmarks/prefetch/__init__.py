@@ -1,4 +1,4 @@
-"""``nri-optimizer bench-image``: what a prefetch list buys, measured as pull, create and run times.
+"""What a prefetch list buys, measured as pull, create and run times: ``nri-optimizer bench-image``.
 
 For each image of a YAML config (the seed's shape: ``registry``, ``insecure_registry``, ``images: [{name, arg,
 ready}]``) and each variant (snapshotter x image tag), it pulls, creates and runs the image through CRI on a

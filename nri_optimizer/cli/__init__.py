@@ -1,4 +1,4 @@
-"""The ``nri-optimizer`` command: with no subcommand the NRI plugin daemon, else one of the user commands.
+"""The ``nri-optimizer`` command: the plugin daemon, or one of the user commands.
 
 Each command is a module with ``main(argv) -> int`` that raises an errors.OptimizerError for anything the user
 must fix; this module is the one place that prints it (``prog: message``) and chooses the exit status. A command
