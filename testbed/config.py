@@ -56,7 +56,8 @@ def render(
     on loopback); containerd reads them at each pull, so they may be written after it starts.
 
     `snapshotters` (name -> gRPC socket) adds remote snapshotters: each is a proxy plugin and a runtime handler of
-    the same name whose images are pulled and whose containers run on it (CRI `runtime_handler`). Remote
+    the same name whose images are pulled and whose containers run on it (CRI `runtime_handler`; 2.x also needs
+    the handler's `runtime_platforms` entry, or a pull for it unpacks onto the default snapshotter). Remote
     snapshotters need the layer annotations, which CRI passes only with `disable_snapshot_annotations = false`
     (and, in 2.x, only on its local pull path, not the transfer service's).
     """
@@ -127,6 +128,8 @@ def render(
         tables[images] = {**tables[images], **annotations}
     for name, socket in (snapshotters or {}).items():
         tables[f"{runtimes}.{_key(name)}"] = {"runtime_type": "io.containerd.runc.v2", "snapshotter": name}
+        if major >= 2:  # 2.x unpacks a handler's pull into the snapshotter its runtime_platforms entry names
+            tables[f"{images}.runtime_platforms.{_key(name)}"] = {"snapshotter": name}
         tables[f"{runtimes}.{_key(name)}.options"] = runc_options
         tables[f"proxy_plugins.{_key(name)}"] = {"type": "snapshot", "address": str(socket)}
     lines = [f"{key} = {_value(value)}" for key, value in top.items()]

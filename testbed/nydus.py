@@ -25,6 +25,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -116,6 +117,17 @@ class Layout:
     def log(self) -> Path:
         return self.base / "snapshotter.log"
 
+    @property
+    def nydusd_wrapper(self) -> Path:
+        return self.base / "nydusd"
+
+
+def nydusd_wrapper(nydusd: Path) -> str:
+    """The nydusd the snapshotter runs: the real one with ``--rlimit-nofile 0`` after the subcommand (``fuse``,
+    ``singleton``). nydusd raises RLIMIT_NOFILE to 1,000,000 at start unless told not to, and exits with
+    PermissionDenied where root lacks CAP_SYS_RESOURCE (some VMs); the snapshotter has no setting for it."""
+    return f'#!/bin/sh\nsubcommand="$1"\nshift\nexec {shlex.quote(str(nydusd))} "$subcommand" --rlimit-nofile 0 "$@"\n'
+
 
 def snapshotter_config(layout: Layout, nydusd: Path, *, log_level: str = "info") -> str:
     """containerd-nydus-grpc's config (TOML, `version = 1`): dedicated nydusd per image, FUSE, nothing shared."""
@@ -177,7 +189,10 @@ class NydusSnapshotter:
         self.dir = Path(tempfile.mkdtemp(prefix=f"nriopt-nydus-{mode}-", dir="/tmp"))
         self.layout = Layout(self.dir)
         self.layout.cache.mkdir()
-        self.layout.config.write_text(snapshotter_config(self.layout, nydusd, log_level=log_level))
+        self.layout.nydusd_wrapper.write_text(nydusd_wrapper(nydusd))
+        self.layout.nydusd_wrapper.chmod(0o755)
+        self.layout.config.write_text(snapshotter_config(self.layout, self.layout.nydusd_wrapper,
+                                                         log_level=log_level))
         self.layout.nydusd_config.write_text(
             json.dumps(nydusd_config(mode, backend, self.layout.cache, threads=threads), indent=2) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -274,15 +289,19 @@ class NydusSnapshotter:
     def backend_bytes(self, reference: str) -> int | None:
         """Bytes the nydusd daemons serving `reference` read from the registry so far (`read_amount_total` of
         /api/v1/metrics/backend), None when no daemon serves it (not a nydus image, or nydusd is gone)."""
-        total: int | None = None
+        answers = self.nydusd_api(reference, "/api/v1/metrics/backend")
+        return sum(int(metrics["read_amount_total"]) for metrics in answers) if answers else None
+
+    def nydusd_api(self, reference: str, path: str) -> list[Any]:
+        """What each nydusd serving `reference` answers to GET `path` on its API socket (e.g.
+        ``/api/v1/metrics/blobcache``: ``prefetch_data_amount``, ``prefetch_requests_count``); one answer per
+        daemon (dedicated mode: one per image), none when no daemon serves it."""
+        answers = []
         for daemon in self.daemons():
             images = {str(i.get("image_id", "")) for i in (daemon.get("instances") or {}).values()}
-            if not _same_image(reference, images):
-                continue
-            sock = self.layout.root / "socket" / str(daemon["id"]) / "api.sock"
-            metrics = _get_json(sock, "/api/v1/metrics/backend")
-            total = (total or 0) + int(metrics["read_amount_total"])
-        return total
+            if _same_image(reference, images):
+                answers.append(_get_json(self.layout.root / "socket" / str(daemon["id"]) / "api.sock", path))
+        return answers
 
     def clear_cache(self) -> None:
         """Drop nydusd's blob cache, so the next repetition fetches from the registry again."""

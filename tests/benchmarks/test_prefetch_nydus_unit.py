@@ -121,8 +121,11 @@ def test_snapshotter_files_written_at_construction(tmp_path: Path) -> None:
     try:
         assert snapshotter.name == "nydus-all"
         assert snapshotter.dir.name.startswith("nriopt-nydus-all-") and snapshotter.dir.parent == Path("/tmp")
-        expected = nydus.snapshotter_config(nydus.Layout(snapshotter.dir), Path("/opt/nydus/nydusd"))
+        expected = nydus.snapshotter_config(nydus.Layout(snapshotter.dir), snapshotter.dir / "nydusd")
         assert snapshotter.layout.config.read_text() == expected
+        # The snapshotter runs nydusd through a wrapper that keeps nydusd from raising RLIMIT_NOFILE.
+        assert (snapshotter.dir / "nydusd").read_text() == (
+            '#!/bin/sh\nsubcommand="$1"\nshift\nexec /opt/nydus/nydusd "$subcommand" --rlimit-nofile 0 "$@"\n')
         written = json.loads(snapshotter.layout.nydusd_config.read_text())
         assert written == nydus.nydusd_config("all", nydus.Backend("http"), snapshotter.layout.cache, threads=2)
         with pytest.raises(TestbedError) as caught:
@@ -147,6 +150,9 @@ CTD2_TAIL = """
   runtime_type = "io.containerd.runc.v2"
   snapshotter = "nydus-off"
 
+[plugins.'io.containerd.cri.v1.images'.runtime_platforms.nydus-off]
+  snapshotter = "nydus-off"
+
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nydus-off.options]
   BinaryName = "/r/runc"
   Root = "/b/runc"
@@ -158,6 +164,9 @@ CTD2_TAIL = """
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nydus-list]
   runtime_type = "io.containerd.runc.v2"
+  snapshotter = "nydus-list"
+
+[plugins.'io.containerd.cri.v1.images'.runtime_platforms.nydus-list]
   snapshotter = "nydus-list"
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nydus-list.options]
