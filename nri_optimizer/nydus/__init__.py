@@ -9,6 +9,6 @@
     image       the OCI image nydus-snapshotter 0.13.4 runs: blob layers, the bootstrap layer, config, manifest
     errors      NydusError and its subclasses
 
-Imports go one way: errors <- tarorder, tool <- build, bootstrap <- image (which takes the media types from
-nri_optimizer.oci.registry). Nothing here imports the test bed, the benchmarks or the tests.
+Imports go one way: errors <- tarorder, tool <- build <- image (which takes the media types from
+nri_optimizer.oci.registry); bootstrap uses tool. Nothing here imports the test bed, the benchmarks or the tests.
 """

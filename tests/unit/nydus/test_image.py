@@ -16,6 +16,7 @@ import pytest
 from nri_optimizer.nydus import image
 from nri_optimizer.nydus.build import Blob, ImageBuild, LayerBuild
 from nri_optimizer.nydus.errors import ImageError
+from nri_optimizer.oci.registry import OCI_MANIFEST
 
 
 def built(*has_blob: bool) -> ImageBuild:
@@ -86,9 +87,9 @@ def layout(root: Path, layers: list[tuple[bytes, str]], *, diff_ids: list[str] |
     unpacked = [gzip.decompress(data) if media_type.endswith("gzip") else data for data, media_type in layers]
     config = {"rootfs": {"type": "layers",
                          "diff_ids": diff_ids or [f"sha256:{hashlib.sha256(u).hexdigest()}" for u in unpacked]}}
-    manifest = {"schemaVersion": 2, "mediaType": image.OCI_MANIFEST,
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                 "config": put(json.dumps(config).encode(), image.OCI_CONFIG), "layers": [d for _, d in stored]}
-    descriptor = put(json.dumps(manifest).encode(), image.OCI_MANIFEST)
+    descriptor = put(json.dumps(manifest).encode(), OCI_MANIFEST)
     (root / "index.json").write_text(json.dumps(index or {"schemaVersion": 2, "manifests": [descriptor]}))
     return root
 
