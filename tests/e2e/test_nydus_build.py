@@ -4,14 +4,17 @@ but the layers left in their order.
 What is compared, and how it is read:
 - each layer's file tree: ``nydus-image unpack --bootstrap LAYER.boot --blob BLOB`` writes the tree back as a tar
   from the bootstrap and the blob's data (every path, type, mode, owner, size, mtime, link, xattr, content
-  digest). 2.2.0's unpack takes one blob, so it reads each layer's own bootstrap;
+  digest), compared with the other build's and with the layer tar itself. 2.2.0's unpack takes one blob (with
+  ``--backend-config`` it asks its backend for a blob named "unpacker"), so it reads each layer's own bootstrap;
 - the image's merged tree: ``nydus-image check --verbose`` (every path, kind, size, nlink, mtime, symlink, the
   digests of its chunks) and, as root, the image mounted by nydusd from the OCI layout's blobs (lstat, readlink,
   xattrs and the content of every file), which also shows that the merged bootstrap names the blobs by the
   digests the manifest gives them;
 - the prefetch table: ``nydus-image inspect -R prefetch``, by inode (a hard-linked file appears under its first
   name there);
-- where the listed files' chunks are in each blob: ``check --verbose``'s compressed offsets.
+- where the listed files' chunks are in each blob: ``check --verbose``'s compressed offsets;
+- last, the converted OCI image pushed to a registry and run by nydus-snapshotter 0.13.4 and the real nydusd
+  through CRI, on containerd 2.1 and 1.7.
 """
 
 from __future__ import annotations
