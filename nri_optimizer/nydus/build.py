@@ -23,7 +23,9 @@ not take the lower blob's head.
 What goes into the prefetch table: the listed paths the image has, in list order, once each. Lines that are not
 absolute paths (the ``# incomplete`` marker) are skipped; paths the image does not have are counted and left out
 (nydus-image would leave an empty ``{"inode": 0}`` entry for each), as are empty regular files (no data to fetch;
-nydus-image drops them the same way).
+nydus-image drops them the same way). A listed directory stays: nydusd prefetches everything under it (the
+plugin lists regular files only; a hand-written list may mean it). The layers' own bootstraps get no table:
+nydusd reads the merged one.
 """
 
 from __future__ import annotations
