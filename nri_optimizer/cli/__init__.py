@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "profile": ("nri_optimizer.cli.profile", "profile"),
     "convert": ("nri_optimizer.cli.convert", None),
     "merge": ("nri_optimizer.cli.merge", None),
+    "ls": ("nri_optimizer.cli.ls", None),
     "bench-image": ("benchmarks.prefetch.command", "bench"),
 }
 

@@ -50,7 +50,7 @@ def daemon_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nri-optimizer",
         description="containerd NRI plugin that records the files each container reads as it starts, in order.",
-        epilog="Subcommands: profile IMAGE, convert, merge, bench-image (see nri-optimizer SUBCOMMAND --help). "
+        epilog="Subcommands: profile IMAGE, convert, merge, ls, bench-image (see nri-optimizer SUBCOMMAND --help). "
         "With none, this runs the plugin daemon.",
         argument_default=argparse.SUPPRESS,  # absent flags leave the file's value alone
     )
