@@ -10,12 +10,15 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import platform
 import subprocess
 import tarfile
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from testbed import debs
 
@@ -35,6 +38,7 @@ _OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 _OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -60,55 +64,68 @@ def build_image(
     cmd: Sequence[str] | None = None,
     env: Sequence[str] = DEFAULT_ENV,
     working_dir: str = "/",
-    extra_layers: Sequence[Layer] = (),
+    extra_layers: Sequence[Layer | Path] = (),
     busybox: Path | None = None,
+    base: bool = True,
 ) -> Path:
-    """Write an OCI image-layout tarball of busybox + `files` + `extra_layers` to `out`.
+    """Write an OCI image-layout tarball of busybox (unless not `base`) + `files` + `extra_layers` to `out`.
 
-    `name` is a full reference (`host.tld/repo:tag`), which is what CRI will know the image by.
+    `name` is a full reference (`host.tld/repo:tag`), which is what CRI will know the image by. A layer given as
+    a directory holds its tree as it is on disk (owners, modes, links; mtimes 0), streamed through files beside
+    `out`, so that an image of a whole root filesystem is never held in memory.
     """
-    layers = [busybox_layer(busybox or debs.busybox_path())]
-    layers += [_tar(layer) for layer in (files, *extra_layers) if layer]
-    blobs: dict[str, bytes] = {}
-
-    def add_blob(data: bytes, media_type: str) -> dict[str, object]:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        blobs[digest] = data
-        return {"mediaType": media_type, "digest": digest, "size": len(data)}
-
-    layer_descs = [add_blob(_gzip(tar), _OCI_LAYER) for tar in layers]
-    arch = _ARCH.get(platform.machine(), platform.machine())
-    config: dict[str, object] = {"Env": list(env), "WorkingDir": working_dir}
-    if entrypoint is not None:
-        config["Entrypoint"] = list(entrypoint)
-    if cmd is not None:
-        config["Cmd"] = list(cmd)
-    image_config = {
-        "architecture": arch,
-        "os": "linux",
-        "config": config,
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers]},
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": _OCI_MANIFEST,
-        "config": add_blob(_json(image_config), _OCI_CONFIG),
-        "layers": layer_descs,
-    }
-    manifest_desc = add_blob(_json(manifest), _OCI_MANIFEST)
-    manifest_desc["platform"] = {"architecture": arch, "os": "linux"}
-    manifest_desc["annotations"] = {
-        "io.containerd.image.name": name,
-        "org.opencontainers.image.ref.name": name.rpartition(":")[2],
-    }
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [manifest_desc]}
-    entries: dict[str, bytes | FileSpec] = {
-        "oci-layout": _json({"imageLayoutVersion": "1.0.0"}),
-        "index.json": _json(index),
-        **{f"blobs/sha256/{d.removeprefix('sha256:')}": data for d, data in blobs.items()},
-    }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(_tar(entries))
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-image-") as tmp:
+        work = Path(tmp)
+        layers: list[bytes | Layer | Path] = [busybox_layer(busybox or debs.busybox_path())] if base else []
+        layers += [layer for layer in (files, *extra_layers) if layer]
+        blobs: dict[str, bytes | Path] = {}
+
+        def add_blob(data: bytes, media_type: str) -> dict[str, object]:
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            blobs[digest] = data
+            return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+        layer_descs, diff_ids = [], []
+        for number, layer in enumerate(layers):
+            blob = work / f"layer-{number}"
+            diff_id, digest, size = _write_layer(layer, blob)
+            blobs[digest] = blob
+            diff_ids.append(diff_id)
+            layer_descs.append({"mediaType": _OCI_LAYER, "digest": digest, "size": size})
+        arch = _ARCH.get(platform.machine(), platform.machine())
+        config: dict[str, object] = {"Env": list(env), "WorkingDir": working_dir}
+        if entrypoint is not None:
+            config["Entrypoint"] = list(entrypoint)
+        if cmd is not None:
+            config["Cmd"] = list(cmd)
+        image_config = {
+            "architecture": arch,
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": _OCI_MANIFEST,
+            "config": add_blob(_json(image_config), _OCI_CONFIG),
+            "layers": layer_descs,
+        }
+        manifest_desc = add_blob(_json(manifest), _OCI_MANIFEST)
+        manifest_desc["platform"] = {"architecture": arch, "os": "linux"}
+        manifest_desc["annotations"] = {
+            "io.containerd.image.name": name,
+            "org.opencontainers.image.ref.name": name.rpartition(":")[2],
+        }
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": [manifest_desc]}
+        entries: dict[str, bytes | FileSpec | Path] = {
+            "oci-layout": _json({"imageLayoutVersion": "1.0.0"}),
+            "index.json": _json(index),
+            **{f"blobs/sha256/{d.removeprefix('sha256:')}": data for d, data in blobs.items()},
+        }
+        with open(out, "wb") as f:
+            _write_tar(entries, f)
     return out
 
 
@@ -149,23 +166,34 @@ def busybox_layer(busybox: Path) -> bytes:
 
 
 def _tar(entries: Mapping[str, bytes | FileSpec]) -> bytes:
+    buf = io.BytesIO()
+    _write_tar(entries, buf)
+    return buf.getvalue()
+
+
+def _write_tar(entries: Mapping[str, bytes | FileSpec | Path], fileobj: IO[bytes]) -> None:
     """A tar with sorted entries, every parent directory included before its children, owned by root,
-    mtime 0. Leading slashes are dropped: layer paths are relative to the rootfs."""
+    mtime 0. Leading slashes are dropped: layer paths are relative to the rootfs. A Path value is a regular
+    file on disk whose bytes are streamed into the entry."""
     specs = {
-        str(PurePosixPath(p.lstrip("/"))): s if isinstance(s, FileSpec) else FileSpec(s) for p, s in entries.items()
+        str(PurePosixPath(p.lstrip("/"))): s if isinstance(s, FileSpec | Path) else FileSpec(s)
+        for p, s in entries.items()
     }
-    for path in list(specs):
+    for path in list(specs):  # every parent directory, made explicit
         for parent in PurePosixPath(path).parents:
             if str(parent) != ".":
                 specs.setdefault(str(parent), FileSpec(mode=0o755, directory=True))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(specs):
             spec = specs[path]
             info = tarfile.TarInfo(path)
             info.mtime, info.uid, info.gid, info.uname, info.gname = _MTIME, 0, 0, "root", "root"
-            info.mode = spec.mode
-            if spec.directory:
+            info.mode = 0o644 if isinstance(spec, Path) else spec.mode
+            if isinstance(spec, Path):
+                info.size = spec.stat().st_size
+                with open(spec, "rb") as data:
+                    tar.addfile(info, data)
+            elif spec.directory:
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
             elif spec.symlink is not None:
@@ -184,15 +212,60 @@ def _tar(entries: Mapping[str, bytes | FileSpec]) -> bytes:
             else:
                 info.size = len(spec.data)
                 tar.addfile(info, io.BytesIO(spec.data))
-    return buf.getvalue()
 
 
-def _gzip(data: bytes) -> bytes:
-    # mtime=0 and no file name keep the gzip header, and so the layer digest, reproducible.
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
-        gz.write(data)
-    return buf.getvalue()
+def _write_tree(root: Path, fileobj: IO[bytes]) -> None:
+    """A tar of the tree under `root` as it is on disk (owners, modes, symbolic and hard links), in sorted order
+    with mtime 0 and no owner names, so that the same tree always gives the same bytes. Sockets and devices are
+    left out: no package ships one, and a container gets its /dev from the runtime."""
+    paths = sorted(str(Path(d, n).relative_to(root)) for d, dirs, names in os.walk(root) for n in dirs + names)
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in paths:
+            info = tar.gettarinfo(root / path, arcname=path)
+            if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+                continue
+            info.mtime, info.uname, info.gname = _MTIME, "", ""
+            if info.isreg():
+                with open(root / path, "rb") as data:
+                    tar.addfile(info, data)
+            else:
+                tar.addfile(info)
+
+
+def _write_layer(layer: bytes | Layer | Path, blob: Path) -> tuple[str, str, int]:
+    """Write `layer` (a tar, a mapping of files or a directory) gzipped to `blob`: (diff_id, digest, size)."""
+    plain = blob.with_suffix(".tar")
+    with open(plain, "wb") as f:
+        if isinstance(layer, bytes):
+            f.write(layer)
+        elif isinstance(layer, Path):
+            _write_tree(layer, f)
+        else:
+            f.write(_tar(layer))
+    diff_id, digest = hashlib.sha256(), hashlib.sha256()
+    with open(plain, "rb") as src, open(blob, "wb") as dst:
+        hashed = _Hashed(dst, digest.update)
+        # mtime=0 and no file name keep the gzip header, and so the layer digest, reproducible.
+        with gzip.GzipFile(fileobj=hashed, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
+            while chunk := src.read(_CHUNK):
+                diff_id.update(chunk)
+                gz.write(chunk)
+    plain.unlink()
+    return "sha256:" + diff_id.hexdigest(), "sha256:" + digest.hexdigest(), blob.stat().st_size
+
+
+class _Hashed:
+    """A write-only file that hashes what goes through it."""
+
+    def __init__(self, out: IO[bytes], update: Callable[[bytes], object]) -> None:
+        self._out, self._update = out, update
+
+    def write(self, data: bytes) -> int:
+        self._update(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 def _json(value: object) -> bytes:
