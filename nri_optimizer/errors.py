@@ -14,6 +14,11 @@
     ├── CriError                    cri.client: the container runtime refused a request or is unreachable
     ├── RegistryError               oci.registry: a registry refused a request, or sent what we cannot use
     │   └── RegistryUnreachable         no answer at all (connection refused, DNS, TLS, timeout)
+    ├── NydusError                  nydus: building or reading a nydus image failed
+    │   ├── TarOrderError               nydus.tarorder: a layer tar cannot be reordered (not a tar, a global pax header)
+    │   ├── ToolError                   nydus.tool/build/bootstrap: nydus-image is missing or failed, or printed what
+    │   │                               we do not understand
+    │   └── ImageError                  nydus.image: an OCI image is not what a conversion needs
     └── CommandError                cli: a command cannot do what it was asked (profile, convert)
         └── UsageError                  its arguments are wrong (exit status 2, as argparse)
 
@@ -96,6 +101,22 @@ class RegistryError(OptimizerError):
 
 class RegistryUnreachable(RegistryError):
     """A registry did not answer at all."""
+
+
+class NydusError(OptimizerError):
+    """A nydus image could not be built or read."""
+
+
+class TarOrderError(NydusError):
+    """A layer tar cannot be reordered."""
+
+
+class ToolError(NydusError):
+    """nydus-image is missing, failed, or printed what we do not understand."""
+
+
+class ImageError(NydusError):
+    """An OCI image is not what the conversion needs."""
 
 
 class CommandError(OptimizerError):

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nri_optimizer.cache import cache_dir as cache_dir
 from testbed import TestbedError
 
 # flavour -> (suite, preferred upstream version). The suites are where Debian keeps that series; the
@@ -56,14 +57,6 @@ class Runtime:
     @property
     def major(self) -> int:
         return int(self.version.split(".")[0])
-
-
-def cache_dir() -> Path:
-    """$NRI_OPTIMIZER_CACHE, else $XDG_CACHE_HOME/nri-optimizer, else ~/.cache/nri-optimizer."""
-    if explicit := os.environ.get("NRI_OPTIMIZER_CACHE"):
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "nri-optimizer"
 
 
 def fetch_runtime(flavour: str, *, cache: Path | None = None) -> Runtime:

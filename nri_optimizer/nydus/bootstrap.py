@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tool
-from .errors import ToolError
+from nri_optimizer.errors import ToolError
+from nri_optimizer.nydus import tool
 
 
 @dataclass(frozen=True)

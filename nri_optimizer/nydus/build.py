@@ -38,9 +38,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tarorder, tool
-from .errors import ToolError
-from .tarorder import LayerIndex
+from nri_optimizer.errors import ToolError
+from nri_optimizer.nydus import tarorder, tool
+from nri_optimizer.nydus.tarorder import LayerIndex
 
 log = logging.getLogger(__name__)
 

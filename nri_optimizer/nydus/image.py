@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from nri_optimizer.errors import ImageError
+from nri_optimizer.nydus.build import ImageBuild, build_image
 from nri_optimizer.oci.registry import IMAGE_MANIFEST_TYPES, INDEX_TYPES, OCI_INDEX, OCI_MANIFEST
-
-from .build import ImageBuild, build_image
-from .errors import ImageError
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

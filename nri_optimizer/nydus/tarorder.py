@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import BinaryIO, Literal
 
-from .errors import TarOrderError
+from nri_optimizer.errors import TarOrderError
 
 _COPY_PIECE = 1 << 20  # bytes per read while copying an entry: entries can be GBs
 

@@ -7,25 +7,18 @@ restated here because the daemon's package ships without the test bed.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ToolError
+from nri_optimizer.cache import cache_dir
+from nri_optimizer.errors import ToolError
 
 NYDUS_RS_VERSION = "2.2.0"  # the release every fact in this package was checked against
 INSTALL_HINT = "make nydus"
 _STDERR_TAIL = 2000  # characters of a failed command's stderr kept in the error
-
-
-def cache_dir() -> Path:
-    """$NRI_OPTIMIZER_CACHE, else $XDG_CACHE_HOME/nri-optimizer, else ~/.cache/nri-optimizer."""
-    if explicit := os.environ.get("NRI_OPTIMIZER_CACHE"):
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nri-optimizer"
 
 
 def tools_bin() -> Path:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from nri_optimizer.errors import ToolError
 from nri_optimizer.nydus import bootstrap
 from nri_optimizer.nydus.bootstrap import Chunk, Inode, PrefetchEntry
-from nri_optimizer.nydus.errors import ToolError
 
 # nydus-image check -B B --verbose (2.2.0), a regular file, a hard link pair, an empty file, odd names.
 CHECK = """\

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from nri_optimizer.errors import ToolError
 from nri_optimizer.nydus import build, tarorder, tool
-from nri_optimizer.nydus.errors import ToolError
 
 
 def layer(*names: str) -> tarorder.LayerIndex:

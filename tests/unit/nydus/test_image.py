@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from nri_optimizer.errors import ImageError
 from nri_optimizer.nydus import image
 from nri_optimizer.nydus.build import Blob, ImageBuild, LayerBuild
-from nri_optimizer.nydus.errors import ImageError
 from nri_optimizer.oci.registry import OCI_MANIFEST
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from nri_optimizer.errors import TarOrderError
 from nri_optimizer.nydus import tarorder
-from nri_optimizer.nydus.errors import TarOrderError
 
 
 @dataclass
