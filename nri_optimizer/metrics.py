@@ -94,6 +94,7 @@ class PrometheusMetrics(Metrics):
 
     def __init__(self, in_flight: Callable[[], int]) -> None:
         prom = _prometheus()
+        prom.disable_created_metrics()  # a *_created series beside every counter doubles a scrape for nothing
         self.registry = registry = prom.CollectorRegistry(auto_describe=True)
         prom.ProcessCollector(registry=registry)
 
