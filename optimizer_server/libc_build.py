@@ -14,6 +14,11 @@ import cffi  # type: ignore[import-untyped, unused-ignore]  # no stubs in the ve
 DECLARATIONS = """
 int fanotify_init(unsigned int flags, unsigned int event_f_flags);
 int fanotify_mark(int fanotify_fd, unsigned int flags, uint64_t mask, int dirfd, const char *pathname);
+int name_to_handle_at(int dirfd, const char *pathname, void *handle, int *mount_id, int flags);
+int open_by_handle_at(int mount_fd, void *handle, int flags);
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+int munmap(void *addr, size_t length);
+int mincore(void *addr, size_t length, unsigned char *vec);
 int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
 int capset(void *header, void *data);
 """

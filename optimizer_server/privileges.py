@@ -2,19 +2,21 @@
 
 The server runs as root because containerd's plugin does. What it needs of root: CAP_SYS_ADMIN
 (fanotify_init, mount marks, an unlimited queue), CAP_SYS_PTRACE (opening another process's
-/proc/PID/root) and CAP_NET_ADMIN (listening to the kernel's process events). Everything else leaves the
-effective, permitted, inheritable and ambient sets and the bounding set, and no_new_privs keeps an exec
-from getting anything back.
+/proc/PID/root), CAP_NET_ADMIN (listening to the kernel's process events) and CAP_DAC_READ_SEARCH
+(open_by_handle_at: fid mode reaches directories and files by the handles its events carry, never by a
+path). Everything else leaves the effective, permitted, inheritable and ambient sets and the bounding set,
+and no_new_privs keeps an exec from getting anything back.
 """
 
 from __future__ import annotations
 
 from optimizer_server.libc import check, ffi, lib
 
+CAP_DAC_READ_SEARCH = 2
 CAP_NET_ADMIN = 12
 CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
-KEPT = (CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN)
+KEPT = (CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN)
 
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38

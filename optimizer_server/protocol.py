@@ -4,29 +4,37 @@ Transport: one AF_UNIX SOCK_SEQPACKET socketpair; one message per datagram, so n
 Every message starts with the same 5-byte little-endian header, then a body fixed by its kind:
 
     header   kind u8, session u32
-    TRACE    pid i32                                   plugin → server: watch this process's root mount
+    TRACE    pid i32, mode u8, options u8              plugin → server: watch this process's root mount
     STOP     (empty)                                   plugin → server: drain, send what is left, then DONE
     CANCEL   (empty)                                   plugin → server: drop the session, no reply
     HELLO    version u16 (session 0)                   server → plugin: first message, once, at start
-    READY    (empty)                                   server → plugin: the mark is in place
+    READY    mode u8                                   server → plugin: the mark is in place
     FAILED   message (UTF-8, the rest of the datagram) server → plugin: the session is gone
     FILES    count u16, count x (mask u64, pid i32, t_ns u64, dev u64, ino u64, size u64, path_len u16, path)
                                                        server → plugin: files seen for the first time
+    RESIDENT first u32, count u16, count x bytes u64   server → plugin: page-cache residency at STOP
     DONE     overflowed u8 (0/1), lost u32, events u32 server → plugin: last message of a session
 
-The server resolves every event itself (fstat and readlink of the fd the kernel opened for it) and sends
-each regular file once: the plugin makes no system call per file and receives no fds. path is what the
-event fd reads back as, container-relative, raw bytes; size is st_size when the server looked.
+The server resolves every event itself and sends each regular file once: the plugin makes no system call
+per file and receives no fds. path is container-relative, raw bytes; size is st_size when the server looked.
 t_ns is CLOCK_MONOTONIC (time.monotonic_ns()) when the server read the event from the kernel.
 mask carries the kernel's fanotify bits, plus two of ours (never kernel bits): FOREIGN (bit 63) when the
 accessing process is not a descendant of the traced pid: it entered the container from outside (runc exec:
 exec probes, kubectl exec); DELETED (bit 62) when the file was already unlinked (a file the container made
 and removed). A file is sent once as the workload's and at most once more as FOREIGN.
+
+TRACE's mode is how the server is to receive the kernel's events (fanotify.py): FID (file handles, no fd per
+event), FD (an fd per event), or AUTO (FID where the kernel and the file system allow it, else FD); READY
+says which one the session uses. With the RESIDENCY option, STOP sends RESIDENT messages before DONE: for
+the session's file records in the order they were sent (FOREIGN and DELETED ones included), counted from 0,
+the bytes of each file in the page cache once the trace stopped, UNKNOWN_RESIDENT where the server could not
+look (a file it could not reach again, or beyond what it may hold open).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,22 +52,37 @@ FAILED = 0x82
 FILES = 0x83
 DONE = 0x84
 HELLO = 0x85
+RESIDENT = 0x86
 
 # What HELLO says; a plugin refuses a server that speaks another version (the two are separate executables,
 # installed together, but server_path may name an older one, or upstream's). 2: FILES records, DONE with events.
-PROTOCOL_VERSION = 2
+# 3: TRACE's mode and options, READY's mode, RESIDENT.
+PROTOCOL_VERSION = 3
+
+# TRACE's and READY's mode.
+MODE_AUTO = 0
+MODE_FID = 1
+MODE_FD = 2
+MODE_NAMES = {MODE_AUTO: "auto", MODE_FID: "fid", MODE_FD: "fd"}
+# TRACE's options.
+RESIDENCY = 0x01
+UNKNOWN_RESIDENT = 2**64 - 1
 
 FOREIGN = 1 << 63
 DELETED = 1 << 62
 
 _HEADER = struct.Struct("<BI")
-_PID = struct.Struct("<i")
+_TRACE = struct.Struct("<iBB")
+_MODE = struct.Struct("<B")
+_RESIDENT = struct.Struct("<IH")
 _COUNT = struct.Struct("<H")
 _RECORD = struct.Struct("<QiQQQQH")  # mask, pid, t_ns, dev, ino, size, path length; then the path
 RECORD_HEADER_LEN = _RECORD.size
 FILES_HEADER_LEN = _HEADER.size + _COUNT.size
 _DONE = struct.Struct("<BII")
 _VERSION = struct.Struct("<H")
+# RESIDENT values per datagram: as many as fit.
+MAX_RESIDENT = (MAX_DATAGRAM - _HEADER.size - _RESIDENT.size) // 8
 
 
 class ProtocolError(ValueError):
@@ -82,6 +105,8 @@ class FileRecord(NamedTuple):
 class Trace:
     session: int
     pid: int
+    mode: int = MODE_AUTO
+    options: int = 0  # RESIDENCY
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +128,7 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class Ready:
     session: int
+    mode: int  # MODE_FID or MODE_FD
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +144,13 @@ class Files:
 
 
 @dataclass(frozen=True, slots=True)
+class Resident:
+    session: int
+    first: int  # the index of the record the first value is for
+    sizes: tuple[int, ...]  # bytes in the page cache, or UNKNOWN_RESIDENT
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     session: int
     overflowed: bool  # the kernel queue overflowed: events are missing
@@ -126,7 +159,7 @@ class Done:
 
 
 Command = Trace | Stop | Cancel
-Reply = Hello | Ready | Failed | Files | Done
+Reply = Hello | Ready | Failed | Files | Resident | Done
 Message = Command | Reply
 
 
@@ -134,16 +167,20 @@ def encode(msg: Message) -> bytes:
     """One datagram. Raises ValueError for a field out of range."""
     try:
         match msg:
-            case Trace(session, pid):
-                return _HEADER.pack(TRACE, session) + _PID.pack(pid)
+            case Trace(session, pid, mode, options):
+                if mode not in MODE_NAMES:
+                    raise ValueError(f"unknown mode {mode}")
+                return _HEADER.pack(TRACE, session) + _TRACE.pack(pid, mode, options)
             case Stop(session):
                 return _HEADER.pack(STOP, session)
             case Cancel(session):
                 return _HEADER.pack(CANCEL, session)
             case Hello(session, version):
                 return _HEADER.pack(HELLO, session) + _VERSION.pack(version)
-            case Ready(session):
-                return _HEADER.pack(READY, session)
+            case Ready(session, mode):
+                if mode not in (MODE_FID, MODE_FD):
+                    raise ValueError(f"READY mode {mode}: fid or fd")
+                return _HEADER.pack(READY, session) + _MODE.pack(mode)
             case Failed(session, message):
                 text = message.encode("utf-8", "replace")[:MAX_FAILED_MESSAGE]
                 # Cutting may split a character; decode with "ignore" drops the partial one.
@@ -154,6 +191,10 @@ def encode(msg: Message) -> bytes:
                 if not files or len(data) > MAX_DATAGRAM:
                     raise ValueError(f"FILES carries 1 or more files in at most {MAX_DATAGRAM} bytes")
                 return data
+            case Resident(session, first, sizes):
+                if not sizes or len(sizes) > MAX_RESIDENT:
+                    raise ValueError(f"RESIDENT carries 1 to {MAX_RESIDENT} values")
+                return resident_message(session, first, sizes)
             case Done(session, overflowed, lost, events):
                 return _HEADER.pack(DONE, session) + _DONE.pack(overflowed, lost, events)
     except struct.error as e:
@@ -165,8 +206,11 @@ def decode_command(data: bytes) -> Command:
     """A plugin → server datagram."""
     kind, session, body = _split(data)
     if kind == TRACE:
-        _expect_len(body, _PID.size, "TRACE")
-        return Trace(session, _PID.unpack(body)[0])
+        _expect_len(body, _TRACE.size, "TRACE")
+        pid, mode, options = _TRACE.unpack(body)
+        if mode not in MODE_NAMES:
+            raise ProtocolError(f"TRACE mode {mode}, expected one of {sorted(MODE_NAMES)}")
+        return Trace(session, pid, mode, options)
     if kind == STOP:
         _expect_len(body, 0, "STOP")
         return Stop(session)
@@ -183,8 +227,11 @@ def decode_reply(data: bytes) -> Reply:
         _expect_len(body, _VERSION.size, "HELLO")
         return Hello(session, _VERSION.unpack(body)[0])
     if kind == READY:
-        _expect_len(body, 0, "READY")
-        return Ready(session)
+        _expect_len(body, _MODE.size, "READY")
+        (mode,) = _MODE.unpack(body)
+        if mode not in (MODE_FID, MODE_FD):
+            raise ProtocolError(f"READY mode {mode}, expected {MODE_FID} (fid) or {MODE_FD} (fd)")
+        return Ready(session, mode)
     if kind == FAILED:
         if len(body) > MAX_FAILED_MESSAGE:
             raise ProtocolError(f"FAILED message of {len(body)} bytes, limit {MAX_FAILED_MESSAGE}")
@@ -194,6 +241,14 @@ def decode_reply(data: bytes) -> Reply:
             raise ProtocolError(f"FAILED message is not UTF-8: {e}") from None
     if kind == FILES:
         return Files(session, _decode_files(body))
+    if kind == RESIDENT:
+        if len(body) < _RESIDENT.size:
+            raise ProtocolError("RESIDENT without first and count")
+        first, count = _RESIDENT.unpack_from(body)
+        if count == 0:
+            raise ProtocolError("RESIDENT with no value")
+        _expect_len(body, _RESIDENT.size + 8 * count, "RESIDENT")
+        return Resident(session, first, struct.unpack_from(f"<{count}Q", body, _RESIDENT.size))
     if kind == DONE:
         _expect_len(body, _DONE.size, "DONE")
         overflowed, lost, events = _DONE.unpack(body)
@@ -206,6 +261,11 @@ def decode_reply(data: bytes) -> Reply:
 def encode_file(mask: int, pid: int, t_ns: int, dev: int, ino: int, size: int, path: bytes) -> bytes:
     """One record of a FILES message (the server builds messages from these without making records)."""
     return _RECORD.pack(mask, pid, t_ns, dev, ino, size, len(path)) + path
+
+
+def resident_message(session: int, first: int, sizes: Sequence[int]) -> bytes:
+    """A RESIDENT datagram; the caller keeps sizes within 1..MAX_RESIDENT."""
+    return _HEADER.pack(RESIDENT, session) + _RESIDENT.pack(first, len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes)
 
 
 def files_message(session: int, records: list[bytes]) -> bytes:

@@ -5,36 +5,49 @@ magic link /proc/PID/root, so the server never enters the container's mount name
 resolves a path inside it; event fds still read back container-relative, because the container's root
 is not reachable from ours.
 
-The server resolves each event itself: fstat (identity, size, type) and readlink of the fd the kernel
-opened for it, then closes it. Each regular file goes to the plugin once, as a record (protocol.FILES):
-the plugin makes no system call per file. A file reported again gets an ignore mark, so the kernel stops
+The server resolves each event itself, in one of two ways (fanotify.py). In fd mode: fstat (identity,
+size, type) and readlink of the fd the kernel opened for the event, then close. In fid mode, where the
+kernel and the file system allow it, the event names the file's directory by handle and the file by its
+name there and its own handle: each directory is resolved once (open_by_handle_at on the container's root
+directory, which the session holds, then readlink), and a new file costs one fstatat of its name in it;
+nothing is opened per event. Each regular file goes to the plugin once, as a record (protocol.FILES): the
+plugin makes no system call per file. A file reported again gets an ignore mark, so the kernel stops
 reporting it; a file read once never needs one, which spares the kernel a mark per file.
+
+With RESIDENCY, STOP also reports how much of each file is in the page cache (residency.py), from what the
+session kept of it: the event fd in fd mode (as many as the fd limit allows), the file's handle in fid mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
 import socket
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from optimizer_server import fanotify, protocol
+from optimizer_server import fanotify, handles, protocol
 from optimizer_server.proctree import ProcessTree
+from optimizer_server.residency import Residency
 
 log = logging.getLogger("optimizer_server")
 
 # One read() takes as many events as 64 KiB holds (2730), as long as the fd budget allows: the kernel
 # opens an fd per event while copying, and an event whose fd cannot be opened (EMFILE) is dropped.
 READ_SIZE = 64 * 1024
-# fds the server needs besides one read's event fds: stdio, the control socket, the epoll fd, and one
-# group per session (fs.fanotify.max_user_groups is 128 by default), with headroom.
-FD_RESERVE = 512
-# What readlink of a deleted file's fd ends with.
-_DELETED = b" (deleted)"
+# fds the server needs besides one read's event fds and the event fds kept for RESIDENCY: stdio, the control
+# socket, the epoll fd, and per session (fs.fanotify.max_user_groups is 128 by default) a group, and in fid
+# mode the container's root and a few directories (handles.DIRECTORY_FDS), with headroom.
+FD_RESERVE = 512 + 128 * (2 + handles.DIRECTORY_FDS)
+# Why a kernel or a file system refuses fid mode: fanotify_init without FAN_REPORT_DFID_NAME (Linux < 5.9:
+# EINVAL), a mount mark on a file system whose handles cannot be decoded (overlayfs without nfs_export:
+# EOPNOTSUPP), one with no fsid or a btrfs subvolume's (ENODEV, EXDEV), no handles at all (EOPNOTSUPP).
+_FID_REFUSALS = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENODEV, errno.EXDEV)
 # After reading a group's queue, the server leaves it for this long before it listens again (and likewise the
 # process events connector). Meanwhile events queue up without waking anyone: a workload opening files at
 # full speed pays for an event, not also for a wake-up of the server (an IPI, and on a VM an exit) per open.
@@ -48,12 +61,20 @@ class _Session:
     id: int
     pid: int
     group: int
+    mode: int  # protocol.MODE_FID or MODE_FD
+    root: int = -1  # fid mode: the container's root directory, on which handles are decoded
+    directories: handles.Directories | None = None  # fid mode
+    # With RESIDENCY, per record sent: how to reach its file at STOP. fd mode: the event fd (-1: none kept);
+    # fid mode: the file's handle.
+    kept: list[int | bytes] | None = None
     overflowed: bool = False
     lost: int = 0
     ignore_failed: bool = False
-    seen: set[int] = field(default_factory=set)  # (st_dev << 64) | st_ino of every workload file sent
-    foreign_seen: set[int] = field(default_factory=set)  # the same, for files sent as FOREIGN
-    ignored: set[int] = field(default_factory=set)  # files with an ignore mark
+    # Every file sent as the workload's: fd mode (st_dev << 64) | st_ino, fid mode the handle (files that are
+    # not regular too); foreign_seen the same for files sent as FOREIGN.
+    seen: set[int | bytes] = field(default_factory=set)
+    foreign_seen: set[int | bytes] = field(default_factory=set)
+    ignored: set[int | bytes] = field(default_factory=set)  # files with an ignore mark
     events: int = 0  # events read from the kernel, but for overflow notices
     repeats: int = 0  # events of files sent already: not sent again
 
@@ -69,6 +90,10 @@ class Server:
         self._unlimited_queue = unlimited_queue
         events_per_read = max(1, min(READ_SIZE // fanotify.METADATA_LEN, nofile - FD_RESERVE))
         self._read_size = events_per_read * fanotify.METADATA_LEN
+        # Event fds all fd sessions together may keep for RESIDENCY: what a read's and the reserve leave.
+        self._keep_limit = max(0, nofile - FD_RESERVE - events_per_read)
+        self._kept_fds = 0
+        self._residency = Residency()
         self._epoll = select.epoll()
         # Event fds are resolved relative to our fd directory: readlinkat skips looking up /proc/self/fd.
         self._fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -118,8 +143,8 @@ class Server:
             log.error("ignoring a %d-byte control message %s: %s", len(data), data[:32].hex(), e)
             return True
         match command:
-            case protocol.Trace(session_id, pid):
-                self._trace(session_id, pid)
+            case protocol.Trace(session_id, pid, mode, options):
+                self._trace(session_id, pid, mode, options)
             case protocol.Stop(session_id):
                 self._stop(session_id)
             case protocol.Cancel(session_id):
@@ -128,24 +153,74 @@ class Server:
                     log.info("session %d: cancelled", session_id)
         return True
 
-    def _trace(self, session_id: int, pid: int) -> None:
+    def _trace(self, session_id: int, pid: int, mode: int, options: int) -> None:
         if session_id in self._sessions:
             self._send(protocol.Failed(session_id, f"session {session_id} is already tracing"))
             return
         try:
-            group = _watch_root_mount(pid, unlimited_queue=self._unlimited_queue)
+            session, fid_refused = self._watch_root_mount(session_id, pid, mode)
         except _Refused as e:
             log.warning("session %d: %s", session_id, e)
             self._send(protocol.Failed(session_id, str(e)))
             return
-        session = _Session(session_id, pid, group)
+        if options & protocol.RESIDENCY:
+            session.kept = []
         self._tree.watch(pid)
         self._follow_tree()
         self._sessions[session_id] = session
-        self._by_group[group] = session
-        self._epoll.register(group, _ONESHOT)
-        log.info("session %d: watching the root mount of pid %d", session_id, pid)
-        self._send(protocol.Ready(session_id))
+        self._by_group[session.group] = session
+        self._epoll.register(session.group, _ONESHOT)
+        log.info("session %d: watching the root mount of pid %d (%s events%s)", session_id, pid,
+                 protocol.MODE_NAMES[session.mode], f"; fid refused: {fid_refused}" if fid_refused else "")
+        self._send(protocol.Ready(session_id, session.mode))
+
+    def _watch_root_mount(self, session_id: int, pid: int, mode: int) -> tuple[_Session, str | None]:
+        """A session whose new fanotify group marks the root mount of pid, in fid mode where asked and possible
+        (else why fid was refused), or fd mode. Raises _Refused."""
+        try:
+            # Read-only, not O_PATH: open_by_handle_at takes its mount fd as a real one.
+            root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise _Refused(f"pid {pid}: no such process") from None
+        except OSError as e:
+            raise _Refused(f"pid {pid}: cannot open /proc/{pid}/root: {e.strerror}") from None
+        refused = None
+        try:
+            if mode != protocol.MODE_FD:
+                try:
+                    group = self._mark(root, fid=True)
+                except OSError as e:
+                    if e.errno not in _FID_REFUSALS:
+                        raise
+                    refused = str(e)
+                    if mode == protocol.MODE_FID:
+                        raise _Refused(f"pid {pid}: fid events refused: {refused}") from None
+                else:
+                    try:
+                        directories = handles.Directories(root, handles.encode(root), self._fd_dir)
+                    except OSError:
+                        os.close(group)
+                        raise
+                    return _Session(session_id, pid, group, protocol.MODE_FID, root, directories), None
+            group = self._mark(root, fid=False)
+        except OSError as e:
+            os.close(root)
+            raise _Refused(f"pid {pid}: {e.strerror}") from None
+        except _Refused:
+            os.close(root)
+            raise
+        os.close(root)
+        return _Session(session_id, pid, group, protocol.MODE_FD), refused
+
+    def _mark(self, root: int, *, fid: bool) -> int:
+        """A new group marking the mount root lies on."""
+        group = fanotify.init_group(unlimited_queue=self._unlimited_queue, fid=fid)
+        try:
+            fanotify.mark_mount(group, root)
+        except OSError:
+            os.close(group)
+            raise
+        return group
 
     def _stop(self, session_id: int) -> None:
         session = self._sessions.get(session_id)
@@ -155,11 +230,15 @@ class Server:
         # Events are queued during the workload's own syscalls, so everything it did before STOP is in
         # the queue by now.
         self._read_queued(session)
+        if session.kept is not None:
+            self._send_residency(session)
         self._close(session)
         log.info(
-            "session %d: done with pid %d (overflowed=%s, lost=%d, events=%d, repeats not sent=%d, ignore marks=%d)",
+            "session %d: done with pid %d (%s events, overflowed=%s, lost=%d, events=%d, repeats not sent=%d, "
+            "ignore marks=%d)",
             session_id,
             session.pid,
+            protocol.MODE_NAMES[session.mode],
             session.overflowed,
             session.lost,
             session.events,
@@ -169,11 +248,16 @@ class Server:
         self._send(protocol.Done(session_id, session.overflowed, session.lost, session.events))
 
     def _read_queued(self, session: _Session) -> None:
-        """Read and forward what is queued now, no more: a workload still opening new files behind it must not
-        hold the loop forever."""
-        pending = fanotify.queued_bytes(session.group)
-        while pending > 0 and (done := self._read_once(session)) is not None:
+        """Read what is queued now, no more (a workload still opening new files behind it must not hold the loop
+        forever), and send its records in as few datagrams as fit."""
+        pending = fanotify.queued_events(session.group)
+        records: list[bytes] = []
+        t_ns = time.monotonic_ns()
+        # Every fork behind these events was reported before the events themselves were queued.
+        self._tree.drain()
+        while pending > 0 and (done := self._read_once(session, records, t_ns)) is not None:
             pending -= done
+        self._send_files(session, records)
 
     def _rest(self, fd: int) -> None:
         """Leave a one-shot source disarmed for COALESCE seconds."""
@@ -190,13 +274,13 @@ class Server:
             # Armed again; epoll reports at once what queued up meanwhile.
             self._epoll.modify(fd, _ONESHOT)
 
-    def _read_once(self, session: _Session) -> int | None:
-        """Read and forward one buffer of events; how many queued bytes it took, None if none were queued.
+    def _read_once(self, session: _Session, records: list[bytes], t_ns: int) -> int | None:
+        """Read one buffer of events and add their records; how many events it took, None if none were queued.
 
         EINTR needs no care: Python retries the read (PEP 475).
         """
         try:
-            buf = os.read(session.group, self._read_size)
+            buf = os.read(session.group, READ_SIZE if session.mode == protocol.MODE_FID else self._read_size)
         except BlockingIOError:
             return None
         except OSError as e:
@@ -204,35 +288,43 @@ class Server:
             # EMFILE) and dropped that event, which was at least one metadata long.
             session.lost += 1
             log.warning("session %d: event dropped by the kernel: %s", session.id, e.strerror)
-            return fanotify.METADATA_LEN
-        self._forward(session, buf, time.monotonic_ns())
-        return len(buf)
+            return 1
+        try:
+            if session.mode == protocol.MODE_FID:
+                return self._resolve_fid_events(session, buf, records, t_ns)
+            return self._resolve_fd_events(session, buf, records, t_ns)
+        except _Unreadable as e:
+            session.lost += 1
+            log.error("session %d: unreadable event stream, rest of this read dropped: %s", session.id, e.error)
+            return e.events + 1
 
-    def _forward(self, session: _Session, buf: bytes, t_ns: int) -> None:
-        records: list[bytes] = []
-        # Every fork behind these events was reported before the events themselves were queued.
-        self._tree.drain()
+    def _resolve_fd_events(self, session: _Session, buf: bytes, records: list[bytes], t_ns: int) -> int:
+        """Add the records of one read's fd-mode events; how many events there were. Every event fd is closed,
+        or kept for RESIDENCY."""
         own: dict[int, bool] = {}  # pid -> descends from the traced one; a read's events share few pids
+        events = 0
         try:
             for fd, mask, pid in fanotify.iter_events(buf):
+                events += 1
                 if fd == fanotify.FAN_NOFD:
                     session.overflowed |= bool(mask & fanotify.FAN_Q_OVERFLOW)
                     continue
                 session.events += 1
                 if (ours := own.get(pid)) is None:
                     ours = own[pid] = self._tree.descends(session.pid, pid)
+                record = None
                 try:
-                    record = self._resolve(session, fd, mask, pid, ours, t_ns)
+                    record = self._resolve_fd(session, fd, mask, pid, ours, t_ns)
                 finally:
-                    os.close(fd)
+                    if record is None or not self._keep_fd(session, fd):
+                        os.close(fd)
                 if record is not None:
                     records.append(record)
         except fanotify.EventFormatError as e:
-            session.lost += 1
-            log.error("session %d: unreadable event stream, rest of this read dropped: %s", session.id, e)
-        self._send_files(session, records)
+            raise _Unreadable(e, events) from None
+        return events
 
-    def _resolve(self, session: _Session, fd: int, mask: int, pid: int, own: bool, t_ns: int) -> bytes | None:
+    def _resolve_fd(self, session: _Session, fd: int, mask: int, pid: int, own: bool, t_ns: int) -> bytes | None:
         """The record of a file seen for the first time (as the workload's, or as FOREIGN), else None."""
         try:
             info = os.fstat(fd)
@@ -248,7 +340,7 @@ class Server:
             # process: the workload's own first read of the file must still be reported.
             if own and key not in session.ignored:
                 session.ignored.add(key)
-                self._ignore_repeats(session, fd)
+                self._ignore_repeats(session, fanotify.ignore_inode, session.group, fd)
             return None
         try:
             path = os.readlink(b"%d" % fd, dir_fd=self._fd_dir)
@@ -258,9 +350,99 @@ class Server:
         seen.add(key)
         if not own:
             mask |= protocol.FOREIGN
-        if info.st_nlink == 0 and path.endswith(_DELETED):
+        if info.st_nlink == 0 and path.endswith(handles.DELETED):
             mask |= protocol.DELETED
         return protocol.encode_file(mask, pid, t_ns, info.st_dev, info.st_ino, info.st_size, path)
+
+    def _keep_fd(self, session: _Session, fd: int) -> bool:
+        """With RESIDENCY, keep the event fd of a record sent, while the fd limit allows."""
+        kept = session.kept
+        if kept is None:
+            return False
+        if self._kept_fds < self._keep_limit:
+            kept.append(fd)
+            self._kept_fds += 1
+            return True
+        kept.append(-1)
+        return False
+
+    def _resolve_fid_events(self, session: _Session, buf: bytes, records: list[bytes], t_ns: int) -> int:
+        """Add the records of one read's fid-mode events; how many events there were."""
+        own: dict[int, bool] = {}
+        kept = session.kept
+        events = 0
+        try:
+            for mask, pid, directory, name, handle in fanotify.iter_fid_events(buf):
+                events += 1
+                if mask & fanotify.FAN_Q_OVERFLOW:
+                    session.overflowed = True
+                    continue
+                session.events += 1
+                if handle is None or directory is None or name is None:
+                    # The file system could not encode a handle for this file: it cannot be named.
+                    session.lost += 1
+                    continue
+                if (ours := own.get(pid)) is None:
+                    ours = own[pid] = self._tree.descends(session.pid, pid)
+                seen = session.seen if ours else session.foreign_seen
+                if handle in seen:
+                    session.repeats += 1
+                    if ours and handle not in session.ignored:
+                        session.ignored.add(handle)
+                        self._ignore_handle(session, handle)
+                    continue
+                seen.add(handle)
+                record = self._resolve_name(session, directory, name, mask, pid, ours, t_ns)
+                if record is not None:
+                    records.append(record)
+                    if kept is not None:
+                        kept.append(handle)
+        except fanotify.EventFormatError as e:
+            raise _Unreadable(e, events) from None
+        return events
+
+    def _resolve_name(self, session: _Session, directory: bytes, name: bytes, mask: int, pid: int, own: bool,
+                      t_ns: int) -> bytes | None:
+        """The record of a file first opened as name in the directory of that handle, if it is a regular file.
+
+        fstatat looks the one name up in a directory fd, without following a symlink and without opening
+        anything; a file gone by then was made and removed by the container (DELETED).
+        """
+        assert session.directories is not None
+        try:
+            dir_fd, dir_path = session.directories.open(directory)
+        except OSError as e:
+            if e.errno != errno.ESTALE:  # ESTALE: the directory is gone, and the file with it
+                log.warning("session %d: cannot open a directory by its handle: %s", session.id, e.strerror)
+            return None
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        except OSError as e:
+            log.warning("session %d: cannot look at a file: %s", session.id, e.strerror)
+            return None
+        path = b"/" + name if dir_path == b"/" else dir_path + b"/" + name
+        if not own:
+            mask |= protocol.FOREIGN
+        if info is None or dir_path.endswith(handles.DELETED):
+            return protocol.encode_file(mask | protocol.DELETED, pid, t_ns, 0, 0, 0, path)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return protocol.encode_file(mask, pid, t_ns, info.st_dev, info.st_ino, info.st_size, path)
+
+    def _ignore_handle(self, session: _Session, handle: bytes) -> None:
+        """An ignore mark for the file of handle: the kernel takes an O_PATH fd only by a name, so it is named as an
+        entry of /proc/self/fd, which leads to exactly that file."""
+        try:
+            fd = handles.open_handle(session.root, handle, os.O_PATH)
+        except OSError as e:
+            self._ignore_failed(session, e)
+            return
+        try:
+            self._ignore_repeats(session, fanotify.ignore_inode_at, session.group, self._fd_dir, b"%d" % fd)
+        finally:
+            os.close(fd)
 
     def _send_files(self, session: _Session, records: list[bytes]) -> None:
         """Records in as few datagrams as fit."""
@@ -276,22 +458,78 @@ class Server:
             self._send_batch(session, batch)
 
     def _send_batch(self, session: _Session, batch: list[bytes]) -> None:
+        self._send_raw(session, protocol.files_message(session.id, batch), len(batch))
+
+    def _send_raw(self, session: _Session, datagram: bytes, files: int) -> None:
+        """A FILES or RESIDENT datagram about that many files."""
         try:
-            self._control.send(protocol.files_message(session.id, batch))
+            self._control.send(datagram)
         except (BrokenPipeError, ConnectionResetError):
             raise
         except OSError as e:  # e.g. ENOBUFS: this batch is lost, the session goes on
-            session.lost += len(batch)
-            log.error("session %d: %d files not sent: %s", session.id, len(batch), e.strerror)
+            session.lost += files
+            log.error("session %d: a message about %d files not sent: %s", session.id, files, e.strerror)
 
-    def _ignore_repeats(self, session: _Session, fd: int) -> None:
+    def _ignore_repeats(self, session: _Session, ignore: Callable[..., None], *args: object) -> None:
         try:
-            fanotify.ignore_inode(session.group, fd)
+            ignore(*args)
         except OSError as e:
-            # Still correct (repeats are not sent), only slower: say so once per session.
-            if not session.ignore_failed:
-                session.ignore_failed = True
-                log.warning("session %d: repeats will not be suppressed: %s", session.id, e.strerror)
+            self._ignore_failed(session, e)
+
+    def _ignore_failed(self, session: _Session, error: OSError) -> None:
+        # Still correct (repeats are not sent), only slower: say so once per session.
+        if not session.ignore_failed:
+            session.ignore_failed = True
+            log.warning("session %d: repeats will not be suppressed: %s", session.id, error.strerror)
+
+    def _send_residency(self, session: _Session) -> None:
+        """RESIDENT for every record sent, in order, as few datagrams as fit; kept fds are closed."""
+        assert session.kept is not None
+        kept, session.kept = session.kept, None
+        sizes: list[int] = []
+        first = 0
+        for item in kept:
+            sizes.append(self._resident(session, item))
+            if len(sizes) == protocol.MAX_RESIDENT:
+                self._send_raw(session, protocol.resident_message(session.id, first, sizes), len(sizes))
+                first, sizes = first + len(sizes), []
+        if sizes:
+            self._send_raw(session, protocol.resident_message(session.id, first, sizes), len(sizes))
+
+    def _resident(self, session: _Session, item: int | bytes) -> int:
+        """Bytes of a kept file in the page cache now, or UNKNOWN_RESIDENT."""
+        if isinstance(item, bytes):
+            return self._resident_by_handle(session, item)
+        if item < 0:
+            return protocol.UNKNOWN_RESIDENT
+        self._kept_fds -= 1
+        try:
+            return self._residency.resident_bytes(item, os.fstat(item).st_size)
+        except OSError:
+            return protocol.UNKNOWN_RESIDENT
+        finally:
+            os.close(item)
+
+    def _resident_by_handle(self, session: _Session, handle: bytes) -> int:
+        """Reached again by its handle (O_PATH: opening nothing), read-only only once fstat says it is a regular
+        file, through /proc/self/fd, which leads to exactly that file."""
+        try:
+            path_fd = handles.open_handle(session.root, handle, os.O_PATH)
+        except OSError:
+            return protocol.UNKNOWN_RESIDENT
+        try:
+            info = os.fstat(path_fd)
+            if not stat.S_ISREG(info.st_mode):
+                return protocol.UNKNOWN_RESIDENT
+            fd = os.open(b"%d" % path_fd, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._fd_dir)
+            try:
+                return self._residency.resident_bytes(fd, info.st_size)
+            finally:
+                os.close(fd)
+        except OSError:
+            return protocol.UNKNOWN_RESIDENT
+        finally:
+            os.close(path_fd)
 
     def _close(self, session: _Session) -> None:
         del self._sessions[session.id]
@@ -299,6 +537,16 @@ class Server:
         self._resting.pop(session.group, None)
         self._epoll.unregister(session.group)
         os.close(session.group)
+        if session.kept is not None and session.mode == protocol.MODE_FD:
+            for fd in session.kept:
+                if isinstance(fd, int) and fd >= 0:
+                    os.close(fd)
+                    self._kept_fds -= 1
+            session.kept = None
+        if session.directories is not None:
+            session.directories.close()
+        if session.root >= 0:
+            os.close(session.root)
         if not any(other.pid == session.pid for other in self._sessions.values()):
             self._tree.forget(session.pid)
         if self._tree.idle:
@@ -325,23 +573,10 @@ class _Refused(Exception):
     """TRACE cannot be served; the message goes to the plugin in FAILED."""
 
 
-def _watch_root_mount(pid: int, *, unlimited_queue: bool) -> int:
-    """A new fanotify group marking the root mount of pid."""
-    try:
-        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise _Refused(f"pid {pid}: no such process") from None
-    except OSError as e:
-        raise _Refused(f"pid {pid}: cannot open /proc/{pid}/root: {e.strerror}") from None
-    try:
-        group = fanotify.init_group(unlimited_queue=unlimited_queue)
-        try:
-            fanotify.mark_mount(group, root)
-        except OSError:
-            os.close(group)
-            raise
-        return group
-    except OSError as e:
-        raise _Refused(f"pid {pid}: {e.strerror}") from None
-    finally:
-        os.close(root)
+class _Unreadable(Exception):
+    """The kernel's event stream could not be parsed; events: how many came before (their records are added)."""
+
+    def __init__(self, error: fanotify.EventFormatError, events: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.events = events

@@ -1,9 +1,11 @@
 """asyncio client of optimizer-server: owns the server process and hands what it reports to sinks.
 
 One server serves every container. `TraceClient.trace(pid, sink)` returns once the server watches the
-container's root mount (READY); from then on the files the server reports go to `sink`, in batches.
-`Session.stop()` drains what is left and says whether the trace is complete. Every wait is bounded, the
-event loop never blocks, and a dead server fails its sessions and is restarted by the next `trace()`.
+container's root mount (READY), and says how it receives the kernel's events (`Session.mode`: fid or fd);
+from then on the files the server reports go to `sink`, in batches. `Session.stop()` drains what is left and
+says whether the trace is complete (and, if asked, how much of each file is in the page cache). Every wait is
+bounded, the event loop never blocks, and a dead server fails its sessions and is restarted by the next
+`trace()`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class StopResult:
     overflowed: bool  # the kernel queue overflowed
     lost: int  # events the kernel dropped (it could not open the file)
     incomplete: str | None  # why events may be missing beyond the above, e.g. "server died"
+    # With residency: per file record handed to the sink, in order, its bytes in the page cache at the end
+    # (protocol.UNKNOWN_RESIDENT where the server could not tell); else empty.
+    resident: Sequence[int] = ()
 
     @property
     def complete(self) -> bool:
@@ -56,6 +61,8 @@ class Session:
         self.id = session_id
         self.pid = pid
         self.files = 0
+        self.mode = protocol.MODE_AUTO  # READY says which: MODE_FID or MODE_FD
+        self._resident: list[int] = []
         self._server = server
         self._sink = sink
         self._problems: list[str] = []
@@ -86,6 +93,12 @@ class Session:
             log.exception("session %d: event sink failed", self.id)
             self._problems.append("event sink failed")
 
+    def _take_resident(self, first: int, sizes: Sequence[int]) -> None:
+        if first != len(self._resident):
+            self._problems.append(f"residency out of order (values for file {first}, expected {len(self._resident)})")
+            return
+        self._resident.extend(sizes)
+
     def _finish(self, problem: str | None = None, *, overflowed: bool = False, lost: int = 0, events: int = 0) -> None:
         if problem:
             self._problems.append(problem)
@@ -93,7 +106,7 @@ class Session:
             self._ready.set_result(problem or "session ended")
         if not self._result.done():
             incomplete = "; ".join(self._problems) or None
-            self._result.set_result(StopResult(self.files, events, overflowed, lost, incomplete))
+            self._result.set_result(StopResult(self.files, events, overflowed, lost, incomplete, self._resident))
 
 
 class TraceClient:
@@ -179,10 +192,13 @@ class TraceClient:
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
         log.info("trace server started (pid %d)", self._proc.pid)
 
-    async def trace(self, pid: int, sink: EventSink, *, timeout: float) -> Session:
+    async def trace(self, pid: int, sink: EventSink, *, timeout: float, mode: int = protocol.MODE_AUTO,
+                    residency: bool = False) -> Session:
         """Start watching pid's root mount; returns once the server has placed the mark.
 
-        Raises TraceError on FAILED, on timeout, or if the server dies meanwhile.
+        mode: how the server is to receive events (protocol.MODE_AUTO, MODE_FID, MODE_FD); residency: have
+        stop() report each file's bytes in the page cache. Raises TraceError on FAILED (MODE_FID where fid
+        mode is refused, too), on timeout, or if the server dies meanwhile.
         """
         session: Session | None = None
         try:
@@ -190,7 +206,8 @@ class TraceClient:
                 await self.start()
                 session = Session(self, self._next_id(), pid, sink)
                 self._sessions[session.id] = session
-                await self._send(protocol.Trace(session.id, pid))
+                options = protocol.RESIDENCY if residency else 0
+                await self._send(protocol.Trace(session.id, pid, mode, options))
                 failure = await asyncio.shield(session._ready)
         except TimeoutError:
             if session is not None:
@@ -325,8 +342,11 @@ class TraceClient:
                 pass  # late messages of an abandoned session
             case _, protocol.Files(_, files):
                 session._deliver(files)
-            case _, protocol.Ready() if not session._ready.done():
+            case _, protocol.Ready(_, mode) if not session._ready.done():
+                session.mode = mode
                 session._ready.set_result(None)
+            case _, protocol.Resident(_, first, sizes):
+                session._take_resident(first, sizes)
             case _, protocol.Failed(_, message):
                 del self._sessions[session.id]
                 session._finish(message)

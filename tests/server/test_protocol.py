@@ -10,6 +10,11 @@ from hypothesis import strategies as st
 
 from optimizer_server import protocol
 from optimizer_server.protocol import (
+    MAX_RESIDENT,
+    MODE_AUTO,
+    MODE_FD,
+    MODE_FID,
+    RESIDENCY,
     Cancel,
     Done,
     Failed,
@@ -18,6 +23,7 @@ from optimizer_server.protocol import (
     Hello,
     ProtocolError,
     Ready,
+    Resident,
     Stop,
     Trace,
 )
@@ -26,10 +32,12 @@ u32 = st.integers(0, 2**32 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
 u64 = st.integers(0, 2**64 - 1)
 records = st.builds(FileRecord, u64, i32, u64, u64, u64, u64, st.binary(max_size=300))
-commands = st.one_of(st.builds(Trace, u32, i32), st.builds(Stop, u32), st.builds(Cancel, u32))
+commands = st.one_of(st.builds(Trace, u32, i32, st.sampled_from([MODE_AUTO, MODE_FID, MODE_FD]), st.integers(0, 255)),
+                     st.builds(Stop, u32), st.builds(Cancel, u32))
 replies = st.one_of(
     st.builds(Hello, u32, st.integers(0, 2**16 - 1)),
-    st.builds(Ready, u32),
+    st.builds(Ready, u32, st.sampled_from([MODE_FID, MODE_FD])),
+    st.builds(Resident, u32, u32, st.lists(u64, min_size=1, max_size=300).map(tuple)),
     st.builds(Failed, u32, st.text(max_size=1000)),
     st.builds(Files, u32, st.lists(records, min_size=1, max_size=200).map(tuple)),
     st.builds(Done, u32, st.booleans(), u32, u32),
@@ -37,11 +45,14 @@ replies = st.one_of(
 
 
 def test_layout_is_little_endian_kind_session_then_body() -> None:
-    assert protocol.encode(Trace(7, 1234)) == bytes([0x01]) + struct.pack("<I", 7) + struct.pack("<i", 1234)
+    assert protocol.encode(Trace(7, 1234)) == bytes([0x01]) + struct.pack("<I", 7) + struct.pack("<i", 1234) + b"\0\0"
+    assert protocol.encode(Trace(7, 1234, MODE_FD, RESIDENCY)) == b"\x01\x07\x00\x00\x00" + struct.pack("<iBB", 1234, 2, 1)
     assert protocol.encode(Stop(7)) == b"\x02\x07\x00\x00\x00"
     assert protocol.encode(Cancel(7)) == b"\x03\x07\x00\x00\x00"
-    assert protocol.encode(Hello(0, 2)) == b"\x85\x00\x00\x00\x00\x02\x00"
-    assert protocol.encode(Ready(7)) == b"\x81\x07\x00\x00\x00"
+    assert protocol.encode(Hello(0, 3)) == b"\x85\x00\x00\x00\x00\x03\x00"
+    assert protocol.encode(Ready(7, MODE_FID)) == b"\x81\x07\x00\x00\x00\x01"
+    assert protocol.encode(Resident(7, 5, (4096, 2**64 - 1))) == (
+        b"\x86\x07\x00\x00\x00" + struct.pack("<IH", 5, 2) + struct.pack("<QQ", 4096, 2**64 - 1))
     assert protocol.encode(Failed(7, "pid 1: é")) == b"\x82\x07\x00\x00\x00" + "pid 1: é".encode()
     assert protocol.encode(Files(7, (FileRecord(0x20, 42, 99, 5, 6, 7, b"/etc/x"),))) == (
         b"\x83\x07\x00\x00\x00" + struct.pack("<H", 1) + struct.pack("<QiQQQQH", 0x20, 42, 99, 5, 6, 7, 6) + b"/etc/x"
@@ -76,6 +87,12 @@ def test_a_file_of_the_longest_path_fits_a_datagram() -> None:
     assert protocol.decode_reply(protocol.encode(msg)) == msg
 
 
+def test_the_most_resident_values_fit_a_datagram() -> None:
+    msg = Resident(1, 2**32 - 1, (2**64 - 1,) * MAX_RESIDENT)
+    assert len(protocol.encode(msg)) <= protocol.MAX_DATAGRAM
+    assert protocol.decode_reply(protocol.encode(msg)) == msg
+
+
 def test_long_failed_message_is_cut_at_a_character_boundary() -> None:
     data = protocol.encode(Failed(1, "é" * protocol.MAX_FAILED_MESSAGE))
     decoded = protocol.decode_reply(data)
@@ -90,7 +107,8 @@ def test_long_failed_message_is_cut_at_a_character_boundary() -> None:
         (b"\x01\x00\x00", "3-byte datagram, shorter than the 5-byte header"),
         (b"\x07\x01\x00\x00\x00", "unknown command kind 0x07"),
         (b"\x81\x01\x00\x00\x00", "unknown command kind 0x81"),  # a reply sent the wrong way
-        (b"\x01\x01\x00\x00\x00\x05\x00", "TRACE body is 2 bytes, expected 4"),
+        (b"\x01\x01\x00\x00\x00\x05\x00", "TRACE body is 2 bytes, expected 6"),
+        (b"\x01\x01\x00\x00\x00\x05\x00\x00\x00\x03\x00", "TRACE mode 3, expected one of [0, 1, 2]"),
         (b"\x02\x01\x00\x00\x00\x00", "STOP body is 1 bytes, expected 0"),
         (b"\x03\x01\x00\x00\x00\x00", "CANCEL body is 1 bytes, expected 0"),
     ],
@@ -105,7 +123,11 @@ def test_garbled_command_is_refused(data: bytes, error: str) -> None:
     ("data", "error"),
     [
         (b"\x01\x01\x00\x00\x00\x05\x00\x00\x00", "unknown reply kind 0x01"),
-        (b"\x81\x01\x00\x00\x00x", "READY body is 1 bytes, expected 0"),
+        (b"\x81\x01\x00\x00\x00", "READY body is 0 bytes, expected 1"),
+        (b"\x81\x01\x00\x00\x00\x00", "READY mode 0, expected 1 (fid) or 2 (fd)"),
+        (b"\x86\x01\x00\x00\x00\x00\x00", "RESIDENT without first and count"),
+        (b"\x86\x01\x00\x00\x00" + bytes(6), "RESIDENT with no value"),
+        (b"\x86\x01\x00\x00\x00" + bytes(4) + b"\x02\x00" + bytes(8), "RESIDENT body is 14 bytes, expected 22"),
         (b"\x82\x01\x00\x00\x00\xff", "FAILED message is not UTF-8: "),
         (b"\x82\x01\x00\x00\x00" + b"x" * 4097, "FAILED message of 4097 bytes, limit 4096"),
         (b"\x83\x01\x00\x00\x00\x01", "FILES without a count"),
@@ -129,6 +151,13 @@ def test_garbled_reply_is_refused(data: bytes, error: str) -> None:
     [
         Trace(2**32, 1),
         Trace(1, 2**31),
+        Trace(1, 1, 3),
+        Trace(1, 1, MODE_FID, 256),
+        Ready(1, MODE_AUTO),
+        Resident(1, 0, ()),
+        Resident(1, 0, (1,) * (MAX_RESIDENT + 1)),
+        Resident(1, 0, (-1,)),
+        Resident(1, 2**32, (1,)),
         Stop(-1),
         Files(1, ()),
         Files(1, (FileRecord(0, 0, 0, 0, 0, 0, b"/" * 4096),) * 16),
