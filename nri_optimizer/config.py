@@ -23,6 +23,7 @@ from nri_optimizer.nri.api import DEFAULT_SOCKET, EVENT_NAMES
 
 DEFAULT_CONFIG_FILE = "/etc/nri/conf.d/02-optimizer-nri-plugin.conf"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_MODES = ("auto", "fid", "fd")  # what the trace client takes (nri_optimizer.trace.client.EVENT_MODES)
 
 
 
@@ -38,6 +39,7 @@ class Config:
     # Ours.
     include_exec: bool = False  # list files read by processes exec'd into the container (probes, kubectl exec)
     unlimited_queue: bool = True  # false: the kernel's queue limit; a burst beyond it makes an incomplete list
+    event_mode: str = "auto"  # how the trace server receives events: "auto", "fid" or "fd" (README.md)
     socket: str = DEFAULT_SOCKET
     log_level: str = "info"
     log_file: str = ""  # "" logs to stderr only
@@ -63,6 +65,8 @@ _EXPECT: dict[str, str] = {
     "events": 'a list of event names, e.g. events = ["StartContainer", "StopContainer"]',
     "include_exec": "true or false, e.g. include_exec = false",
     "unlimited_queue": "true or false, e.g. unlimited_queue = true",
+    "event_mode": '"auto" (fid where the kernel and file system allow it, else fd), "fid" or "fd", '
+    'e.g. event_mode = "auto"',
     "socket": f'an absolute socket path, e.g. socket = "{DEFAULT_SOCKET}"',
     "log_level": f'one of {", ".join(LOG_LEVELS)}, e.g. log_level = "info"',
     "log_file": 'an absolute file path, or "" for stderr only, e.g. log_file = "/var/log/nri-optimizer.log"',
@@ -89,6 +93,10 @@ def _type_name(value: object) -> str:
 def _check(key: str, value: object) -> Any:
     """The value for ``key`` in its Config type, or ValueError with what was wrong (the caller adds the fix)."""
     got = f"got {value!r} ({_type_name(value)})"
+    if key == "event_mode":
+        if value not in EVENT_MODES:
+            raise ValueError(got)
+        return value
     if key in ("readable", "overwrite", "include_exec", "unlimited_queue"):
         if not isinstance(value, bool):
             raise ValueError(got)

@@ -206,11 +206,12 @@ class Plugin:
         if config.timeout:
             trace.timer = asyncio.get_running_loop().call_later(config.timeout, self.finish, cid, "timeout")
         log.info(
-            "%s tracing pid %d for %s (watching after %.1f ms)",
+            "%s tracing pid %d for %s (watching after %.1f ms, %s events)",
             cid,
             container.pid,
             image,
             (time.monotonic_ns() - started_ns) / 1e6,
+            session.mode,
         )
 
     async def stop_container(self, pod: api.PodSandbox, container: api.Container) -> None:
@@ -247,7 +248,8 @@ class Plugin:
 
     async def _start_session(self, pid: int, recorder: Recorder) -> Session:
         # The stub may cancel us at its deadline; a session that becomes ready after that must not live on.
-        task = asyncio.ensure_future(self._get_tracer().trace(pid, recorder, timeout=READY_TIMEOUT))
+        task = asyncio.ensure_future(
+            self._get_tracer().trace(pid, recorder, timeout=READY_TIMEOUT, mode=self.config.event_mode))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

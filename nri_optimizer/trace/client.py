@@ -24,6 +24,10 @@ from optimizer_server.protocol import FileRecord
 
 log = logging.getLogger(__name__)
 
+# How the server is to receive the kernel's events (optimizer_server/fanotify.py): "fid" (file handles, no fd
+# per event), "fd" (an fd per event), or "auto" (fid where the kernel and the file system allow it, else fd).
+EVENT_MODES = tuple(protocol.MODE_NAMES.values())
+_MODE_NUMBERS = {name: number for number, name in protocol.MODE_NAMES.items()}
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: the enum's & runs in Python
 # Messages handled per wake-up, so that a flood from the server cannot starve the rest of the daemon.
 _MESSAGES_PER_WAKEUP = 64
@@ -61,7 +65,7 @@ class Session:
         self.id = session_id
         self.pid = pid
         self.files = 0
-        self.mode = protocol.MODE_AUTO  # READY says which: MODE_FID or MODE_FD
+        self.mode = "auto"  # READY says which the server uses: "fid" or "fd"
         self._resident: list[int] = []
         self._server = server
         self._sink = sink
@@ -192,13 +196,12 @@ class TraceClient:
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
         log.info("trace server started (pid %d)", self._proc.pid)
 
-    async def trace(self, pid: int, sink: EventSink, *, timeout: float, mode: int = protocol.MODE_AUTO,
+    async def trace(self, pid: int, sink: EventSink, *, timeout: float, mode: str = "auto",
                     residency: bool = False) -> Session:
         """Start watching pid's root mount; returns once the server has placed the mark.
 
-        mode: how the server is to receive events (protocol.MODE_AUTO, MODE_FID, MODE_FD); residency: have
-        stop() report each file's bytes in the page cache. Raises TraceError on FAILED (MODE_FID where fid
-        mode is refused, too), on timeout, or if the server dies meanwhile.
+        mode: one of EVENT_MODES; residency: have stop() report each file's bytes in the page cache. Raises
+        TraceError on FAILED ("fid" where fid mode is refused, too), on timeout, or if the server dies meanwhile.
         """
         session: Session | None = None
         try:
@@ -207,7 +210,7 @@ class TraceClient:
                 session = Session(self, self._next_id(), pid, sink)
                 self._sessions[session.id] = session
                 options = protocol.RESIDENCY if residency else 0
-                await self._send(protocol.Trace(session.id, pid, mode, options))
+                await self._send(protocol.Trace(session.id, pid, _MODE_NUMBERS[mode], options))
                 failure = await asyncio.shield(session._ready)
         except TimeoutError:
             if session is not None:
@@ -343,7 +346,7 @@ class TraceClient:
             case _, protocol.Files(_, files):
                 session._deliver(files)
             case _, protocol.Ready(_, mode) if not session._ready.done():
-                session.mode = mode
+                session.mode = protocol.MODE_NAMES[mode]
                 session._ready.set_result(None)
             case _, protocol.Resident(_, first, sizes):
                 session._take_resident(first, sizes)

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from optimizer_server.protocol import MODE_FD, MODE_FID
 from tests.server.helpers import FakeContainer, MakeContainer
 
 
-@pytest.fixture(params=[MODE_FID, MODE_FD], ids=["fid", "fd"])
-def event_mode(request: pytest.FixtureRequest) -> int:
-    """Each way the server receives events (a fake container's tmpfs root takes both)."""
-    return int(request.param)
+@pytest.fixture(params=["fid", "fd"])
+def event_mode(request: pytest.FixtureRequest) -> str:
+    """Each way the server receives events, by its name (a fake container's tmpfs root takes both)."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from optimizer_server.fanotify import FAN_OPEN
 from optimizer_server.protocol import Cancel, Done, Failed, Files, Hello, Ready, Stop, Trace
 from tests.server.helpers import SERVER_CMD, MakeContainer, read_each
 
+MODES = {name: number for number, name in protocol.MODE_NAMES.items()}
+
 
 class RawServer:
     def __init__(self, stderr_path: Path, python_options: Sequence[str] = ()) -> None:
@@ -68,10 +70,10 @@ def server(tmp_path: Path) -> Iterator[RawServer]:
         server.proc.kill()
 
 
-def test_ready_comes_after_the_mark_so_the_first_read_is_seen(server: RawServer, make_container: MakeContainer, event_mode: int) -> None:
+def test_ready_comes_after_the_mark_so_the_first_read_is_seen(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
     container = make_container(["/f1", "/f2"], read_each(["/f1", "/f2"]))
-    server.send(Trace(1, container.pid, event_mode))
-    assert server.recv() == Ready(1, event_mode)
+    server.send(Trace(1, container.pid, MODES[event_mode]))
+    assert server.recv() == Ready(1, MODES[event_mode])
     before = time.monotonic_ns()
     container.go()
     container.expect("done")
@@ -93,12 +95,12 @@ def test_nonexistent_pid_fails_with_exact_message(server: RawServer) -> None:
     assert server.proc.poll() is None
 
 
-def test_big_reads_are_split_into_datagrams_that_fit(server: RawServer, make_container: MakeContainer, event_mode: int) -> None:
+def test_big_reads_are_split_into_datagrams_that_fit(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
     # 200-byte paths make 246-byte records: 266 fit in a 64 KiB datagram after its 7-byte header.
     files = [f"/{i:03d}{'x' * 196}" for i in range(600)]
     container = make_container(files, read_each(files))
-    server.send(Trace(1, container.pid, event_mode))
-    assert server.recv() == Ready(1, event_mode)
+    server.send(Trace(1, container.pid, MODES[event_mode]))
+    assert server.recv() == Ready(1, MODES[event_mode])
     # A stopped server lets all 600 events queue up, so that one read returns them all.
     server.proc.send_signal(signal.SIGSTOP)
     try:
@@ -120,18 +122,18 @@ def test_garbled_control_message_is_logged_and_ignored(server: RawServer) -> Non
     assert "ignoring a 8-byte control message 9967617262616765: unknown command kind 0x99" in server.stderr()
 
 
-def test_a_session_id_cannot_trace_twice(server: RawServer, make_container: MakeContainer, event_mode: int) -> None:
+def test_a_session_id_cannot_trace_twice(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
     container = make_container([], ":")
-    server.send(Trace(1, container.pid, event_mode))
-    server.send(Trace(1, container.pid, event_mode))
-    assert server.recv() == Ready(1, event_mode)
+    server.send(Trace(1, container.pid, MODES[event_mode]))
+    server.send(Trace(1, container.pid, MODES[event_mode]))
+    assert server.recv() == Ready(1, MODES[event_mode])
     assert server.recv() == Failed(1, "session 1 is already tracing")
 
 
-def test_cancel_drops_the_session_without_a_reply(server: RawServer, make_container: MakeContainer, event_mode: int) -> None:
+def test_cancel_drops_the_session_without_a_reply(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
     container = make_container(["/f1"], read_each(["/f1"]))
-    server.send(Trace(1, container.pid, event_mode))
-    assert server.recv() == Ready(1, event_mode)
+    server.send(Trace(1, container.pid, MODES[event_mode]))
+    assert server.recv() == Ready(1, MODES[event_mode])
     server.send(Cancel(1))
     container.go()
     container.expect("done")
@@ -139,10 +141,10 @@ def test_cancel_drops_the_session_without_a_reply(server: RawServer, make_contai
     assert server.recv() == Failed(1, "session 1 is not tracing")
 
 
-def test_server_exits_0_when_the_plugin_closes_its_end(server: RawServer, make_container: MakeContainer, event_mode: int) -> None:
+def test_server_exits_0_when_the_plugin_closes_its_end(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
     container = make_container([], ":")
-    server.send(Trace(1, container.pid, event_mode))
-    assert server.recv() == Ready(1, event_mode)
+    server.send(Trace(1, container.pid, MODES[event_mode]))
+    assert server.recv() == Ready(1, MODES[event_mode])
     server.sock.close()
     assert server.proc.wait(10) == 0
 
@@ -158,7 +160,7 @@ def test_server_refuses_an_fd_that_is_not_a_seqpacket_socket() -> None:
     assert f"--fd {r}: " in result.stderr
 
 
-def test_server_imports_nothing_after_start_up(tmp_path: Path, make_container: MakeContainer, event_mode: int) -> None:
+def test_server_imports_nothing_after_start_up(tmp_path: Path, make_container: MakeContainer, event_mode: str) -> None:
     """Every module is loaded before the first request; -X importtime reports each import on stderr."""
     server = RawServer(tmp_path / "stderr", ["-X", "importtime"])
     container = make_container(["/f1"], read_each(["/f1"]))
@@ -167,14 +169,14 @@ def test_server_imports_nothing_after_start_up(tmp_path: Path, make_container: M
     server.sock.send(b"\xff")
     server.send(Trace(1, int(Path("/proc/sys/kernel/pid_max").read_text())))
     assert isinstance(server.recv(), Failed)
-    server.send(Trace(2, container.pid, event_mode))
-    assert server.recv() == Ready(2, event_mode)
+    server.send(Trace(2, container.pid, MODES[event_mode]))
+    assert server.recv() == Ready(2, MODES[event_mode])
     container.go()
     container.expect("done")
     server.send(Stop(2))
     assert server.recv_until_done()[1] == ["/f1"]
-    server.send(Trace(3, idle.pid, event_mode))
-    assert server.recv() == Ready(3, event_mode)
+    server.send(Trace(3, idle.pid, MODES[event_mode]))
+    assert server.recv() == Ready(3, MODES[event_mode])
     server.send(Cancel(3))
     server.sock.close()
     assert server.proc.wait(10) == 0
@@ -184,11 +186,11 @@ def test_server_imports_nothing_after_start_up(tmp_path: Path, make_container: M
     assert "control socket closed: exiting" in lines[-1]
 
 
-def test_a_file_over_4_gib_is_recorded(server: RawServer, make_container: MakeContainer, event_mode: int) -> None:
+def test_a_file_over_4_gib_is_recorded(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
     """The kernel opens its event fd only with O_LARGEFILE; a sparse file costs no memory."""
     container = make_container(["/f1"], read_each(["/big", "/f1"]), setup="echo x > big && truncate -s 5G big")
-    server.send(Trace(1, container.pid, event_mode))
-    assert server.recv() == Ready(1, event_mode)
+    server.send(Trace(1, container.pid, MODES[event_mode]))
+    assert server.recv() == Ready(1, MODES[event_mode])
     container.go()
     container.expect("done")
     server.send(Stop(1))

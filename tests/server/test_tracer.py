@@ -60,7 +60,7 @@ class _Paused:
         os.kill(self.pid, signal.SIGCONT)
 
 
-def test_trace_records_every_file_once_in_first_access_order(make_container: MakeContainer, event_mode: int) -> None:
+def test_trace_records_every_file_once_in_first_access_order(make_container: MakeContainer, event_mode: str) -> None:
     files = [f"/f{i}" for i in range(1, 201)]
     order = random.Random(7).sample(files, len(files))
     container = make_container(files, read_each(order, times=100))
@@ -83,7 +83,7 @@ def test_trace_records_every_file_once_in_first_access_order(make_container: Mak
     run(body)
 
 
-def test_listing_a_directory_records_nothing(make_container: MakeContainer, event_mode: int) -> None:
+def test_listing_a_directory_records_nothing(make_container: MakeContainer, event_mode: str) -> None:
     container = make_container(["/d/a", "/d/b", "/f1"], ": /d/*; for n in /d/*; do :; done; read -r x < /f1")
 
     async def body() -> None:
@@ -111,7 +111,7 @@ def ignore_marked_inodes(server: TraceClient) -> list[int]:
     return [int(line.split("ino:")[1].split()[0], 16) for line in lines if line.startswith("fanotify ino:")]
 
 
-def test_a_file_read_again_gets_an_ignore_mark_and_a_file_read_once_none(make_container: MakeContainer, event_mode: int) -> None:
+def test_a_file_read_again_gets_an_ignore_mark_and_a_file_read_once_none(make_container: MakeContainer, event_mode: str) -> None:
     # Phase 1 reads /f1 and /f3 once: no mark. Phase 2 reads /f1 again: its one repeat event makes the server
     # mark it. Phase 3 reads /f1 fifty times and /f2 once: the kernel reports /f2 only.
     container = make_container(
@@ -143,7 +143,7 @@ def test_a_file_read_again_gets_an_ignore_mark_and_a_file_read_once_none(make_co
     run(body)
 
 
-def test_stop_after_the_workload_exited_still_delivers_everything(make_container: MakeContainer, event_mode: int) -> None:
+def test_stop_after_the_workload_exited_still_delivers_everything(make_container: MakeContainer, event_mode: str) -> None:
     files = [f"/f{i}" for i in range(50)]
     container = make_container(files, read_each(files))
 
@@ -164,7 +164,7 @@ def test_stop_after_the_workload_exited_still_delivers_everything(make_container
     run(body)
 
 
-def test_two_sessions_at_once_keep_their_events_apart(make_container: MakeContainer, event_mode: int) -> None:
+def test_two_sessions_at_once_keep_their_events_apart(make_container: MakeContainer, event_mode: str) -> None:
     a_files = [f"/a{i}" for i in range(20)]
     b_files = [f"/b{i}" for i in range(20)]
     a = make_container(a_files + b_files, read_each(a_files, times=2))
@@ -309,7 +309,7 @@ def test_closing_ends_open_sessions_as_incomplete(make_container: MakeContainer)
 
 @pytest.mark.parametrize("bounded", [True, False], ids=["bounded-queue", "unlimited-queue"])
 def test_a_bounded_queue_overflows_visibly_and_the_default_one_does_not(
-    make_container: MakeContainer, event_mode: int, bounded: bool
+    make_container: MakeContainer, event_mode: str, bounded: bool
 ) -> None:
     queue = int(Path("/proc/sys/fs/fanotify/max_queued_events").read_text())
     files = [f"/f{i}" for i in range(queue + 100)]
@@ -334,7 +334,7 @@ def test_a_bounded_queue_overflows_visibly_and_the_default_one_does_not(
     run(body)
 
 
-def test_the_plugin_side_needs_no_fd_per_file(make_container: MakeContainer, event_mode: int) -> None:
+def test_the_plugin_side_needs_no_fd_per_file(make_container: MakeContainer, event_mode: str) -> None:
     # The server resolves events itself: a plugin with only a few fds to spare receives a 100-file batch whole.
     files = [f"/f{i}" for i in range(100)]
     container = make_container(files, read_each(files))
@@ -370,7 +370,7 @@ def test_a_missing_server_binary_is_a_trace_error(tmp_path: Path) -> None:
     run(body)
 
 
-def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_container: MakeContainer, event_mode: int) -> None:
+def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_container: MakeContainer, event_mode: str) -> None:
     # f2 is read by a short-lived child (gone before its event is read: only fork-time tracking knows it
     # was the workload's); f3 by a process from outside, through /proc/PID/root, as runc exec's would.
     container = make_container(["/f1", "/f2", "/f3"], "read -r x < /f1; (read -r y < /f2); echo read; read wait")
@@ -396,7 +396,7 @@ def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_cont
 
 
 def test_the_server_keeps_only_the_capabilities_it_uses_and_still_reads_root_only_files(
-    make_container: MakeContainer, event_mode: int,
+    make_container: MakeContainer, event_mode: str,
 ) -> None:
     # A file only its owner (another user) may read: the kernel opens event fds for the server, which has
     # no CAP_DAC_OVERRIDE any more.
