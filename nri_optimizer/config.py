@@ -12,6 +12,7 @@ import importlib.util
 import ipaddress
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,16 @@ from nri_optimizer.nri.api import DEFAULT_SOCKET, EVENT_NAMES
 DEFAULT_CONFIG_FILE = "/etc/nri/conf.d/02-optimizer-nri-plugin.conf"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_MODES = ("auto", "fid", "fd")  # what the trace client takes (nri_optimizer.trace.client.EVENT_MODES)
+ON_REPEAT = ("keep", "replace", "merge")  # results.runs.OnRepeat
+# Each run merged is kept on disk (a list and its CSV): the window bounds that.
+MAX_MERGE_WINDOW = 100
+WORKLOAD_BY_CONTAINER_NAME = "container-name"
+WORKLOAD_LABEL_PREFIX = "label:"
+# A Kubernetes label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+_LABEL_KEY = re.compile(
+    r"(?:(?=[^/]{1,253}/)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
 
 
 
@@ -53,6 +64,11 @@ class Config:
     # Seconds the trace server may leave a request unanswered (saying nothing at all) before it is declared
     # stalled: killed, its traces lost, a fresh one started.
     stall_timeout: int = 10
+    # What a run of an image that has a result already does (nri_optimizer/results/runs.py). overwrite is
+    # upstream's spelling of "keep" (false) and "replace" (true); build() resolves the two.
+    on_repeat: str = "keep"
+    merge_window: int = 5  # on_repeat = "merge": the list is the merge of this many latest complete runs
+    workload_key: str = ""  # "": one result per image; "container-name" or "label:<pod label>": one per workload
 
 
 # What each key takes, said the way the fix is said: "<key>: expected <this>".
@@ -79,6 +95,11 @@ _EXPECT: dict[str, str] = {
     "metrics_address": 'an absolute unix socket path or an IP address and port, or "" for none, '
     'e.g. metrics_address = "127.0.0.1:9464"',
     "stall_timeout": "a whole number of seconds >= 1, e.g. stall_timeout = 10",
+    "on_repeat": 'one of "keep" (the first complete run stays), "replace" (each run replaces it) or "merge" '
+    '(the list merges the latest merge_window runs), e.g. on_repeat = "keep"',
+    "merge_window": f"a whole number of runs from 1 to {MAX_MERGE_WINDOW}, e.g. merge_window = 5",
+    "workload_key": '"" (one list per image), "container-name", or "label:" and a pod label\'s key, '
+    'e.g. workload_key = "label:app.kubernetes.io/name"',
 }
 KEYS = tuple(f.name for f in dataclasses.fields(Config))
 assert set(KEYS) == set(_EXPECT)
@@ -99,6 +120,10 @@ def _check(key: str, value: object) -> Any:
         return value
     if key in ("readable", "overwrite", "include_exec", "unlimited_queue"):
         if not isinstance(value, bool):
+            raise ValueError(got)
+        return value
+    if key == "merge_window":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MERGE_WINDOW:
             raise ValueError(got)
         return value
     if key in ("timeout", "stall_timeout"):
@@ -126,6 +151,16 @@ def _check(key: str, value: object) -> Any:
             raise ValueError(got)
         return value.lower()
     if key == "log_file" and value == "":
+        return value
+    if key == "on_repeat":
+        if value not in ON_REPEAT:
+            raise ValueError(got)
+        return value
+    if key == "workload_key":
+        if value not in ("", WORKLOAD_BY_CONTAINER_NAME) and not (
+            value.startswith(WORKLOAD_LABEL_PREFIX) and _LABEL_KEY.fullmatch(value[len(WORKLOAD_LABEL_PREFIX) :])
+        ):
+            raise ValueError(got)
         return value
     if key == "mode":
         if value not in selection.MODES:
@@ -167,7 +202,17 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         if key not in _EXPECT:
             raise ConfigError(f"{source}: {key}: unknown key; remove it, or use one of: {', '.join(KEYS)}")
         settings[key] = _checked(f"{source}: {key}", key, value)
+    _check_repeat_keys(settings, f"{source}: overwrite")
     return settings
+
+
+def _check_repeat_keys(settings: dict[str, Any], where: str) -> None:
+    """overwrite and on_repeat given together (in one source) must agree: overwrite = false is "keep"."""
+    if "overwrite" not in settings or "on_repeat" not in settings:
+        return
+    if settings["overwrite"] == (settings["on_repeat"] == "keep"):
+        raise ConfigError(f"{where}: {str(settings['overwrite']).lower()} disagrees with on_repeat = "
+                          f"\"{settings['on_repeat']}\"; remove overwrite (on_repeat replaces it)")
 
 
 def salvage_log_file(text: str) -> str:
@@ -200,8 +245,17 @@ def read_file(path: str) -> dict[str, Any]:
 
 
 def build(file_settings: dict[str, Any], flag_settings: dict[str, Any]) -> Config:
-    """Defaults, overridden by the file, overridden by flags (already checked with ``check_flag``)."""
-    return dataclasses.replace(Config(), **{**file_settings, **flag_settings})
+    """Defaults, overridden by the file, overridden by flags (already checked with ``check_flag``).
+
+    A source that gives overwrite and not on_repeat means "keep" (false) or "replace" (true); afterwards overwrite
+    says whether a run may rewrite an existing result (on_repeat is not "keep")."""
+    settings: dict[str, Any] = {}
+    for source in (file_settings, flag_settings):
+        settings.update(source)
+        if "overwrite" in source and "on_repeat" not in source:
+            settings["on_repeat"] = "replace" if source["overwrite"] else "keep"
+    config = dataclasses.replace(Config(), **settings)
+    return dataclasses.replace(config, overwrite=config.on_repeat != "keep")
 
 
 def check_flag(key: str, value: object) -> Any:
@@ -233,6 +287,7 @@ def load_config(flags: dict[str, Any]) -> Config:
         path = DEFAULT_CONFIG_FILE
     file_settings = read_file(path) if path else {}
     flag_settings = {key: check_flag(key, value) for key, value in flags.items() if key in KEYS}
+    _check_repeat_keys(flag_settings, "--overwrite")
     config = build(file_settings, flag_settings)
     validate_paths(config, path or "--persist-dir")
     return config

@@ -12,17 +12,19 @@ import contextlib
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from nri_optimizer import config as cfg
 from nri_optimizer import logs
-from nri_optimizer.errors import PersistError, TraceError
+from nri_optimizer.errors import ResultError, TraceError
 from nri_optimizer.metrics import Metrics, PrometheusMetrics
 from nri_optimizer.nri.proto import nri_pb2 as api
-from nri_optimizer.results import reference, store
+from nri_optimizer.results import reference, runs
 from nri_optimizer.results.journal import Journal
+from nri_optimizer.results.key import ResultKey, result_key, split_name
 from nri_optimizer.selection import Selection
 from nri_optimizer.trace.client import Session, TraceClient
 from nri_optimizer.trace.recorder import Recorder
@@ -68,7 +70,7 @@ def describe(pod: api.PodSandbox, container: api.Container) -> str:
 class ContainerTrace:
     container_id: str
     image: reference.Reference
-    result_name: str
+    result: ResultKey
     session: Session
     recorder: Recorder
     upper: UpperLayer | None
@@ -104,6 +106,7 @@ class Plugin:
         self._tracer: TraceClient | None = None
         self._traces: dict[str, ContainerTrace] = {}
         self._finishing: set[asyncio.Task[None]] = set()  # background work to wait for at shutdown
+        self._writing: weakref.WeakValueDictionary[ResultKey, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @property
     def events(self) -> tuple[str, ...]:
@@ -175,9 +178,15 @@ class Plugin:
             log.info("%s not traced: %s", cid, skip.message)
             self.metrics.not_traced(skip.rule)
             return
-        result_name = image.result_name + (f".timeout{config.timeout}s" if config.timeout else "")
-        if not config.overwrite and store.exists(config.persist_dir, image.result_dir, result_name):
-            log.info("%s not traced: %s is recorded already (overwrite = false)", cid, image)
+        workload = workload_of(config.workload_key, pod, container)
+        try:
+            result = result_key(image, timeout=config.timeout, workload=workload)
+        except reference.ReferenceError as exc:
+            log.warning("%s not traced: %s", cid, exc)
+            self.metrics.not_traced("unusable")
+            return
+        if config.on_repeat == "keep" and _complete_result(config.persist_dir, result):
+            log.info("%s not traced: %s is recorded already (on_repeat = keep)", cid, _subject(image, workload))
             self.metrics.not_traced("recorded")
             return
         if container.pid <= 0:
@@ -196,7 +205,7 @@ class Plugin:
             log.error("%s not traced: %s", cid, exc)
             self.metrics.not_traced("trace_failed")
             return
-        trace = ContainerTrace(cid, image, result_name, session, recorder, upper)
+        trace = ContainerTrace(cid, image, result, session, recorder, upper)
         self._traces[cid] = trace
         self.metrics.trace_started()
         if self._journal:
@@ -291,29 +300,36 @@ class Plugin:
             incomplete = _incompleteness(outcome.overflowed, outcome.lost)
             if incomplete:
                 log.warning("%s list is incomplete: %s", cid, incomplete)
+            # One write of a result at a time in this process (the store's lock orders processes): writes of one
+            # image that finish together then wait here, not in the thread pool that journal notes need too.
+            writing = self._writing.setdefault(trace.result, asyncio.Lock())
             try:
-                persisted, written = await asyncio.to_thread(self._write, trace, incomplete)
-            except (PersistError, OSError) as exc:
+                async with writing:
+                    recorded, written = await asyncio.to_thread(self._write, trace, incomplete)
+            except (ResultError, OSError) as exc:
                 log.error("%s cannot write the result for %s: %s; earlier results kept", cid, trace.image, exc)
                 self.metrics.write_failed()
                 return
-            if persisted is None:
-                log.info("%s done; %s was recorded meanwhile and is kept (overwrite = false)", cid, trace.image)
+            if recorded.unwritten is not None:
+                workload = split_name(trace.result.name)[1]
+                log.info("%s done; %s %s", cid, _subject(trace.image, workload), recorded.unwritten)
                 return
-            path, listed = persisted
-            self.metrics.trace_completed(listed)
+            path = recorded.path
+            self.metrics.trace_completed(recorded.listed)
             log.info(
                 "%s recorded %d files (%s; %d events, %d files reported, %d written by the container, "
-                "%d unlistable, %d files of exec'd processes) in %s",
+                "%d unlistable, %d files of exec'd processes) in %s%s",
                 cid,
-                listed,
+                recorded.listed,
                 why,
                 outcome.events,
                 outcome.files,
                 written,
-                len(trace.recorder.entries) - written - listed,
+                len(trace.recorder.entries) - written - recorded.listed,
                 trace.recorder.foreign,
                 path,
+                f"; merged with {recorded.runs - 1} earlier runs: {recorded.result_listed} files"
+                if self.config.on_repeat == "merge" else "",
             )
         finally:
             if trace.upper is not None:
@@ -325,9 +341,9 @@ class Plugin:
             if self._on_done is not None:
                 self._on_done(cid, path)
 
-    def _write(self, trace: ContainerTrace, incomplete: str | None) -> tuple[tuple[str, int] | None, int]:
-        """In a worker thread: leave out what the container wrote, then persist. Returns the persist
-        outcome (path, paths listed) and the number of written files left out."""
+    def _write(self, trace: ContainerTrace, incomplete: str | None) -> tuple[runs.Recorded, int]:
+        """In a worker thread: leave out what the container wrote, then put the list into its result as on_repeat
+        says. Returns what was recorded and the number of written files left out."""
         entries = trace.recorder.entries
         if trace.upper is not None:
             entries = trace.upper.without_written(entries)
@@ -336,16 +352,16 @@ class Plugin:
                             "they are listed even if the container wrote them", trace.container_id,
                             trace.upper.unreadable)
         config = self.config
-        persisted = store.persist(
+        recorded = runs.record(
             config.persist_dir,
-            trace.image.result_dir,
-            trace.result_name,
+            trace.result,
             entries,
             readable=config.readable,
-            overwrite=config.overwrite,
+            on_repeat=config.on_repeat,  # type: ignore[arg-type]  # checked by config
+            window=config.merge_window,
             incomplete=incomplete,
         )
-        return persisted, len(trace.recorder.entries) - len(entries)
+        return recorded, len(trace.recorder.entries) - len(entries)
 
     async def shutdown(self) -> None:
         """The daemon is going away: finished traces are written, running ones are lost (and said so)."""
@@ -365,6 +381,27 @@ class Plugin:
             await self._tracer.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
+
+
+def workload_of(workload_key: str, pod: api.PodSandbox, container: api.Container) -> str:
+    """The workload whose own result a container's list goes to, as workload_key says; "" for the image's."""
+    if workload_key == cfg.WORKLOAD_BY_CONTAINER_NAME:
+        return container.name
+    if workload_key.startswith(cfg.WORKLOAD_LABEL_PREFIX):
+        return pod.labels.get(workload_key[len(cfg.WORKLOAD_LABEL_PREFIX) :], "")
+    return ""
+
+
+def _subject(image: reference.Reference, workload: str) -> str:
+    """How logs name a result: the image, and its workload when it has one."""
+    return f"{image} (workload {workload})" if workload else str(image)
+
+
+def _complete_result(persist_dir: str, result: ResultKey) -> bool:
+    try:
+        return runs.complete_result(persist_dir, result)
+    except (OSError, ResultError):
+        return False  # trace it: writing the list will say what is wrong with persist_dir
 
 
 def _incompleteness(overflowed: bool, lost: int) -> str | None:

@@ -40,6 +40,7 @@ from nri_optimizer.nydus import build, image, tool
 from nri_optimizer.oci import layout
 from nri_optimizer.oci.registry import Registry, host_platform_name
 from nri_optimizer.results import reference
+from nri_optimizer.results.key import result_key
 
 PROG = "nri-optimizer convert"
 INCOMPLETE_MARKER = "# incomplete"  # the plugin's first line for a list whose trace lost events
@@ -75,10 +76,10 @@ def read_list(path: Path) -> RecordedList:
     return RecordedList(path, paths, incomplete)
 
 
-def default_list(persist_dir: str, source: str) -> str:
-    """Where the plugin saved the list for ``source`` (see nri_optimizer.results.store)."""
-    image_ref = reference.parse(source)
-    return os.path.join(persist_dir, image_ref.result_dir, image_ref.result_name)
+def default_list(persist_dir: str, source: str, workload: str = "") -> str:
+    """Where the plugin saved the list for ``source`` (of ``workload``, with a workload key; see results.key)."""
+    result = result_key(reference.parse(source), workload=workload)
+    return os.path.join(persist_dir, result.directory, result.name)
 
 
 def nydusify_command(nydusify: str, source: str, target: str, fs_version: str, extra: Sequence[str]) -> list[str]:
@@ -121,6 +122,8 @@ def main(argv: Sequence[str]) -> int:
     which.add_argument("--list", dest="list_file", help="the recorded list (default: the plugin's result for "
                        "--source under persist_dir)")
     which.add_argument("--no-list", action="store_true", help="no prefetch table")
+    parser.add_argument("--workload", default="", help="the list of this workload of the image (the daemon's "
+                        "workload_key), not the image's own")
     parser.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default: %(default)s;"
                         " the built-in converter writes 6)")
     parser.add_argument("--source-insecure", action="store_true", help="the source registry may be plain HTTP or "
@@ -170,7 +173,7 @@ def _list_file(args: argparse.Namespace) -> str:
     if args.list_file is not None:
         return str(args.list_file)
     flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir")}
-    found = default_list(cfg.load_config(flags).persist_dir, args.source)
+    found = default_list(cfg.load_config(flags).persist_dir, args.source, args.workload)
     if not os.path.isfile(found):
         raise UsageError(f"no recorded list at {found}; record one first (nri-optimizer profile {args.source}) "
                          "or pass --list")

@@ -61,7 +61,16 @@ def daemon_parser() -> argparse.ArgumentParser:
     parser.add_argument("--persist-dir", dest="persist_dir", help="directory for the accessed-file lists")
     parser.add_argument("--readable", type=_bool, nargs="?", const=True, help="human units in the CSV file")
     parser.add_argument("--timeout", type=int, help="seconds to trace each container; 0 traces until it stops")
-    parser.add_argument("--overwrite", type=_bool, nargs="?", const=True, help="replace existing result files")
+    parser.add_argument("--overwrite", type=_bool, nargs="?", const=True,
+                        help="upstream's spelling of --on-repeat replace (true) or keep (false)")
+    repeat = parser.add_argument_group("images traced again (README.md \"Result files\")")
+    repeat.add_argument("--on-repeat", dest="on_repeat", choices=cfg.ON_REPEAT,
+                        help="what a new run does to an image's result: keep the first (default), replace it, or "
+                        "merge the latest runs")
+    repeat.add_argument("--merge-window", dest="merge_window", type=int,
+                        help="runs merged into the list with --on-repeat merge (default: 5)")
+    repeat.add_argument("--workload-key", dest="workload_key",
+                        help='one list per workload: "container-name" or "label:KEY" (a pod label)')
     parser.add_argument("--socket", help=f"NRI socket to connect to in external mode (default: {cfg.Config.socket})")
     parser.add_argument("--config", help=f"TOML config file (default: {cfg.DEFAULT_CONFIG_FILE} if it exists)")
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error (default: info)")

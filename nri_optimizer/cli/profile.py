@@ -90,10 +90,12 @@ def run(args: argparse.Namespace, config: cfg.Config) -> int:
     env = dict(_split(item, "=", "--env", "KEY=VALUE") for item in args.env)
     mounts = [_mount(item) for item in args.mount]
     reference.parse(args.image)
-    # The list must be the container's own, whatever the config says about keeping old ones or about which
-    # containers the daemon traces; and the daemon's metrics endpoint stays the daemon's.
-    config = dataclasses.replace(config, overwrite=True, timeout=0, metrics_address="", mode="all",
-                                 namespace_include=(), namespace_exclude=(), image_include=(), image_exclude=())
+    # The list must be the container's own and the image's own (a profile is no workload's), whatever the config
+    # says about keeping or merging runs or about which containers the daemon traces; and the daemon's metrics
+    # endpoint stays the daemon's.
+    config = dataclasses.replace(config, on_repeat="replace", overwrite=True, timeout=0, workload_key="",
+                                 metrics_address="", mode="all", namespace_include=(), namespace_exclude=(),
+                                 image_include=(), image_exclude=())
     profiler = Profiler(args, config, condition, env, mounts)
     entries, path = asyncio.run(profiler.run())
     for line in entries:

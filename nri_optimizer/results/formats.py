@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as encode_json_string
 from typing import NamedTuple
 
+INCOMPLETE_MARK = "# incomplete: "  # the first line of a list the kernel lost events of (see render)
+
 
 class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclass costs three times as much
     path: bytes  # as the kernel gave it: container-absolute, not necessarily UTF-8
@@ -63,7 +65,7 @@ def render(
     An ``incomplete`` list (the kernel lost events) says so in its first line, ``# incomplete: <why>``:
     not a path, so nydus-image skips it (it takes absolute paths only), and every path line starts with "/".
     """
-    lines: list[str] = [f"# incomplete: {incomplete}"] if incomplete else []
+    lines: list[str] = [f"{INCOMPLETE_MARK}{incomplete}"] if incomplete else []
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["path", "size", "elapsed"])
@@ -87,6 +89,14 @@ def render(
     files = ", ".join(['{"path": ' + encode_json_string(path) + "}" for path in paths])
     prefetch = f'{{"version": "v1", "files": [{files}]}}\n'
     return plain.encode(), table.getvalue().encode(), prefetch.encode(), left_out
+
+
+def incompleteness(plain: bytes) -> str | None:
+    """Why a plain list is incomplete, from its first line; None for a complete list."""
+    first = plain.partition(b"\n")[0]
+    if not first.startswith(INCOMPLETE_MARK.encode()):
+        return None
+    return first[len(INCOMPLETE_MARK) :].decode("utf-8", "replace")
 
 
 # A field the csv module writes as it is (QUOTE_MINIMAL quotes one holding the delimiter, the quote character

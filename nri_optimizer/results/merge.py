@@ -20,18 +20,21 @@ writes them (see nri_optimizer.results.store).
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nri_optimizer.errors import MergeInputError
-from nri_optimizer.results.formats import Entry
+from nri_optimizer.errors import MergeInputError, ResultError
+from nri_optimizer.results.formats import Entry, incompleteness
+from nri_optimizer.results.store import read_result
 
 
 @dataclass(frozen=True)
 class Run:
     entries: Sequence[Entry]
     detailed: bool = True  # whether the entries' sizes and times are known (a CSV came with the list)
+    incomplete: str | None = None  # why the list is incomplete (its "# incomplete: ..." line), None if complete
 
 
 @dataclass(frozen=True)
@@ -75,28 +78,35 @@ def _first_occurrences(run: Sequence[Entry]) -> list[Entry]:
     return out
 
 
-
 def read_run(list_path: str) -> Run:
-    """One run from its plain list, with sizes and times from ``<list>.csv`` when that has them in plain units."""
+    """One run from its plain list, with sizes and times from ``<list>.csv`` when that has them in plain units; the
+    two from one set when the list is in one (results.store)."""
     try:
-        with open(list_path, "rb") as f:
-            # Paths only: the list's "# incomplete: ..." line, if any, is not one.
-            paths = [line for line in f.read().split(b"\n") if line.startswith(b"/")]
+        files = read_result(list_path, ("", ".csv"))
     except OSError as exc:
-        raise MergeInputError(f"{list_path}: {exc.strerror}") from exc
-    details = _read_csv(list_path + ".csv")
-    return Run([Entry(path, *details.get(path, (0, 0))) for path in paths], detailed=bool(details))
+        raise MergeInputError(f"{list_path}: {exc.strerror or exc}") from exc
+    except ResultError as exc:
+        raise MergeInputError(str(exc)) from exc
+    if "" not in files:
+        raise MergeInputError(f"{list_path}: No such file or directory")
+    return parse_run(files[""], files.get(".csv"), where=list_path)
 
 
-def _read_csv(csv_path: str) -> dict[bytes, tuple[int, int]]:
-    """path -> (size, elapsed µs); empty when there is no CSV or it is in readable units."""
+def parse_run(plain: bytes, table: bytes | None, *, where: str) -> Run:
+    """A run from the bytes of its plain list and of its CSV (None without one); ``where`` names them in errors."""
+    # Paths only: the list's "# incomplete: ..." line, if any, is not one.
+    paths = [line for line in plain.split(b"\n") if line.startswith(b"/")]
+    details = _parse_csv(table, where + ".csv") if table is not None else {}
+    return Run([Entry(path, *details.get(path, (0, 0))) for path in paths], detailed=bool(details),
+               incomplete=incompleteness(plain))
+
+
+def _parse_csv(table: bytes, where: str) -> dict[bytes, tuple[int, int]]:
+    """path -> (size, elapsed µs); empty when the CSV is in readable units."""
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MergeInputError(f"{csv_path}: {exc}") from exc
+        rows = list(csv.DictReader(io.StringIO(table.decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MergeInputError(f"{where}: {exc}") from exc
     try:
         return {row["path"].encode(): (int(row["size"]), int(row["elapsed"])) for row in rows}
     except (KeyError, TypeError, ValueError):

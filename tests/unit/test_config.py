@@ -42,7 +42,7 @@ def test_defaults_are_upstreams():
          "names, e.g. events = [\"StartContainer\", \"StopContainer\"]"),
         ("persist = \"/x\"", "F: persist: unknown key; remove it, or use one of: persist_dir, readable, server_path, "
          "timeout, overwrite, events, include_exec, unlimited_queue, event_mode, socket, log_level, log_file, mode, namespace_include, namespace_exclude, image_include, "
-         "image_exclude, metrics_address, stall_timeout"),
+         "image_exclude, metrics_address, stall_timeout, on_repeat, merge_window, workload_key"),
         ("log_level = \"loud\"", "F: log_level: got 'loud' (string); expected one of debug, info, warning, error, "
          "e.g. log_level = \"info\""),
     ],
@@ -124,3 +124,58 @@ def test_cli_readable_takes_go_bool_syntax(tmp_path):
     result = run_cli("--config", str(conf), "--readable=maybe")
     assert result.returncode == 2
     assert "argument --readable: expected true or false, got 'maybe'" in result.stderr
+
+
+def test_on_repeat_defaults_to_keep_and_overwrite_is_its_upstream_spelling():
+    assert (cfg.Config().on_repeat, cfg.Config().merge_window, cfg.Config().workload_key) == ("keep", 5, "")
+    assert cfg.build(cfg.parse_toml("overwrite = true", "F"), {}).on_repeat == "replace"
+    assert cfg.build(cfg.parse_toml("overwrite = false", "F"), {}).on_repeat == "keep"
+    merging = cfg.build(cfg.parse_toml('on_repeat = "merge"\nmerge_window = 3', "F"), {})
+    assert (merging.on_repeat, merging.merge_window, merging.overwrite) == ("merge", 3, True)
+    # A later source wins, whichever spelling it uses.
+    assert cfg.build(cfg.parse_toml('on_repeat = "merge"', "F"), {"overwrite": False}).on_repeat == "keep"
+    assert cfg.build(cfg.parse_toml("overwrite = true", "F"), {"on_repeat": "merge"}).on_repeat == "merge"
+    # Both in one source, agreeing: upstream's shipped file plus our key.
+    assert cfg.build(cfg.parse_toml('overwrite = false\non_repeat = "keep"', "F"), {}).on_repeat == "keep"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('overwrite = false\non_repeat = "merge"', 'F: overwrite: false disagrees with on_repeat = "merge"; remove '
+         "overwrite (on_repeat replaces it)"),
+        ('overwrite = true\non_repeat = "keep"', 'F: overwrite: true disagrees with on_repeat = "keep"; remove '
+         "overwrite (on_repeat replaces it)"),
+        ('on_repeat = "append"', "F: on_repeat: got 'append' (string); expected one of \"keep\" (the first complete "
+         'run stays), "replace" (each run replaces it) or "merge" (the list merges the latest merge_window runs), '
+         'e.g. on_repeat = "keep"'),
+        ("merge_window = 0", "F: merge_window: got 0 (integer); expected a whole number of runs from 1 to 100, "
+         "e.g. merge_window = 5"),
+        ("merge_window = 101", "F: merge_window: got 101 (integer); expected a whole number of runs from 1 to 100, "
+         "e.g. merge_window = 5"),
+        ('workload_key = "app"', "F: workload_key: got 'app' (string); expected \"\" (one list per image), "
+         "\"container-name\", or \"label:\" and a pod label's key, e.g. workload_key = "
+         '"label:app.kubernetes.io/name"'),
+        ('workload_key = "label:a/b/c"', "F: workload_key: got 'label:a/b/c' (string); expected \"\" (one list per "
+         "image), \"container-name\", or \"label:\" and a pod label's key, e.g. workload_key = "
+         '"label:app.kubernetes.io/name"'),
+    ],
+)
+def test_repeat_and_workload_keys_are_checked(text, message):
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.parse_toml(text, "F")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("key", ["", "container-name", "label:app", "label:app.kubernetes.io/name",
+                                 "label:example.com/Tier_1"])
+def test_workload_keys_that_name_a_label_or_the_container(key):
+    assert cfg.parse_toml(f'workload_key = "{key}"', "F") == {"workload_key": key}
+
+
+def test_repeat_flags_that_disagree_are_an_error(tmp_path):
+    with pytest.raises(cfg.ConfigError, match='--overwrite: true disagrees with on_repeat = "keep"'):
+        load_config({"config": os.devnull, "overwrite": True, "on_repeat": "keep", "persist_dir": str(tmp_path)})
+    config = load_config({"config": os.devnull, "on_repeat": "merge", "merge_window": 2, "workload_key":
+                          "container-name", "persist_dir": str(tmp_path)})
+    assert (config.on_repeat, config.merge_window, config.workload_key) == ("merge", 2, "container-name")

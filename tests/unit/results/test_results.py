@@ -1,14 +1,10 @@
 import json
-import os
-import stat
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nri_optimizer.errors import PersistError
-from nri_optimizer.results.formats import Entry, listable, readable_elapsed, readable_size, render
-from nri_optimizer.results.store import persist
+from nri_optimizer.results.formats import Entry, incompleteness, listable, readable_elapsed, readable_size, render
 
 
 def entries(*paths: bytes) -> list[Entry]:
@@ -44,60 +40,6 @@ def test_names_with_inner_spaces_and_unicode_are_kept():
     assert listable("/a b/ü".encode()) == "/a b/ü"
 
 
-def test_persist_writes_all_files_with_modes(tmp_path):
-    path, listed = persist(str(tmp_path), "library", "nginx:latest", entries(b"/x"), readable=False, overwrite=False)
-    assert (path, listed) == (f"{tmp_path}/library/nginx:latest", 1)
-    assert sorted(os.listdir(tmp_path / "library")) == ["nginx:latest", "nginx:latest.csv", "nginx:latest.json"]
-    assert (tmp_path / "library/nginx:latest").read_bytes() == b"/x\n"
-    for name in os.listdir(tmp_path / "library"):
-        assert stat.S_IMODE(os.stat(tmp_path / "library" / name).st_mode) == 0o644
-    assert stat.S_IMODE(os.stat(tmp_path / "library").st_mode) == 0o755
-
-
-def test_overwrite_false_keeps_the_earlier_result_untouched(tmp_path):
-    persist(str(tmp_path), "", "a:1", entries(b"/first"), readable=False, overwrite=False)
-    assert persist(str(tmp_path), "", "a:1", entries(b"/second"), readable=False, overwrite=False) is None
-    assert (tmp_path / "a:1").read_bytes() == b"/first\n"
-
-
-def test_overwrite_true_replaces_wholly_without_a_stale_tail(tmp_path):
-    persist(str(tmp_path), "", "a:1", entries(b"/1", b"/2", b"/3"), readable=False, overwrite=True)
-    persist(str(tmp_path), "", "a:1", entries(b"/9"), readable=False, overwrite=True)
-    assert (tmp_path / "a:1").read_bytes() == b"/9\n"
-    assert (tmp_path / "a:1.csv").read_bytes() == b"path,size,elapsed\n/9,10,100\n"
-    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
-
-
-def test_a_symlinked_directory_is_never_followed(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "library").symlink_to(outside)
-    with pytest.raises(PersistError, match="library: not a directory we can use"):
-        persist(str(results), "library", "a:1", entries(b"/x"), readable=False, overwrite=True)
-    assert os.listdir(outside) == []
-
-
-def test_a_symlink_at_the_result_name_is_replaced_not_followed(tmp_path):
-    victim = tmp_path / "victim"
-    victim.write_text("keep")
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "a:1").symlink_to(victim)
-    persist(str(tmp_path / "r"), "", "a:1", entries(b"/x"), readable=False, overwrite=True)
-    assert victim.read_text() == "keep"
-    assert not os.path.islink(tmp_path / "r" / "a:1")
-    assert (tmp_path / "r" / "a:1").read_bytes() == b"/x\n"
-
-
-def test_a_directory_at_the_result_name_fails_cleanly(tmp_path):
-    (tmp_path / "a:1").mkdir()
-    with pytest.raises(PersistError, match="a:1: Is a directory"):
-        persist(str(tmp_path), "", "a:1", entries(b"/x"), readable=False, overwrite=True)
-    assert sorted(os.listdir(tmp_path)) == ["a:1", "a:1.csv", "a:1.json"]
-    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
-
-
 def nydus_image_reads(plain: bytes) -> list[str]:
     """How nydus-image reads --prefetch-patterns from stdin (UPSTREAM.md): UTF-8 lines, each trimmed,
     lines that are not absolute skipped, order kept."""
@@ -125,3 +67,10 @@ def test_an_incomplete_list_says_so_in_a_line_nydus_image_skips():
     assert nydus_image_reads(plain) == ["/a"]
     assert table == b"path,size,elapsed\n/a,10,100\n"
     assert json.loads(prefetch)["files"] == [{"path": "/a"}]
+
+
+def test_incompleteness_reads_back_the_first_line():
+    plain, _, _, _ = render(entries(b"/a"), readable=False, incomplete="the kernel dropped 3 events")
+    assert incompleteness(plain) == "the kernel dropped 3 events"
+    assert incompleteness(b"/a\n") is None
+    assert incompleteness(b"") is None
