@@ -7,11 +7,11 @@ state, CNI config, NRI socket) points into the instance's own directory.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-Table = Mapping[str, "str | bool | int"]
+Table = Mapping[str, "str | bool | int | list[str]"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ def render(
     log_level: str = "info",
     registry_config_dir: Path | None = None,
     snapshotters: Mapping[str, Path] | None = None,
+    overlay_mount_options: Sequence[str] = (),
+    cni_bin_dir: Path | None = None,
 ) -> str:
     """The config file's text. `registry_config_dir` holds `<host>/hosts.toml` files (e.g. a plain-HTTP registry
     on loopback); containerd reads them at each pull, so they may be written after it starts.
@@ -60,6 +62,12 @@ def render(
     the handler's `runtime_platforms` entry, or a pull for it unpacks onto the default snapshotter). Remote
     snapshotters need the layer annotations, which CRI passes only with `disable_snapshot_annotations = false`
     (and, in 2.x, only on its local pull path, not the transfer service's).
+
+    `overlay_mount_options` are added to every overlay mount of the overlayfs snapshotter (its `mount_options`),
+    e.g. `index=on`, `nfs_export=on` for container roots whose file handles decode (fanotify's fid mode).
+
+    `cni_bin_dir` holds CNI plugins for pods with a network namespace of their own (see POD_NETWORK); without it
+    only pods on the host's network can run.
     """
     base = layout.base
     top: Table = {
@@ -93,7 +101,7 @@ def render(
     server: Table = {"disable_tcp_service": True, "stream_server_address": "127.0.0.1", "stream_server_port": "0"}
     runc_options: Table = {"BinaryName": str(runc), "Root": str(base / "runc"), "SystemdCgroup": False}
     # CRI creates its CNI config dir if missing: point it at ours so /etc/cni is never touched.
-    cni: Table = {"conf_dir": str(base / "cni")}
+    cni: Table = {"conf_dir": str(base / "cni"), **({"bin_dir": str(cni_bin_dir)} if cni_bin_dir else {})}
     if major >= 2:
         cri_runtime = "plugins.'io.containerd.cri.v1.runtime'"
         tables |= {
@@ -124,6 +132,8 @@ def render(
             tables[f"{cri}.registry"] = {"config_path": str(registry_config_dir)}
         runtimes, images = f"{cri}.containerd.runtimes", f"{cri}.containerd"
         annotations = {"disable_snapshot_annotations": False, "discard_unpacked_layers": False}
+    if overlay_mount_options:
+        tables["plugins.'io.containerd.snapshotter.v1.overlayfs'"] = {"mount_options": list(overlay_mount_options)}
     if snapshotters:
         tables[images] = {**tables[images], **annotations}
     for name, socket in (snapshotters or {}).items():
@@ -138,13 +148,26 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+# Pods that are not on the host's network get a network namespace holding lo and one tap device with a fixed
+# address from TEST-NET-1 (RFC 5737): CRI wants an interface with an address, and a tap device lives wholly inside
+# the pod's namespace (a veth or bridge would add links and routes to the host; this kernel has no dummy links).
+# Nothing is routed to it: the test bed's pods talk to nothing.
+POD_NETWORK = {
+    "cniVersion": "1.0.0",
+    "name": "nri-optimizer-testbed",
+    "plugins": [{"type": "loopback"},
+                {"type": "tap", "ipam": {"type": "static", "addresses": [{"address": "192.0.2.10/24"}]}}],
+}
+CNI_PLUGINS = ("loopback", "tap", "static")  # what POD_NETWORK runs
+
+
 def _key(name: str) -> str:
     """A TOML key: bare when it can be (letters, digits, - and _), else quoted."""
     return name if name.replace("-", "").replace("_", "").isalnum() and name.isascii() else json.dumps(name)
 
 
-def _value(value: str | bool | int) -> str:
+def _value(value: str | bool | int | list[str]) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    # A JSON string is a valid TOML basic string for the ASCII paths and names used here.
+    # A JSON string (or list of strings) is valid TOML for the ASCII paths and names used here.
     return json.dumps(value)

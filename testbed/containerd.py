@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import re
 import secrets
@@ -12,12 +13,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from testbed import TestbedError, config, host
-from testbed.debs import Runtime
+from testbed import TestbedError, config, debs, host
 from testbed.images import PAUSE_IMAGE, image_names
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Containerd:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: debs.Runtime,
         *,
         nri: bool = True,
         nri_socket: Path | None = None,
@@ -50,6 +50,8 @@ class Containerd:
         log_level: str = "info",
         registry_config_dir: Path | None = None,
         snapshotters: Mapping[str, Path] | None = None,
+        overlay_mount_options: Sequence[str] = (),
+        pod_network: bool = False,
     ) -> None:
         self.runtime = runtime
         self.start_timeout = start_timeout
@@ -66,6 +68,11 @@ class Containerd:
         )
         for directory in (self.nri.plugin_path, self.nri.plugin_config_path, self.logs_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        cni_bin_dir = None
+        if pod_network:  # pods off the host's network, as a plain pod spec (crictl's, kubelet's) asks
+            cni_bin_dir = debs.cni_plugins()
+            (self.dir / "cni").mkdir()
+            (self.dir / "cni" / "10-testbed.conflist").write_text(json.dumps(config.POD_NETWORK))
         self._layout.config.write_text(
             config.render(
                 runtime.major,
@@ -76,6 +83,8 @@ class Containerd:
                 log_level=log_level,
                 registry_config_dir=registry_config_dir,
                 snapshotters=snapshotters,
+                overlay_mount_options=overlay_mount_options,
+                cni_bin_dir=cni_bin_dir,
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None

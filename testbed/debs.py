@@ -10,8 +10,8 @@ Cache layout (every entry appears atomically, so a reader never sees a half-writ
     debs/                 downloaded .deb files, kept so reruns are offline
     unpacked/<pkg>_<ver>/ dpkg-deb -x of one .deb
     containerd-<flavour>/ bin dir (symlinks) + runtime.json, what fetch_runtime returns
-    <package>.json        which unpacked file package_file returns (busybox-static, nydus-snapshotter,
-                          docker-registry): found again without asking the archive
+    <package>_<suite>.json  which unpacked file package_file returns (busybox-static, nydus-snapshotter,
+                          docker-registry, containernetworking-plugins): found again without asking the archive
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ CONTAINERD_FLAVOURS: dict[str, tuple[str, str]] = {
 # bookworm's runc works with both containerds; sid's needs glibc 2.38, newer than bookworm's.
 RUNC_SUITE = "bookworm"
 BUSYBOX_SUITE = "bookworm"
+# CNI plugins for pods with a network namespace of their own: sid's has the `tap` plugin (testbed.config.POD_NETWORK).
+CNI_SUITE = "sid"
 
 _CONTAINERD_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr")
 
@@ -88,11 +90,16 @@ def busybox_path(*, cache: Path | None = None) -> Path:
     return package_file("busybox-static", BUSYBOX_SUITE, "bin/busybox", cache=cache)
 
 
+def cni_plugins(*, cache: Path | None = None) -> Path:
+    """The directory of Debian's CNI plugins (containernetworking-plugins), fetched on first use."""
+    return package_file("containernetworking-plugins", CNI_SUITE, "usr/lib/cni/tap", cache=cache).parent
+
+
 def package_file(package: str, suite: str, member: str, *, cache: Path | None = None) -> Path:
     """The file `member` of Debian `package` (the newest `suite` has), unpacked into the cache on first use;
-    later calls find it through `<cache>/<package>.json` without asking the archive."""
+    later calls find it through `<cache>/<package>_<suite>.json` without asking the archive."""
     cache = cache or cache_dir()
-    manifest = cache / f"{package}.json"
+    manifest = cache / f"{package}_{suite}.json"
     if (path := _load_package_file(manifest)) is not None:
         return path
     with _locked(cache):
