@@ -90,10 +90,10 @@ def test_two_containers_of_one_image_at_once_are_both_traced(traced: Traced) -> 
 
 def test_overwrite_false_keeps_the_result_and_does_not_trace_again(traced: Traced) -> None:
     traced.finish(traced.run(["/bin/cat", "/data/f001"]))
-    before = {p.name: p.read_bytes() for p in traced.results.iterdir()}
+    before = {p.name: p.read_bytes() for p in traced.results.iterdir() if p.is_file()}
     run = traced.run(["/bin/cat", "/data/f002"])
     traced.log.wait_for(rf"{run.container_id} not traced: nri-optimizer.test/workload:1 is recorded already")
-    assert {p.name: p.read_bytes() for p in traced.results.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in traced.results.iterdir() if p.is_file()} == before
 
 
 @pytest.fixture
@@ -123,8 +123,8 @@ def test_timeout_stops_tracing_on_time_and_names_the_file(make_containerd, flavo
     (line,) = traced.log.wait_for(rf"{run.container_id} recorded", timeout=5)
     assert "(timeout;" in line
     assert traced.result(suffix=".timeout1s") == ["/bin/busybox", "/data/f001"]
-    assert sorted(p.name for p in traced.results.iterdir()) == ["workload:1.timeout1s", "workload:1.timeout1s.csv",
-                                                                 "workload:1.timeout1s.json"]
+    assert sorted(p.name for p in traced.results.iterdir()) == [".workload:1.timeout1s", "workload:1.timeout1s",
+                                                                 "workload:1.timeout1s.csv", "workload:1.timeout1s.json"]
     traced.bed.cri.stop_container(run.container_id, 1)
 
 
@@ -141,7 +141,7 @@ def test_missing_server_logs_and_the_container_still_runs(make_containerd, flavo
 
 def test_server_killed_mid_trace_keeps_the_earlier_result(overwriting: Traced) -> None:
     overwriting.finish(overwriting.run(["/bin/cat", "/data/f001"]))
-    before = {p.name: p.read_bytes() for p in overwriting.results.iterdir()}
+    before = {p.name: p.read_bytes() for p in overwriting.results.iterdir() if p.is_file()}
     run = overwriting.run(["/bin/sh", "-c", "cat /data/f002; exec sleep 1000"], wait=False)
     overwriting.log.wait_for(rf"{run.container_id} tracing pid")
     plugin = prelaunched_pid(overwriting.bed)
@@ -150,7 +150,7 @@ def test_server_killed_mid_trace_keeps_the_earlier_result(overwriting: Traced) -
     assert overwriting.bed.cri.container_status(run.container_id).state == "running"
     line = overwriting.finish(run)
     assert "trace lost (server died): nothing written, earlier results kept" in line
-    assert {p.name: p.read_bytes() for p in overwriting.results.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in overwriting.results.iterdir() if p.is_file()} == before
     # The next container gets a new server and is traced.
     overwriting.finish(overwriting.run(["/bin/cat", "/data/f003"]))
     assert overwriting.result() == ["/bin/busybox", "/data/f003"]
