@@ -13,7 +13,8 @@
     │   └── ReferenceError              results.reference: an image reference does not parse
     ├── CriError                    cri.client: the container runtime refused a request or is unreachable
     ├── RegistryError               oci.registry: a registry refused a request, or sent what we cannot use
-    │   └── RegistryUnreachable         no answer at all (connection refused, DNS, TLS, timeout)
+    │   ├── RegistryUnreachable         no answer at all (connection refused, DNS, TLS, timeout)
+    │   └── ListArtifactError           oci.artifacts: an artifact of our list type is not a list we can read
     ├── NydusError                  nydus: building or reading a nydus image failed
     │   ├── TarOrderError               nydus.tarorder: a layer tar cannot be reordered (not a tar, a global pax header)
     │   ├── ToolError                   nydus.tool/build/bootstrap: nydus-image is missing or failed, or printed what
@@ -101,6 +102,11 @@ class RegistryError(OptimizerError):
 
 class RegistryUnreachable(RegistryError):
     """A registry did not answer at all."""
+
+
+class ListArtifactError(RegistryError):
+    """An artifact attached to an image as a recorded list is not one we can read (its type, subject, layers or
+    lines)."""
 
 
 class NydusError(OptimizerError):

@@ -2,6 +2,7 @@
 pushing an image-layout tarball into it (through nri_optimizer.oci.registry, the client ``convert`` uses).
 
 docker-registry 2.8 has no referrers API and serves Range GETs, which is all nydusd needs of a registry.
+ReferrersRegistry is one that has the OCI 1.1 referrers API (testbed.toolchain.referrers_registry builds it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from testbed import TestbedError, debs, host
 
 REGISTRY_SUITE = "bookworm"
 _LISTENING = re.compile(r'msg="listening on 127\.0\.0\.1:([0-9]+)"')
+_REFERRERS_LISTENING = re.compile(r"^listening on 127\.0\.0\.1:([0-9]+)$", re.M)
 
 
 def registry_binary(*, cache: Path | None = None) -> Path:
@@ -34,8 +36,16 @@ class LocalRegistry:
     `close()` stops the process we started (by its pid) and removes the dir with everything pushed.
     """
 
+    name = "docker-registry"
+    listening = _LISTENING  # the log line that says where it listens
+
     def __init__(self, binary: Path) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="nriopt-registry-"))
+        self._binary = binary
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def command(self) -> list[str]:
         config = {
             "version": 0.1,
             "log": {"level": "info", "accesslog": {"disabled": True}},
@@ -44,9 +54,7 @@ class LocalRegistry:
         }
         # YAML is a superset of JSON: no YAML writer needed.
         (self.dir / "config.yml").write_text(json.dumps(config))
-        self._binary = binary
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        return [str(self._binary), "serve", str(self.dir / "config.yml")]
 
     @property
     def address(self) -> str:
@@ -63,16 +71,15 @@ class LocalRegistry:
         log_path = self.dir / "registry.log"
         with open(log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                [str(self._binary), "serve", str(self.dir / "config.yml")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not self.port:
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-2000:]
                 self.close()
-                raise TestbedError(f"docker-registry did not start listening within {timeout:g} s:\n{tail}")
-            if match := _LISTENING.search(log_path.read_text(errors="replace")):
+                raise TestbedError(f"{self.name} did not start listening within {timeout:g} s:\n{tail}")
+            if match := self.listening.search(log_path.read_text(errors="replace")):
                 self.port = int(match[1])
             else:
                 time.sleep(0.02)
@@ -93,6 +100,17 @@ class LocalRegistry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ReferrersRegistry(LocalRegistry):
+    """A registry with the OCI 1.1 referrers API (go-containerregistry's, testbed/go/referrers-registry): plain HTTP on
+    127.0.0.1, manifests in its memory, blobs under its temp dir; stopped and removed as LocalRegistry."""
+
+    name = "referrers-registry"
+    listening = _REFERRERS_LISTENING
+
+    def command(self) -> list[str]:
+        return [str(self._binary), "-blobs", str(self.dir / "blobs")]
 
 
 def write_hosts(config_dir: Path, host: str, *, plain_http: bool) -> None:

@@ -5,7 +5,11 @@
 - crictl: the Go module ``sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0``, ``go install``, into
   ``<cache>/tools/crictl-v1.37.0/bin``;
 - containerd-nydus-grpc: Debian sid's nydus-snapshotter 0.13.4 (testbed.nydus.debian_snapshotter);
-- docker-registry: Debian bookworm's (testbed.registry.registry_binary).
+- docker-registry: Debian bookworm's (testbed.registry.registry_binary);
+- referrers-registry: a registry with the OCI 1.1 referrers API, our own main (testbed/go/referrers-registry) on
+  go-containerregistry's ``pkg/registry`` (its referrers option on), ``go build`` with the modules from the Go module
+  proxy, into ``<cache>/tools/referrers-registry-<hash of its source>/bin``. No released registry the proxy serves
+  answers the referrers API: docker-registry 2.8, distribution v3.1.2 and ``crane registry serve`` answer 404.
 
 Each is installed once; after that it is found in the cache without any network. nydusify has no entry: the Go
 module proxy refuses every nydusify module path and version (HTTP 403), so ``nri-optimizer convert`` builds nydus
@@ -20,6 +24,7 @@ caches stay under the cache too, so a rebuild downloads nothing again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -39,6 +44,7 @@ NYDUS_RS_VERSION = nydus_tool.NYDUS_RS_VERSION
 NYDUS_RS_BINARIES = ("nydusd", "nydus-image", "nydusctl")
 CRICTL_MODULE = "sigs.k8s.io/cri-tools/cmd/crictl"
 CRICTL_VERSION = "v1.37.0"
+REFERRERS_REGISTRY_SOURCE = Path(__file__).resolve().parent / "go" / "referrers-registry"
 PROGRESS_EVERY = 30.0  # seconds between progress lines of a long build
 BUILD_RECORD = "build.json"  # beside bin/: how long the build took, for the record
 _LOG_TAIL = 40  # lines of a failed build's log shown in the error
@@ -51,6 +57,14 @@ def nydus_rs_root(cache: Path | None = None) -> Path:
 
 def crictl_root(cache: Path | None = None) -> Path:
     return (cache or debs.cache_dir()) / "tools" / f"crictl-{CRICTL_VERSION}"
+
+
+def referrers_registry_root(cache: Path | None = None) -> Path:
+    """Named by a hash of the source (main.go, go.mod, go.sum): a change to any of them builds anew."""
+    digest = hashlib.sha256()
+    for name in ("main.go", "go.mod", "go.sum"):
+        digest.update((REFERRERS_REGISTRY_SOURCE / name).read_bytes())
+    return (cache or debs.cache_dir()) / "tools" / f"referrers-registry-{digest.hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -76,12 +90,20 @@ def crictl(*, cache: Path | None = None, progress: Callable[[str], None] | None 
     return _installed_once(f"crictl {CRICTL_VERSION}", root, ("crictl",), _build_crictl, cache, progress)
 
 
+def referrers_registry(*, cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Installed:
+    """The registry with the referrers API, built with go build on first use."""
+    root = referrers_registry_root(cache)
+    return _installed_once("referrers-registry", root, ("referrers-registry",), _build_referrers_registry, cache,
+                           progress)
+
+
 @dataclass(frozen=True)
 class Toolchain:
     nydus_rs: Installed  # nydusd, nydus-image, nydusctl
     crictl: Installed
     snapshotter: Path  # containerd-nydus-grpc
     registry: Path  # docker-registry
+    referrers_registry: Installed
 
     @property
     def nydusd(self) -> Path:
@@ -95,7 +117,8 @@ class Toolchain:
 def install(*, cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Toolchain:
     """Everything the nydus path needs, each installed on first use (what `make nydus` runs)."""
     return Toolchain(nydus_rs(cache=cache, progress=progress), crictl(cache=cache, progress=progress),
-                     nydus.debian_snapshotter(cache=cache), registry.registry_binary(cache=cache))
+                     nydus.debian_snapshotter(cache=cache), registry.registry_binary(cache=cache),
+                     referrers_registry(cache=cache, progress=progress))
 
 
 def cargo_command(root: Path) -> list[str]:
@@ -168,11 +191,25 @@ def _build_nydus_rs(staging: Path, cache: Path, log: Path, say: Callable[[str], 
 
 def _build_crictl(staging: Path, cache: Path, log: Path, say: Callable[[str], None]) -> None:
     go = _require("go", "Go (https://go.dev/dl, or Debian's golang-go)")
-    gopath = cache / "go"
-    env = dict(os.environ, GOBIN=str(staging / "bin"), GOPATH=str(gopath), GOMODCACHE=str(gopath / "mod"),
-               GOCACHE=str(gopath / "build"), GOFLAGS="-modcacherw", GOTOOLCHAIN="local")
+    env = _go_env(cache, GOBIN=str(staging / "bin"))
     say(f"crictl {CRICTL_VERSION}: building with go install, once (about 1 min); {shlex.join(go_command())}")
     _run_logged([go, *go_command()[1:]], env, log, "crictl", say, counts=None)
+
+
+def _build_referrers_registry(staging: Path, cache: Path, log: Path, say: Callable[[str], None]) -> None:
+    go = _require("go", "Go (https://go.dev/dl, or Debian's golang-go)")
+    # go.sum is ours, checked in: -mod=readonly builds exactly the modules it names, or fails.
+    env = _go_env(cache, GOFLAGS="-modcacherw -mod=readonly")
+    say("referrers-registry: building with go build, once (about 1 min)")
+    _run_logged([go, "build", "-C", str(REFERRERS_REGISTRY_SOURCE), "-o", str(staging / "bin" / "referrers-registry"),
+                 "."], env, log, "referrers-registry", say, counts=None)
+
+
+def _go_env(cache: Path, **extra: str) -> dict[str, str]:
+    """Go's module and build caches under ours, with the Go that is installed (no toolchain download)."""
+    gopath = cache / "go"
+    return dict(os.environ, GOPATH=str(gopath), GOMODCACHE=str(gopath / "mod"), GOCACHE=str(gopath / "build"),
+                GOFLAGS="-modcacherw", GOTOOLCHAIN="local") | extra
 
 
 def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, name: str, say: Callable[[str], None],

@@ -3,7 +3,11 @@
 - pull: a manifest by tag or digest (an index resolved to one platform), a blob into a file (streamed, its
   digest checked), a small blob into memory;
 - push: a blob from a file or bytes (POST an upload, then one PUT with the digest; nothing is sent when the
-  repository has the blob already), a manifest by tag.
+  repository has the blob already), a manifest by tag;
+- referrers (OCI distribution 1.1): the manifests whose ``subject`` is a given manifest, from the registry's referrers
+  API, or on a registry without one (a 404 there, as docker-registry 2.8 and distribution 3.1 answer) from the
+  referrers tag schema: an index tagged ``sha256-<hex of the subject>``; and a push of such a manifest that keeps that
+  index current where the registry does not (no ``OCI-Subject`` header in its answer, and no referrers API).
 
 Where: ``docker.io`` is served at registry-1.docker.io, every other registry at its own name. HTTPS with
 certificates verified, unless the registry is `insecure`: then HTTPS without verification, or plain HTTP when it
@@ -17,7 +21,8 @@ from the realm, with the credentials if there are any, and used for that reposit
 
 Why not a library: oras-py 0.2.43 retries every failed request five times with sleeps growing to 83 s (more than
 two minutes before it says a registry is unreachable), reads a blob whole into memory to push it, and brings
-requests and jsonschema along.
+requests and jsonschema along. For referrers it does not serve either: it can set a manifest's ``subject`` on push,
+but it neither sets ``artifactType`` nor lists referrers, and knows nothing of the tag-schema fallback.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ import ipaddress
 import json
 import os
 import platform as host_platform
+import random
 import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +62,13 @@ _PIECE = 1 << 20  # bytes per read and write while streaming a blob
 _ERROR_BODY = 300  # characters of an error body kept when it is not the API's JSON
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+# Pages of a referrers answer followed (``Link: <...>; rel="next"``): a bound against a registry that loops.
+MAX_REFERRER_PAGES = 100
+# Rounds of read, add, write and read back of a referrers tag-schema index that other clients keep changing.
+TAG_SCHEMA_ATTEMPTS = 5
+# The pause before that read back, and before a new round: another client's write, if it raced ours, lands in it.
+TAG_SCHEMA_SETTLE = (0.2, 0.6)  # seconds, drawn at random
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
 def host_platform_name() -> tuple[str, str]:
@@ -205,6 +219,92 @@ class Registry:
                       headers={"Content-Type": media_type}, data=body).close()
         return digest_of(body)
 
+    # --- referrers -----------------------------------------------------------------------------------
+
+    def referrers(self, repository: str, subject: str, artifact_type: str | None = None) -> list[dict[str, Any]]:
+        """Descriptors of the manifests whose ``subject`` is the manifest `subject` (a digest), of `artifact_type`
+        only when given (filtered here too: a registry may ignore the filter): from the referrers API, else from the
+        referrers tag schema's index."""
+        found = self._referrers_api(repository, subject, artifact_type)
+        if found is None:
+            found = self._tag_schema_index(repository, subject)
+        return [d for d in found if artifact_type is None or d.get("artifactType") == artifact_type]
+
+    def push_referrer(self, repository: str, body: bytes, media_type: str,
+                      replaces: Callable[[Mapping[str, Any]], bool] | None = None) -> str:
+        """Put a manifest that has a ``subject``, by its digest, and make it a referrer of that subject: the registry
+        does when it answers ``OCI-Subject`` or has the referrers API; otherwise it is added to the tag schema's
+        index, from which descriptors that `replaces` picks are removed at the same time. Its digest."""
+        digest = digest_of(body)
+        try:
+            manifest = json.loads(body)
+            subject = str(manifest["subject"]["digest"])
+        except (ValueError, KeyError, TypeError):
+            raise RegistryError(f"manifest {digest} has no subject: not a referrer") from None
+        path = f"/v2/{repository}/manifests/{digest}"
+        with self._request("PUT", path, repository, push=True, headers={"Content-Type": media_type},
+                           data=body) as response:
+            indexed = response.headers.get("OCI-Subject") == subject
+        if indexed or self._referrers_api(repository, subject, None) is not None:
+            return digest
+        descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": len(body)}
+        artifact_type = manifest.get("artifactType") or manifest.get("config", {}).get("mediaType")
+        if artifact_type:
+            descriptor["artifactType"] = artifact_type
+        if manifest.get("annotations"):
+            descriptor["annotations"] = manifest["annotations"]
+        self._add_to_tag_schema(repository, subject, descriptor, replaces or (lambda _: False))
+        return digest
+
+    def _referrers_api(self, repository: str, subject: str, artifact_type: str | None) -> list[dict[str, Any]] | None:
+        """The referrers API's answer, all pages; None when the registry has no such API (it answers 404)."""
+        url = f"/v2/{repository}/referrers/{_sha256(subject)}"
+        if artifact_type is not None:
+            url += "?" + urllib.parse.urlencode({"artifactType": artifact_type})
+        found: list[dict[str, Any]] = []
+        for page in range(MAX_REFERRER_PAGES):
+            try:
+                with self._request("GET", url, repository, headers={"Accept": OCI_INDEX}) as response:
+                    body = response.read(MAX_MANIFEST + 1)
+                    link = response.headers.get("Link", "")
+            except RegistryError as exc:
+                if exc.status == 404 and page == 0:
+                    return None
+                raise
+            found += _index_entries(body, self._where(url))
+            if (following := _LINK_NEXT.search(link)) is None:
+                return found
+            url = urllib.parse.urljoin(self.base_url + "/", following[1])
+        raise RegistryError(f"{self._where(url)}: more than {MAX_REFERRER_PAGES} pages of referrers")
+
+    def _tag_schema_index(self, repository: str, subject: str) -> list[dict[str, Any]]:
+        """The descriptors in the tag schema's index of `subject` ([] when there is none)."""
+        try:
+            index = self.manifest(repository, referrers_tag(subject), (OCI_INDEX,))
+        except RegistryError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return _index_entries(index.body, f"{self.domain}/{repository}:{referrers_tag(subject)}")
+
+    def _add_to_tag_schema(self, repository: str, subject: str, descriptor: dict[str, Any],
+                           replaces: Callable[[Mapping[str, Any]], bool]) -> None:
+        """Read, add, write: the tag schema has no atomic update (a registry without the referrers API has no
+        conditional PUT either), so another client's write between our read and our write would drop ours. Reading
+        the index back after a pause, and adding again when ours is missing, makes that loss need two races in a
+        row; a loss that gets through is said by the next push of the same list, which finds it missing."""
+        tag = referrers_tag(subject)
+        for _ in range(TAG_SCHEMA_ATTEMPTS):
+            kept = [d for d in self._tag_schema_index(repository, subject)
+                    if d.get("digest") != descriptor["digest"] and not replaces(d)]
+            index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*kept, descriptor]}
+            self.push_manifest(repository, tag, json.dumps(index, separators=(",", ":")).encode(), OCI_INDEX)
+            time.sleep(random.uniform(*TAG_SCHEMA_SETTLE))
+            if any(d.get("digest") == descriptor["digest"] for d in self._tag_schema_index(repository, subject)):
+                return
+        raise RegistryError(f"{self.domain}/{repository}:{tag}: other clients kept rewriting the referrers index; "
+                            f"{descriptor['digest']} was not in it after {TAG_SCHEMA_ATTEMPTS} attempts")
+
     # --- HTTP ----------------------------------------------------------------------------------------
 
     def _probe(self) -> str:
@@ -312,6 +412,23 @@ def docker_credentials(domain: str, config: Path | None = None) -> tuple[str, st
                 raise RegistryError(f"{path}: auths.{key}.auth is not base64 of user:password") from None
             return user, password
     return None
+
+
+def referrers_tag(digest: str) -> str:
+    """The referrers tag schema's tag for a subject: its digest with "-" for ":"."""
+    return _sha256(digest).replace(":", "-", 1)
+
+
+def _index_entries(body: bytes, where: str) -> list[dict[str, Any]]:
+    """The descriptors of an image index (a referrers answer or a tag-schema index)."""
+    try:
+        entries = json.loads(body).get("manifests") or []
+    except (ValueError, AttributeError):
+        raise RegistryError(f"{where}: not an image index") from None
+    if len(body) > MAX_MANIFEST or not isinstance(entries, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("digest"), str) for d in entries):
+        raise RegistryError(f"{where}: not an image index of descriptors")
+    return entries
 
 
 def _basic(credentials: tuple[str, str]) -> str:
