@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ WORKLOAD_IMAGE = "nri-optimizer.test/workload:1"
 DATA_FILES = [f"/data/f{i:03d}" for i in range(200)]
 ODD_NAMES = ["/data/new\nline", "/data/trailing ", "/data/tab\t", "/data/bad\udcff"]
 SERVER = str(Path(sys.executable).parent / "optimizer-server")
+# decode. The upper-layer filter needs an overlay: under native, files the container wrote are listed.
 
 
 def workload_files() -> dict[str, bytes | FileSpec]:
@@ -38,6 +40,25 @@ def shuffled(paths: list[str], seed: int) -> list[str]:
     order = list(paths)
     random.Random(seed).shuffle(order)
     return order
+
+
+def result_set(list_path: Path) -> list[str] | None:
+    """The paths a reader finds at a result's names (the list, ``.csv``, ``.json``), once it has checked that the
+    three agree; None when there is no result at all. A set that is torn (a file missing, or the files of two
+    writes) fails an assertion that shows it."""
+    found = {}
+    for suffix in ("", ".csv", ".json"):
+        try:
+            found[suffix] = Path(f"{list_path}{suffix}").read_text()
+        except FileNotFoundError:
+            continue
+    if not found:
+        return None
+    assert len(found) == 3, f"torn: {list_path} has only {sorted(found)}: {found}"
+    paths = [line for line in found[""].splitlines() if line.startswith("/")]
+    assert [row.split(",")[0] for row in found[".csv"].splitlines()[1:]] == paths, f"torn: {list_path}: {found}"
+    assert [f["path"] for f in json.loads(found[".json"])["files"]] == paths, f"torn: {list_path}: {found}"
+    return paths
 
 
 @dataclass

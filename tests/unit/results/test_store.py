@@ -24,6 +24,7 @@ from nri_optimizer.results.key import ResultKey
 from nri_optimizer.results.merge import Run, merge
 from nri_optimizer.results.runs import OnRepeat, Recorded, record
 from nri_optimizer.results.store import ResultSet, read_result
+from testbed.tracing import result_set
 
 NAME = "app:1"
 X = ["/x/1", "/x/2", "/x/3"]  # what was there before
@@ -45,22 +46,8 @@ def write(persist_dir: Path, paths: list[str], on_repeat: OnRepeat = "replace", 
 
 
 def snapshot(directory: Path, name: str = NAME) -> list[str] | None:
-    """What a reader that knows nothing of sets finds at upstream's names: the listed paths, after checking that
-    the list, the CSV and the JSON agree (None when there is no result at all; a part of one is torn)."""
-    found = []
-    for suffix in ("", ".csv", ".json"):
-        try:
-            found.append((directory / f"{name}{suffix}").read_text())
-        except FileNotFoundError:
-            found.append(None)
-    if found == [None, None, None]:
-        return None
-    assert None not in found, f"torn: some files of the set are missing: {found}"
-    plain, table, prefetch = found
-    paths = [line for line in plain.splitlines() if line.startswith("/")]
-    assert [row.split(",")[0] for row in table.splitlines()[1:]] == paths, f"torn: list {plain!r}, CSV {table!r}"
-    assert [f["path"] for f in json.loads(prefetch)["files"]] == paths, f"torn: list {plain!r}, JSON {prefetch!r}"
-    return paths
+    """What a reader that knows nothing of sets finds at upstream's names, checked whole (testbed.tracing)."""
+    return result_set(directory / name)
 
 
 def merged(*runs: list[str]) -> list[str]:
