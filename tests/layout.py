@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "nri_optimizer.nydus": {"nri_optimizer.oci", "nri_optimizer.results", "nri_optimizer.cache", "nri_optimizer.errors"},
     "nri_optimizer.cache": set(),
-    "nri_optimizer.oci": {"nri_optimizer.errors"},
+    "nri_optimizer.oci": {"nri_optimizer.results", "nri_optimizer.errors"},  # artifacts: lists in registries
     "nri_optimizer.config": {"nri_optimizer.selection", "nri_optimizer.nri.api", "nri_optimizer.errors"},
     "nri_optimizer.metrics": {"nri_optimizer.errors"},
     "nri_optimizer.selection": {"nri_optimizer.errors"},

@@ -1,5 +1,8 @@
 """``nri-optimizer convert``: build the nydus image of an image, its prefetch table a recorded list, and push it.
 
+The list: the plugin's result for the source under persist_dir, ``--list FILE``, or with ``--from-registry`` the lists
+nodes attached to the source in its registry, merged (``pull-list --merge``, which writes them as that result first).
+
 Two converters, whichever is there:
 
 - nydusify (on PATH, or ``--nydusify``): ``nydusify convert --source S --target T --fs-version N
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nri_optimizer import config as cfg
+from nri_optimizer.cli import pull_list
 from nri_optimizer.errors import CommandError, UsageError
 from nri_optimizer.nydus import build, image, tool
 from nri_optimizer.oci import layout
@@ -122,6 +126,9 @@ def main(argv: Sequence[str]) -> int:
     which.add_argument("--list", dest="list_file", help="the recorded list (default: the plugin's result for "
                        "--source under persist_dir)")
     which.add_argument("--no-list", action="store_true", help="no prefetch table")
+    which.add_argument("--from-registry", action="store_true", help="the lists nodes attached to --source in its "
+                       "registry, merged (nri-optimizer pull-list --merge: written as --source's result under "
+                       "persist_dir first)")
     parser.add_argument("--workload", default="", help="the list of this workload of the image (the daemon's "
                         "workload_key), not the image's own")
     parser.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default: %(default)s;"
@@ -140,6 +147,10 @@ def main(argv: Sequence[str]) -> int:
                            f"{tool.tools_bin()})")
     own, extra = _split_extra(argv)
     args = parser.parse_args(own)
+    if args.from_registry:
+        flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir")}
+        args.list_file = pull_list.pull(args.source, merge=True, insecure=args.source_insecure,
+                                        platform=args.platform, workload=args.workload, flags=flags).path
     recorded = None if args.no_list else read_list(Path(_list_file(args)))
     if recorded is not None and recorded.incomplete is not None:
         _warn(f"{recorded.path} is incomplete ({recorded.incomplete}): the prefetch table gets the files it has")
