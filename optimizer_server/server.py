@@ -192,7 +192,7 @@ class Server:
                 except OSError as e:
                     if e.errno not in _FID_REFUSALS:
                         raise
-                    refused = str(e)
+                    refused = e.strerror
                     if mode == protocol.MODE_FID:
                         raise _Refused(f"pid {pid}: fid events refused: {refused}") from None
                 else:

@@ -93,4 +93,5 @@ class MakeContainerd(Protocol):
         nri_socket: Path | None = ...,
         plugin_path: Path | None = ...,
         plugin_config_path: Path | None = ...,
+        snapshotter: str = ...,
     ) -> Testbed: ...

@@ -7,11 +7,11 @@ state, CNI config, NRI socket) points into the instance's own directory.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-Table = Mapping[str, "str | bool | int | list[str]"]
+Table = Mapping[str, "str | bool | int"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def render(
     log_level: str = "info",
     registry_config_dir: Path | None = None,
     snapshotters: Mapping[str, Path] | None = None,
-    overlay_mount_options: Sequence[str] = (),
+    snapshotter: str = "overlayfs",
     cni_bin_dir: Path | None = None,
 ) -> str:
     """The config file's text. `registry_config_dir` holds `<host>/hosts.toml` files (e.g. a plain-HTTP registry
@@ -63,8 +63,8 @@ def render(
     snapshotters need the layer annotations, which CRI passes only with `disable_snapshot_annotations = false`
     (and, in 2.x, only on its local pull path, not the transfer service's).
 
-    `overlay_mount_options` are added to every overlay mount of the overlayfs snapshotter (its `mount_options`),
-    e.g. `index=on`, `nfs_export=on` for container roots whose file handles decode (fanotify's fid mode).
+    `snapshotter` is the one CRI's images and containers use ("native": container roots are plain directories, which
+    fanotify's fid mode can watch; containerd's overlays always have index=off, hence no file handles that decode).
 
     `cni_bin_dir` holds CNI plugins for pods with a network namespace of their own (see POD_NETWORK); without it
     only pods on the host's network can run.
@@ -105,7 +105,7 @@ def render(
     if major >= 2:
         cri_runtime = "plugins.'io.containerd.cri.v1.runtime'"
         tables |= {
-            "plugins.'io.containerd.cri.v1.images'": {"snapshotter": "overlayfs"},
+            "plugins.'io.containerd.cri.v1.images'": {"snapshotter": snapshotter},
             "plugins.'io.containerd.cri.v1.images'.pinned_images": {"sandbox": sandbox_image},
             cri_runtime: runtime,
             f"{cri_runtime}.containerd": {"default_runtime_name": "runc"},
@@ -123,7 +123,7 @@ def render(
         cri = "plugins.'io.containerd.grpc.v1.cri'"
         tables |= {
             cri: {**server, **runtime, "sandbox_image": sandbox_image},
-            f"{cri}.containerd": {"snapshotter": "overlayfs", "default_runtime_name": "runc"},
+            f"{cri}.containerd": {"snapshotter": snapshotter, "default_runtime_name": "runc"},
             f"{cri}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
             f"{cri}.containerd.runtimes.runc.options": runc_options,
             f"{cri}.cni": cni,
@@ -132,8 +132,6 @@ def render(
             tables[f"{cri}.registry"] = {"config_path": str(registry_config_dir)}
         runtimes, images = f"{cri}.containerd.runtimes", f"{cri}.containerd"
         annotations = {"disable_snapshot_annotations": False, "discard_unpacked_layers": False}
-    if overlay_mount_options:
-        tables["plugins.'io.containerd.snapshotter.v1.overlayfs'"] = {"mount_options": list(overlay_mount_options)}
     if snapshotters:
         tables[images] = {**tables[images], **annotations}
     for name, socket in (snapshotters or {}).items():
@@ -166,8 +164,8 @@ def _key(name: str) -> str:
     return name if name.replace("-", "").replace("_", "").isalnum() and name.isascii() else json.dumps(name)
 
 
-def _value(value: str | bool | int | list[str]) -> str:
+def _value(value: str | bool | int) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    # A JSON string (or list of strings) is valid TOML for the ASCII paths and names used here.
+    # A JSON string is a valid TOML basic string for the ASCII paths and names used here.
     return json.dumps(value)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -50,10 +50,11 @@ class Containerd:
         log_level: str = "info",
         registry_config_dir: Path | None = None,
         snapshotters: Mapping[str, Path] | None = None,
-        overlay_mount_options: Sequence[str] = (),
+        snapshotter: str = "overlayfs",
         pod_network: bool = False,
     ) -> None:
         self.runtime = runtime
+        self.snapshotter = snapshotter  # CRI's (testbed.config.render)
         self.start_timeout = start_timeout
         # /tmp keeps socket paths well under the 108-byte sun_path limit.
         self.dir = Path(tempfile.mkdtemp(prefix="nriopt-ctd-", dir="/tmp"))
@@ -83,7 +84,7 @@ class Containerd:
                 log_level=log_level,
                 registry_config_dir=registry_config_dir,
                 snapshotters=snapshotters,
-                overlay_mount_options=overlay_mount_options,
+                snapshotter=snapshotter,
                 cni_bin_dir=cni_bin_dir,
             )
         )
@@ -165,7 +166,10 @@ class Containerd:
 
     def import_image(self, tarball: Path, timeout: float = 30.0) -> list[str]:
         """Import an OCI image-layout tarball into CRI's namespace; return once CRI sees every image."""
-        cmd = [str(self.runtime.bin_dir / "ctr"), "-a", self.address, "-n", NAMESPACE, "images", "import", str(tarball)]
+        cmd = [str(self.runtime.bin_dir / "ctr"), "-a", self.address, "-n", NAMESPACE, "images", "import",
+               str(tarball)]
+        if self.snapshotter != "overlayfs":  # unpacked for it; the transfer service unpacks for overlayfs only
+            cmd[-1:-1] = ["--local", "--snapshotter", self.snapshotter]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if result.returncode != 0:
             raise TestbedError(f"ctr images import {tarball} failed: {result.stderr.strip() or result.stdout.strip()}")

@@ -57,12 +57,13 @@ def install_prelaunched(bed_dir: Path, text: str) -> tuple[Path, Path]:
 
 
 def start_prelaunched(make_containerd: MakeContainerd, flavour: str, directory: Path, extra: str = "", *,
-                      registered: bool = True) -> tuple[Testbed, PluginLog]:
+                      registered: bool = True, snapshotter: str = "overlayfs") -> tuple[Testbed, PluginLog]:
     """A testbed containerd that launches our plugin, configured with `extra` on top of a private
     persist_dir and log file; waits for the registration unless told not to."""
     log = PluginLog(directory / "plugin.log")
     plugins, confs = install_prelaunched(directory, config_text(log.path, directory / "results", extra))
-    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
+    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs,
+                          snapshotter=snapshotter)
     if registered:
         log.wait_for(REGISTERED)
     return bed, log

@@ -18,7 +18,13 @@ WORKLOAD_IMAGE = "nri-optimizer.test/workload:1"
 DATA_FILES = [f"/data/f{i:03d}" for i in range(200)]
 ODD_NAMES = ["/data/new\nline", "/data/trailing ", "/data/tab\t", "/data/bad\udcff"]
 SERVER = str(Path(sys.executable).parent / "optimizer-server")
+# The snapshotter under which a container's root takes fanotify's fid mode. The kernel refuses a fid-mode mount
+# mark on an overlayfs whose file handles do not decode, which takes nfs_export=on and with it index=on
+# (Documentation/filesystems/overlayfs.rst), and containerd's overlayfs snapshotter mounts every overlay with
+# index=off. The native snapshotter's roots are directories of the host's file system (ext4 here), whose handles
 # decode. The upper-layer filter needs an overlay: under native, files the container wrote are listed.
+FID_SNAPSHOTTER = "native"
+EVENT_MODES = ("fid", "fd")
 
 
 def workload_files() -> dict[str, bytes | FileSpec]:
@@ -66,6 +72,7 @@ class Traced:
     bed: Testbed
     log: PluginLog
     results: Path
+    event_mode: str = "auto"  # what the plugin was configured with; fid and fd are required of every trace
 
     def result_path(self, image: str = WORKLOAD_IMAGE, suffix: str = "") -> Path:
         ref = reference.parse(image)
@@ -87,15 +94,24 @@ class Traced:
         else:
             self.bed.cri.stop_container(run.container_id)
         (line,) = self.log.wait_for(rf"{run.container_id} (recorded|trace lost|done;|cannot write)", timeout=timeout)
+        if self.event_mode != "auto":
+            for tracing in self.log.matching(rf"{run.container_id} tracing pid"):
+                assert tracing.endswith(f", {self.event_mode} events)"), tracing
         return line
 
 
 def start_traced(make_containerd: MakeContainerd, flavour: str, tmp_path: Path, workload: Path, extra: str = "",
-                 import_timeout: float = 30) -> Traced:
+                 import_timeout: float = 30, event_mode: str = "auto") -> Traced:
+    """event_mode "fid" runs containerd with FID_SNAPSHOTTER and has the plugin require fid mode (a trace the kernel
+    refuses it fails); "fd" has it require fd mode (on overlayfs); "auto" leaves both alone."""
     results = tmp_path / "results"
     results.mkdir(parents=True)
     if "server_path" not in extra:
         extra = f'server_path = "{SERVER}"\n{extra}'
-    bed, log = start_prelaunched(make_containerd, flavour, tmp_path, extra)
+    if event_mode != "auto":
+        extra = f'event_mode = "{event_mode}"\n{extra}'
+    bed, log = start_prelaunched(make_containerd, flavour, tmp_path, extra,
+                                 snapshotter=FID_SNAPSHOTTER if event_mode == "fid" else "overlayfs")
     bed.ctd.import_image(workload, timeout=import_timeout)
-    return Traced(bed, log, results)
+    return Traced(bed, log, results, event_mode)
+

@@ -80,6 +80,7 @@ def make_containerd(runtime: Callable[[str], debs.Runtime], test_images: TestIma
         nri_socket: Path | None = None,
         plugin_path: Path | None = None,
         plugin_config_path: Path | None = None,
+        snapshotter: str = "overlayfs",
     ) -> Testbed:
         ctd = Containerd(
             runtime(flavour),
@@ -87,6 +88,7 @@ def make_containerd(runtime: Callable[[str], debs.Runtime], test_images: TestIma
             nri_socket=nri_socket,
             nri_plugin_path=plugin_path,
             nri_plugin_config_path=plugin_config_path,
+            snapshotter=snapshotter,
         )
         made.append(ctd)
         ctd.start()

@@ -18,13 +18,14 @@ def event_mode(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_container(tmp_path: Path) -> Iterator[MakeContainer]:
-    """make_container(files, workload[, setup]): a started FakeContainer at its gate; killed at teardown."""
+    """make_container(files, workload[, setup][, overlay=]): a started FakeContainer at its gate; killed at
+    teardown."""
     containers: list[FakeContainer] = []
 
-    def make(files: Sequence[str], workload: str, setup: str = ":") -> FakeContainer:
+    def make(files: Sequence[str], workload: str, setup: str = ":", *, overlay: bool = False) -> FakeContainer:
         workdir = tmp_path / f"container{len(containers)}"
         workdir.mkdir()
-        containers.append(FakeContainer(workdir, files, workload, setup))
+        containers.append(FakeContainer(workdir, files, workload, setup, overlay=overlay))
         return containers[-1]
 
     yield make

@@ -26,20 +26,30 @@ class FakeContainer:
     no binaries exist: the workload is shell builtins only (`read x < /f` opens and reads /f). The
     script is read by the shell through an fd opened before the pivot, on a mount nobody watches.
     The tmpfs lives only in the container's namespace: it leaves nothing behind on the host.
+
+    With overlay, the root is an overlayfs as containerd mounts one (the files in its lower layer, an empty
+    upper layer, on the tmpfs), whose file handles do not decode: the kernel refuses fid mode there.
     """
 
-    def __init__(self, workdir: Path, files: Sequence[str], workload: str, setup: str = ":") -> None:
+    def __init__(self, workdir: Path, files: Sequence[str], workload: str, setup: str = ":", *,
+                 overlay: bool = False) -> None:
         """setup: shell run in the root before the pivot, while host binaries are still reachable."""
         self.workdir = workdir
         root = workdir / "root"
         root.mkdir()
         dirs = sorted({str(Path(name).parent).lstrip("/") for name in files} - {""})
         script = workdir / "container.sh"
+        layers = ("mkdir -p .layers/lower .layers/upper .layers/work .layers/root && cd .layers/lower || exit 1\n"
+                  if overlay else "")
+        into_overlay = ("cd .. && mount -t overlay overlay -o lowerdir=lower,upperdir=upper,workdir=work,index=off root "
+                        "&& cd root || exit 1\n" if overlay else "")
         script.write_text(
             f"mount -t tmpfs rootfs {shlex.quote(str(root))} && cd {shlex.quote(str(root))} || exit 1\n"
+            f"{layers}"
             f"mkdir -p old {' '.join(dirs)} || exit 1\n"
             f"for f in {' '.join(files)}; do echo x > .$f || exit 1; done\n"
             f"{setup} || exit 1\n"
+            f"{into_overlay}"
             "pivot_root . old && cd / || exit 1\n"
             "echo ready\n"
             "read go\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import resource
@@ -17,7 +18,8 @@ import pytest
 
 from nri_optimizer.trace.client import TraceClient, TraceError
 from optimizer_server import privileges
-from optimizer_server.protocol import FOREIGN, PROTOCOL_VERSION
+from optimizer_server.protocol import DELETED, FOREIGN, PROTOCOL_VERSION
+from testbed import debs
 from tests.server.helpers import SERVER_CMD, CollectingSink, MakeContainer, read_each
 
 TIMEOUT = 10.0
@@ -418,5 +420,111 @@ def test_the_server_keeps_only_the_capabilities_it_uses_and_still_reads_root_onl
         result = await session.stop(timeout=TIMEOUT)
         await server.close()
         assert sink.paths() == ["/secret", "/f1"] and result.complete
+
+    run(body)
+
+
+def test_auto_takes_fd_mode_where_the_kernel_refuses_fid_and_says_why(
+    make_container: MakeContainer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An overlay as containerd mounts one: its file handles do not decode, so a fid-mode mount mark is refused.
+    files = ["/a", "/d/b", "/d/e/c"]
+    container = make_container(files, read_each(files, times=3), overlay=True)
+
+    async def body() -> None:
+        server = TraceClient(SERVER_CMD)
+        sink = CollectingSink()
+        with caplog.at_level(logging.INFO, logger="nri_optimizer.trace.client"):
+            session = await server.trace(container.pid, sink, timeout=TIMEOUT)
+            assert session.mode == "fd"
+            container.go()
+            container.expect("done")
+            result = await session.stop(timeout=TIMEOUT)
+            await server.close()
+        assert sink.paths() == files and result.complete and result.files == 3
+        assert (f"optimizer-server: session {session.id}: watching the root mount of pid {container.pid} (fd events; "
+                "fid refused: fanotify_mark: Operation not supported)") in caplog.messages
+
+    run(body)
+
+
+def test_fid_mode_where_the_kernel_refuses_it_is_a_trace_error_saying_why(make_container: MakeContainer) -> None:
+    container = make_container(["/a"], read_each(["/a"]), overlay=True)
+
+    async def body() -> None:
+        server = TraceClient(SERVER_CMD)
+        with pytest.raises(TraceError) as info:
+            await server.trace(container.pid, CollectingSink(), timeout=TIMEOUT, mode="fid")
+        await server.close()
+        assert str(info.value) == f"pid {container.pid}: fid events refused: fanotify_mark: Operation not supported"
+
+    run(body)
+
+
+def test_files_in_many_directories_come_in_order_whatever_the_directories_kept_open(
+    make_container: MakeContainer, event_mode: str
+) -> None:
+    # 20 directories, visited round-robin twice: more than the server keeps open (handles.DIRECTORY_FDS).
+    files = [f"/d{i:02d}/sub/f{j}" for j in range(2) for i in range(20)]
+    container = make_container(files, read_each(files))
+
+    async def body() -> None:
+        server = TraceClient(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT, mode=event_mode)
+        container.go()
+        container.expect("done")
+        result = await session.stop(timeout=TIMEOUT)
+        await server.close()
+        assert [a.path for a in sink.accesses] == files and result.complete
+
+    run(body)
+
+
+def test_a_file_removed_before_the_server_looks_is_sent_as_deleted(make_container: MakeContainer,
+                                                                   event_mode: str) -> None:
+    # The workload makes /tmp/made, reads it and removes it (with a static busybox: no binaries exist after the
+    # pivot); the paused server sees its events only after.
+    busybox = debs.busybox_path()
+    container = make_container(["/f1", "/tmp/keep"], "echo x > /tmp/made; read -r x < /tmp/made; /rm /tmp/made; "
+                               "read -r x < /f1", setup=f"cp {busybox} rm")
+
+    async def body() -> None:
+        server = TraceClient(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT, mode=event_mode)
+        with paused(server):
+            container.go()
+            container.expect("done")
+        result = await session.stop(timeout=TIMEOUT)
+        await server.close()
+        assert [(a.path.removesuffix(" (deleted)"), bool(a.mask & DELETED)) for a in sink.accesses] == [
+            ("/tmp/made", True), ("/rm", False), ("/f1", False)]
+        assert result.complete
+
+    run(body)
+
+
+def test_residency_says_each_files_bytes_in_the_page_cache_and_leaves_no_fd(make_container: MakeContainer,
+                                                                          event_mode: str) -> None:
+    # A tmpfs keeps every page written to it in memory: a file's resident bytes are the bytes written to it, and
+    # a sparse file's hole is not resident (nor mapped in by asking).
+    container = make_container(["/f1"], read_each(["/f1", "/ten", "/empty", "/big"]),
+                               setup="head -c 10000 /dev/zero > ten && : > empty && echo x > big && truncate -s 5G big")
+
+    async def body() -> None:
+        server = TraceClient(SERVER_CMD)
+        await server.start()
+        assert server.pid is not None
+        idle_fds = len(os.listdir(f"/proc/{server.pid}/fd"))
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT, mode=event_mode, residency=True)
+        container.go()
+        container.expect("done")
+        result = await session.stop(timeout=TIMEOUT)
+        assert len(os.listdir(f"/proc/{server.pid}/fd")) == idle_fds
+        await server.close()
+        assert sink.paths() == ["/f1", "/ten", "/empty", "/big"] and result.complete
+        assert list(result.resident) == [2, 10000, 0, 4096]
 
     run(body)
