@@ -119,9 +119,11 @@ def test_closing_the_line_ends_open_connections(upstream: Upstream) -> None:
         socket.create_connection(("127.0.0.1", line.port), timeout=5).close()
 
 
-def test_an_upstream_that_is_gone_closes_the_client(upstream: Upstream) -> None:
-    upstream.sock.close()
-    with DelayLine(upstream.port, 0.0) as line, socket.create_connection(("127.0.0.1", line.port)) as client:
+def test_an_upstream_that_is_gone_closes_the_client() -> None:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with DelayLine(port, 0.0) as line, socket.create_connection(("127.0.0.1", line.port)) as client:
         client.settimeout(5)
         assert client.recv(1) == b""
 
