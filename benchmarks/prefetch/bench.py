@@ -1,9 +1,9 @@
 """The measuring run: set up containerd (and the local registry, and a nydus-snapshotter per prefetch mode the nydus
 variants use), run every repetition, write and print results, tear everything down.
 
-With ``registry: local`` the nydus variants' images are made during the run: nydusify converts each pushed image
-into the local registry, one tag per nydus variant (see convert.py). A nydus variant that cannot run (tools
-missing, no recorded list for `prefetch: list`) is reported as skipped with the reason.
+With ``registry: local`` the nydus variants' images are made during the run: nri-optimizer convert's built-in converter
+turns each pushed image into one tag per nydus variant in the local registry (see convert.py). A nydus variant that
+cannot run (tools missing, no recorded list for `prefetch: list`) is reported as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 
 from benchmarks.prefetch import plot, report, variants, workloads
 from benchmarks.prefetch.config import BenchConfig, Image, Variant
-from benchmarks.prefetch.convert import ConvertError, variant_step
+from benchmarks.prefetch.convert import ConvertError, variant_conversion
 from benchmarks.prefetch.handlers import HandlerCri
 from benchmarks.prefetch.progress import Progress
 from benchmarks.prefetch.registry import pull_size
 from benchmarks.prefetch.runner import Runner, Sample, Status
 from benchmarks.prefetch.throttle import Throttle
+from nri_optimizer.errors import OptimizerError
 from nri_optimizer.oci.registry import Registry
 from testbed import debs, nydus
 from testbed.containerd import Containerd
@@ -86,8 +87,8 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
                 _push(image, address, local, work, progress)
                 for variant in config.variants:
                     if variant.snapshotter == "nydus" and skips[variant.name] is None:
-                        assert found.nydusify is not None
-                        failure = _convert(config, image, variant, address, found.nydusify, persist_dir, progress)
+                        assert found.nydus_image is not None
+                        failure = _convert(config, image, variant, address, found.nydus_image, persist_dir, progress)
                         if failure is not None:
                             not_made[(image.name, variant.name)] = failure
             if config.throttle:
@@ -134,7 +135,7 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
             "nydus": {
                 "snapshotter": str(found.tools.snapshotter) if found.tools.snapshotter else None,
                 "nydusd": str(found.tools.nydusd) if found.tools.nydusd else None,
-                "nydusify": str(found.nydusify) if found.nydusify else None,
+                "nydus_image": str(found.nydus_image) if found.nydus_image else None,
                 "prefetch_threads": config.nydus.prefetch_threads,
                 "snapshotters": [s.name for s in snapshotters.values()],
             },
@@ -151,17 +152,20 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
     return 0 if all(s.status != "failed" for s in samples) else 1
 
 
-def _convert(config: BenchConfig, image: Image, variant: Variant, address: str, nydusify: Path, persist_dir: str,
+def _convert(config: BenchConfig, image: Image, variant: Variant, address: str, nydus_image: Path, persist_dir: str,
              progress: Progress) -> tuple[Status, str] | None:
-    """nydusify the pushed image into the variant's tag; (status, why) when that cannot be or fails."""
+    """Convert the pushed image into the variant's tag; (status, why) when that cannot be or fails."""
     try:
-        step = variant_step(config, image, variant, address, nydusify=str(nydusify), fs_version="6",
-                            persist_dir=persist_dir)
+        conversion = variant_conversion(config, image, variant, address, persist_dir=persist_dir)
     except ConvertError as exc:
         return "skipped", str(exc)
-    progress.note(f"converting: {step.printable()}")
-    if (status := step.run(stdout=sys.stderr)) != 0:  # stdout is the table's
-        return "failed", f"nydusify convert exited with {status}"
+    progress.note(f"converting: {conversion.printable()}")
+    try:
+        converted = conversion.run(str(nydus_image))
+    except OptimizerError as exc:
+        return "failed", f"convert: {exc}"
+    table = converted.build.prefetch
+    progress.note(f"pushed {converted.target} ({converted.size} bytes, prefetch table of {len(table)} files)")
     return None
 
 

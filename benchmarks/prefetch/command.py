@@ -1,12 +1,13 @@
 """``nri-optimizer bench-image run CONFIG`` and ``nri-optimizer bench-image convert CONFIG``.
 
-`run` starts a private containerd (the testbed's, from the cache), and for ``registry: local`` Debian's
-docker-registry on loopback with the config's images pushed into it (optionally throttled with tc); then for
-each image, variant and repetition it pulls, creates and runs the image through CRI and cleans up; it prints the
-table and writes runs.csv, summary.csv, results.json, table.md and a PNG per image. Nydus variants run where
-containerd-nydus-grpc and nydusd are found (config `nydus:`, flags, else PATH): on a private nydus-snapshotter per
-prefetch mode; elsewhere they are reported as skipped with the reason. Everything it started is stopped and
-removed at the end, also on errors and Ctrl-C.
+`run` starts a private containerd (the testbed's, from the cache), and for ``registry: local`` Debian's docker-registry
+on loopback with the config's images pushed into it (optionally throttled with tc); then for each image, variant and
+repetition it pulls, creates and runs the image through CRI and cleans up; it prints the table and writes runs.csv,
+summary.csv, results.json, table.md and a PNG per image. Nydus variants run where containerd-nydus-grpc and nydusd are
+found (config `nydus:`, flags, else PATH): on a private nydus-snapshotter per prefetch mode, their images made by
+nri-optimizer convert's built-in converter (nydus-image); elsewhere they are reported as skipped with the reason.
+`convert` makes the nydus variants' images in a registry that stays. Everything it started is stopped and removed at
+the end, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +24,7 @@ from typing import Any
 from benchmarks.prefetch import config as cfg
 from benchmarks.prefetch.convert import ConvertError, plan, run_plan
 from nri_optimizer import config as plugin_config
+from nri_optimizer.nydus import tool
 from testbed import debs
 
 PROG = "nri-optimizer bench-image"
@@ -44,24 +45,24 @@ def main(argv: Sequence[str]) -> int:
     run.add_argument("--nydus-snapshotter", metavar="PATH",
                      help="containerd-nydus-grpc to use (default: the config's nydus.snapshotter, else from PATH)")
     run.add_argument("--nydusd", metavar="PATH", help="nydusd to use (default: nydus.nydusd, else from PATH)")
-    run.add_argument("--nydusify", metavar="PATH",
-                     help="nydusify converting the local registry's images (default: nydus.nydusify, else from PATH)")
+    run.add_argument("--nydus-image", metavar="PATH", help="nydus-image converting the local registry's images "
+                     "(default: nydus.nydus_image, else from PATH, else make nydus's cache)")
     run.add_argument("--persist-dir", default=plugin_config.Config.persist_dir,
                      help="where the plugin saved its lists, for prefetch: list (default: %(default)s)")
-    convert = actions.add_parser("convert", help="build the nydus variants' images with nydusify")
+    convert = actions.add_parser("convert", help="build the nydus variants' images (nri-optimizer convert's "
+                                 "built-in converter)")
     convert.add_argument("config", type=Path)
-    convert.add_argument("--target", help="registry to copy into and push to (default: the config's registry)")
+    convert.add_argument("--target", help="registry to push to (default: the config's registry)")
     convert.add_argument("--persist-dir", default=plugin_config.Config.persist_dir,
                          help="where the plugin saved its lists (default: %(default)s)")
-    convert.add_argument("--nydusify", default="nydusify", help="nydusify executable (default: from PATH)")
-    convert.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default: 6)")
+    convert.add_argument("--nydus-image", metavar="PATH", help="nydus-image (default: nydus.nydus_image, else from "
+                         "PATH, else make nydus's cache)")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     if args.action == "run":
         overrides = {key: value for key in ("repetitions", "throttle") if (value := getattr(args, key)) is not None}
     config = cfg.load(args.config, overrides)
-    if args.action == "run":
-        config = _with_tools(config, args)
+    config = _with_tools(config, args)
     if args.action == "convert":
         return _convert(config, args)
     from benchmarks.prefetch.bench import bench  # grpc, the testbed and matplotlib only when measuring
@@ -76,9 +77,10 @@ def _with_tools(config: cfg.BenchConfig, args: argparse.Namespace) -> cfg.BenchC
     def flag(value: str | None, configured: str | None) -> str | None:
         return configured if value is None else str(Path(value).absolute())
 
-    tools = dataclasses.replace(config.nydus, snapshotter=flag(args.nydus_snapshotter, config.nydus.snapshotter),
-                                nydusd=flag(args.nydusd, config.nydus.nydusd),
-                                nydusify=flag(args.nydusify, config.nydus.nydusify))
+    tools = dataclasses.replace(config.nydus, nydus_image=flag(args.nydus_image, config.nydus.nydus_image))
+    if args.action == "run":
+        tools = dataclasses.replace(tools, snapshotter=flag(args.nydus_snapshotter, config.nydus.snapshotter),
+                                    nydusd=flag(args.nydusd, config.nydus.nydusd))
     return dataclasses.replace(config, nydus=tools)
 
 
@@ -87,22 +89,12 @@ def _convert(config: cfg.BenchConfig, args: argparse.Namespace) -> int:
     if target is None:
         raise ConvertError("registry: local lives only while `run` runs: give --target HOST[:PORT] (a registry "
                            "that stays), e.g. one started with docker-registry")
-    nydusify = shutil.which(args.nydusify)
-    steps = plan(config, target, nydusify=nydusify or args.nydusify, fs_version=args.fs_version,
-                 persist_dir=args.persist_dir)
-    pushes = [image for image in config.images if image.build or image.archive]
-    if nydusify is None:
-        print(f"{PROG} convert: {args.nydusify} is not installed (it comes with nydus: "
-              "https://github.com/dragonflyoss/nydus/releases); run these where it is:", file=sys.stderr)
-        for image in pushes:
-            what = f"built-in workload {image.build}" if image.build else str(image.archive)
-            print(f"# bench-image convert pushes {what} as {target}/{image.name} first")
-        for step in steps:
-            print(step.printable())
-        return 1
-    for image in pushes:
-        _push(image, target, config.insecure)
-    return run_plan(steps)
+    conversions = plan(config, target, persist_dir=args.persist_dir)
+    nydus_image = tool.find("nydus-image", config.nydus.nydus_image)
+    for image in config.images:
+        if image.build or image.archive:
+            _push(image, target, config.insecure)
+    return run_plan(conversions, nydus_image, f"{PROG} convert")
 
 
 def _push(image: cfg.Image, target: str, insecure: bool) -> None:

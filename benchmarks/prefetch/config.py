@@ -25,7 +25,7 @@ plus explicit readiness, repetitions and variants. Every mistake is one line nam
     nydus:                     # optional; each tool defaults to the one on PATH (flags override these)
       snapshotter: /opt/nydus/bin/containerd-nydus-grpc
       nydusd: /opt/nydus/bin/nydusd
-      nydusify: /opt/nydus/bin/nydusify    # registry: local converts the pushed images with it
+      nydus_image: /opt/nydus/bin/nydus-image   # the converter (default: PATH, then `make nydus`'s cache)
       prefetch_threads: 4      # nydusd's fs_prefetch.threads_count
 """
 
@@ -96,11 +96,11 @@ class NydusTools:
 
     snapshotter: str | None = None  # containerd-nydus-grpc
     nydusd: str | None = None
-    nydusify: str | None = None
+    nydus_image: str | None = None  # the converter (nri-optimizer convert's built-in one runs it)
     prefetch_threads: int = 4
 
 
-NYDUS_KEYS = ("snapshotter", "nydusd", "nydusify")
+NYDUS_KEYS = ("snapshotter", "nydusd", "nydus_image")
 
 
 @dataclass(frozen=True)
@@ -294,7 +294,7 @@ def _nydus(where: _Where, value: Any, base: Path) -> NydusTools:
     if value is None:
         return NydusTools()
     if not isinstance(value, dict):
-        raise where.error("nydus", value, "a mapping {snapshotter, nydusd, nydusify, prefetch_threads}")
+        raise where.error("nydus", value, "a mapping {snapshotter, nydusd, nydus_image, prefetch_threads}")
     where.known(value, "nydus.", {*NYDUS_KEYS, "prefetch_threads"})
     paths: dict[str, str | None] = {}
     for key in NYDUS_KEYS:
@@ -305,7 +305,7 @@ def _nydus(where: _Where, value: Any, base: Path) -> NydusTools:
     threads = where.number(value, "prefetch_threads", 4, integer=True, prefix="nydus.")
     if threads > 1024:
         raise where.error("nydus.prefetch_threads", int(threads), "at most 1024 (nydusd's limit)")
-    return NydusTools(paths["snapshotter"], paths["nydusd"], paths["nydusify"], int(threads))
+    return NydusTools(paths["snapshotter"], paths["nydusd"], paths["nydus_image"], int(threads))
 
 
 def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:

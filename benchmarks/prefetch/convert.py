@@ -1,28 +1,23 @@
-"""``bench-image convert``: the nydus variants' images, as the seed's convert.py made them.
+"""The nydus variants' images, made by ``nri-optimizer convert``'s built-in converter (nydus-image 2.2.0).
 
-For each image of the config: copy it into the target registry (``nydusify copy``; an image the harness builds or
-has as a tarball is pushed by us), then one ``nydusify convert`` per nydus variant, its tag suffix naming the
-target. The variant's ``prefetch`` decides the image's prefetch table: ``off`` none, ``all`` the whole root (the
-pattern ``/``), ``list`` our recorded list (``images[].list``, else the plugin's result for the image). nydusd
-then prefetches what the image's table says, so the variants differ in that alone.
-
-Where nydusify is not installed this says so and prints the commands.
+For each image of the config and each nydus variant, one conversion: the image (in the config's registry, or pushed
+into the target by the harness) into the variant's tag in the target registry. The variant's ``prefetch`` decides
+the prefetch table: ``off`` and ``all`` none (with ``all`` nydusd prefetches every blob whatever the table says),
+``list`` our recorded list (``images[].list``, else the plugin's result for the image), whose files then also lead
+each blob. nydusd prefetches what the image's table says, so the variants differ in that alone.
 """
 
 from __future__ import annotations
 
 import shlex
-import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from benchmarks.prefetch.config import BenchConfig, Image, Variant
 from nri_optimizer.cli import convert as single
 from nri_optimizer.errors import OptimizerError
-
-PREFETCH_ALL = "/\n"  # nydus-image reads patterns; the root directory is everything
 
 
 class ConvertError(OptimizerError):
@@ -30,27 +25,22 @@ class ConvertError(OptimizerError):
 
 
 @dataclass(frozen=True)
-class Step:
-    argv: list[str]
-    stdin_file: Path | None = None
-    stdin_text: str | None = None
+class Conversion:
+    source: str
+    target: str
+    list_file: Path | None  # None: no prefetch table
+    insecure: bool  # both registries may be plain HTTP
 
     def printable(self) -> str:
-        command = shlex.join(self.argv)
-        if self.stdin_file is not None:
-            return f"{command} < {shlex.quote(str(self.stdin_file))}"
-        if self.stdin_text is not None:
-            lines = " ".join(shlex.quote(line) for line in self.stdin_text.splitlines())
-            return f"printf '%s\\n' {lines} | {command}"
-        return command
+        """The same conversion as a command line."""
+        flags = ["--list", str(self.list_file)] if self.list_file is not None else ["--no-list"]
+        flags += ["--source-insecure", "--target-insecure"] if self.insecure else []
+        return shlex.join(["nri-optimizer", "convert", "--source", self.source, "--target", self.target, *flags])
 
-    def run(self, stdout: IO[str] | None = None) -> int:
-        """Run it; its output goes to `stdout` (default: ours)."""
-        if self.stdin_file is not None:
-            with open(self.stdin_file, "rb") as stdin:
-                return subprocess.run(self.argv, stdin=stdin, stdout=stdout, check=False).returncode
-        return subprocess.run(self.argv, input=(self.stdin_text or "").encode(), stdout=stdout,
-                              check=False).returncode
+    def run(self, nydus_image: str) -> single.Converted:
+        listed = single.read_list(self.list_file).paths if self.list_file is not None else None
+        return single.convert(self.source, self.target, listed, nydus_image=nydus_image,
+                              source_insecure=self.insecure, target_insecure=self.insecure)
 
 
 def list_for(image: Image, reference: str, persist_dir: str) -> Path:
@@ -58,47 +48,33 @@ def list_for(image: Image, reference: str, persist_dir: str) -> Path:
     return image.list_file or Path(single.default_list(persist_dir, reference))
 
 
-def plan(config: BenchConfig, target: str, *, nydusify: str, fs_version: str, persist_dir: str) -> list[Step]:
-    """nydusify commands for every image and nydus variant (the copies of registry images included)."""
-    steps: list[Step] = []
-    for image in config.images:
-        if not (image.build or image.archive) and config.registry != target:
-            steps.append(Step([nydusify, "copy", "--source", f"{config.registry}/{image.name}",
-                               "--target", f"{target}/{image.name}", *_insecure(config)]))
-        for variant in config.variants:
-            if variant.snapshotter == "nydus":
-                steps.append(variant_step(config, image, variant, target, nydusify=nydusify, fs_version=fs_version,
-                                          persist_dir=persist_dir))
-    return steps
+def plan(config: BenchConfig, target: str, *, persist_dir: str) -> list[Conversion]:
+    """The conversions of every image into every nydus variant's tag in `target`."""
+    return [variant_conversion(config, image, variant, target, persist_dir=persist_dir)
+            for image in config.images for variant in config.variants if variant.snapshotter == "nydus"]
 
 
-def variant_step(config: BenchConfig, image: Image, variant: Variant, target: str, *, nydusify: str,
-                 fs_version: str, persist_dir: str) -> Step:
-    """The nydusify convert of `image` (already in `target`) into the tag of nydus variant `variant`."""
-    source = f"{target}/{image.name}"
-    out = f"{source}{variant.tag_suffix}"
-    patterns = single.nydusify_command(nydusify, source, out, fs_version, _insecure(config))
-    if variant.prefetch == "off":
-        assert patterns[-1] == "--prefetch-patterns"
-        return Step(patterns[:-1])  # the same command without it: no prefetch table
-    if variant.prefetch == "all":
-        return Step(patterns, stdin_text=PREFETCH_ALL)
+def variant_conversion(config: BenchConfig, image: Image, variant: Variant, target: str, *,
+                       persist_dir: str) -> Conversion:
+    """The conversion of `image` into the tag of nydus variant `variant` in `target`."""
+    in_target = bool(image.build or image.archive) or config.local
+    source = f"{target if in_target else config.registry}/{image.name}"
+    out = f"{target}/{image.name}{variant.tag_suffix}"
+    insecure = config.insecure or config.local
+    if variant.prefetch != "list":
+        return Conversion(source, out, None, insecure)
     # The list was recorded under the reference the node ran (the registry's host does not matter).
     recorded = list_for(image, f"{target if config.local else config.registry}/{image.name}", persist_dir)
     if not recorded.is_file():
         raise ConvertError(f"{image.name}: no recorded list at {recorded}; record one "
                            f"(nri-optimizer profile) or set the image's `list` in the config")
-    return Step(patterns, stdin_file=recorded)
+    return Conversion(source, out, recorded, insecure)
 
 
-def _insecure(config: BenchConfig) -> list[str]:
-    return ["--source-insecure", "--target-insecure"] if config.insecure else []
-
-
-def run_plan(steps: Sequence[Step]) -> int:
-    """Run the steps in order; stop at the first that fails and return its status."""
-    for step in steps:
-        print(f"nri-optimizer bench-image convert: {step.printable()}", flush=True)
-        if status := step.run():
-            return status
+def run_plan(conversions: Sequence[Conversion], nydus_image: str, prog: str) -> int:
+    """Run the conversions in order; stop at the first that fails (the error is raised)."""
+    for conversion in conversions:
+        print(f"{prog}: {conversion.printable()}", file=sys.stderr, flush=True)
+        converted = conversion.run(nydus_image)
+        print(f"{prog}: pushed {converted.target}", file=sys.stderr, flush=True)
     return 0

@@ -239,6 +239,7 @@ NYDUS_LIST = cfg.Variant("nydus-prefetch-list", "nydus", "_nydus_prefetch", "lis
 
 def test_tools_from_the_config_relative_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))
     grpc, nydusd = tool(tmp_path / "tools" / "grpc"), tool(tmp_path / "nydusd")
     config = load(tmp_path, f"images: [{{name: a:1, build: db, ready: exit}}]\n"
                             f"nydus: {{snapshotter: tools/grpc, nydusd: {nydusd}, prefetch_threads: 2}}\n")
@@ -247,27 +248,30 @@ def test_tools_from_the_config_relative_to_it(tmp_path: Path, monkeypatch: pytes
     assert (found.tools.snapshotter, found.tools.nydusd, found.tools.missing) == (grpc, nydusd, None)
     assert skip_reason(NYDUS_LIST, found, local=False) is None
     assert skip_reason(NYDUS_LIST, found, local=True) == (
-        "no nydus image to pull: registry: local gets its nydus images from nydusify (nydusify not on PATH)")
+        "no nydus image to pull: registry: local gets its nydus images from nydus-image (nydus-image is not "
+        f"installed (not on PATH, not in {tmp_path}/cache/tools/nydus-rs-2.2.0/bin); install nydus-rs 2.2.0 with "
+        "`make nydus`)")
 
 
 def test_a_configured_path_that_is_not_a_tool_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     (tmp_path / "plain").write_text("not executable\n")
     config = load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n"
-                            "nydus: {nydusd: plain, nydusify: /no/nydusify}\n")
+                            "nydus: {nydusd: plain, nydus_image: /no/nydus-image}\n")
     found = find(config)
     assert skip_reason(NYDUS_LIST, found, local=False) == (
         f"nydus not installed (containerd-nydus-grpc not on PATH; nydusd: {tmp_path / 'plain'} is not an "
         "executable file)")
-    assert found.nydusify_problem == "nydusify: /no/nydusify is not an executable file"
+    assert found.nydus_image_problem == ("/no/nydus-image is not an executable; install nydus-rs 2.2.0 with "
+                                         "`make nydus` or name another")
     assert skip_reason(cfg.Variant("oci", "overlayfs"), found, local=True) is None
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("nydus: [x]", "nydus: got ['x']; expected a mapping {snapshotter, nydusd, nydusify, prefetch_threads}"),
+    ("nydus: [x]", "nydus: got ['x']; expected a mapping {snapshotter, nydusd, nydus_image, prefetch_threads}"),
     ("nydus: {nydusd: 3}", "nydus.nydusd: got 3; expected the path of the executable, or no key "
                            "(then: from PATH)"),
-    ("nydus: {nydusd: /x, colour: red}", "nydus.colour: unknown key; known: nydusd, nydusify, prefetch_threads, "
+    ("nydus: {nydusd: /x, colour: red}", "nydus.colour: unknown key; known: nydus_image, nydusd, prefetch_threads, "
                                          "snapshotter"),
     ("nydus: {prefetch_threads: 0}", "nydus.prefetch_threads: got 0; expected a whole number > 0, e.g. prefetch_threads: 4"),
     ("nydus: {prefetch_threads: 2000}", "nydus.prefetch_threads: got 2000; expected at most 1024 (nydusd's limit)"),
@@ -287,8 +291,8 @@ def test_flags_override_the_config_section(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "bench.yaml").write_text("images: [{name: a:1, build: db, ready: exit}]\n"
                                          "nydus: {snapshotter: /cfg/grpc, nydusd: /cfg/nydusd}\n")
     monkeypatch.chdir(tmp_path)
-    assert command.main(["run", "bench.yaml", "--nydusd", "bin/nydusd", "--nydusify", "/x/nydusify"]) == 0
-    assert seen[0].nydus == cfg.NydusTools("/cfg/grpc", str(tmp_path / "bin/nydusd"), "/x/nydusify", 4)
+    assert command.main(["run", "bench.yaml", "--nydusd", "bin/nydusd", "--nydus-image", "/x/nydus-image"]) == 0
+    assert seen[0].nydus == cfg.NydusTools("/cfg/grpc", str(tmp_path / "bin/nydusd"), "/x/nydus-image", 4)
 
 
 # --- CRI on a runtime handler ---------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 from decimal import Decimal
@@ -169,6 +168,7 @@ def fake_tools(directory: Path, *names: str) -> None:
 
 def test_nydus_variants_say_why_they_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))  # no nydus-image from make nydus either
     config = load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n")
 
     def reason(variant: cfg.Variant = NYDUS, *, local: bool = True) -> str | None:
@@ -179,13 +179,15 @@ def test_nydus_variants_say_why_they_are_skipped(tmp_path: Path, monkeypatch: py
     fake_tools(tmp_path / "bin", "nydusd")
     assert reason() == "nydus not installed (containerd-nydus-grpc not on PATH)"
     fake_tools(tmp_path / "bin", "containerd-nydus-grpc")
-    # registry: local has no nydus image until nydusify makes one
-    assert reason() == ("no nydus image to pull: registry: local gets its nydus images from nydusify "
-                        "(nydusify not on PATH)")
+    # registry: local has no nydus image until the harness converts one with nydus-image
+    assert reason() == ("no nydus image to pull: registry: local gets its nydus images from nydus-image "
+                        f"(nydus-image is not installed (not on PATH, not in {tmp_path}/cache/tools/nydus-rs-2.2.0/bin); "
+                        "install nydus-rs 2.2.0 with `make nydus`)")
     assert reason(local=False) is None  # a registry that holds the converted images already
-    fake_tools(tmp_path / "bin", "nydusify")
+    fake_tools(tmp_path / "bin", "nydus-image")
     assert reason() is None
     assert find(config).tools.snapshotter == tmp_path / "bin" / "containerd-nydus-grpc"
+    assert find(config).nydus_image == tmp_path / "bin" / "nydus-image"
 
 
 REMOTE = """
@@ -196,47 +198,34 @@ images:
 """
 
 
-def test_convert_plan_copies_then_converts_each_prefetch_mode(tmp_path: Path) -> None:
+def test_convert_plan_converts_each_prefetch_mode_from_the_source_registry(tmp_path: Path) -> None:
     (tmp_path / "app.list").write_text("/bin/sh\n/etc/app.conf\n")
-    steps = plan(load(tmp_path, REMOTE), "127.0.0.1:5000", nydusify="nydusify", fs_version="6", persist_dir="/none")
+    conversions = plan(load(tmp_path, REMOTE), "127.0.0.1:5000", persist_dir="/none")
+    convert = "nri-optimizer convert --source src.example/team/app:1 --target 127.0.0.1:5000/app:1"
     insecure = "--source-insecure --target-insecure"
-    convert = "nydusify convert --source 127.0.0.1:5000/app:1 --target 127.0.0.1:5000/app:1"
-    assert [s.printable() for s in steps] == [
-        f"nydusify copy --source src.example/team/app:1 --target 127.0.0.1:5000/app:1 {insecure}",
-        f"{convert}_nydus --fs-version 6 {insecure}",
-        f"printf '%s\\n' / | {convert}_nydus_prefetchall --fs-version 6 {insecure} --prefetch-patterns",
-        f"{convert}_nydus_prefetch --fs-version 6 {insecure} --prefetch-patterns < {tmp_path / 'app.list'}",
+    assert [c.printable() for c in conversions] == [
+        f"{convert}_nydus --no-list {insecure}",
+        f"{convert}_nydus_prefetchall --no-list {insecure}",
+        f"{convert}_nydus_prefetch --list {tmp_path / 'app.list'} {insecure}",
     ]
 
 
 def test_convert_plan_needs_the_recorded_list(tmp_path: Path) -> None:
     config = load(tmp_path, REMOTE.replace(", list: app.list", ""))
     with pytest.raises(ConvertError, match=r"^app:1: no recorded list at /results/team/app:1; record one"):
-        plan(config, "127.0.0.1:5000", nydusify="nydusify", fs_version="6", persist_dir="/results")
+        plan(config, "127.0.0.1:5000", persist_dir="/results")
 
 
-def test_convert_without_nydusify_prints_the_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_without_nydus_image_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "app.list").write_text("/bin/sh\n")
     (tmp_path / "bench.yaml").write_text(REMOTE)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))
     assert bench_image(["convert", str(tmp_path / "bench.yaml")]) == 1
-    out, err = capsys.readouterr()
-    assert err.startswith("nri-optimizer bench-image convert: nydusify is not installed")
-    # converted in place (target = the config's registry): no copy
-    assert out.splitlines()[0] == ("nydusify convert --source src.example/team/app:1 --target "
-                                   "src.example/team/app:1_nydus --fs-version 6 --source-insecure --target-insecure")
-    assert len(out.splitlines()) == 3
-
-
-def test_convert_runs_nydusify_with_the_patterns_on_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "app.list").write_text("/bin/sh\n")
-    (tmp_path / "bench.yaml").write_text(REMOTE)
-    fake_tools(tmp_path / "bin", "nydusify")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin")
-    assert bench_image(["convert", str(tmp_path / "bench.yaml"), "--target", "127.0.0.1:5000"]) == 0
-    calls = (tmp_path / "bin" / "calls").read_text().splitlines()
-    assert [c.split()[1] for c in calls] == ["copy", "convert", "convert", "convert"]
+    assert capsys.readouterr().err == (
+        f"nri-optimizer bench-image: nydus-image is not installed (not on PATH, not in {tmp_path}/cache/tools/"
+        "nydus-rs-2.2.0/bin); install nydus-rs 2.2.0 with `make nydus`\n")
 
 
 def test_convert_of_a_local_registry_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

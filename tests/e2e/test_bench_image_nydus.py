@@ -1,20 +1,19 @@
-"""bench-image's nydus wiring against a real private containerd (2.1 and 1.7) and the real nydus-snapshotter
-(containerd-nydus-grpc from Debian sid's nydus-snapshotter package, fetched into the testbed cache).
+"""bench-image's nydus variants against a real private containerd (2.1 and 1.7), the real nydus-snapshotter
+(containerd-nydus-grpc from Debian sid) and, for a whole run, the real nydusd and nydus-image (`make nydus`).
 
-nydusd is not packaged for this machine, so what needs it (a nydus image's lazy reads and prefetch, its bytes) cannot
-run here. What can: the snapshotter starts from our generated config and takes its nydusd template, containerd
-registers it as a proxy plugin, a pull, a pod and a container on its runtime handler really go through it, a
-bench-image nydus variant refuses to count an image no nydusd served, teardown leaves nothing, and a run whose
-nydusd is missing skips the nydus variants with the exact reason.
+The snapshotter starts from our generated config and takes its nydusd template, containerd registers it as a proxy
+plugin, a pull, a pod and a container on its runtime handler really go through it, a bench-image nydus variant
+refuses to count an image no nydusd served, teardown leaves nothing, a run whose nydusd is missing skips the nydus
+variants with the exact reason, and a quick run with the tools measures every nydus variant.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from benchmarks.prefetch import workloads
 from benchmarks.prefetch.config import Image, Ready, Variant
 from benchmarks.prefetch.handlers import HandlerCri
 from benchmarks.prefetch.runner import Runner
-from testbed import TestbedError, debs, host, nydus
+from testbed import TestbedError, debs, host, nydus, toolchain
 from testbed.containerd import Containerd
 from testbed.images import build_pause_image
 from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
@@ -48,9 +47,9 @@ def stand_in_nydusd(directory: Path) -> Path:
     return path
 
 
-def ours() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
-            if p.name.startswith(("nriopt-nydus-", "nriopt-ctd-", "nriopt-registry-", "nriopt-benchimage-"))}
+def made_by(stderr: str) -> list[Path]:
+    """The private dirs a bench-image run says it made (snapshotters, containerd, registry data)."""
+    return [Path(p) for p in re.findall(r"(?:running privately in|data in) (/\S+?)[)\s]", stderr + "\n")]
 
 
 def snapshot_kinds(ctd: Containerd, snapshotter: str) -> list[str]:
@@ -62,7 +61,6 @@ def snapshot_kinds(ctd: Containerd, snapshotter: str) -> list[str]:
 @pytest.mark.parametrize("flavour", ["2.1", "1.7"])
 def test_a_handler_pulls_and_runs_through_the_snapshotter(
         flavour: str, tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path) -> None:
-    before = ours()
     rt = runtime(flavour)
     snapshotter = nydus.NydusSnapshotter(snapshotter_binary, stand_in_nydusd(tmp_path), "off", nydus.Backend("http"))
     ctd = Containerd(rt, nri=False, registry_config_dir=tmp_path / "hosts",
@@ -120,7 +118,7 @@ def test_a_handler_pulls_and_runs_through_the_snapshotter(
         snapshotter.close()
     assert snapshotter.pid is None and snapshotter.leftovers() == []
     assert not any(str(snapshotter.dir) in " ".join(p.cmdline) for p in host.processes())
-    assert ours() == before
+    assert not any(path.exists() for path in (snapshotter.dir, ctd.dir, registry.dir))
 
 
 def test_a_run_without_nydusd_skips_the_nydus_variants(
@@ -138,11 +136,10 @@ variants:
   - {name: nydus, snapshotter: nydus, tag_suffix: _nydus, prefetch: "off"}
   - {name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}
 """)
-    before = ours()
     env = dict(os.environ, PATH=f"{tmp_path / 'empty'}:/usr/sbin:/usr/bin:/sbin:/bin")
     result = subprocess.run(
         [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(tmp_path / "out"),
-         "--nydus-snapshotter", str(snapshotter_binary), "--quiet"],
+         "--nydus-snapshotter", str(snapshotter_binary)],
         capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
@@ -152,57 +149,70 @@ variants:
     assert [line.split(" | ")[3:5] for line in table[2:]] == [
         ["oci", "1/1"], ["nydus", "-"], ["nydus-prefetch-list", "-"]]
     assert "| skipped: nydus not installed (nydusd not on PATH) |" in table[3]
-    assert ours() == before  # no snapshotter was started for skipped variants, and nothing is left
+    assert "nydus-snapshotter" not in result.stderr  # none was started for skipped variants
+    made = made_by(result.stderr)
+    assert len(made) == 2 and not any(path.exists() for path in made)  # containerd's and the registry's
 
 
-def test_a_run_with_the_tools_starts_a_snapshotter_per_mode_and_converts(
-        tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path) -> None:
-    """The whole `run` with nydus present: real snapshotters, stand-in nydusd and nydusify (which records its
-    command and stdin and fails, as no real converter is here): each nydus variant says nydusify failed."""
+DB_READS = "/app/start.sh\n/bin/busybox\n/app/db.conf\n/app/data/schema.sql\n/app/data/table-0.bin\n"
+
+
+def test_a_quick_run_measures_every_nydus_variant_for_real(
+        tmp_path: Path, runtime: Callable[[str], debs.Runtime]) -> None:
+    """The whole `run` as make test runs it (one repetition, a throttled local registry) with the real tools: the
+    harness converts the pushed image once per nydus variant with the built-in converter, each variant pulls and
+    runs lazily on its own nydus-snapshotter, and nydusd's bytes show what each prefetch mode fetched."""
     runtime("2.1")
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    nydusd = stand_in_nydusd(tools)
-    nydusify = tools / "nydusify"
-    nydusify.write_text(f'#!/bin/sh\necho "$@" >> {tools / "nydusify.calls"}\ncat >> {tools / "nydusify.stdin"}\n'
-                        "echo converting\nexit 3\n")
-    nydusify.chmod(0o755)
-    (tmp_path / "db.list").write_text("/app/db.conf\n/app/data/schema.sql\n")
+    try:
+        tools = toolchain.install()
+    except TestbedError as error:
+        pytest.fail(f"the nydus tool chain cannot be installed (make nydus): {error}")
+    (tmp_path / "db.list").write_text(DB_READS)
     config = tmp_path / "bench.yaml"
     config.write_text(f"""
 registry: local
 repetitions: 1
 timeout: 30
+throttle: 200mbit
 images:
   - {{name: e2e-db:1, build: db, ready: {{line: "ready to accept connections"}}, list: db.list}}
 variants:
+  - {{name: oci, snapshotter: overlayfs}}
   - {{name: nydus, snapshotter: nydus, tag_suffix: _nydus, prefetch: "off"}}
   - {{name: nydus-prefetch-all, snapshotter: nydus, tag_suffix: _nydus_prefetchall, prefetch: all}}
   - {{name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}}
-nydus: {{snapshotter: {snapshotter_binary}, nydusd: tools/nydusd, nydusify: tools/nydusify}}
+nydus: {{snapshotter: {tools.snapshotter}, nydusd: {tools.nydusd}, nydus_image: {tools.nydus_image}}}
 """)
-    before = ours()
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out)],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1, result.stderr  # every variant failed
-    notes = [line for line in result.stderr.splitlines() if "nydus-snapshotter nydus-" in line]
-    assert [n.split("nydus-snapshotter ")[1].split()[0] for n in notes] == ["nydus-off", "nydus-all", "nydus-list"]
-    assert all(f"(nydusd {nydusd})" in n for n in notes)
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" not in result.stderr
     data = json.loads((out / "results.json").read_text())
     assert data["nydus"]["snapshotters"] == ["nydus-off", "nydus-all", "nydus-list"]
-    assert [(r["variant"], r["status"], r["note"]) for r in data["runs"]] == [
-        (v, "failed", "nydusify convert exited with 3") for v in ("nydus", "nydus-prefetch-all", "nydus-prefetch-list")]
+    assert data["nydus"]["nydus_image"] == str(tools.nydus_image)
+    runs = {r["variant"]: r for r in data["runs"]}
+    assert [(name, r["status"], r["note"]) for name, r in runs.items()] == [
+        (name, "ok", "") for name in ("oci", "nydus", "nydus-prefetch-all", "nydus-prefetch-list")]
     registry = data["registry"]
+    notes = [line for line in result.stderr.splitlines() if "converting: nri-optimizer convert" in line]
     source = f"{registry}/e2e-db:1"
-    common = "--fs-version 6 --source-insecure --target-insecure"
-    assert (tools / "nydusify.calls").read_text().splitlines() == [
-        f"convert --source {source} --target {source}_nydus {common}",
-        f"convert --source {source} --target {source}_nydus_prefetchall {common} --prefetch-patterns",
-        f"convert --source {source} --target {source}_nydus_prefetch {common} --prefetch-patterns",
+    flags = "--source-insecure --target-insecure"
+    assert [n.split("converting: ")[1] for n in notes] == [
+        f"nri-optimizer convert --source {source} --target {source}_nydus --no-list {flags}",
+        f"nri-optimizer convert --source {source} --target {source}_nydus_prefetchall --no-list {flags}",
+        f"nri-optimizer convert --source {source} --target {source}_nydus_prefetch --list {tmp_path / 'db.list'} "
+        f"{flags}",
     ]
-    assert (tools / "nydusify.stdin").read_text() == "/\n/app/db.conf\n/app/data/schema.sql\n"
-    assert "converting" not in result.stdout  # nydusify's output goes to stderr: stdout is the table
-    assert not (tools / "nydusd.calls").exists()
-    assert ours() == before
+    assert any(line.endswith("prefetch table of 5 files)") for line in result.stderr.splitlines())
+    nydusd = {name: runs[name]["nydusd_bytes"] for name in ("nydus", "nydus-prefetch-all", "nydus-prefetch-list")}
+    # Seven of the image's eight 512 KiB tables are never read: prefetch-all fetches them (3.5 MiB; the bench reads
+    # nydusd's count once the workload is ready, when the background prefetch may not quite be done), the list not.
+    assert nydusd["nydus-prefetch-all"] > nydusd["nydus-prefetch-list"] + 2 * 1024 * 1024
+    # The same chunks as reading on demand, fetched earlier; the two images' blobs differ in order, so their chunk
+    # tables (read as well) differ by some bytes.
+    assert abs(nydusd["nydus-prefetch-list"] - nydusd["nydus"]) < 4096
+    assert runs["oci"]["nydusd_bytes"] is None
+    made = made_by(result.stderr)
+    assert len(made) == 5 and not any(path.exists() for path in made)  # 3 snapshotters, containerd, registry
