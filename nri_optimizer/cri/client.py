@@ -150,10 +150,17 @@ class CriClient:
         log_path: str | None = None,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
+        security_context: pb.LinuxContainerSecurityContext | None = None,
     ) -> str:
         """Create a container in `pod`. `log_path` is relative to the pod's log directory (CRI's rule);
-        it defaults to `<name>.log` when the pod has a log directory."""
+        it defaults to `<name>.log` when the pod has a log directory. `security_context` (capabilities, read-only
+        root, user, seccomp...) is the container's; its namespaces are always the pod's."""
         pod_ns = pod.config.linux.security_context.namespace_options
+        security = pb.LinuxContainerSecurityContext()
+        if security_context is not None:
+            security.CopyFrom(security_context)
+        # The container must repeat the pod's namespace choices, or CRI gives it its own.
+        security.namespace_options.CopyFrom(pb.NamespaceOption(network=pod_ns.network, pid=pod_ns.pid))
         config = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name),
             image=pb.ImageSpec(image=image),
@@ -167,12 +174,7 @@ class CriClient:
             log_path=log_path if log_path is not None else (f"{name}.log" if pod.config.log_directory else ""),
             labels=dict(labels or {}),
             annotations=dict(annotations or {}),
-            linux=pb.LinuxContainerConfig(
-                # The container must repeat the pod's namespace choices, or CRI gives it its own.
-                security_context=pb.LinuxContainerSecurityContext(
-                    namespace_options=pb.NamespaceOption(network=pod_ns.network, pid=pod_ns.pid)
-                )
-            ),
+            linux=pb.LinuxContainerConfig(security_context=security),
         )
         request = pb.CreateContainerRequest(pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config)
         return self._call(self._runtime, "CreateContainer", request, pb.CreateContainerResponse).container_id
