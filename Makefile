@@ -90,7 +90,7 @@ optimizer: $(WHEELHOUSE)/.built
 
 $(WHEELHOUSE)/.built: $(VENV)/.installed pyproject.toml $(OPTIMIZER_SOURCES) $(sort $(dir $(OPTIMIZER_SOURCES)))
 	rm -rf build/lib $(WHEELHOUSE)
-	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELHOUSE) .
+	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELHOUSE) '.[metrics]'
 	touch $@
 
 install-optimizer: optimizer
