@@ -87,11 +87,11 @@ class Plugin:
         *,
         prelaunched: bool,
         select: Callable[[api.PodSandbox, api.Container], bool] | None = None,
-        on_done: Callable[[str, str | None], None] | None = None,
+        on_done: Callable[[str, runs.Recorded | None], None] | None = None,
         journal: bool = True,
     ) -> None:
         """``select`` narrows tracing to some containers (``profile`` traces only its own); ``on_done`` is
-        told (container id, result path or None) when a trace has been written or given up; ``journal``
+        told (container id, what was recorded or None) when a trace has been written or given up; ``journal``
         notes running traces in persist_dir so that a successor can log those a crash lost (the daemon's
         business, not a one-off profile's)."""
         self.config = config
@@ -289,7 +289,7 @@ class Plugin:
 
     async def _complete(self, trace: ContainerTrace, why: str) -> None:
         cid = trace.container_id
-        path: str | None = None
+        done: runs.Recorded | None = None
         try:
             outcome = await trace.session.stop(timeout=DRAIN_TIMEOUT)
             if outcome.incomplete:
@@ -314,7 +314,7 @@ class Plugin:
                 workload = split_name(trace.result.name)[1]
                 log.info("%s done; %s %s", cid, _subject(trace.image, workload), recorded.unwritten)
                 return
-            path = recorded.path
+            done = recorded
             self.metrics.trace_completed(recorded.listed)
             log.info(
                 "%s recorded %d files (%s; %d events, %d files reported, %d written by the container, "
@@ -327,7 +327,7 @@ class Plugin:
                 written,
                 len(trace.recorder.entries) - written - recorded.listed,
                 trace.recorder.foreign,
-                path,
+                recorded.path,
                 f"; merged with {recorded.runs - 1} earlier runs: {recorded.result_listed} files"
                 if self.config.on_repeat == "merge" else "",
             )
@@ -339,7 +339,7 @@ class Plugin:
                     await trace.noted  # or the note could be written after it was removed
                 await asyncio.to_thread(Journal(self.config.persist_dir).end, cid)
             if self._on_done is not None:
-                self._on_done(cid, path)
+                self._on_done(cid, done)
 
     def _write(self, trace: ContainerTrace, incomplete: str | None) -> tuple[runs.Recorded, int]:
         """In a worker thread: leave out what the container wrote, then put the list into its result as on_repeat

@@ -32,6 +32,7 @@ from nri_optimizer.nri.proto import nri_pb2 as api
 from nri_optimizer.nri.stub import Stub
 from nri_optimizer.plugin import Plugin
 from nri_optimizer.results import reference
+from nri_optimizer.results.runs import Recorded
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,15 @@ class Profiler:
         self.env = env
         self.mounts = mounts
         self.pod_id = ""
-        self.done: asyncio.Future[str | None] | None = None
+        self.done: asyncio.Future[Recorded | None] | None = None
         self.progress = sys.stderr.isatty() and not args.quiet
 
     def _ours(self, pod: api.PodSandbox, container: api.Container) -> bool:
         return bool(self.pod_id) and container.pod_sandbox_id == self.pod_id
 
-    def _on_done(self, cid: str, path: str | None) -> None:
+    def _on_done(self, cid: str, recorded: Recorded | None) -> None:
         if self.done is not None and not self.done.done():
-            self.done.set_result(path)
+            self.done.set_result(recorded)
 
     async def run(self) -> tuple[list[str], str]:
         from nri_optimizer.cri.client import CriClient, CriError
@@ -172,9 +173,9 @@ class Profiler:
                 optimizer.finish(cid, why)
                 await asyncio.to_thread(cri.stop_container, cid, 0)
                 try:
-                    path = await asyncio.wait_for(self.done, 60)
+                    recorded = await asyncio.wait_for(self.done, 60)
                 except TimeoutError:
-                    path = None
+                    recorded = None
         except CriError as exc:
             raise CommandError(str(exc)) from None
         finally:
@@ -187,9 +188,10 @@ class Profiler:
                 await nri
             await optimizer.shutdown()
             cri.close()
-        if path is None:
+        if recorded is None:
             raise CommandError("the trace was lost (see the messages above); nothing was saved")
-        return Path(path).read_text(encoding="utf-8").splitlines(), path
+        # Its own list: another writer of the image (the daemon, another profile) may have replaced the saved one.
+        return recorded.run_list.decode().splitlines(), recorded.path
 
     async def _check_nri_socket(self) -> None:
         try:

@@ -104,10 +104,13 @@ def parse_run(plain: bytes, table: bytes | None, *, where: str) -> Run:
 def _parse_csv(table: bytes, where: str) -> dict[bytes, tuple[int, int]]:
     """path -> (size, elapsed µs); empty when the CSV is in readable units."""
     try:
-        rows = list(csv.DictReader(io.StringIO(table.decode("utf-8"), newline="")))
+        rows = csv.reader(io.StringIO(table.decode("utf-8"), newline=""))  # csv.reader, not DictReader: C per row
+        header = next(rows, [])
+        if not {"path", "size", "elapsed"} <= set(header):
+            return {}
+        at_path, at_size, at_elapsed = header.index("path"), header.index("size"), header.index("elapsed")
+        return {row[at_path].encode(): (int(row[at_size]), int(row[at_elapsed])) for row in rows}
     except (UnicodeDecodeError, csv.Error) as exc:
         raise MergeInputError(f"{where}: {exc}") from exc
-    try:
-        return {row["path"].encode(): (int(row["size"]), int(row["elapsed"])) for row in rows}
-    except (KeyError, TypeError, ValueError):
+    except (IndexError, ValueError):
         return {}  # readable = true ("1.2 KiB", "850 us"): the list still gives the order

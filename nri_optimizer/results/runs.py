@@ -32,6 +32,7 @@ RUNS = "runs"  # the directory of a set that holds the runs merged into its list
 class Recorded:
     path: str  # the result's plain list
     listed: int  # paths in this run's own list (the odd-name rule may leave some out)
+    run_list: bytes  # this run's own plain list (the result may hold another's by now, or a merge)
     unwritten: str | None = None  # why nothing was written: keep found a result, or merge left an incomplete run out
     runs: int = 1  # runs the result's list is made of
     result_listed: int = 0  # paths in the result's list
@@ -66,9 +67,10 @@ def record(persist_dir: str, key: ResultKey, entries: Sequence[Entry], *, readab
         if on_repeat == "keep":
             existing = result.read(LIST)
             if existing is not None and (incompleteness(existing) is None or incomplete is not None):
-                return Recorded(result.path, listed, unwritten="was recorded meanwhile and is kept (on_repeat = keep)")
+                return Recorded(result.path, listed, plain,
+                                unwritten="was recorded meanwhile and is kept (on_repeat = keep)")
         result.commit({LIST: plain, f"{LIST}.csv": table, f"{LIST}.json": prefetch})
-        return Recorded(result.path, listed, result_listed=listed)
+        return Recorded(result.path, listed, plain, result_listed=listed)
 
 
 def _merge_into(result: ResultSet, entries: Sequence[Entry], *, readable: bool, window: int,
@@ -85,8 +87,8 @@ def _merge_into(result: ResultSet, entries: Sequence[Entry], *, readable: bool, 
     runs.append(run)
     complete = [r for r in runs if r.complete]
     if complete and not run.complete:
-        return Recorded(result.path, listed, unwritten=f"its list is incomplete and {len(complete)} complete runs are "
-                        "merged: left out (on_repeat = merge)")
+        return Recorded(result.path, listed, plain, unwritten=f"its list is incomplete and {len(complete)} complete "
+                        "runs are merged: left out (on_repeat = merge)")
     merged_runs = (complete or runs)[-window:]
     merged = merge([parse_run(r.plain, r.table, where=f"{result.path} ({r.name})") for r in merged_runs])
     why = None
@@ -105,4 +107,4 @@ def _merge_into(result: ResultSet, entries: Sequence[Entry], *, readable: bool, 
             if r.table is not None:
                 files[f"{r.name}.csv"] = r.table
     result.commit(files, carry)
-    return Recorded(result.path, listed, runs=len(merged_runs), result_listed=len(merged.entries) - out_left_out)
+    return Recorded(result.path, listed, plain, runs=len(merged_runs), result_listed=len(merged.entries) - out_left_out)
