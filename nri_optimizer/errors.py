@@ -19,7 +19,9 @@
     │   ├── TarOrderError               nydus.tarorder: a layer tar cannot be reordered (not a tar, a global pax header)
     │   ├── ToolError                   nydus.tool/build/bootstrap: nydus-image is missing or failed, or printed what
     │   │                               we do not understand
-    │   └── ImageError                  nydus.image: an OCI image is not what a conversion needs
+    │   ├── ImageError                  nydus.image: an OCI image is not what a conversion needs
+    │   └── DaemonError                 nydus.daemon: a running nydusd cannot be asked, or answered what we do not
+    │                                   understand
     └── CommandError                cli: a command cannot do what it was asked (profile, convert)
         └── UsageError                  its arguments are wrong (exit status 2, as argparse)
 
@@ -123,6 +125,10 @@ class ToolError(NydusError):
 
 class ImageError(NydusError):
     """An OCI image is not what the conversion needs."""
+
+
+class DaemonError(NydusError):
+    """A running nydusd cannot be asked (its API socket), or answered what we do not understand."""
 
 
 class CommandError(OptimizerError):

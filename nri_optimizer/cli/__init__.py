@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "profile": ("nri_optimizer.cli.profile", "profile"),
     "convert": ("nri_optimizer.cli.convert", None),
     "merge": ("nri_optimizer.cli.merge", None),
+    "import-pattern": ("nri_optimizer.cli.import_pattern", None),
     "push-list": ("nri_optimizer.cli.push_list", None),
     "pull-list": ("nri_optimizer.cli.pull_list", None),
     "ls": ("nri_optimizer.cli.ls", None),

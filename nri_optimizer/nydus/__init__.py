@@ -7,7 +7,9 @@
                 table in list order
     bootstrap   read a bootstrap back: its prefetch table, every inode's chunks and where they are in the blob
     image       the OCI image nydus-snapshotter 0.13.4 runs: blob layers, the bootstrap layer, config, manifest
+    daemon      a running nydusd through its API socket: metrics, and the files it saw read (its access pattern)
 
 Imports go one way: errors <- tarorder, tool <- build <- image (which takes the media types from
-nri_optimizer.oci.registry); bootstrap uses tool. Nothing here imports the test bed, the benchmarks or the tests.
+nri_optimizer.oci.registry); bootstrap uses tool; daemon stands alone. Nothing here imports the test bed, the
+benchmarks or the tests.
 """

@@ -1,0 +1,160 @@
+"""A running nydusd, through its HTTP API on a unix socket (nydus-rs 2.2.0): its metrics, and the list of files
+it saw read, in the order it first saw them (its "access pattern"), as a list of paths.
+
+The endpoints read here, as nydusd 2.2.0 answers them (one RAFS filesystem per daemon, as nydus-snapshotter runs
+it in dedicated mode):
+
+- ``GET /api/v1/metrics/pattern``: ``[{"ino": N, "nr_read": N, "first_access_time_secs": S,
+  "first_access_time_nanos": NS}, ...]``, one record per file read at least once, in no order. nydusd keeps it only
+  when the RAFS config has ``"access_pattern": true`` (otherwise it answers ``[]``); ``GET /api/v1/metrics`` says
+  which (``access_pattern_enabled``). Only reads count: a file opened and never read (or only stat'ed) is not in
+  it, and the time is the first read's, not the open's. ``ino`` is the RAFS inode number, as the bootstrap has it
+  (``nydus-image check``), not the st_ino the FUSE mount shows (which carries the filesystem's index in its top
+  byte).
+- ``GET /api/v1/metrics/backend``: ``read_count``, ``read_amount_total`` (requests to and bytes from the registry).
+- ``GET /api/v1/metrics/blobcache``: ``prefetch_requests_count``, ``prefetch_data_amount``,
+  ``prefetch_begin_time_secs``/``_millis``, ...
+- ``GET /api/v1/metrics``: the filesystem's counters, with ``read_latency_dist`` (FUSE reads by how long they
+  took: <=200 us, <=1 ms, <=20 ms, <=50 ms, <=500 ms, <=1 s, <=2 s, more).
+
+nydusd serves the API on the socket given by ``--apisock``; its bootstrap is the ``--bootstrap`` of its command
+line, found through the socket's peer (the process that listens on it).
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import socket
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nri_optimizer.errors import DaemonError
+
+API_TIMEOUT = 10.0  # seconds: nydusd answers metrics from memory
+_MAX_ANSWER = 64 << 20  # a pattern of a million files is ~100 MB of JSON; we take images of up to ~500k files
+
+
+@dataclass(frozen=True, order=True)
+class Access:
+    """One file nydusd saw read: when first (ns since the epoch, nydusd's clock), how many reads."""
+
+    first_ns: int
+    ino: int
+    reads: int
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def get(api_socket: Path, path: str, *, timeout: float = API_TIMEOUT) -> Any:
+    """GET `path` from nydusd's API on `api_socket`: the decoded JSON."""
+    connection = _UnixHTTPConnection(api_socket, timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read(_MAX_ANSWER + 1)
+    except (OSError, http.client.HTTPException) as exc:
+        raise DaemonError(f"nydusd at {api_socket}: GET {path}: {exc}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise DaemonError(f"nydusd at {api_socket}: GET {path}: HTTP {response.status} "
+                          f"{body[:200].decode(errors='replace')}")
+    if len(body) > _MAX_ANSWER:
+        raise DaemonError(f"nydusd at {api_socket}: GET {path}: answer larger than {_MAX_ANSWER} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise DaemonError(f"nydusd at {api_socket}: GET {path}: not JSON: {body[:200]!r}") from None
+
+
+def access_pattern(api_socket: Path) -> list[Access]:
+    """The files the daemon saw read, in the order of their first read (ties: by inode number)."""
+    fs = get(api_socket, "/api/v1/metrics")
+    if not isinstance(fs, dict) or not fs.get("access_pattern_enabled"):
+        raise DaemonError(f"nydusd at {api_socket} records no access pattern: its RAFS config needs "
+                          '"access_pattern": true')
+    return parse_pattern(get(api_socket, "/api/v1/metrics/pattern"))
+
+
+def parse_pattern(records: Any) -> list[Access]:
+    """/api/v1/metrics/pattern's answer, in the order of first reads."""
+    try:
+        found = [Access(int(r["first_access_time_secs"]) * 1_000_000_000 + int(r["first_access_time_nanos"]),
+                        int(r["ino"]), int(r["nr_read"])) for r in records]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise DaemonError(f"nydusd's access pattern is not what 2.2.0 answers ({exc!r}): "
+                          f"{json.dumps(records)[:200]}") from None
+    return sorted(found)
+
+
+def pattern_list(pattern: Iterable[Access], paths: Mapping[int, str]) -> tuple[list[str], list[int]]:
+    """(the paths of `pattern` in its order, inode numbers `paths` has no path for)."""
+    listed, unknown = [], []
+    for access in pattern:
+        path = paths.get(access.ino)
+        if path is None:
+            unknown.append(access.ino)
+        else:
+            listed.append(path)
+    return listed, unknown
+
+
+def paths_by_inode(inodes: Iterable[tuple[str, int]]) -> dict[int, str]:
+    """inode number -> path, from (path, ino) pairs in the bootstrap's order: a hard-linked file gets the first
+    of its names, as nydus-image's own inspect does."""
+    found: dict[int, str] = {}
+    for path, ino in inodes:
+        found.setdefault(ino, path)
+    return found
+
+
+def serving_bootstrap(api_socket: Path) -> Path:
+    """The bootstrap of the nydusd that listens on `api_socket` (its ``--bootstrap``), found through the socket's
+    peer process."""
+    pid = _peer_pid(api_socket)
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError as exc:
+        raise DaemonError(f"cannot read the command line of nydusd (pid {pid}): {exc.strerror}") from None
+    for flag, value in itertools.pairwise([*argv, b""]):
+        if flag == b"--bootstrap":
+            bootstrap = Path(os.fsdecode(value))
+            if not bootstrap.is_absolute():  # relative to nydusd's working directory
+                bootstrap = Path(os.readlink(f"/proc/{pid}/cwd")) / bootstrap
+            return bootstrap
+        if flag.startswith(b"--bootstrap="):
+            return Path(os.fsdecode(flag.removeprefix(b"--bootstrap=")))
+    raise DaemonError(f"the nydusd on {api_socket} (pid {pid}) was started without --bootstrap: name it")
+
+
+def _peer_pid(api_socket: Path) -> int:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(API_TIMEOUT)
+        sock.connect(str(api_socket))
+        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError as exc:
+        raise DaemonError(f"nydusd at {api_socket}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    return int(pid)
