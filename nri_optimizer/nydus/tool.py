@@ -17,7 +17,8 @@ from nri_optimizer.cache import cache_dir
 from nri_optimizer.errors import ToolError
 
 NYDUS_RS_VERSION = "2.2.0"  # the release every fact in this package was checked against
-INSTALL_HINT = "make nydus"
+# The message is "install nydus-rs 2.2.0 with `HINT`": a user of the installed package has no Makefile.
+INSTALL_HINT = "make nydus` (in a source checkout) or `cargo install --locked nydus-rs --version 2.2.0"
 _STDERR_TAIL = 2000  # characters of a failed command's stderr kept in the error
 
 

@@ -250,7 +250,7 @@ def test_tools_from_the_config_relative_to_it(tmp_path: Path, monkeypatch: pytes
     assert skip_reason(NYDUS_LIST, found, local=True) == (
         "no nydus image to pull: registry: local gets its nydus images from nydus-image (nydus-image is not "
         f"installed (not on PATH, not in {tmp_path}/cache/tools/nydus-rs-2.2.0/bin); install nydus-rs 2.2.0 with "
-        "`make nydus`)")
+        "`make nydus` (in a source checkout) or `cargo install --locked nydus-rs --version 2.2.0`)")
 
 
 def test_a_configured_path_that_is_not_a_tool_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,7 +263,8 @@ def test_a_configured_path_that_is_not_a_tool_is_named(tmp_path: Path, monkeypat
         f"nydus not installed (containerd-nydus-grpc not on PATH; nydusd: {tmp_path / 'plain'} is not an "
         "executable file)")
     assert found.nydus_image_problem == ("/no/nydus-image is not an executable; install nydus-rs 2.2.0 with "
-                                         "`make nydus` or name another")
+                                         "`make nydus` (in a source checkout) or `cargo install --locked "
+                                         "nydus-rs --version 2.2.0` or name another")
     assert skip_reason(cfg.Variant("oci", "overlayfs"), found, local=True) is None
 
 

@@ -182,7 +182,8 @@ def test_nydus_variants_say_why_they_are_skipped(tmp_path: Path, monkeypatch: py
     # registry: local has no nydus image until the harness converts one with nydus-image
     assert reason() == ("no nydus image to pull: registry: local gets its nydus images from nydus-image "
                         f"(nydus-image is not installed (not on PATH, not in {tmp_path}/cache/tools/nydus-rs-2.2.0/bin); "
-                        "install nydus-rs 2.2.0 with `make nydus`)")
+                        "install nydus-rs 2.2.0 with `make nydus` (in a source checkout) or `cargo install --locked nydus-rs "
+                        "--version 2.2.0`)")
     assert reason(local=False) is None  # a registry that holds the converted images already
     fake_tools(tmp_path / "bin", "nydus-image")
     assert reason() is None
@@ -225,7 +226,8 @@ def test_convert_without_nydus_image_names_the_install_command(tmp_path: Path, m
     assert bench_image(["convert", str(tmp_path / "bench.yaml")]) == 1
     assert capsys.readouterr().err == (
         f"nri-optimizer bench-image: nydus-image is not installed (not on PATH, not in {tmp_path}/cache/tools/"
-        "nydus-rs-2.2.0/bin); install nydus-rs 2.2.0 with `make nydus`\n")
+        "nydus-rs-2.2.0/bin); install nydus-rs 2.2.0 with `make nydus` (in a source checkout) or `cargo install "
+        "--locked nydus-rs --version 2.2.0`\n")
 
 
 def test_convert_of_a_local_registry_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
