@@ -67,6 +67,11 @@ class LocalRegistry:
     def client(self) -> Registry:
         return Registry(self.address, insecure=True)
 
+    def blob_file(self, digest: str) -> Path:
+        """Where the registry keeps a blob's bytes (for a test to corrupt)."""
+        hex_digest = digest.removeprefix("sha256:")
+        return self.dir / "data/docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
+
     def start(self, timeout: float = 10.0) -> None:
         log_path = self.dir / "registry.log"
         with open(log_path, "wb") as log:
@@ -111,6 +116,9 @@ class ReferrersRegistry(LocalRegistry):
 
     def command(self) -> list[str]:
         return [str(self._binary), "-blobs", str(self.dir / "blobs")]
+
+    def blob_file(self, digest: str) -> Path:
+        return self.dir / "blobs/sha256" / digest.removeprefix("sha256:")
 
 
 def write_hosts(config_dir: Path, host: str, *, plain_http: bool) -> None:

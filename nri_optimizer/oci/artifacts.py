@@ -113,12 +113,11 @@ def push_list(subject: Subject, files: ListFiles, *, name: str, node: str, workl
     if (newest := _newest_by_node(subject, workload, [node])) and _has_list(subject, newest[0], plain_digest):
         return Published(str(newest[0]["digest"]), unchanged=True)
     registry, repository = subject.registry, subject.repository
-    layers = []
-    for media_type, suffix, data in files.layers():
+    blobs = [data for _, _, data in files.layers()] + [EMPTY_CONFIG]
+    for data in blobs:
         registry.push_blob(repository, digest_of(data), data)
-        layers.append({"mediaType": media_type, "digest": digest_of(data), "size": len(data),
-                       "annotations": {TITLE: name + suffix}})
-    registry.push_blob(repository, digest_of(EMPTY_CONFIG), EMPTY_CONFIG)
+    layers = [{"mediaType": media_type, "digest": digest_of(data), "size": len(data),
+               "annotations": {TITLE: name + suffix}} for media_type, suffix, data in files.layers()]
     annotations = {
         CREATED: (created or datetime.now(UTC)).isoformat(timespec="microseconds").replace("+00:00", "Z"),
         NODE: node,
@@ -144,7 +143,17 @@ def push_list(subject: Subject, files: ListFiles, *, name: str, node: str, workl
         return _is_list(descriptor) and _annotation(descriptor, NODE) == node and \
             _annotation(descriptor, WORKLOAD) == workload
 
-    return Published(registry.push_referrer(repository, body, OCI_MANIFEST, replaces=superseded), unchanged=False)
+    try:
+        digest = registry.push_referrer(repository, body, OCI_MANIFEST, replaces=superseded)
+    except RegistryError as exc:
+        if exc.status != 400:
+            raise
+        # docker-registry 2.8 can answer that it has a blob (HEAD) while another client's upload of the same blob is
+        # still being linked, and then refuse the manifest as naming an unknown blob: send ours, and put it again.
+        for data in blobs:
+            registry.push_blob(repository, digest_of(data), data, force=True)
+        digest = registry.push_referrer(repository, body, OCI_MANIFEST, replaces=superseded)
+    return Published(digest, unchanged=False)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ _PIECE = 1 << 20  # bytes per read and write while streaming a blob
 _ERROR_BODY = 300  # characters of an error body kept when it is not the API's JSON
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+# Pauses before asking again after a 5xx answer to a read (GET, HEAD): docker-registry 2.8 answers 500 for a moment
+# to a read of a tag that another client is writing. Two, then the error stands: an outage is said in seconds.
+READ_RETRY_PAUSES = (0.5, 1.0)
 # Pages of a referrers answer followed (``Link: <...>; rel="next"``): a bound against a registry that loops.
 MAX_REFERRER_PAGES = 100
 # Rounds of read, add, write and read back of a referrers tag-schema index that other clients keep changing.
@@ -192,10 +195,11 @@ class Registry:
             raise
         return True
 
-    def push_blob(self, repository: str, digest: str, content: Path | bytes) -> bool:
-        """Upload a blob unless the repository has it; whether it was sent. A file is streamed, not read whole."""
+    def push_blob(self, repository: str, digest: str, content: Path | bytes, *, force: bool = False) -> bool:
+        """Upload a blob unless the repository has it (`force`: whether or not); whether it was sent. A file is
+        streamed, not read whole."""
         _sha256(digest)
-        if self.has_blob(repository, digest):
+        if not force and self.has_blob(repository, digest):
             return False
         with self._request("POST", f"/v2/{repository}/blobs/uploads/", repository, push=True,
                            headers={"Content-Length": "0"}, data=b"") as response:
@@ -325,9 +329,12 @@ class Registry:
 
     def _request(self, method: str, path_or_url: str, repository: str, *, push: bool = False,
                  headers: Mapping[str, str] | None = None, data: bytes | IO[bytes] | None = None) -> Any:
-        """Send a request, authenticating once if the registry asks; the response (a context manager)."""
+        """Send a request, authenticating once if the registry asks, and asking again after a read's 5xx answer
+        (READ_RETRY_PAUSES); the response (a context manager)."""
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
-        for attempt in (1, 2):
+        pauses = list(READ_RETRY_PAUSES) if method in ("GET", "HEAD") else []
+        authenticated = False
+        while True:
             request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
             if (authorization := self._authorization(repository)) is not None:
                 # Unredirected: a blob GET is often redirected to storage that must not see our credentials.
@@ -337,15 +344,18 @@ class Registry:
             except urllib.error.HTTPError as exc:
                 challenge = exc.headers.get("WWW-Authenticate", "")
                 detail = _api_error(exc)
-                if exc.code == 401 and attempt == 1 and self._authenticate(challenge, repository, push):
+                if exc.code == 401 and not authenticated and self._authenticate(challenge, repository, push):
+                    authenticated = True
                     if hasattr(data, "seek"):
                         data.seek(0)  # type: ignore[union-attr]
+                    continue
+                if exc.code >= 500 and pauses:
+                    time.sleep(pauses.pop(0))
                     continue
                 raise RegistryError(f"{method} {self._where(url)}: HTTP {exc.code} {detail}".rstrip(),
                                     status=exc.code) from None
             except (urllib.error.URLError, OSError) as exc:
                 raise RegistryUnreachable(f"{method} {self._where(url)}: {_reason(exc)}") from None
-        raise AssertionError("unreachable")
 
     def _authorization(self, repository: str) -> str | None:
         if (token := self._tokens.get(repository)) is not None:
