@@ -17,6 +17,7 @@ def test_the_exact_nydusify_command_line():
 def test_default_list_is_where_the_plugin_saves_it():
     assert default_list("/r", "nginx") == "/r/library/nginx:latest"
     assert default_list("/r", "localhost:5000/a/b:1") == "/r/a/b:1"
+    assert default_list("/r", "nginx", "web") == "/r/library/nginx:latest+web"  # a workload's (workload_key)
 
 
 def convert(*args, env=None):
@@ -134,3 +135,16 @@ def test_no_list_converts_with_nydusify_without_prefetch_patterns(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "argv").read_text() == "convert --source app --target reg/app:nydus --fs-version 6\n"
     assert (tmp_path / "stdin").read_text() == ""
+
+
+def test_with_a_workload_it_takes_that_workloads_list(recorded, tmp_path):
+    (recorded / "library" / "nginx:latest+web").write_text("/usr/sbin/nginx\n/etc/nginx/web.conf\n")
+    fake = stub(tmp_path, "nydusify", f"cat > {tmp_path}/stdin")
+    result = convert("--source", "nginx", "--target", "reg/nginx:web", "--workload", "web", "--persist-dir",
+                     str(recorded), "--config", os.devnull, env={"PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "stdin").read_text() == "/usr/sbin/nginx\n/etc/nginx/web.conf\n"
+    missing = convert("--source", "nginx", "--target", "t", "--workload", "api", "--persist-dir", str(recorded),
+                      "--config", os.devnull)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"nri-optimizer convert: no recorded list at {recorded}/library/nginx:latest+api;")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,28 @@ def test_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().err == (
         "nri-optimizer merge: --min-runs must be between 1 and the number of runs (1), got 2\n")
     assert not (tmp_path / "m").exists()
+
+
+def test_command_writes_an_images_or_a_workloads_result_where_the_daemon_keeps_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = write_run(tmp_path / "node1/app:1", ["/a", "/b"], ["/a,1,10", "/b,2,20"])
+    two = write_run(tmp_path / "node2/app:1", ["/b", "/a"], ["/b,2,30", "/a,1,40"])
+    results = tmp_path / "results"
+    args = ["merge", str(one), str(two), "--persist-dir", str(results), "--config", os.devnull]
+    assert cli([*args, "--image", "registry.example/team/app:1", "--workload", "web"]) == 0
+    assert cli([*args, "--image", "registry.example/team/app:1"]) == 0
+    for name in ("app:1", "app:1+web"):
+        assert (results / "team" / name).read_text() == "/a\n/b\n"
+        assert (results / "team" / f"{name}.csv").read_text() == "path,size,elapsed\n/a,1,25\n/b,2,25\n"
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"nri-optimizer merge: 2 runs -> 2 files in {results}/team/app:1+web (0 read by fewer than 1 runs dropped)")
+    # A merged result is one unit too: another merge replaces it in one step, and reads it back from one set.
+    assert cli(["merge", str(results / "team/app:1"), "-o", str(tmp_path / "again/app:1")]) == 0
+    assert (tmp_path / "again/app:1.csv").read_text() == "path,size,elapsed\n/a,1,25\n/b,2,25\n"
+
+
+def test_command_workload_needs_an_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = write_run(tmp_path / "a", ["/x"], None)
+    assert cli(["merge", str(one), "-o", str(tmp_path / "m"), "--workload", "web"]) == 2
+    assert capsys.readouterr().err == (
+        "nri-optimizer merge: --workload names a workload's result in persist_dir: give --image too\n")
