@@ -61,6 +61,7 @@ MAX_MANIFEST = 4 << 20  # the size limit distribution puts on a manifest it acce
 _PIECE = 1 << 20  # bytes per read and write while streaming a blob
 _ERROR_BODY = 300  # characters of an error body kept when it is not the API's JSON
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_REDIRECTS = (301, 302, 303, 307, 308)
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 # Pauses before asking again after a 5xx answer to a read (GET, HEAD): docker-registry 2.8 answers 500 for a moment
 # to a read of a tag that another client is writing. Two, then the error stands: an outage is said in seconds.
@@ -116,6 +117,9 @@ class Registry:
             context.verify_mode = ssl.CERT_NONE
         proxies = urllib.request.ProxyHandler({}) if _is_loopback(self.host) else urllib.request.ProxyHandler()
         self._opener = urllib.request.build_opener(proxies, urllib.request.HTTPSHandler(context=context))
+        # HEAD answers are final: urllib would follow a blob's redirect to storage with a GET of the whole blob.
+        self._head_opener = urllib.request.build_opener(proxies, urllib.request.HTTPSHandler(context=context),
+                                                        _NoRedirect())
 
     @property
     def base_url(self) -> str:
@@ -192,6 +196,8 @@ class Registry:
         except RegistryError as exc:
             if exc.status == 404:
                 return False
+            if exc.status in _REDIRECTS:  # to the storage that holds it
+                return True
             raise
         return True
 
@@ -340,7 +346,8 @@ class Registry:
                 # Unredirected: a blob GET is often redirected to storage that must not see our credentials.
                 request.add_unredirected_header("Authorization", authorization)
             try:
-                return self._opener.open(request, timeout=self.timeout)
+                opener = self._head_opener if method == "HEAD" else self._opener
+                return opener.open(request, timeout=self.timeout)
             except urllib.error.HTTPError as exc:
                 challenge = exc.headers.get("WWW-Authenticate", "")
                 detail = _api_error(exc)
@@ -399,6 +406,11 @@ class Registry:
 
     def _where(self, path_or_url: str) -> str:
         return path_or_url if "://" in path_or_url else f"{self.domain}{path_or_url}"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx answer is raised as an HTTPError, which the caller reads
 
 
 def docker_credentials(domain: str, config: Path | None = None) -> tuple[str, str] | None:
