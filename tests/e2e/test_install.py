@@ -34,8 +34,9 @@ def make(target: str, dest: Path) -> str:
     return result.stdout
 
 
-# The daemon's wheel and its runtime dependencies, nothing of the extras (CRI, YAML, plots); pip is the venv's own.
-DAEMON_DISTRIBUTIONS = ["cffi", "nri-optimizer", "pip", "protobuf", "pycparser"]
+# The daemon's wheel and its runtime dependencies, and the [metrics] extra (imported only when metrics_address is
+# set); nothing of the others (CRI, YAML, plots). pip is the venv's own.
+DAEMON_DISTRIBUTIONS = ["cffi", "nri-optimizer", "pip", "prometheus-client", "protobuf", "pycparser"]
 
 
 def installed_distributions(dest: Path) -> list[str]:
@@ -60,7 +61,7 @@ def test_installed_plugin_traces_a_pod_and_uninstall_keeps_only_results_and_the_
         make_containerd, flavour, tmp_path, workload_image) -> None:
     dest = tmp_path / "root"
     make("install-optimizer", dest)
-    assert installed_distributions(dest) == DAEMON_DISTRIBUTIONS  # no extra: the daemon runs on exactly these
+    assert installed_distributions(dest) == DAEMON_DISTRIBUTIONS  # the daemon runs on exactly these
     conf = dest / CONF
     # The installed config is used as is (server_path and persist_dir name the installed copies), with a log.
     log = PluginLog(tmp_path / "plugin.log")
