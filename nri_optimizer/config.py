@@ -30,6 +30,11 @@ ON_REPEAT = ("keep", "replace", "merge")  # results.runs.OnRepeat
 MAX_MERGE_WINDOW = 100
 WORKLOAD_BY_CONTAINER_NAME = "container-name"
 WORKLOAD_LABEL_PREFIX = "label:"
+# Tries of one list's publish: the first and the retries after it (nri_optimizer/publish.py paces them).
+MAX_PUBLISH_ATTEMPTS = 10
+# A registry as an image reference names it: a host name or [IPv6 address], and a port.
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_REGISTRY_HOST = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:]+\])(?::[0-9]{{1,5}})?")
 # A Kubernetes label key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
 _LABEL_KEY = re.compile(
     r"(?:(?=[^/]{1,253}/)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
@@ -69,6 +74,11 @@ class Config:
     on_repeat: str = "keep"
     merge_window: int = 5  # on_repeat = "merge": the list is the merge of this many latest complete runs
     workload_key: str = ""  # "": one result per image; "container-name" or "label:<pod label>": one per workload
+    # Lists of images matching these patterns are pushed to the image's registry after each trace (push-list, in
+    # the background: nri_optimizer/publish.py); () publishes nothing.
+    publish: tuple[str, ...] = ()
+    publish_insecure: tuple[str, ...] = ()  # registries (host:port) reached over plain HTTP or unverified TLS
+    publish_attempts: int = 4  # tries of one list's publish before it is given up (the local list stays)
 
 
 # What each key takes, said the way the fix is said: "<key>: expected <this>".
@@ -100,6 +110,11 @@ _EXPECT: dict[str, str] = {
     "merge_window": f"a whole number of runs from 1 to {MAX_MERGE_WINDOW}, e.g. merge_window = 5",
     "workload_key": '"" (one list per image), "container-name", or "label:" and a pod label\'s key, '
     'e.g. workload_key = "label:app.kubernetes.io/name"',
+    "publish": 'a list of image name patterns whose lists are pushed to the image\'s registry ([] for none, ["*"] '
+    'for every image), e.g. publish = ["registry.example/apps/*"]',
+    "publish_insecure": 'a list of registries (host or host:port) reached over plain HTTP or TLS that is not '
+    'verified, e.g. publish_insecure = ["registry.local:5000"]',
+    "publish_attempts": f"a whole number of tries from 1 to {MAX_PUBLISH_ATTEMPTS}, e.g. publish_attempts = 4",
 }
 KEYS = tuple(f.name for f in dataclasses.fields(Config))
 assert set(KEYS) == set(_EXPECT)
@@ -130,7 +145,18 @@ def _check(key: str, value: object) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "stall_timeout" else 0):
             raise ValueError(got)
         return value
-    if key.endswith(("_include", "_exclude")):
+    if key == "publish_attempts":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PUBLISH_ATTEMPTS:
+            raise ValueError(got)
+        return value
+    if key == "publish_insecure":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(got)
+        for host in value:
+            if not _REGISTRY_HOST.fullmatch(host):
+                raise ValueError(f"{host!r} is not a registry's host or host:port")
+        return tuple(value)
+    if key.endswith(("_include", "_exclude")) or key == "publish":
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError(got)
         for pattern in value:

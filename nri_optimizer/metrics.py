@@ -21,6 +21,12 @@ image install.
     nri_optimizer_trace_server_stalls_total             servers declared stalled (stall_timeout) and killed
     nri_optimizer_trace_server_restarts_total           servers that ended without being asked to
     nri_optimizer_result_write_failures_total           lists that could not be written
+    nri_optimizer_lists_published_total                 lists attached to their image in its registry (publish), or
+                                                        found there already
+    nri_optimizer_list_publish_retries_total            publish tries that failed and were followed by another
+    nri_optimizer_list_publish_failures_total{reason}   lists not published: attempts (publish_attempts failed),
+                                                        refused (push-list said its input is wrong), shutdown
+                                                        (the daemon stopped first), queue_full
     nri_optimizer_start_container_seconds               StartContainer handling time (histogram)
     nri_optimizer_traces_in_flight                      containers being traced now
     process_*                                           the daemon's own CPU, memory and open fds
@@ -77,6 +83,15 @@ class Metrics:
     def write_failed(self) -> None:
         pass
 
+    def list_published(self) -> None:
+        pass
+
+    def list_publish_retried(self) -> None:
+        pass
+
+    def list_publish_failed(self, reason: str) -> None:
+        pass
+
     def start_container_handled(self, seconds: float) -> None:
         pass
 
@@ -112,6 +127,9 @@ class PrometheusMetrics(Metrics):
         self._stalls = counter("trace_server_stalls", "Trace servers declared stalled and killed.")
         self._restarts = counter("trace_server_restarts", "Trace servers that ended without being asked to.")
         self._write_failures = counter("result_write_failures", "Lists that could not be written.")
+        self._published = counter("lists_published", "Lists attached to their image in its registry.")
+        self._publish_retries = counter("list_publish_retries", "Publish tries that failed and were tried again.")
+        self._publish_failures = counter("list_publish_failures", "Lists not published, by reason.", ("reason",))
         self._start = prom.Histogram(
             "nri_optimizer_start_container_seconds",
             "StartContainer handling time.",
@@ -150,6 +168,15 @@ class PrometheusMetrics(Metrics):
 
     def write_failed(self) -> None:
         self._write_failures.inc()
+
+    def list_published(self) -> None:
+        self._published.inc()
+
+    def list_publish_retried(self) -> None:
+        self._publish_retries.inc()
+
+    def list_publish_failed(self, reason: str) -> None:
+        self._publish_failures.labels(reason).inc()
 
     def start_container_handled(self, seconds: float) -> None:
         self._start.observe(seconds)

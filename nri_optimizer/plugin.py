@@ -22,6 +22,7 @@ from nri_optimizer import logs
 from nri_optimizer.errors import ResultError, TraceError
 from nri_optimizer.metrics import Metrics, PrometheusMetrics
 from nri_optimizer.nri.proto import nri_pb2 as api
+from nri_optimizer.publish import Job, Publisher
 from nri_optimizer.results import reference, runs
 from nri_optimizer.results.journal import Journal
 from nri_optimizer.results.key import ResultKey, result_key, split_name
@@ -107,6 +108,7 @@ class Plugin:
         self._traces: dict[str, ContainerTrace] = {}
         self._finishing: set[asyncio.Task[None]] = set()  # background work to wait for at shutdown
         self._writing: weakref.WeakValueDictionary[ResultKey, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._publisher: Publisher | None = None  # made at the first list to publish
 
     @property
     def events(self) -> tuple[str, ...]:
@@ -331,6 +333,7 @@ class Plugin:
                 f"; merged with {recorded.runs - 1} earlier runs: {recorded.result_listed} files"
                 if self.config.on_repeat == "merge" else "",
             )
+            self._queue_publish(trace, recorded.path)
         finally:
             if trace.upper is not None:
                 trace.upper.close()
@@ -340,6 +343,19 @@ class Plugin:
                 await asyncio.to_thread(Journal(self.config.persist_dir).end, cid)
             if self._on_done is not None:
                 self._on_done(cid, done)
+
+    def _queue_publish(self, trace: ContainerTrace, list_path: str) -> None:
+        """With ``publish``, the result goes to the image's registry too, in the background (nri_optimizer/publish)."""
+        config = self.config
+        if not config.publish:
+            return
+        if self._publisher is None:
+            self._publisher = Publisher(config.publish, config.publish_insecure, config.publish_attempts,
+                                        metrics=lambda: self.metrics)
+        image = str(trace.image)
+        if self._publisher.wants(image):
+            self._publisher.submit(Job(trace.container_id, image, trace.image.domain, list_path,
+                                       split_name(trace.result.name)[1]))
 
     def _write(self, trace: ContainerTrace, incomplete: str | None) -> tuple[runs.Recorded, int]:
         """In a worker thread: leave out what the container wrote, then put the list into its result as on_repeat
@@ -377,6 +393,8 @@ class Plugin:
                 Journal(self.config.persist_dir).end(cid)
         if self._finishing:
             await asyncio.wait(self._finishing, timeout=DRAIN_TIMEOUT)
+        if self._publisher is not None:
+            await self._publisher.close()
         if self._tracer is not None:
             await self._tracer.close()
         if self._metrics_server is not None:

@@ -26,7 +26,7 @@ from nri_optimizer.errors import ResultError, UsageError
 from nri_optimizer.oci import artifacts
 from nri_optimizer.oci.registry import Registry, host_platform_name
 from nri_optimizer.results import reference
-from nri_optimizer.results.key import ResultKey, result_key
+from nri_optimizer.results.key import ResultKey, result_key, valid_workload
 from nri_optimizer.results.store import read_result
 
 PROG = "nri-optimizer push-list"
@@ -57,12 +57,16 @@ class Local:
         return os.path.join(self.config.persist_dir, self.result.directory, self.result.name)
 
 
+def parse_image(text: str) -> reference.Reference:
+    try:
+        return reference.parse(text)
+    except reference.ReferenceError as exc:
+        raise UsageError(f"IMAGE {text}: {exc}") from None
+
+
 def local(image_text: str, *, workload: str, flags: dict[str, Any]) -> Local:
     """IMAGE, the config (``flags``: config, persist_dir), and IMAGE's result under persist_dir."""
-    try:
-        image = reference.parse(image_text)
-    except reference.ReferenceError as exc:
-        raise UsageError(f"IMAGE {image_text}: {exc}") from None
+    image = parse_image(image_text)
     config = cfg.load_config(dict(flags))
     try:
         result = result_key(image, timeout=config.timeout, workload=workload)
@@ -106,15 +110,20 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if not args.node:
         raise UsageError("--node: a node name must not be empty")
-    here = local(args.image, workload=args.workload, flags=config_flags(args))
-    list_path = os.path.abspath(args.list_file) if args.list_file is not None else here.result_path
+    if args.list_file is not None:  # the config is not needed (the daemon's publish runs this way)
+        image, list_path = parse_image(args.image), os.path.abspath(args.list_file)
+        if args.workload and not valid_workload(args.workload):
+            raise UsageError(f"--workload {args.workload}: not a valid workload name (a label value)")
+    else:
+        here = local(args.image, workload=args.workload, flags=config_flags(args))
+        image, list_path = here.image, here.result_path
     files = _read_files(list_path)  # without a list there is nothing to ask the registry
-    attached_to = subject(here.image, insecure=args.insecure, platform_text=args.platform)
+    attached_to = subject(image, insecure=args.insecure, platform_text=args.platform)
     published = artifacts.push_list(attached_to, files, name=os.path.basename(list_path), node=args.node,
                                     workload=args.workload)
     where = f"{attached_to.registry.domain}/{attached_to.repository}@{published.digest}"
     if published.unchanged:
-        _say(f"{where} is node {args.node}'s newest list of {here.image} there, and it is this list: nothing pushed")
+        _say(f"{where} is node {args.node}'s newest list of {image} there, and it is this list: nothing pushed")
     else:
         _say(f"pushed {list_path} from node {args.node} as {where}, a referrer of {attached_to}")
     print(where)

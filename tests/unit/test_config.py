@@ -42,7 +42,8 @@ def test_defaults_are_upstreams():
          "names, e.g. events = [\"StartContainer\", \"StopContainer\"]"),
         ("persist = \"/x\"", "F: persist: unknown key; remove it, or use one of: persist_dir, readable, server_path, "
          "timeout, overwrite, events, include_exec, unlimited_queue, event_mode, socket, log_level, log_file, mode, namespace_include, namespace_exclude, image_include, "
-         "image_exclude, metrics_address, stall_timeout, on_repeat, merge_window, workload_key"),
+         "image_exclude, metrics_address, stall_timeout, on_repeat, merge_window, workload_key, publish, "
+         "publish_insecure, publish_attempts"),
         ("log_level = \"loud\"", "F: log_level: got 'loud' (string); expected one of debug, info, warning, error, "
          "e.g. log_level = \"info\""),
     ],
