@@ -207,6 +207,13 @@ class ResultSet:
             return None
         return fd
 
+    def _unadopted(self, name: str) -> bool:
+        fd = self._open_unadopted(name)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
     # -- writing ----------------------------------------------------------------------------------------
 
     def commit(self, files: Mapping[str, bytes], carry: Sequence[str] = ()) -> None:
@@ -214,7 +221,7 @@ class ResultSet:
         and ``carry``: names of the current set's files that the new one keeps (hard links: never rewritten)."""
         try:
             previous = self._current()
-            if previous is None and self._open_unadopted(LIST) is not None:
+            if previous is None and self._unadopted(LIST):
                 previous = self._adopt()
             new = self._build(files, carry, previous)
             try:
@@ -297,12 +304,7 @@ class ResultSet:
 
     def _adopt(self) -> str:
         """Move a result that is not in a set (regular files at upstream's names) into one, unchanged."""
-        present = []
-        for suffix in SUFFIXES:
-            fd = self._open_unadopted(LIST + suffix)
-            if fd is not None:
-                os.close(fd)
-                present.append(suffix)
+        present = [suffix for suffix in SUFFIXES if self._unadopted(LIST + suffix)]
         adopted = f"set.{os.urandom(6).hex()}"
         os.mkdir(adopted, DIR_MODE, dir_fd=self._own_fd)
         set_fd = os.open(adopted, _DIR_FLAGS, dir_fd=self._own_fd)

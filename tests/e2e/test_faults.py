@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -134,12 +135,12 @@ def test_full_persist_dir_keeps_the_earlier_result_and_leaves_no_temp_file(make_
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra="overwrite = true\n")
     traced.finish(traced.run(["/bin/cat", "/data/f001"]))
     before = snapshot(traced.results)
+    saved = tmp_path / "saved"
+    shutil.copytree(traced.results, saved, symlinks=True)  # as it is: its names are links into its set
     # Fill the file system holding persist_dir: a tiny tmpfs mounted over it, with the result copied in.
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(traced.results)], check=True)
     try:
-        for name, data in before.items():
-            (traced.results / name).parent.mkdir(parents=True, exist_ok=True)
-            (traced.results / name).write_bytes(data)
+        shutil.copytree(saved, traced.results, symlinks=True, dirs_exist_ok=True)
         filler = traced.results / "filler"
         with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
             while True:

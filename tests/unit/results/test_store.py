@@ -391,3 +391,16 @@ def test_a_writer_killed_after_any_step_leaves_the_previous_set_or_its_own_whole
         assert snapshot(directory) == B
         assert len(os.listdir(directory / f".{NAME}")) == 2, os.listdir(directory / f".{NAME}")
     assert killed >= 8  # a write is that many steps: each was a place to die
+
+
+def test_no_file_descriptor_is_left_open(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    upstream_result(tmp_path, X)
+    write(tmp_path, A, "keep")
+    write(tmp_path, A, "merge")  # adopts upstream's files first
+    read_result(str(tmp_path / NAME))
+    os.unlink(tmp_path / f"{NAME}.csv")
+    (tmp_path / f"{NAME}.csv").mkdir()
+    with pytest.raises(PersistError):
+        write(tmp_path, B)
+    assert len(os.listdir("/proc/self/fd")) == before
