@@ -126,3 +126,19 @@ def test_metrics_addresses_accepted(address):
 ])
 def test_metrics_addresses_refused(address, problem):
     assert cfg.metrics_address_problem(address) == problem
+
+
+def test_the_same_keys_as_flags(tmp_path):
+    from nri_optimizer.cli.daemon import daemon_parser
+
+    config_file = tmp_path / "plugin.conf"
+    config_file.write_text('mode = "all"\nimage_exclude = ["x/*"]\n')
+    argv = ["--config", str(config_file), "--mode", "opt-in", "--namespace-include", "team-*,default",
+            "--image-exclude", "registry.k8s.io/*", "--metrics-address", "127.0.0.1:9464", "--stall-timeout", "5"]
+    config = cfg.load_config(vars(daemon_parser().parse_args(argv)))
+    assert (config.mode, config.namespace_include, config.image_exclude, config.metrics_address,
+            config.stall_timeout) == ("opt-in", ("team-*", "default"), ("registry.k8s.io/*",), "127.0.0.1:9464", 5)
+    with pytest.raises(cfg.ConfigError) as bad:
+        cfg.load_config(vars(daemon_parser().parse_args(["--config", str(config_file), "--image-include", "a[b"])))
+    assert str(bad.value) == ("--image-include: pattern 'a[b' has a '[' without its ']'; expected a list of image "
+                              'name patterns, e.g. image_include = ["registry.example/apps/*"]')
