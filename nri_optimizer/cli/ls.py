@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from nri_optimizer import config as cfg
 from nri_optimizer.errors import MergeInputError
 from nri_optimizer.results.formats import readable_size
+from nri_optimizer.results.key import WORKLOAD_SEPARATOR, split_name
 from nri_optimizer.results.merge import read_run
 
 INCOMPLETE_MARK = b"# incomplete: "  # the first line of a list the kernel lost events of (results.formats)
@@ -22,6 +23,7 @@ COMPANIONS = (".csv", ".json")  # written beside each list
 @dataclass(frozen=True)
 class Recorded:
     image: str  # the list's path under persist_dir: the repository path and name:tag, as upstream names it
+    workload: str | None  # whose own list it is (the daemon's workload_key; "+<workload>" in its name), or None
     path: str
     files: int
     bytes: int | None  # the listed files' sizes added up; None when the CSV beside gives none (readable = true)
@@ -36,12 +38,14 @@ def main(argv: Sequence[str]) -> int:
         "the list is complete.",
     )
     parser.add_argument("--json", action="store_true", help="one JSON array of objects instead of a table")
+    parser.add_argument("--workload", help="only this workload's lists (the daemon's workload_key)")
     parser.add_argument("--persist-dir", dest="persist_dir", help="where the lists are (default: from the config)")
     parser.add_argument("--config", help=f"TOML config file (default: {cfg.DEFAULT_CONFIG_FILE} if it exists)")
     args = parser.parse_args(argv)
     flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir") and value}
     persist_dir = cfg.load_config(flags).persist_dir
-    found = sorted(recorded(persist_dir), key=lambda r: r.image)
+    found = sorted((r for r in recorded(persist_dir) if args.workload in (None, r.workload)),
+                   key=lambda r: (r.image, r.workload or ""))
     if args.json:
         json.dump([asdict(r) for r in found], sys.stdout, indent=2)
         print()
@@ -73,8 +77,10 @@ def describe(persist_dir: str, path: str) -> Recorded:
     incomplete = first[len(INCOMPLETE_MARK) :].decode("utf-8", "replace").strip() if first.startswith(
         INCOMPLETE_MARK) else None
     when = datetime.datetime.fromtimestamp(os.stat(path).st_mtime, datetime.UTC)
+    image, workload = split_name(os.path.relpath(path, persist_dir))
     return Recorded(
-        image=os.path.relpath(path, persist_dir),
+        image=image,
+        workload=workload or None,
         path=path,
         files=len(run.entries),
         bytes=sum(entry.size for entry in run.entries) if run.detailed else None,
@@ -87,7 +93,8 @@ def print_table(found: Sequence[Recorded]) -> None:
     rows = [("IMAGE", "FILES", "BYTES", "RECORDED (UTC)", "COMPLETE")]
     for r in found:
         size = "-" if r.bytes is None else readable_size(r.bytes)
-        rows.append((r.image, str(r.files), size, r.recorded.replace("T", " ").rstrip("Z"),
+        name = r.image + (WORKLOAD_SEPARATOR + r.workload if r.workload else "")
+        rows.append((name, str(r.files), size, r.recorded.replace("T", " ").rstrip("Z"),
                      "yes" if r.incomplete is None else f"no: {r.incomplete}"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
