@@ -10,7 +10,8 @@
     ├── ResultError                 results: a list could not be written or read
     │   ├── PersistError                results.store: persist_dir is unusable, a write failed
     │   ├── MergeInputError             results.merge: an input list is unreadable or malformed
-    │   └── ReferenceError              results.reference: an image reference does not parse
+    │   └── ReferenceError              results.reference, results.key: an image reference (or a workload name)
+    │                                       does not make a result name
     ├── CriError                    cri.client: the container runtime refused a request or is unreachable
     ├── RegistryError               oci.registry: a registry refused a request, or sent what we cannot use
     │   ├── RegistryUnreachable         no answer at all (connection refused, DNS, TLS, timeout)
@@ -80,7 +81,8 @@ class MergeInputError(ResultError):
 
 
 class ReferenceError(ResultError, ValueError):
-    """An image reference does not parse; a ValueError too, as a bad argument is."""
+    """An image reference does not parse, or with a workload name makes no result name; a ValueError too, as a bad
+    argument is."""
 
 
 class CriError(OptimizerError):
