@@ -2,7 +2,7 @@
 schema's index) and go-containerregistry's registry with the OCI 1.1 referrers API (testbed/go/referrers-registry).
 
 Nodes are persist dirs; each pushes its result with ``nri-optimizer push-list`` as a user would, another pulls with
-``pull-list`` and gets the exact merge. Bad input — a foreign artifact, one of our type that is no list, a corrupt
+``pull-list`` and gets the exact merge; and the daemon's ``publish`` on a real containerd (2.1 and 1.7). Bad input — a foreign artifact, one of our type that is no list, a corrupt
 blob, an unreachable registry — is one line on stderr and leaves every result as it was.
 """
 
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +33,8 @@ from nri_optimizer.results.key import result_key
 from testbed import TestbedError, toolchain
 from testbed.images import build_image
 from testbed.registry import LocalRegistry, ReferrersRegistry, push_layout, registry_binary
-from testbed.tracing import result_set
+from testbed.tracing import result_set, start_traced, workload_files
+from tests.e2e.test_metrics import scrape
 
 KINDS = ["docker-registry", "referrers-api"]
 IMAGE_FILES = {f"/app/{name}": f"{name}\n".encode() for name in "abcde"}
@@ -372,3 +376,65 @@ def test_convert_from_registry_builds_with_the_merged_list(bed: Bed) -> None:
     assert result_set(bed.node("builder") / "app:v1") == MERGED
     assert "prefetch table of 5 files" in done.stderr, done.stderr
     assert done.stdout.startswith(f"{bed.address}/app@sha256:")
+
+
+# --- the daemon's publish, on a real containerd ---------------------------------------------------------------------
+
+
+def test_the_daemon_publishes_its_lists_and_a_registry_outage_costs_nothing(make_containerd, flavour: str,
+                                                                             tmp_path: Path) -> None:
+    """publish on: a traced container's list lands beside its image, exactly as written; with the registry gone, the
+    next list is written all the same, its publish tried publish_attempts times in the background and given up,
+    and containers start as before meanwhile. The metrics say so."""
+    registry = LocalRegistry(registry_binary())
+    with registry:
+        first, second = f"{registry.address}/workload:1", f"{registry.address}/workload:2"
+        # Two images, not one under two names: CRI would name a container of either by the first.
+        tarballs = {image: build_image(image, tmp_path / f"{image.rpartition(':')[2]}.tar",
+                                       workload_files() | {"/version": image.encode()}, entrypoint=["/bin/sh"])
+                    for image in (first, second)}
+        push_layout(tarballs[first], registry.client(), "workload", "1")
+        metrics = tmp_path / "metrics.sock"
+        traced = start_traced(make_containerd, flavour, tmp_path, tarballs[first], extra=(
+            f'publish = ["{registry.address}/*"]\npublish_insecure = ["{registry.address}"]\npublish_attempts = 2\n'
+            f'metrics_address = "{metrics}"\n'))
+        traced.bed.ctd.import_image(tarballs[second])
+
+        run = traced.run(["/bin/cat", "/data/f001", "/data/f002"], image=first)
+        assert "recorded 3 files" in traced.finish(run)
+        (published,) = traced.log.wait_for(rf"{run.container_id} published the list of {re.escape(first)}: pushed ",
+                                           timeout=60)
+        local = traced.result_path(first)
+        assert result_set(local) == ["/bin/busybox", "/data/f001", "/data/f002"]
+        pulled = tmp_path / "pulled"
+        done = subprocess.run([sys.executable, "-m", "nri_optimizer", "pull-list", first, "--insecure", "-o",
+                               str(pulled)], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        for suffix in ("", ".csv", ".json"):
+            assert Path(f"{pulled}{suffix}").read_bytes() == Path(f"{local}{suffix}").read_bytes()
+        subject = artifacts.resolve(registry.client(), "workload", "1")
+        (listed,) = registry.client().referrers("workload", subject.digest, artifacts.ARTIFACT_TYPE)
+        node = os.environ.get("NODE_NAME") or socket.gethostname()
+        assert listed["annotations"][artifacts.NODE] == node
+        assert published.endswith(f"pushed {local} from node {node} as {registry.address}/workload@{listed['digest']}"
+                                  f", a referrer of {subject}"), published
+
+    # The registry is gone (closed above): the next list is written, and its publish given up after two tries.
+    run = traced.run(["/bin/cat", "/data/f003"], image=second)
+    assert "recorded 2 files" in traced.finish(run)
+    assert result_set(traced.result_path(second)) == ["/bin/busybox", "/data/f003"]
+    (retry,) = traced.log.wait_for(rf"{run.container_id} publishing the list of {re.escape(second)} failed \(try 1 of "
+                                   r"2\): cannot reach registry ", timeout=30)
+    assert retry.endswith("; trying again in 2 s"), retry
+    began = time.monotonic()
+    meanwhile = traced.run(["echo", "started"], image=first)  # while the publish waits to try again
+    assert meanwhile.log_lines() == ["started"] and time.monotonic() - began < 5
+    (gave_up,) = traced.log.wait_for(rf"{run.container_id} gave up publishing the list of {re.escape(second)} after "
+                                     "2 tries: cannot reach registry ", timeout=30)
+    assert gave_up.endswith(f"; it stays in {traced.result_path(second)} (nri-optimizer push-list {second} --list "
+                            f"{traced.result_path(second)} publishes it)"), gave_up
+    assert result_set(traced.result_path(second)) == ["/bin/busybox", "/data/f003"]
+    counted = scrape(str(metrics))
+    assert counted["nri_optimizer_lists_published_total"] == 1
+    assert counted["nri_optimizer_list_publish_retries_total"] == 1
+    assert counted['nri_optimizer_list_publish_failures_total{reason="attempts"}'] == 1
