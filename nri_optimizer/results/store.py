@@ -75,6 +75,15 @@ def _open_dir(persist_dir: str, components: Iterable[str]) -> int:
         raise
 
 
+def _exists(path: str, dir_fd: int | None = None) -> bool:
+    """Whether a name is there (as a link, even one that resolves to nothing yet)."""
+    try:
+        os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _check_name(name: str) -> None:
     if name in ("", ".", "..") or "/" in name or "\0" in name:
         raise PersistError(f"refusing path component {name!r}")
@@ -183,6 +192,10 @@ class ResultSet:
             os.close(fd)
 
     def _current(self) -> str | None:
+        """The current set; None when there is none, or when upstream's name for the list is gone: deleting the
+        list is how a user forgets a result, whatever is left beside it (the next write clears that)."""
+        if not _exists(self.name, self._dir_fd):
+            return None
         try:
             target = os.readlink(CURRENT, dir_fd=self._own_fd)
         except FileNotFoundError:
@@ -350,6 +363,8 @@ def read_result(list_path: str, suffixes: Sequence[str] = SUFFIXES, *, limit: in
 
 def _read_set_once(directory: str, name: str, suffixes: Sequence[str], limit: int | None) -> dict[str, bytes] | None:
     """None when the set read was replaced meanwhile."""
+    if not _exists(os.path.join(directory, name)):
+        return {}  # no list: no result (ResultSet._current)
     try:
         own_fd = os.open(os.path.join(directory, "." + name), _DIR_FLAGS)
     except (FileNotFoundError, NotADirectoryError):

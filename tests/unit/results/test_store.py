@@ -161,9 +161,10 @@ def test_a_symlink_at_a_name_is_replaced_never_followed(tmp_path: Path, planted:
     victim = tmp_path / "victim"
     victim.write_text("keep")
     (tmp_path / "r").mkdir()
-    if planted.startswith("/"):  # the set's own pointer, planted before the first write
+    if planted.startswith("/"):  # the set's own pointer, planted beside a list
         (tmp_path / "r" / f".{NAME}").mkdir()
         (tmp_path / "r" / f".{NAME}" / "current").symlink_to(victim)
+        (tmp_path / "r" / NAME).symlink_to(f".{NAME}/current/list")
         with pytest.raises(PersistError, match=r"points to .*, which is not a set"):
             write(tmp_path / "r", ["/x"])
     else:
@@ -404,3 +405,15 @@ def test_no_file_descriptor_is_left_open(tmp_path: Path) -> None:
     with pytest.raises(PersistError):
         write(tmp_path, B)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("on_repeat", ["keep", "merge"])
+def test_deleting_the_list_forgets_the_result(tmp_path: Path, on_repeat: OnRepeat) -> None:
+    write(tmp_path, X, on_repeat)
+    for suffix in ("", ".csv", ".json"):
+        os.unlink(tmp_path / f"{NAME}{suffix}")  # rm app:1*: the set beside is left
+    assert read_result(str(tmp_path / NAME)) == {}
+    recorded = write(tmp_path, A, on_repeat)
+    assert (recorded.unwritten, recorded.runs) == (None, 1)  # written afresh: no earlier run merged
+    assert snapshot(tmp_path) == A
+    assert len([n for n in os.listdir(tmp_path / f".{NAME}") if n.startswith("set.")]) == 1
