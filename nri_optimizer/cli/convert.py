@@ -80,9 +80,10 @@ def read_list(path: Path) -> RecordedList:
     return RecordedList(path, paths, incomplete)
 
 
-def default_list(persist_dir: str, source: str, workload: str = "") -> str:
-    """Where the plugin saved the list for ``source`` (of ``workload``, with a workload key; see results.key)."""
-    result = result_key(reference.parse(source), workload=workload)
+def default_list(persist_dir: str, source: str, workload: str = "", timeout: int = 0) -> str:
+    """Where the plugin saved the list for ``source`` (of ``workload``, with a workload key; traced ``timeout``
+    seconds; see results.key)."""
+    result = result_key(reference.parse(source), timeout=timeout, workload=workload)
     return os.path.join(persist_dir, result.directory, result.name)
 
 
@@ -184,7 +185,8 @@ def _list_file(args: argparse.Namespace) -> str:
     if args.list_file is not None:
         return str(args.list_file)
     flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir")}
-    found = default_list(cfg.load_config(flags).persist_dir, args.source, args.workload)
+    config = cfg.load_config(flags)
+    found = default_list(config.persist_dir, args.source, args.workload, config.timeout)
     if not os.path.isfile(found):
         raise UsageError(f"no recorded list at {found}; record one first (nri-optimizer profile {args.source}) "
                          "or pass --list")

@@ -45,8 +45,9 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError(str(exc)) from None
     if args.image is not None:
         flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir")}
-        persist_dir = cfg.load_config(flags).persist_dir
-        result = result_key(reference.parse(args.image), workload=args.workload)
+        config = cfg.load_config(flags)
+        persist_dir = config.persist_dir
+        result = result_key(reference.parse(args.image), timeout=config.timeout, workload=args.workload)
     else:
         persist_dir, name = os.path.split(os.path.abspath(args.output))
         result = ResultKey("", name)

@@ -154,7 +154,7 @@ class ResultSet:
         self._close()
 
     def _close(self) -> None:
-        for fd in (self._own_fd, self._dir_fd):  # closing the directory's fd releases the lock
+        for fd in (self._own_fd, self._dir_fd):  # closing .R's fd releases the lock
             if fd >= 0:
                 os.close(fd)
         self._own_fd = self._dir_fd = -1

@@ -148,3 +148,14 @@ def test_with_a_workload_it_takes_that_workloads_list(recorded, tmp_path):
                       "--config", os.devnull)
     assert missing.returncode == 2
     assert missing.stderr.startswith(f"nri-optimizer convert: no recorded list at {recorded}/library/nginx:latest+api;")
+
+
+def test_with_a_timeout_in_the_config_it_takes_the_list_the_daemon_named_so(recorded, tmp_path):
+    (recorded / "library" / "nginx:latest.timeout60s").write_text("/usr/sbin/nginx\n")
+    conf = tmp_path / "timeout.conf"
+    conf.write_text("timeout = 60\n")
+    fake = stub(tmp_path, "nydusify", f"cat > {tmp_path}/stdin")
+    result = convert("--source", "nginx", "--target", "t", "--persist-dir", str(recorded), "--config", str(conf),
+                     env={"PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "stdin").read_text() == "/usr/sbin/nginx\n"
