@@ -32,10 +32,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from nri_optimizer.nydus import tool as nydus_tool
 from testbed import TestbedError, debs, nydus, registry
@@ -149,11 +151,11 @@ def _installed_once(name: str, root: Path, binaries: Sequence[str], build: Build
         try:
             started = time.monotonic()
             build(staging, cache, root.with_name(f"{root.name}.build.log"), say)
-            seconds = time.monotonic() - started
+            seconds = round(time.monotonic() - started, 1)
             missing = [b for b in binaries if not (staging / "bin" / b).is_file()]
             if missing:
                 raise TestbedError(f"{name}: the build finished without {', '.join(missing)}")
-            (staging / BUILD_RECORD).write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+            (staging / BUILD_RECORD).write_text(json.dumps({"seconds": seconds}) + "\n")
             if root.exists():  # an incomplete earlier install: replaced whole
                 shutil.rmtree(root)
             os.rename(staging, root)
@@ -212,26 +214,41 @@ def _go_env(cache: Path, **extra: str) -> dict[str, str]:
                 GOFLAGS="-modcacherw", GOTOOLCHAIN="local") | extra
 
 
+@dataclass
+class _Progress:
+    done: int = 0  # steps done so far (cargo: crates compiled)
+    last: str = ""  # the build's last line
+
+
 def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, name: str, say: Callable[[str], None],
                 counts: tuple[str, str] | None) -> None:
-    """Run a long build with its output in `log_path`, saying every PROGRESS_EVERY s how far it got; a failure
-    is a TestbedError with the log's tail. The log is removed after a success."""
+    """Run a long build with its output in `log_path`, saying every PROGRESS_EVERY s how far it got (a steady
+    beat: one crate can take minutes); a failure is a TestbedError with the log's tail. The log is removed after a
+    success. `counts`: (the line prefix of a step done, what to call the steps)."""
     started = time.monotonic()
-    last_said = started
-    done = 0
+    progress = _Progress()
+
+    def read(stream: IO[str], log: IO[str]) -> None:
+        for line in stream:
+            log.write(line)
+            if counts is not None and line.lstrip().startswith(counts[0]):
+                progress.done += 1
+            progress.last = line.strip()[:80]
+
     with tempfile.TemporaryDirectory(prefix="nriopt-build-") as cwd, open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if counts is not None and line.lstrip().startswith(counts[0]):
-                done += 1
-            if (now := time.monotonic()) - last_said >= PROGRESS_EVERY:
-                so_far = f"{done} {counts[1]}, " if counts is not None else ""
-                say(f"{name}: {so_far}{_minutes(now - started)} so far ({line.strip()[:80]})")
-                last_said = now
-        status = proc.wait()
+        reader = threading.Thread(target=read, args=(proc.stdout, log), daemon=True)
+        reader.start()
+        while True:
+            try:
+                status = proc.wait(PROGRESS_EVERY)
+                break
+            except subprocess.TimeoutExpired:
+                so_far = f"{progress.done} {counts[1]}, " if counts is not None else ""
+                say(f"{name}: {so_far}{_minutes(time.monotonic() - started)} so far ({progress.last})")
+        reader.join()
     if status != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-_LOG_TAIL:])
         raise TestbedError(f"{shlex.join(argv)} failed (exit status {status}); full log in {log_path}:\n{tail}")
