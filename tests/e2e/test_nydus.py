@@ -10,9 +10,10 @@ What is checked:
 (a) the container's output, in every mode;
 (b) the pushed image's prefetch table (``nydus-image inspect -R prefetch`` of the bootstrap pulled back from the
     registry) is the recorded list, in its order;
-(c) nydusd's metrics: with the list it prefetches exactly the listed files' chunks and reads nothing else from the
-    registry; prefetch-all reads every blob whole; with prefetch off nothing is prefetched. The pull itself is lazy:
-    containerd's content store never holds a data blob.
+(c) nydusd's metrics, once its prefetch is done and before the workload starts, then after it: with the list nydusd
+    prefetches exactly the listed files' chunks and the workload then reads nothing more from the registry;
+    prefetch-all reads every blob whole; with prefetch off nothing is prefetched and the workload's reads fetch the
+    listed files' chunks on demand. The pull itself is lazy: containerd's content store never holds a data blob.
 """
 
 from __future__ import annotations
@@ -118,8 +119,11 @@ class Metrics:
     prefetch_requests: int
 
 
-def settled_metrics(snapshotter: nydus.NydusSnapshotter, reference: str, timeout: float = 60.0) -> Metrics:
-    """nydusd's metrics once its reads have stopped (prefetch runs in the background, after the mount)."""
+def settled_metrics(snapshotter: nydus.NydusSnapshotter, reference: str, at_least: int = 0,
+                    timeout: float = 60.0) -> Metrics:
+    """nydusd's metrics once it has read `at_least` bytes from the registry and its reads have stopped for a second
+    (prefetch runs in the background from the mount on; nydusd has no "prefetch done" to ask for: its
+    prefetch_end_time is set while it still reads)."""
     deadline = time.monotonic() + timeout
     last: Metrics | None = None
     while True:
@@ -127,7 +131,7 @@ def settled_metrics(snapshotter: nydus.NydusSnapshotter, reference: str, timeout
                                       for what in ("backend", "blobcache"))
         now = Metrics(int(backend["read_amount_total"]), int(blobcache["prefetch_data_amount"]),
                       int(blobcache["prefetch_requests_count"]))
-        if now == last:
+        if now == last and now.registry_bytes >= at_least:
             return now
         if time.monotonic() > deadline:
             raise AssertionError(f"nydusd still reading after {timeout} s: {now}")
@@ -144,23 +148,27 @@ def content_digests(ctd: Containerd) -> set[str]:
 @dataclass(frozen=True)
 class LazyRun:
     output: list[str]
-    metrics: Metrics
     content: set[str]  # containerd's content store right after the pull
+    before: Metrics  # nydusd's, once its prefetch is done and before the workload starts
+    after: Metrics  # once the workload has run
 
 
 def run_lazily(cri: HandlerCri, ctd: Containerd, snapshotter: nydus.NydusSnapshotter, reference: str,
-               logs: Path) -> LazyRun:
-    """Pull, run to its end and measure `reference` on `snapshotter`'s handler; then remove it all."""
+               logs: Path, prefetched: int) -> LazyRun:
+    """Pull `reference` on `snapshotter`'s handler, create its container (nydusd mounts the image and starts its
+    prefetch), wait for nydusd to have read `prefetched` bytes and stopped, then run the workload to its end; then
+    remove it all. The workload starting after the prefetch keeps the two from fetching a chunk both."""
     cri.pull_image_on(snapshotter.name, reference, timeout=120)
     content = content_digests(ctd)
     logs.mkdir()
     pod = cri.run_pod_on(snapshotter.name, logs.name, cgroup_parent=ctd.cgroup_parent, log_directory=str(logs))
     container = cri.create_container(pod, logs.name, reference)
     try:
+        before = settled_metrics(snapshotter, reference, prefetched)
         cri.start_container(container)
         Testbed(ctd).wait_exited(container, 60)
-        metrics = settled_metrics(snapshotter, reference)
-        return LazyRun(read_log(logs / f"{logs.name}.log"), metrics, content)
+        after = settled_metrics(snapshotter, reference)
+        return LazyRun(read_log(logs / f"{logs.name}.log"), content, before, after)
     finally:
         cri.remove_container(container)
         cri.stop_pod(pod.id)
@@ -226,27 +234,31 @@ def test_the_recorded_list_is_the_prefetch_table_and_what_nydusd_prefetches(
         cri = HandlerCri(ctd.address)
         stack.callback(cri.close)
         runs = {mode: run_lazily(cri, ctd, snapshotters[mode], f"{registry.address}/{REPOSITORY}:nydus-{mode}",
-                                 tmp_path / f"logs-{mode}")
+                                 tmp_path / f"logs-{mode}", {"off": 0, "all": blob_bytes, "list": listed_bytes}[mode])
                 for mode in nydus.PREFETCH_MODES}
-    figures = {mode: run.metrics for mode, run in runs.items()}
+    figures = {mode: (run.before, run.after) for mode, run in runs.items()}
     print(f"containerd {flavour}: listed chunks {listed_bytes} B, blobs {blob_bytes} B (chunk tables "
-          f"{blob_tables} B), nydusd: {figures}")
+          f"{blob_tables} B), nydusd before / after the workload: {figures}")
     for mode, lazy in runs.items():
         assert lazy.output == OUTPUT, mode
         # Lazy: the pull fetched the bootstrap layer, not one data blob.
         assert bootstrap_digest in lazy.content and not lazy.content & {blob["digest"] for blob in blobs}, mode
-    off, every, listed = figures["off"], figures["all"], figures["list"]
-    assert (off.prefetch_bytes, off.prefetch_requests) == (0, 0)
-    # With the list nydusd prefetches exactly the listed files' chunks; since they are all the workload reads, the
-    # registry then gives it the same bytes as reading on demand does (those chunks and each blob's chunk table),
-    # only earlier.
-    assert listed.prefetch_requests > 0
-    assert listed.prefetch_bytes == listed_bytes
-    assert listed.registry_bytes == off.registry_bytes
-    assert listed_bytes < listed.registry_bytes < listed_bytes + blob_tables + 4096
-    # Prefetch-all reads every blob whole: 13 times the list's bytes here.
-    assert every.registry_bytes == blob_bytes > 10 * listed.registry_bytes
-
+    off, every, listed = runs["off"], runs["all"], runs["list"]
+    # To mount the image nydusd reads each blob's chunk table and table of contents from the registry, nothing else.
+    mounting = off.before.registry_bytes
+    assert 0 < mounting < blob_tables + 4096
+    # Off: nothing prefetched; the workload's reads fetch exactly the listed files' chunks, on demand.
+    assert (off.after.prefetch_bytes, off.after.prefetch_requests) == (0, 0)
+    assert off.after.registry_bytes == mounting + listed_bytes
+    # The list: before the workload starts, nydusd has prefetched exactly the listed files' chunks, and the workload
+    # then reads nothing more from the registry: the list is what it needs, and all of it was there first.
+    assert listed.before.prefetch_requests > 0
+    assert listed.before.prefetch_bytes == listed_bytes
+    assert listed.before.registry_bytes == mounting + listed_bytes
+    assert listed.after == listed.before
+    # Prefetch-all reads every blob whole, 13 times the list's bytes here.
+    assert every.before.registry_bytes == blob_bytes > 10 * listed.after.registry_bytes
+    assert every.after == every.before
 
 # --- what convert makes of odd lists, against the real registry and nydus-image ------------------------------------
 
