@@ -8,8 +8,9 @@
 - docker-registry: Debian bookworm's (testbed.registry.registry_binary);
 - referrers-registry: a registry with the OCI 1.1 referrers API, our own main (testbed/go/referrers-registry) on
   go-containerregistry's ``pkg/registry`` (its referrers option on), ``go build`` with the modules from the Go module
-  proxy, into ``<cache>/tools/referrers-registry-<hash of its source>/bin``. No released registry the proxy serves
-  answers the referrers API: docker-registry 2.8, distribution v3.1.2 and ``crane registry serve`` answer 404.
+  proxy, into ``<cache>/tools/referrers-registry-<hash of its source>/bin`` (about 90 s the first time). The registries
+  that install by name here answer 404 to the referrers API (docker-registry 2.8, distribution v3.1.2, ``crane
+  registry serve``), and zot and olareg are not on the proxy (docs/NYDUS.md).
 
 Each is installed once; after that it is found in the cache without any network. nydusify has no entry: the Go
 module proxy refuses every nydusify module path and version (HTTP 403), so ``nri-optimizer convert`` builds nydus
