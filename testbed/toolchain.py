@@ -10,7 +10,7 @@
   go-containerregistry's ``pkg/registry`` (its referrers option on), ``go build`` with the modules from the Go module
   proxy, into ``<cache>/tools/referrers-registry-<hash of its source>/bin`` (about 90 s the first time). The registries
   that install by name here answer 404 to the referrers API (docker-registry 2.8, distribution v3.1.2, ``crane
-  registry serve``), and zot and olareg are not on the proxy (docs/NYDUS.md).
+  registry serve``), and zot and olareg are not on the proxy (as verified when this was written).
 
 Each is installed once; after that it is found in the cache without any network. nydusify has no entry: the Go
 module proxy refuses every nydusify module path and version (HTTP 403), so ``nri-optimizer convert`` builds nydus
