@@ -39,9 +39,11 @@ class LocalRegistry:
     name = "docker-registry"
     listening = _LISTENING  # the log line that says where it listens
 
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, *, htpasswd: str | None = None) -> None:
+        """`htpasswd`: the text of a password file (user:bcrypt hash lines): the registry asks for Basic credentials."""
         self.dir = Path(tempfile.mkdtemp(prefix="nriopt-registry-"))
         self._binary = binary
+        self._htpasswd = htpasswd
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -52,6 +54,9 @@ class LocalRegistry:
             "storage": {"filesystem": {"rootdirectory": str(self.dir / "data")}, "delete": {"enabled": True}},
             "http": {"addr": "127.0.0.1:0", "secret": "nri-optimizer-testbed"},
         }
+        if self._htpasswd is not None:
+            (self.dir / "htpasswd").write_text(self._htpasswd)
+            config["auth"] = {"htpasswd": {"realm": "testbed", "path": str(self.dir / "htpasswd")}}
         # YAML is a superset of JSON: no YAML writer needed.
         (self.dir / "config.yml").write_text(json.dumps(config))
         return [str(self._binary), "serve", str(self.dir / "config.yml")]
@@ -64,8 +69,8 @@ class LocalRegistry:
     def url(self) -> str:
         return f"http://{self.address}"
 
-    def client(self) -> Registry:
-        return Registry(self.address, insecure=True)
+    def client(self, docker_config: Path | None = None) -> Registry:
+        return Registry(self.address, insecure=True, docker_config=docker_config)
 
     def blob_file(self, digest: str) -> Path:
         """Where the registry keeps a blob's bytes (for a test to corrupt)."""

@@ -8,6 +8,7 @@ blob, an unreachable registry — is one line on stderr and leaves every result 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from nri_optimizer.oci import artifacts
@@ -63,12 +65,20 @@ class Bed:
         name = f"{self.address}/{repository}:{tag}"
         tarball = build_image(name, self.tmp / "images" / f"{repository}-{tag}.tar", IMAGE_FILES | (extra or {}),
                               entrypoint=["/bin/sh"])
-        push_layout(tarball, self.registry.client(), repository, tag)
+        push_layout(tarball, self.client(), repository, tag)
         return name
+
+    @property
+    def docker_config(self) -> Path:
+        """The Docker config the commands read (DOCKER_CONFIG): none unless a test writes one."""
+        return self.tmp / "docker" / "config.json"
+
+    def client(self) -> Registry:
+        return self.registry.client(self.docker_config if self.docker_config.exists() else None)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {key: value for key, value in os.environ.items() if key != "NODE_NAME"}
-        env["DOCKER_CONFIG"] = str(self.tmp / "docker")  # no credentials: not root's own
+        env["DOCKER_CONFIG"] = str(self.docker_config.parent)  # not root's own
         return subprocess.run([sys.executable, "-m", "nri_optimizer", *args], capture_output=True, text=True,
                               env=env, timeout=120, check=False)
 
@@ -313,6 +323,34 @@ def test_an_unreachable_registry_is_one_line_and_keeps_the_lists(bed: Bed) -> No
         assert message.startswith(f"cannot reach registry {bed.address}: "), message
         assert "Connection refused" in message, message
     assert {node: snapshot(bed.node(node)) for node in ("node-a", "node-c")} == before
+
+
+def test_credentials_come_from_the_docker_config(tmp_path: Path) -> None:
+    """docker-registry asking for Basic credentials (htpasswd): push-list and pull-list send those of the Docker config
+    in DOCKER_CONFIG; without them, or with a wrong password, the registry's refusal is one line."""
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    with LocalRegistry(registry_binary(), htpasswd=f"alice:{hashed}\n") as registry:
+        bed = Bed("docker-registry", registry, tmp_path)
+
+        def use(password: str) -> None:
+            bed.docker_config.parent.mkdir(exist_ok=True)
+            auth = base64.b64encode(f"alice:{password}".encode()).decode()
+            bed.docker_config.write_text(json.dumps({"auths": {registry.address: {"auth": auth}}}))
+
+        use("secret")
+        image = bed.image()
+        bed.record("node-a", image, NODE_A)
+        bed.push("node-a", image)
+        done = bed.pull("node-c", image, "--merge")
+        assert done.returncode == 0, done.stderr
+        assert result_set(bed.node("node-c") / "app:v1") == [e.path.decode() for e in NODE_A]
+        before = snapshot(bed.node("node-c"))
+        use("wrong")
+        refusal = f"GET http://{registry.address}/v2/app/manifests/v1: HTTP 401 UNAUTHORIZED: authentication required"
+        assert one_line_error(bed.pull("node-c", image, "--merge"), "pull-list") == refusal
+        bed.docker_config.unlink()
+        assert one_line_error(bed.pull("node-c", image, "--merge"), "pull-list") == refusal
+        assert snapshot(bed.node("node-c")) == before
 
 
 def test_what_is_missing_is_said_in_one_line(bed: Bed) -> None:
