@@ -45,9 +45,9 @@ NYDUSD_BINARY = "nydusd"
 SNAPSHOTTER_SUITE = "sid"  # nydus-snapshotter 0.13.4 is packaged there only
 
 
-def snapshotter_name(mode: PrefetchMode) -> str:
+def snapshotter_name(mode: PrefetchMode, *, access_pattern: bool = False) -> str:
     """The proxy plugin's (and runtime handler's) name in containerd."""
-    return f"nydus-{mode}"
+    return f"nydus-{mode}-pattern" if access_pattern else f"nydus-{mode}"
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,22 @@ class Layout:
         return self.base / "nydusd"
 
 
-def nydusd_wrapper(nydusd: Path) -> str:
+def nydusd_wrapper(nydusd: Path, *, access_pattern: bool = False) -> str:
     """The nydusd the snapshotter runs: the real one with ``--rlimit-nofile 0`` after the subcommand (``fuse``,
     ``singleton``). nydusd raises RLIMIT_NOFILE to 1,000,000 at start unless told not to, and exits with
-    PermissionDenied where root lacks CAP_SYS_RESOURCE (some VMs); the snapshotter has no setting for it."""
-    return f'#!/bin/sh\nsubcommand="$1"\nshift\nexec {shlex.quote(str(nydusd))} "$subcommand" --rlimit-nofile 0 "$@"\n'
+    PermissionDenied where root lacks CAP_SYS_RESOURCE (some VMs); the snapshotter has no setting for it.
+
+    With `access_pattern`, ``"access_pattern": true`` goes into the config nydusd is given (``--config``; the
+    snapshotter writes it as one line of JSON): nydusd then records which files are read, and when first
+    (``/api/v1/metrics/pattern``). The snapshotter re-serialises its template through a struct that has no such
+    field, so the template cannot carry it."""
+    patch = ""
+    if access_pattern:
+        patch = ('previous=\nfor arg in "$@"; do\n'
+                 '  [ "$previous" = --config ] && sed -i \'1s/^{/{"access_pattern":true,/\' "$arg"\n'
+                 '  previous="$arg"\ndone\n')
+    return (f'#!/bin/sh\nsubcommand="$1"\nshift\n{patch}'
+            f'exec {shlex.quote(str(nydusd))} "$subcommand" --rlimit-nofile 0 "$@"\n')
 
 
 def snapshotter_config(layout: Layout, nydusd: Path, *, log_level: str = "info") -> str:
@@ -179,17 +190,18 @@ class NydusSnapshotter:
     """
 
     def __init__(self, binary: Path, nydusd: Path, mode: PrefetchMode, backend: Backend, *,
-                 threads: int = 4, start_timeout: float = 15.0, log_level: str = "info") -> None:
+                 threads: int = 4, start_timeout: float = 15.0, log_level: str = "info",
+                 access_pattern: bool = False) -> None:
         self.binary = binary
         self.nydusd = nydusd
         self.mode = mode
-        self.name = snapshotter_name(mode)
+        self.name = snapshotter_name(mode, access_pattern=access_pattern)
         self.start_timeout = start_timeout
         # /tmp keeps nydusd's API sockets (<root>/socket/<id>/api.sock) well under the 108-byte sun_path limit.
         self.dir = Path(tempfile.mkdtemp(prefix=f"nriopt-nydus-{mode}-", dir="/tmp"))
         self.layout = Layout(self.dir)
         self.layout.cache.mkdir()
-        self.layout.nydusd_wrapper.write_text(nydusd_wrapper(nydusd))
+        self.layout.nydusd_wrapper.write_text(nydusd_wrapper(nydusd, access_pattern=access_pattern))
         self.layout.nydusd_wrapper.chmod(0o755)
         self.layout.config.write_text(snapshotter_config(self.layout, self.layout.nydusd_wrapper,
                                                          log_level=log_level))
@@ -202,6 +214,11 @@ class NydusSnapshotter:
     @property
     def address(self) -> Path:
         return self.layout.address
+
+    @property
+    def system_address(self) -> Path:
+        """Its system controller's socket (daemons, the runtime list's ``PUT /api/v1/prefetch``)."""
+        return self.layout.system_address
 
     @property
     def pid(self) -> int | None:
@@ -296,12 +313,16 @@ class NydusSnapshotter:
         """What each nydusd serving `reference` answers to GET `path` on its API socket (e.g.
         ``/api/v1/metrics/blobcache``: ``prefetch_data_amount``, ``prefetch_requests_count``); one answer per
         daemon (dedicated mode: one per image), none when no daemon serves it."""
-        answers = []
+        return [_get_json(socket, path) for socket in self.api_sockets(reference)]
+
+    def api_sockets(self, reference: str) -> list[Path]:
+        """The API sockets of the nydusd daemons serving `reference` (dedicated mode: one)."""
+        sockets = []
         for daemon in self.daemons():
             images = {str(i.get("image_id", "")) for i in (daemon.get("instances") or {}).values()}
             if _same_image(reference, images):
-                answers.append(_get_json(self.layout.root / "socket" / str(daemon["id"]) / "api.sock", path))
-        return answers
+                sockets.append(self.layout.root / "socket" / str(daemon["id"]) / "api.sock")
+        return sockets
 
     def clear_cache(self) -> None:
         """Drop nydusd's blob cache, so the next repetition fetches from the registry again."""

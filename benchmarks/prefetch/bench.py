@@ -1,9 +1,13 @@
-"""The measuring run: set up containerd (and the local registry, and a nydus-snapshotter per prefetch mode the nydus
-variants use), run every repetition, write and print results, tear everything down.
+"""The measuring run: set up the node (a private containerd with a private nydus-snapshotter per prefetch mode the
+nydus variants use, or a node's own with ``--runtime-endpoint``), the local registry, the lists and the images
+(prepare.py); then, for each link setting, shape the registry's link (shaping.py) and run every repetition; write
+and print the results; tear everything down (also on errors and Ctrl-C: every step is a context that undoes itself).
 
-With ``registry: local`` the nydus variants' images are made during the run: nri-optimizer convert's built-in converter
-turns each pushed image into one tag per nydus variant in the local registry (see convert.py). A nydus variant that
-cannot run (tools missing, no recorded list for `prefetch: list`) is reported as skipped with the reason.
+Repetitions are interleaved: round r runs every image with every variant once, the variants in an order rotated by
+r, so that a slow drift of the machine spreads over all variants instead of landing on one. The first overlayfs
+variant's repetitions also make the warm start (runner.py), which with nydus without prefetch gives the bound.
+A variant that cannot run (tools missing, a list that does not exist, a conversion that failed) is reported as
+skipped or failed with the reason, never dropped.
 """
 
 from __future__ import annotations
@@ -13,22 +17,51 @@ import datetime
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from benchmarks.prefetch import plot, report, variants, workloads
-from benchmarks.prefetch.config import BenchConfig, Image, Variant
-from benchmarks.prefetch.convert import ConvertError, variant_conversion
+from benchmarks.prefetch import bounds as bounding
+from benchmarks.prefetch import lists, plot, report, variants
+from benchmarks.prefetch.config import BenchConfig, Variant
 from benchmarks.prefetch.handlers import HandlerCri
+from benchmarks.prefetch.prepare import Node, Prepared, prepare_image, push
 from benchmarks.prefetch.progress import Progress
-from benchmarks.prefetch.registry import pull_size
-from benchmarks.prefetch.runner import Runner, Sample, Status
-from benchmarks.prefetch.throttle import Throttle
-from nri_optimizer.errors import OptimizerError
+from benchmarks.prefetch.registry import nydus_blobs, pull_size
+from benchmarks.prefetch.runner import WARM, Runner, Sample, Status
+from benchmarks.prefetch.shaping import Link, ShapedLink
+from benchmarks.prefetch.snapshotter import ExistingSnapshotter, Handler
 from nri_optimizer.oci.registry import Registry
 from testbed import debs, nydus
 from testbed.containerd import Containerd
 from testbed.images import build_pause_image
-from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
+from testbed.registry import LocalRegistry, registry_binary, write_hosts
+
+MODE_OF: dict[str, nydus.PrefetchMode] = {"off": "off", "all": "all", "list": "list", "runtime": "list"}
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A node's own containerd and nydus-snapshotter (``bench-image run --runtime-endpoint ...``)."""
+
+    runtime_endpoint: str
+    nri_socket: Path | None
+    snapshotter: str | None  # its runtime handler for nydus; None: no nydus variant runs
+    prefetch: nydus.PrefetchMode  # what its nydusd template prefetches
+    nydus_root: Path
+    system_socket: Path
+    cgroup_parent: str = ""
+
+
+@dataclass
+class Setup:
+    node: Node
+    handlers: dict[str, Handler]  # prefetch mode -> the snapshotter that runs it
+    pattern: Handler | None  # the snapshotter recording nydusd's access pattern
+    hosts: Path | None  # containerd's registry hosts dir, None on a node's own containerd
+    containerd: str
+    place: str  # where, for the progress lines and the results
 
 
 def nydus_backend(config: BenchConfig) -> nydus.Backend:
@@ -39,142 +72,272 @@ def nydus_backend(config: BenchConfig) -> nydus.Backend:
     return nydus.Backend("https", skip_verify=config.insecure)
 
 
+def skip_reason(variant: Variant, found: variants.Nydus, config: BenchConfig, existing: Existing | None) -> str | None:
+    if existing is None or variant.snapshotter != "nydus":
+        return variants.skip_reason(variant, found, local=config.local)
+    if existing.snapshotter is None:
+        return "no nydus-snapshotter given (--snapshotter NAME)"
+    if MODE_OF[variant.prefetch or "off"] != existing.prefetch:
+        return (f"needs a nydus-snapshotter whose nydusd prefetches {MODE_OF[variant.prefetch or 'off']}; "
+                f"{existing.snapshotter}'s prefetches {existing.prefetch} (--snapshotter-prefetch)")
+    if config.local and found.nydus_image_problem is not None:
+        return f"no nydus image to pull: the local registry's come from nydus-image ({found.nydus_image_problem})"
+    return None
+
+
 def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path, quiet: bool, prog: str,
-          persist_dir: str) -> int:
-    """Measure; `persist_dir` is where the plugin saved its lists (for `prefetch: list` images without `list`)."""
+          persist_dir: str, existing: Existing | None = None) -> int:
+    """Measure; `persist_dir` is where the plugin saved its lists (for images without `list`)."""
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     found = variants.find(config)
-    skips = {variant.name: variants.skip_reason(variant, found, local=config.local) for variant in config.variants}
+    skips = {v.name: skip_reason(v, found, config, existing) for v in config.variants}
     for name, reason in skips.items():
         if reason is not None:
             print(f"{prog}: {name}: skipped: {reason}", file=sys.stderr)
-    modes = sorted({v.prefetch for v in config.variants if v.prefetch and skips[v.name] is None},
-                   key=nydus.PREFETCH_MODES.index)
-    runnable = sum(reason is None for reason in skips.values())
-    progress = Progress(len(config.images) * runnable * config.repetitions, quiet=quiet)
-    runtime = debs.fetch_runtime(flavour)
+    runnable = [v for v in config.variants if skips[v.name] is None]
+    warm = next((v for v in runnable if v.snapshotter == "overlayfs"), None)
+    links: Sequence[Link | None] = config.links or (None,)
+    per_round = len(config.images) * (len(runnable) + (warm is not None))
+    progress = Progress(len(links) * config.repetitions * per_round, quiet=quiet)
     samples: list[Sample] = []
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="nriopt-benchimage-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        snapshotters: dict[str, nydus.NydusSnapshotter] = {}
-        for mode in modes:
-            assert found.tools.snapshotter is not None and found.tools.nydusd is not None
-            snapshotters[mode] = stack.enter_context(nydus.NydusSnapshotter(
-                found.tools.snapshotter, found.tools.nydusd, mode, nydus_backend(config),
-                threads=config.nydus.prefetch_threads))
-            progress.note(f"nydus-snapshotter {snapshotters[mode].name} running privately in "
-                          f"{snapshotters[mode].dir} (nydusd {found.tools.nydusd})")
-        hosts = work / "hosts"
-        # Entered after the snapshotters, so it is closed (its pods removed) before they are.
-        ctd = stack.enter_context(Containerd(runtime, nri=False, registry_config_dir=hosts,
-                                             snapshotters={s.name: s.address for s in snapshotters.values()}))
-        pause = build_pause_image(work / "pause.tar")
-        ctd.import_image(pause)
-        for snapshotter in snapshotters.values():  # a handler's pods run their sandbox from its snapshotter
-            nydus.import_image(runtime.bin_dir / "ctr", ctd.address, pause, snapshotter.name)
-        progress.note(f"containerd {runtime.deb_version} running privately in {ctd.dir}")
-        cri = HandlerCri(ctd.address)
-        stack.callback(cri.close)
-        local: Registry | None = None
-        not_made: dict[tuple[str, str], tuple[Status, str]] = {}  # (image, variant) -> (status, note)
+        progress.note(f"bench-image working in {work}")
+        setup = stack.enter_context(_setup(config, found, runnable, flavour, existing, work, progress))
+        progress.note(setup.place)
+        prepared = Prepared()
+        nydus_image = str(found.nydus_image) if found.nydus_image is not None else None
+        registry: LocalRegistry | None = None
         if config.local:
             registry = stack.enter_context(LocalRegistry(registry_binary()))
-            address, local = registry.address, registry.client()
-            write_hosts(hosts, address, plain_http=True)
-            progress.note(f"docker-registry listening on {address} (data in {registry.dir})")
-            for image in config.images:
-                _push(image, address, local, work, progress)
-                for variant in config.variants:
-                    if variant.snapshotter == "nydus" and skips[variant.name] is None:
-                        assert found.nydus_image is not None
-                        failure = _convert(config, image, variant, address, found.nydus_image, persist_dir, progress)
-                        if failure is not None:
-                            not_made[(image.name, variant.name)] = failure
-            if config.throttle:
-                stack.enter_context(Throttle(config.throttle, registry.port))
-                progress.note(f"throttled: the registry's replies shaped to {config.throttle} on lo (tc)")
-        else:
-            address = config.registry
-            if config.insecure:
-                write_hosts(hosts, address.split("/")[0], plain_http=False)
-        progress.total -= len(not_made) * config.repetitions
-        runner = Runner(cri, cgroup_parent=ctd.cgroup_parent, logs_dir=work / "logs",
-                        pull_timeout=config.pull_timeout, on_phase=progress.phase)
+            if setup.hosts is not None:
+                write_hosts(setup.hosts, registry.address, plain_http=True)
+            progress.note(f"docker-registry listening on {registry.address} (data in {registry.dir})")
         for image in config.images:
-            for variant in config.variants:
-                reference = config.reference(address, image, variant)
-                skipped = skips[variant.name]
-                status: Status
-                status, reason = ("skipped", skipped) if skipped else not_made.get((image.name, variant.name),
-                                                                                    ("ok", ""))
-                if reason:
-                    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-                    samples.append(Sample(image.name, variant, reference, 0 if status == "skipped" else 1, now,
-                                          status, note=reason))
-                    continue
-                fetched = None
-                if local is not None:
-                    repository, _, tag = f"{image.name}{variant.tag_suffix}".rpartition(":")
-                    fetched = pull_size(local, repository, tag, nydus=variant.snapshotter == "nydus")
-                for repetition in range(1, config.repetitions + 1):
-                    progress.start(f"{image.name} {variant.name} #{repetition}")
-                    sample = runner.repetition(image, variant, reference, repetition, fetched,
-                                               snapshotters.get(variant.prefetch or ""))
-                    samples.append(sample)
-                    progress.finished(sample)
-        summaries = report.summarize(samples)
+            if registry is not None:
+                push(image, registry.address, registry.client(), work, progress.note)
+            prepare_image(config, image, registry.address if registry else config.registry, setup.node, prepared,
+                          runnable=runnable, pattern=setup.pattern, nydus_image=nydus_image if registry else None,
+                          work=work, persist_dir=persist_dir, say=progress.note)
+        _tell_blobs(setup, prepared, config, registry)
+        unmade = sum(1 for (_, name) in prepared.unmade if skips.get(name) is None)
+        progress.total -= len(links) * config.repetitions * (unmade + sum(
+            1 for (_, name) in prepared.unmade if warm is not None and name == warm.name))
+        meta_links: list[dict[str, Any]] = []
+        for link in links:
+            label = str(link) if link else ""
+            with _shaped(link, registry) as shaped:
+                address = shaped.address if shaped is not None else config.registry
+                about: dict[str, Any] = {"link": label, "address": address}
+                if shaped is not None:
+                    assert registry is not None
+                    if setup.hosts is not None:
+                        write_hosts(setup.hosts, address, plain_http=True)
+                    about["rtt_measured_ms"] = round(shaped.rtt_measured * 1e3, 2)
+                    progress.note(f"{f'link {link}' if link else 'not shaped'}: the registry at {address} (a delay "
+                                  f"line in front of {registry.address}{', HTB on lo' if link else ''}); round trip "
+                                  f"measured {shaped.rtt_measured * 1e3:.1f} ms")
+                runner = Runner(setup.node.cri, cgroup_parent=setup.node.cgroup_parent, logs_dir=work / "logs",
+                                pull_timeout=config.pull_timeout, on_phase=progress.phase, settle=config.settle,
+                                link_bytes=_counter(shaped), link=label)
+                samples += _skipped(config, address, skips, prepared, label)
+                samples += _measure(config, runner, address, runnable, warm, setup, prepared, registry, progress)
+                about["dropped_page_cache"] = runner.dropped
+                meta_links.append(about)
+        summaries = report.summarize(sorted(samples, key=_in_config_order(config, links)))
+        link_of = {str(link) if link else "": link for link in links}
+        found_bounds = bounding.bounds(summaries, link_of)
+        compared = lists.comparisons(prepared.lists)
         meta = {
             "started": started,
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "config": str(config_path),
-            "registry": address,
-            "containerd": runtime.deb_version,
-            "throttle": config.throttle,
+            "registry": registry.address if registry is not None else config.registry,
+            "node": setup.place,
+            "containerd": setup.containerd,
+            "links": meta_links,
             "repetitions": config.repetitions,
+            "settle_s": config.settle,
             "nydus": {
                 "snapshotter": str(found.tools.snapshotter) if found.tools.snapshotter else None,
                 "nydusd": str(found.tools.nydusd) if found.tools.nydusd else None,
-                "nydus_image": str(found.nydus_image) if found.nydus_image else None,
+                "nydus_image": nydus_image,
                 "prefetch_threads": config.nydus.prefetch_threads,
-                "snapshotters": [s.name for s in snapshotters.values()],
+                "snapshotters": sorted({h.name for h in setup.handlers.values()},
+                                       key=[h.name for h in setup.handlers.values()].index),
             },
         }
-        files = report.write(out_dir, samples, summaries, meta)
+        files = report.write(out_dir, samples, summaries, meta, found_bounds, compared)
         try:
-            files += plot.plot_all(summaries, out_dir, address, config.throttle)
+            files += plot.plot_all(summaries, out_dir, str(meta["registry"]), found_bounds)
         except ImportError:
             print(f"{prog}: no plots: matplotlib is not installed (pip install 'nri-optimizer[bench]')",
                   file=sys.stderr)
-    print(report.table(summaries, address))
+    print(report.table(summaries, found_bounds))
+    if compared:
+        print("\n" + report.lists_table(compared, summaries))
     for path in files:
         print(f"{prog}: wrote {path}", file=sys.stderr)
     return 0 if all(s.status != "failed" for s in samples) else 1
 
 
-def _convert(config: BenchConfig, image: Image, variant: Variant, address: str, nydus_image: Path, persist_dir: str,
-             progress: Progress) -> tuple[Status, str] | None:
-    """Convert the pushed image into the variant's tag; (status, why) when that cannot be or fails."""
-    try:
-        conversion = variant_conversion(config, image, variant, address, persist_dir=persist_dir)
-    except ConvertError as exc:
-        return "skipped", str(exc)
-    progress.note(f"converting: {conversion.printable()}")
-    try:
-        converted = conversion.run(str(nydus_image))
-    except OptimizerError as exc:
-        return "failed", f"convert: {exc}"
-    table = converted.build.prefetch
-    progress.note(f"pushed {converted.target} ({converted.size} bytes, prefetch table of {len(table)} files)")
-    return None
+def _measure(config: BenchConfig, runner: Runner, address: str, runnable: Sequence[Variant], warm: Variant | None,
+             setup: Setup, prepared: Prepared, registry: LocalRegistry | None, progress: Progress) -> list[Sample]:
+    """Every repetition of every image and runnable variant at one link setting, interleaved round by round."""
+    samples: list[Sample] = []
+    pulled = {} if registry is not None else _pull_sizes(config, runnable)
+    for repetition in range(1, config.repetitions + 1):
+        shift = (repetition - 1) % max(1, len(runnable))
+        for image in config.images:
+            for variant in [*runnable[shift:], *runnable[:shift]]:
+                if (image.name, variant.name) in prepared.unmade:
+                    continue
+                progress.start(f"{image.name} {variant.name} #{repetition}")
+                reference = config.reference(address, image, variant)
+                runtime_list = prepared.lists[image.name].get(variant.list_source) \
+                    if variant.prefetch == "runtime" else None
+                for sample in runner.repetition(
+                        image, variant, reference, repetition, pulled.get((image.name, variant.name)),
+                        setup.handlers.get(MODE_OF[variant.prefetch]) if variant.prefetch else None,
+                        runtime_list=runtime_list, warm=variant == warm):
+                    samples.append(sample)
+                    progress.finished(sample)
+    return samples
 
 
-def _push(image: Image, address: str, registry: Registry, work: Path, progress: Progress) -> None:
-    """Put the image (a built-in workload, or a tarball) into the local registry."""
-    repository, _, tag = image.name.rpartition(":")
-    if image.archive is not None:
-        tarball = image.archive
-    else:
-        tarball = workloads.build(str(image.build), f"{address}/{image.name}", work / "images" / f"{repository}.tar")
-    size = push_layout(tarball, registry, repository, tag)
-    progress.note(f"pushed {address}/{image.name} ({size} bytes)")
+def _in_config_order(config: BenchConfig, links: Sequence[Link | None]) -> Callable[[Sample], tuple[int, ...]]:
+    """A sort key: link, image and variant in the config's order, a warm start after its variant, then the round."""
+    link_at = {str(link) if link else "": n for n, link in enumerate(links)}
+    image_at = {image.name: n for n, image in enumerate(config.images)}
+    variant_at = {variant.name: n for n, variant in enumerate(config.variants)}
+
+    def key(sample: Sample) -> tuple[int, ...]:
+        name = sample.variant.name.removesuffix(WARM) if sample.warm else sample.variant.name
+        return (link_at[sample.link], image_at[sample.image], variant_at[name], sample.warm, sample.repetition)
+
+    return key
+
+
+def _skipped(config: BenchConfig, address: str, skips: dict[str, str | None], prepared: Prepared,
+             link: str) -> list[Sample]:
+    """A sample standing for each variant that does not run, with why."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    samples = []
+    for image in config.images:
+        for variant in config.variants:
+            status: Status
+            status, reason = ("skipped", skips[variant.name]) if skips[variant.name] else \
+                prepared.unmade.get((image.name, variant.name), ("ok", ""))
+            if status != "ok":
+                samples.append(Sample(image.name, variant, config.reference(address, image, variant),
+                                      0 if status == "skipped" else 1, now, status, note=str(reason), link=link))
+    return samples
+
+
+def _pull_sizes(config: BenchConfig, runnable: Sequence[Variant]) -> dict[tuple[str, str], int]:
+    """What a pull of each image and variant fetches from a registry that is not ours (no link to count it)."""
+    registry = Registry(config.registry.split("/")[0], insecure=config.insecure)
+    namespace = config.registry.partition("/")[2]
+    sizes = {}
+    for image in config.images:
+        for variant in runnable:
+            repository, _, tag = f"{image.name}{variant.tag_suffix}".rpartition(":")
+            path = f"{namespace}/{repository}" if namespace else repository
+            sizes[(image.name, variant.name)] = pull_size(registry, path, tag, nydus=variant.snapshotter == "nydus")
+    return sizes
+
+
+def _tell_blobs(setup: Setup, prepared: Prepared, config: BenchConfig, registry: LocalRegistry | None) -> None:
+    """A node's own snapshotter shares its blob cache with the node: it is told which blobs are the benchmark's."""
+    for handler in setup.handlers.values():
+        if isinstance(handler, ExistingSnapshotter):
+            handler.blobs |= prepared.blobs
+            if registry is None:  # the images were converted elsewhere: their manifests name the blobs
+                remote = Registry(config.registry.split("/")[0], insecure=config.insecure)
+                namespace = config.registry.partition("/")[2]
+                for image in config.images:
+                    for variant in config.variants:
+                        if variant.snapshotter == "nydus":
+                            repository, _, tag = f"{image.name}{variant.tag_suffix}".rpartition(":")
+                            handler.blobs |= nydus_blobs(remote, f"{namespace}/{repository}".lstrip("/"), tag)
+
+
+def _counter(shaped: ShapedLink | None) -> Callable[[], int] | None:
+    """What the registry has sent through the link so far, if it has one."""
+    if shaped is None:
+        return None
+    return lambda: shaped.down_bytes
+
+
+@contextlib.contextmanager
+def _shaped(link: Link | None, registry: LocalRegistry | None) -> Iterator[ShapedLink | None]:
+    if registry is None:
+        yield None
+        return
+    with ShapedLink(link, registry.port) as shaped:
+        yield shaped
+
+
+@contextlib.contextmanager
+def _setup(config: BenchConfig, found: variants.Nydus, runnable: Sequence[Variant], flavour: str,
+           existing: Existing | None, work: Path, progress: Progress) -> Iterator[Setup]:
+    if existing is not None:
+        setup = _existing(existing)
+        try:
+            yield setup
+        finally:
+            setup.node.cri.close()
+        return
+    modes = sorted({MODE_OF[v.prefetch] for v in runnable if v.prefetch}, key=nydus.PREFETCH_MODES.index)
+    runtime = debs.fetch_runtime(flavour)
+    with contextlib.ExitStack() as stack:
+        handlers: dict[str, Handler] = {}
+        snapshotters: list[nydus.NydusSnapshotter] = []
+        for mode in modes:
+            assert found.tools.snapshotter is not None and found.tools.nydusd is not None
+            snapshotter = stack.enter_context(nydus.NydusSnapshotter(
+                found.tools.snapshotter, found.tools.nydusd, mode, nydus_backend(config),
+                threads=config.nydus.prefetch_threads))
+            handlers[mode] = snapshotter
+            snapshotters.append(snapshotter)
+        pattern = None
+        if modes and any(v.lists == "nydusd" for v in runnable):
+            assert found.tools.snapshotter is not None and found.tools.nydusd is not None
+            pattern = stack.enter_context(nydus.NydusSnapshotter(
+                found.tools.snapshotter, found.tools.nydusd, "off", nydus_backend(config),
+                threads=config.nydus.prefetch_threads, access_pattern=True))
+            snapshotters.append(pattern)
+        for snapshotter in snapshotters:
+            progress.note(f"nydus-snapshotter {snapshotter.name} running privately in {snapshotter.dir} "
+                          f"(nydusd {found.tools.nydusd})")
+        hosts = work / "hosts"
+        # Entered after the snapshotters, so it is closed (its pods removed) before they are. NRI is on for
+        # `list: record` (nri-optimizer profile registers with it).
+        ctd = stack.enter_context(Containerd(runtime, nri=any(image.record for image in config.images),
+                                             registry_config_dir=hosts,
+                                             snapshotters={s.name: s.address for s in snapshotters}))
+        pause = build_pause_image(work / "pause.tar")
+        ctd.import_image(pause)
+        for snapshotter in snapshotters:  # a handler's pods run their sandbox from its snapshotter
+            nydus.import_image(runtime.bin_dir / "ctr", ctd.address, pause, snapshotter.name)
+        cri = HandlerCri(ctd.address)
+        stack.callback(cri.close)
+        node = Node(cri, ctd.address, ctd.nri_socket if any(i.record for i in config.images) else None,
+                    ctd.cgroup_parent)
+        yield Setup(node, handlers, pattern, hosts, runtime.deb_version,
+                    f"containerd {runtime.deb_version} running privately in {ctd.dir}")
+
+
+def _existing(existing: Existing) -> Setup:
+    cri = HandlerCri(existing.runtime_endpoint)
+    version = cri.version()
+    handlers: dict[str, Handler] = {}
+    if existing.snapshotter is not None:
+        handlers[existing.prefetch] = ExistingSnapshotter(existing.snapshotter, root=existing.nydus_root,
+                                                          system_address=existing.system_socket)
+    node = Node(cri, existing.runtime_endpoint, existing.nri_socket, existing.cgroup_parent)
+    return Setup(node, handlers, None, None, f"{version.runtime_name} {version.runtime_version}",
+                 f"{version.runtime_name} {version.runtime_version} at {existing.runtime_endpoint}"
+                 + (f", nydus-snapshotter {existing.snapshotter}" if existing.snapshotter else ""))
+

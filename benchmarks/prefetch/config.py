@@ -8,20 +8,30 @@ plus explicit readiness, repetitions and variants. Every mistake is one line nam
     repetitions: 3
     timeout: 120               # seconds an image may take to become ready (per image: `timeout`)
     pull_timeout: 600
-    throttle: 25mbit           # optional: the local registry's replies shaped on lo (tc)
+    throttle: [100mbit/10ms, 20mbit/40ms]   # optional: links RATE/RTT between the local registry and its clients
+                               # (shaping.py); every setting runs the whole benchmark
+    settle: 20                 # seconds nydusd may go on fetching after ready before "in all" is read
     images:
       - name: bench-web:1
-        build: web             # local registry: build this built-in image offline and push it
-        arg: -e PORT=18080     # docker-run style; -e/--env only
+        build: web             # local registry: build this built-in image (web, db; wordpress, python-web,
+        arg: -e PORT=18080     #   node-web) offline and push it. arg: docker-run style; -e/--env only
         ready: {url: "http://127.0.0.1:18080/"}
+        list: record           # record our list in the run (nri-optimizer profile), or a file's path
       - name: bench-db:1
         archive: db.tar        # local registry: push this OCI image-layout tarball
         ready: {line: "ready to accept connections"}
       - name: hello:1
         ready: exit            # or `start` (ready when StartContainer returns)
-    variants:                  # default: oci, nydus, nydus-prefetch-all, nydus-prefetch-list
+    variants:                  # default: oci, nydus, nydus-prefetch-all, nydus-prefetch-list, nydus-runtime-list
       - {name: oci, snapshotter: overlayfs}
       - {name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}
+      # the image converted without a list; the list handed to nydus-snapshotter when the pod starts
+      - {name: nydus-runtime-list, snapshotter: nydus, tag_suffix: _nydus, prefetch: runtime}
+      # the list as the prefetch table only, the blob in the layer's order
+      - {name: nydus-list-unordered, snapshotter: nydus, tag_suffix: _nydus_unordered, prefetch: list,
+         reorder: false}
+      # nydusd's own list (its access pattern, recorded in the run) instead of ours
+      - {name: nydus-nydusd-list, snapshotter: nydus, tag_suffix: _nydus_nydusdlist, prefetch: list, list: nydusd}
     nydus:                     # optional; each tool defaults to the one on PATH (flags override these)
       snapshotter: /opt/nydus/bin/containerd-nydus-grpc
       nydusd: /opt/nydus/bin/nydusd
@@ -37,16 +47,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from benchmarks.prefetch.apps import APPS
+from benchmarks.prefetch.shaping import Link, ShapingError
 from nri_optimizer.errors import ConfigError as ConfigError
 from nri_optimizer.results import reference
 
 LOCAL = "local"
 ReadyKind = Literal["url", "line", "exit", "start"]
-Prefetch = Literal["off", "all", "list"]
+# off: nothing; all: every blob (prefetch_all); list: the image's table (converted with a list); runtime: the list
+# handed to nydus-snapshotter when the pod starts (the image has no table).
+Prefetch = Literal["off", "all", "list", "runtime"]
+ListSource = Literal["ours", "nydusd"]  # the plugin's recorded list, or nydusd's access pattern
 SNAPSHOTTERS = ("overlayfs", "nydus")
-BUILTIN_WORKLOADS = ("web", "db")
-_RATE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:k|m|g)?(?:bit|bps)", re.IGNORECASE)
-
+BUILTIN_WORKLOADS = ("web", "db", *APPS)
+RECORD = "record"
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class Image:
     build: str | None = None  # a built-in workload (local registry only)
     archive: Path | None = None  # an OCI image-layout tarball (local registry only)
     list_file: Path | None = None  # the recorded list, for convert (default: the plugin's result)
+    record: bool = False  # `list: record`: the run records it (then list_file is None)
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,19 @@ class Variant:
     name: str
     snapshotter: str
     tag_suffix: str = ""
-    prefetch: Prefetch | None = None  # nydus only: how convert builds the image's prefetch table
+    prefetch: Prefetch | None = None  # nydus only: what nydusd prefetches
+    list_source: ListSource = "ours"  # prefetch list and runtime: which list
+    reorder: bool = True  # prefetch list: the listed files lead the blob (else the table only)
+
+    @property
+    def conversion(self) -> tuple[ListSource, bool] | None:
+        """What the variant's image is converted with: (list, reordered), or None for no prefetch table."""
+        return (self.list_source, self.reorder) if self.prefetch == "list" else None
+
+    @property
+    def lists(self) -> ListSource | None:
+        """The list the variant needs, converted in or handed over at run time."""
+        return self.list_source if self.prefetch in ("list", "runtime") else None
 
 
 DEFAULT_VARIANTS = (
@@ -87,6 +114,7 @@ DEFAULT_VARIANTS = (
     Variant("nydus", "nydus", "_nydus", "off"),
     Variant("nydus-prefetch-all", "nydus", "_nydus_prefetchall", "all"),
     Variant("nydus-prefetch-list", "nydus", "_nydus_prefetch", "list"),
+    Variant("nydus-runtime-list", "nydus", "_nydus", "runtime"),
 )
 
 
@@ -109,10 +137,11 @@ class BenchConfig:
     insecure: bool
     repetitions: int
     pull_timeout: float
-    throttle: str | None
+    links: tuple[Link, ...]  # the local registry's link settings, one benchmark each; empty: not shaped
     images: tuple[Image, ...]
     variants: tuple[Variant, ...]
     nydus: NydusTools = NydusTools()
+    settle: float = 20.0  # seconds nydusd may keep fetching after ready before its total is read
 
     @property
     def local(self) -> bool:
@@ -146,7 +175,7 @@ def parse(data: Any, path: Path) -> BenchConfig:
     if not isinstance(data, dict):
         raise where.error("", data, "a mapping with registry, images, ...")
     where.known(data, "", {"registry", "insecure_registry", "repetitions", "timeout", "pull_timeout", "throttle",
-                           "images", "variants", "nydus"})
+                           "settle", "images", "variants", "nydus"})
     registry = data.get("registry", LOCAL)
     if not isinstance(registry, str) or not registry or (registry != LOCAL and not _valid_registry(registry)):
         raise where.error("registry", registry, f"{LOCAL!r} or HOST[:PORT][/NAMESPACE], e.g. registry: local")
@@ -157,8 +186,8 @@ def parse(data: Any, path: Path) -> BenchConfig:
     timeout = where.number(data, "timeout", 120)
     pull_timeout = where.number(data, "pull_timeout", 600)
     throttle = data.get("throttle")
-    if throttle is not None and not (isinstance(throttle, str) and _RATE.fullmatch(throttle)):
-        raise where.error("throttle", throttle, "a tc rate such as 25mbit, or no key")
+    links = _links(where, throttle)
+    settle = where.number(data, "settle", 20)
     images = data.get("images")
     if not isinstance(images, list) or not images:
         raise where.error("images", images, "a list of {name, ready, ...}, e.g. images: [{name: web:1, ready: exit}]")
@@ -175,8 +204,8 @@ def parse(data: Any, path: Path) -> BenchConfig:
                               "image-layout tarball): the local registry starts empty")
     variants = data.get("variants")
     chosen = DEFAULT_VARIANTS if variants is None else _variants(where, variants)
-    config = BenchConfig(registry, insecure, int(repetitions), pull_timeout, throttle, parsed, chosen,
-                         _nydus(where, data.get("nydus"), path.parent))
+    config = BenchConfig(registry, insecure, int(repetitions), pull_timeout, links, parsed, chosen,
+                         _nydus(where, data.get("nydus"), path.parent), settle)
     for image in parsed:
         for variant in chosen:
             ref = config.reference("127.0.0.1:5000" if registry == LOCAL else registry, image, variant)
@@ -185,9 +214,28 @@ def parse(data: Any, path: Path) -> BenchConfig:
             except reference.ReferenceError:
                 raise where.error("images", image.name, f"names that make valid references with each variant's "
                                   f"tag suffix; {ref!r} is not") from None
-    if throttle is not None and registry != LOCAL:
+    if links and registry != LOCAL:
         raise where.error("throttle", throttle, "only with registry: local (it shapes that registry's port on lo)")
+    for i, image in enumerate(parsed):
+        if image.record and registry != LOCAL:
+            raise where.error(f"images[{i}].list", RECORD, "a recorded list's path: `record` needs registry: local")
     return config
+
+
+def _links(where: _Where, value: Any) -> tuple[Link, ...]:
+    expected = "RATE/RTT or a list of them, e.g. throttle: [100mbit/10ms, 20mbit/40ms], or no key"
+    if value is None:
+        return ()
+    texts = value if isinstance(value, list) else [value]
+    if not texts or not all(isinstance(text, str) for text in texts):
+        raise where.error("throttle", value, expected)
+    try:
+        links = tuple(Link.parse(text) for text in texts)
+    except ShapingError:
+        raise where.error("throttle", value, expected) from None
+    if len(set(links)) != len(links):
+        raise where.error("throttle", value, "each setting once")
+    return links
 
 
 class _Where:
@@ -239,7 +287,8 @@ def _image(where: _Where, key: str, item: Any, default_timeout: float, base: Pat
         raise where.error(f"{key}", "build and archive", "one of them")
     list_file = item.get("list")
     if list_file is not None and not isinstance(list_file, str):
-        raise where.error(f"{key}.list", list_file, "the path of a recorded list")
+        raise where.error(f"{key}.list", list_file, f"the path of a recorded list, or {RECORD}")
+    record = list_file == RECORD
     return Image(
         name=name,
         ready=_ready(where, f"{key}.ready", item.get("ready")),
@@ -247,7 +296,8 @@ def _image(where: _Where, key: str, item: Any, default_timeout: float, base: Pat
         env=_env(where, f"{key}.arg", item.get("arg", "")),
         build=build,
         archive=base / archive if archive is not None else None,
-        list_file=base / list_file if list_file is not None else None,
+        list_file=base / list_file if list_file is not None and not record else None,
+        record=record,
     )
 
 
@@ -316,7 +366,7 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
         key = f"variants[{i}]"
         if not isinstance(item, dict):
             raise where.error(key, item, "a mapping {name, snapshotter, tag_suffix, prefetch}")
-        where.known(item, f"{key}.", {"name", "snapshotter", "tag_suffix", "prefetch"})
+        where.known(item, f"{key}.", {"name", "snapshotter", "tag_suffix", "prefetch", "list", "reorder"})
         name, snapshotter = item.get("name"), item.get("snapshotter")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise where.error(f"{key}.name", name, "a short name (letters, digits, . _ -), e.g. name: oci")
@@ -327,11 +377,30 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
             raise where.error(f"{key}.tag_suffix", suffix, "text appended to each image's tag, e.g. _nydus")
         # YAML 1.1 reads a bare `off` as false.
         prefetch = "off" if item.get("prefetch") is False else item.get("prefetch")
-        if snapshotter == "nydus" and prefetch not in ("off", "all", "list"):
-            raise where.error(f"{key}.prefetch", prefetch, "off, all or list (what the nydus image prefetches)")
+        if snapshotter == "nydus" and prefetch not in ("off", "all", "list", "runtime"):
+            raise where.error(f"{key}.prefetch", prefetch, "off, all, list or runtime (what nydusd prefetches: "
+                              "nothing, everything, the image's table, or the list handed over at run time)")
         if snapshotter != "nydus" and prefetch is not None:
             raise where.error(f"{key}.prefetch", prefetch, "no prefetch key: only nydus variants prefetch")
-        variants.append(Variant(name, snapshotter, suffix, cast(Prefetch | None, prefetch)))
+        source = item.get("list", "ours")
+        if "list" in item and prefetch not in ("list", "runtime"):
+            raise where.error(f"{key}.list", source, "no list key: only prefetch list and runtime take a list")
+        if source not in ("ours", "nydusd"):
+            raise where.error(f"{key}.list", source, "ours (the plugin's recorded list) or nydusd (its access "
+                              "pattern, recorded in the run)")
+        reorder = item.get("reorder", True)
+        if "reorder" in item and prefetch != "list":
+            raise where.error(f"{key}.reorder", reorder, "no reorder key: only prefetch list converts with a list")
+        if not isinstance(reorder, bool):
+            raise where.error(f"{key}.reorder", reorder, "true (the listed files lead the blob) or false")
+        variants.append(Variant(name, snapshotter, suffix, cast(Prefetch | None, prefetch),
+                                cast(ListSource, source), reorder))
     if len({v.name for v in variants}) != len(variants):
         raise where.error("variants", [v.name for v in variants], "each name once")
+    images: dict[str, Variant] = {}
+    for variant in variants:  # one tag, one image: variants may share a tag only if they convert alike
+        other = images.setdefault(variant.tag_suffix, variant)
+        if variant.snapshotter != other.snapshotter or variant.conversion != other.conversion:
+            raise where.error("variants", [other.name, variant.name], "tag suffixes of their own: their images "
+                              f"differ, and {variant.tag_suffix!r} can name one")
     return tuple(variants)

@@ -1,29 +1,32 @@
-"""One PNG per image: for each variant, a bar per phase (pull, create, run, total) at the median, with a whisker
-from the fastest to the slowest repetition. A variant that did not run is named, with why, where its bars would be.
+"""One PNG per image and link setting: for each variant, a bar per phase (pull, create, run, total) at the median,
+with a whisker from the fastest to the slowest repetition, and the bound (bounds.py) as a dashed line. A variant that
+did not run is named, with why, where its bars would be.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from benchmarks.prefetch.bounds import Bound
 from benchmarks.prefetch.report import TIMES, Summary
 
 COLOURS = {"pull": "#4c72b0", "create": "#dd8452", "run": "#55a868", "total": "#8c8c8c"}
 
 
-def plot_image(summaries: Sequence[Summary], out: Path, *, title: str) -> Path:
-    """Plot the summaries of one image (one per variant) to `out`."""
+def plot_image(summaries: Sequence[Summary], out: Path, *, title: str, bound: Bound | None = None) -> Path:
+    """Plot the summaries of one image and link setting (one per variant) to `out`."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     width = 0.8 / len(TIMES)
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(summaries)), 4.5), dpi=100)
-    top = max((s.times["total"].max_us for s in summaries if s.times), default=1_000_000) / 1e6
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.9 * len(summaries)), 4.8), dpi=100)
+    tops = [s.times["total"].max_us for s in summaries if s.times] + ([bound.total_us] if bound else [])
+    top = max(tops, default=1_000_000) / 1e6
     for i, summary in enumerate(summaries):
         if not summary.times:
             reason = summary.status + (f": {summary.note}" if summary.note else "")
@@ -37,14 +40,17 @@ def plot_image(summaries: Sequence[Summary], out: Path, *, title: str) -> Path:
             ax.bar(x, median, width, color=COLOURS[phase], label=phase if i == _first_measured(summaries) else None,
                    yerr=[[median - spread.min_us / 1e6], [spread.max_us / 1e6 - median]], capsize=3,
                    error_kw={"elinewidth": 1})
+    if bound is not None:
+        ax.axhline(bound.total_us / 1e6, color="#c44e52", linestyle="--", linewidth=1.2,
+                   label=f"bound {bound.total_us / 1e6:.2f} s")
     ax.set_xticks(range(len(summaries)))
     ax.set_xticklabels([f"{s.first.variant.name}\n({'skipped' if s.status == 'skipped' else f'n={s.n}'})"
-                        for s in summaries])
+                        for s in summaries], fontsize=8)
     ax.set_ylabel("seconds (median; whiskers: min-max)")
     ax.set_ylim(0, top * 1.15)
     ax.set_title(title, fontsize=10)
     if any(s.times for s in summaries):
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
@@ -56,16 +62,23 @@ def _first_measured(summaries: Sequence[Summary]) -> int:
     return next(i for i, s in enumerate(summaries) if s.times)
 
 
-def plot_all(summaries: Sequence[Summary], out_dir: Path, registry: str, throttle: str | None) -> list[Path]:
-    """One PNG per image, named after it (characters other than letters, digits, . _ - become _)."""
-    by_image: dict[str, list[Summary]] = {}
+def file_name(image: str, link: str) -> str:
+    """The PNG's name: image and link, characters other than letters, digits, . _ - as _."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{image}-{link}" if link else image) + ".png"
+
+
+def plot_all(summaries: Sequence[Summary], out_dir: Path, registry: str,
+             bounds: Mapping[tuple[str, str], Bound | str]) -> list[Path]:
+    """One PNG per image and link setting."""
+    groups: dict[tuple[str, str], list[Summary]] = {}
     for summary in summaries:
-        by_image.setdefault(summary.first.image, []).append(summary)
+        groups.setdefault((summary.first.image, summary.first.link), []).append(summary)
     paths = []
-    for image, group in by_image.items():
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", image)
+    for (image, link), group in groups.items():
         repetitions = max(len(s.samples) for s in group)
-        link = f", registry throttled to {throttle}" if throttle else ""
-        title = f"{registry}/{image}: pull, create, run ({repetitions} repetitions{link})"
-        paths.append(plot_image(group, out_dir / f"{name}.png", title=title))
+        where = f"link {link}" if link else "registry not shaped"
+        title = f"{registry}/{image}: pull, create, run ({repetitions} repetitions, {where})"
+        bound = bounds.get((link, image))
+        paths.append(plot_image(group, out_dir / file_name(image, link), title=title,
+                                bound=bound if isinstance(bound, Bound) else None))
     return paths

@@ -8,6 +8,7 @@ from typing import TextIO
 from benchmarks.prefetch.report import seconds
 from benchmarks.prefetch.runner import Sample
 from benchmarks.progress_line import StatusLine
+from nri_optimizer.results.formats import readable_size
 
 
 class Progress(StatusLine):
@@ -31,8 +32,12 @@ class Progress(StatusLine):
         if sample.status == "ok":
             result = (f"pull {seconds(sample.pull_us)} s, create {seconds(sample.create_us)} s, "
                       f"run {seconds(sample.run_us)} s, total {seconds(sample.total_us)} s")
+            if sample.bytes_fetched is not None and not sample.warm:
+                result += f", fetched {readable_size(sample.bytes_fetched)} by ready"
             if sample.nydusd_bytes is not None:
-                result += f", nydusd read {sample.nydusd_bytes} B"
+                result += (f" (nydusd {readable_size(sample.nydusd_bytes)}, {sample.ondemand_requests} on-demand "
+                           f"requests, {sample.stalled_reads} stalled reads)")
         else:
             result = f"{sample.status}: {sample.note}"
-        self.note(f"{self.done_count}/{self.total} {self.label}: {result}")
+        label = f"{self.label} (warm start)" if sample.warm else self.label
+        self.note(f"{self.done_count}/{self.total} {label}: {result}")

@@ -18,3 +18,10 @@ def pull_size(registry: Registry, repository: str, tag: str, *, nydus: bool = Fa
     layers = [layer for layer in manifest["layers"]
               if not (nydus and layer.get("annotations", {}).get(NYDUS_BLOB) == "true")]
     return total + int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in layers)
+
+
+def nydus_blobs(registry: Registry, repository: str, tag: str) -> set[str]:
+    """The sha256 hex digests of the nydus blobs of repository:tag (the layers nydusd reads)."""
+    manifest = registry.image_manifest(repository, tag).json()
+    return {layer["digest"].removeprefix("sha256:") for layer in manifest["layers"]
+            if layer.get("annotations", {}).get(NYDUS_BLOB) == "true"}

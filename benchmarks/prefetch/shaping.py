@@ -326,15 +326,16 @@ class DelayLine:
 
 
 class ShapedLink:
-    """The registry on 127.0.0.1:`registry_port` behind `link`: clients use `address` (the delay line's).
+    """The registry on 127.0.0.1:`registry_port` behind `link`: clients use `address` (the delay line's). Without a
+    link, the delay line holds nothing and nothing is shaped: it only counts the bytes.
 
     `rtt_measured` (seconds) is the median round trip of small requests through the link, measured on entry.
     """
 
-    def __init__(self, link: Link, registry_port: int) -> None:
+    def __init__(self, link: Link | None, registry_port: int) -> None:
         self.link = link
         self.registry_port = registry_port
-        self.delay = DelayLine(registry_port, link.rtt)
+        self.delay = DelayLine(registry_port, link.rtt if link is not None else 0.0)
         self.rtt_measured = 0.0
         self._stack = contextlib.ExitStack()
 
@@ -349,7 +350,8 @@ class ShapedLink:
 
     def __enter__(self) -> ShapedLink:
         with self._stack as stack:
-            stack.enter_context(RateLimit(self.link.rate, self.registry_port))
+            if self.link is not None:
+                stack.enter_context(RateLimit(self.link.rate, self.registry_port))
             stack.enter_context(self.delay)
             self.rtt_measured = measure_rtt(self.address)
             self._stack = stack.pop_all()

@@ -9,9 +9,10 @@ Two converters, whichever is there:
   --prefetch-patterns``, the list's paths on stdin (arguments after ``--`` go to nydusify as they are).
 - Otherwise the built-in one, nydus-image 2.2.0 (``--nydus-image``, PATH, or the cache ``make nydus`` fills):
   the source image is pulled from its registry (this machine's platform, or ``--platform``), each layer's tar is
-  reordered so the listed files lead its blob, nydus-image builds a blob and a bootstrap per layer and merges the
-  bootstraps with the list as the prefetch table (nri_optimizer.nydus), and the image nydus-snapshotter runs is
-  pushed: blobs, bootstrap layer, config, then the manifest under the target's tag. RAFS v6 only.
+  reordered so the listed files lead its blob (``--no-reorder``: the blob keeps the layer's order), nydus-image
+  builds a blob and a bootstrap per layer and merges the bootstraps with the list as the prefetch table
+  (nri_optimizer.nydus), and the image nydus-snapshotter runs is pushed: blobs, bootstrap layer, config, then the
+  manifest under the target's tag. RAFS v6 only.
 
 The list is the plugin's (one path a line). A first line ``# incomplete: why`` (the trace lost events) is a warning:
 the image gets what the list has. A list naming no file at all is an error (nothing to prefetch; ``--no-list``
@@ -94,9 +95,10 @@ def nydusify_command(nydusify: str, source: str, target: str, fs_version: str, e
 
 def convert(source: str, target: str, listed: Sequence[str] | None, *, nydus_image: str,
             source_insecure: bool = False, target_insecure: bool = False, platform: tuple[str, str] | None = None,
-            work_dir: Path | None = None, say: Callable[[str], None] = lambda line: None) -> Converted:
+            work_dir: Path | None = None, reorder: bool = True,
+            say: Callable[[str], None] = lambda line: None) -> Converted:
     """The built-in converter: `source` from its registry, the nydus image (prefetch table `listed`, or none) to
-    `target`."""
+    `target`; with `reorder` (and a list) the listed files lead each blob, else the blob keeps the layer's order."""
     source_ref, target_ref = reference.parse(source), reference.parse(target)
     if not target_ref.tag:
         raise UsageError(f"--target {target}: name a tag to push to, not a digest")
@@ -108,7 +110,7 @@ def convert(source: str, target: str, listed: Sequence[str] | None, *, nydus_ima
         say(f"pulling {source_ref}")
         layout.pull(source_registry, source_ref.path, source_ref.digest or source_ref.tag, pulled, platform)
         say(f"building with {nydus_image}" + (f" ({len(listed)} listed paths)" if listed is not None else ""))
-        converted = image.convert_layout(pulled, built, listed=listed, nydus_image=nydus_image)
+        converted = image.convert_layout(pulled, built, listed=listed, nydus_image=nydus_image, reorder=reorder)
         say(f"pushing {target_ref}")
         digest, size = layout.push(built, target_registry, target_ref.path, target_ref.tag)
     pushed = f"{target_ref.domain}/{target_ref.path}@{digest}"
@@ -127,6 +129,9 @@ def main(argv: Sequence[str]) -> int:
     which.add_argument("--list", dest="list_file", help="the recorded list (default: the plugin's result for "
                        "--source under persist_dir)")
     which.add_argument("--no-list", action="store_true", help="no prefetch table")
+    parser.add_argument("--no-reorder", dest="reorder", action="store_false", help="the list as the prefetch table "
+                        "only: each blob keeps its layer's order (built-in converter; default: the listed files lead "
+                        "the blob, in list order)")
     which.add_argument("--from-registry", action="store_true", help="the lists nodes attached to --source in its "
                        "registry, merged (nri-optimizer pull-list --merge: written as --source's result under "
                        "persist_dir first)")
@@ -166,7 +171,7 @@ def main(argv: Sequence[str]) -> int:
     _show_library_warnings()
     converted = convert(args.source, args.target, recorded.paths if recorded else None, nydus_image=nydus_image,
                         source_insecure=args.source_insecure, target_insecure=args.target_insecure,
-                        platform=_platform(args.platform), work_dir=args.work_dir, say=_say)
+                        platform=_platform(args.platform), work_dir=args.work_dir, reorder=args.reorder, say=_say)
     table = converted.build
     if recorded is None:
         summary = "no prefetch table"

@@ -49,7 +49,9 @@ class Access:
     reads: int
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (nydusd's API, nydus-snapshotter's system controller)."""
+
     def __init__(self, path: Path, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -67,7 +69,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 def get(api_socket: Path, path: str, *, timeout: float = API_TIMEOUT) -> Any:
     """GET `path` from nydusd's API on `api_socket`: the decoded JSON."""
-    connection = _UnixHTTPConnection(api_socket, timeout)
+    connection = UnixHTTPConnection(api_socket, timeout)
     try:
         connection.request("GET", path)
         response = connection.getresponse()

@@ -437,13 +437,16 @@ def test_nydus_bytes_in_rows_summary_and_table() -> None:
     rows = run_rows(samples, "r")
     assert [(r["bytes_fetched"], r["nydusd_bytes"]) for r in rows] == [(6000, 5000), (10000, 9000), (8000, 7000)]
     (summary,) = summarize(samples)
-    (row,) = summary_rows([summary], "r")
+    (row,) = summary_rows([summary], "r", {})
     assert (row["bytes_fetched"], row["nydusd_bytes"], row["prefetch"]) == (8000, 7000, "all")
-    assert table([summary], "r").splitlines()[2].endswith("| 7.8 KiB (nydusd 6.8 KiB) |")
+    assert table([summary], {}).splitlines()[4].startswith(
+        "| nydus-prefetch-all | 3/3 | 0.000 (0.000-0.000) | 0.000 (0.000-0.000) | 0.000 (0.000-0.000) | "
+        "0.000 (0.000-0.000) |  | 7.8 KiB |")
 
 
 def test_example_config_loads() -> None:
     example = Path(__file__).parents[2] / "examples" / "bench-image.yaml"
     config = cfg.load(example)
     assert [(v.name, v.prefetch) for v in config.variants] == [
-        ("oci", None), ("nydus", "off"), ("nydus-prefetch-all", "all"), ("nydus-prefetch-list", "list")]
+        ("oci", None), ("nydus", "off"), ("nydus-prefetch-all", "all"), ("nydus-prefetch-list", "list"),
+        ("nydus-runtime-list", "runtime")]

@@ -73,7 +73,8 @@ def load(tmp_path: Path, text: str) -> cfg.BenchConfig:
 
 def test_a_config_in_the_seeds_shape(tmp_path: Path) -> None:
     config = load(tmp_path, GOOD)
-    assert (config.registry, config.insecure, config.repetitions, config.throttle) == ("local", True, 2, None)
+    assert (config.registry, config.insecure, config.repetitions, config.links, config.settle) == (
+        "local", True, 2, (), 20.0)
     web, db = config.images
     assert web == cfg.Image("web:latest", cfg.Ready("url", "http://127.0.0.1:8081/"), 5.0,
                             {"PORT": "8081", "MODE": "fast", "GREETING": "hello world"}, build="web")
@@ -84,18 +85,22 @@ def test_a_config_in_the_seeds_shape(tmp_path: Path) -> None:
     assert config.reference("127.0.0.1:5000", db, config.variants[1]) == "127.0.0.1:5000/db:2_nydus"
 
 
-def test_default_variants_are_the_seeds_four(tmp_path: Path) -> None:
+def test_default_variants_are_the_seeds_four_and_the_runtime_list(tmp_path: Path) -> None:
     config = load(tmp_path, "images: [{name: a:1, build: db, ready: start}]\n")
     assert [(v.name, v.tag_suffix, v.prefetch) for v in config.variants] == [
         ("oci", "", None), ("nydus", "_nydus", "off"), ("nydus-prefetch-all", "_nydus_prefetchall", "all"),
-        ("nydus-prefetch-list", "_nydus_prefetch", "list")]
+        ("nydus-prefetch-list", "_nydus_prefetch", "list"), ("nydus-runtime-list", "_nydus", "runtime")]
+    # The runtime list runs the image converted without a list: the same tag as prefetch off.
+    assert [(v.conversion, v.lists) for v in config.variants[1:]] == [
+        (None, None), (None, None), (("ours", True), "ours"), (None, "ours")]
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("images: [{name: a:1, build: db}]",
      "images[0].ready: got None; expected {url: URL}, {line: TEXT}, exit or start"),
     ("images: [{name: a:1, build: db, ready: {url: 'ftp://x'}}]", "images[0].ready: got {'url': 'ftp://x'}"),
-    ("images: [{name: a:1, ready: exit}]", "images[0]: got 'a:1'; expected build: (web, db) or archive:"),
+    ("images: [{name: a:1, ready: exit}]",
+     "images[0]: got 'a:1'; expected build: (web, db, wordpress, python-web, node-web) or archive:"),
     ("registry: reg.example:5000\nimages: [{name: a:1, build: web, ready: exit}]",
      "images[0].build: got 'web'; expected only with registry: local"),
     ("images: [{name: a:1, build: db, ready: exit, arg: '-v /x:/y'}]",
@@ -103,12 +108,31 @@ def test_default_variants_are_the_seeds_four(tmp_path: Path) -> None:
     ("images: [{name: a:1, build: db, ready: exit, arg: '-e NOVALUE'}]", "expected KEY=VALUE after -e (not 'NOVALUE')"),
     ("repetitions: 0\nimages: [{name: a:1, build: db, ready: exit}]",
      "repetitions: got 0; expected a whole number > 0, e.g. repetitions: 3"),
-    ("throttle: fast\nimages: [{name: a:1, build: db, ready: exit}]", "throttle: got 'fast'; expected a tc rate"),
+    ("throttle: fast\nimages: [{name: a:1, build: db, ready: exit}]",
+     "throttle: got 'fast'; expected RATE/RTT or a list of them, e.g. throttle: [100mbit/10ms, 20mbit/40ms], or no key"),
+    ("throttle: [20mbit/40ms, 20mbit/40ms]\nimages: [{name: a:1, build: db, ready: exit}]",
+     "throttle: got ['20mbit/40ms', '20mbit/40ms']; expected each setting once"),
+    ("registry: reg.example\nthrottle: 20mbit/40ms\nimages: [{name: a:1, ready: exit}]",
+     "throttle: got '20mbit/40ms'; expected only with registry: local"),
+    ("registry: reg.example\nimages: [{name: a:1, ready: exit, list: record}]",
+     "images[0].list: got 'record'; expected a recorded list's path: `record` needs registry: local"),
+    ("settle: 0\nimages: [{name: a:1, build: db, ready: exit}]", "settle: got 0; expected a number > 0"),
+    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: all, list: ours}]",
+     "variants[0].list: got 'ours'; expected no list key: only prefetch list and runtime take a list"),
+    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, list: mine}]",
+     "variants[0].list: got 'mine'; expected ours (the plugin's recorded list) or nydusd"),
+    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: runtime, reorder: false}]",
+     "variants[0].reorder: got False; expected no reorder key: only prefetch list converts with a list"),
+    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, reorder: 1}]",
+     "variants[0].reorder: got 1; expected true (the listed files lead the blob) or false"),
+    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, tag_suffix: _n, prefetch: off},"
+     " {name: y, snapshotter: nydus, tag_suffix: _n, prefetch: list}]",
+     "variants: got ['x', 'y']; expected tag suffixes of their own: their images differ, and '_n' can name one"),
     ("images: [{name: a:1, build: db, ready: exit, colour: red}]", "images[0].colour: unknown key; known: archive, arg, build, list, name, ready, timeout"),
     ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: overlayfs, prefetch: all}]",
      "variants[0].prefetch: got 'all'; expected no prefetch key: only nydus variants prefetch"),
     ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus}]",
-     "variants[0].prefetch: got None; expected off, all or list"),
+     "variants[0].prefetch: got None; expected off, all, list or runtime"),
     ("images: [{name: 'A:1', build: db, ready: exit}]", "images: got 'A:1'; expected names that make valid references"),
     ("images: [{name: a:1, build: db, ready: exit}, {name: a:1, build: web, ready: exit}]",
      "images: got ['a:1', 'a:1']; expected each name once"),
@@ -143,10 +167,13 @@ def test_summary_median_and_spread_and_exact_rows() -> None:
         "run": (60_000, 50_000, 70_000), "total": (460_000, 450_001, 470_000)}
     for row in run_rows(samples[:3], "r"):
         assert Decimal(row["total_s"]) == sum(Decimal(row[f"{p}_s"]) for p in ("pull", "create", "run"))
-    lines = table([oci, nydus], "r").splitlines()
-    assert lines[2] == ("| t1 | r | web:1 | oci | 3/3 | 0.200 (0.100-0.300) | 0.200 (0.100-0.300) | "
-                        "0.060 (0.050-0.070) | 0.460 (0.450-0.470) | 1000 B |")
-    assert lines[3] == "| t4 | r | web:1_nydus | nydus | - | skipped: nydus not installed (x) |  |  |  |  |"
+    lines = table([oci, nydus], {}).splitlines()
+    assert lines[:4] == ["**web:1**, link not shaped: no bound", "",
+                         "| variant | n | pull (s) | create (s) | run (s) | total (s) | total / bound | fetched by ready "
+                         "| fetched in all | on-demand requests | stalled reads |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    assert lines[4] == ("| oci | 3/3 | 0.200 (0.100-0.300) | 0.200 (0.100-0.300) | 0.060 (0.050-0.070) | "
+                        "0.460 (0.450-0.470) |  | 1000 B |  |  |  |")
+    assert lines[5] == "| nydus | - | skipped: nydus not installed (x) |  |  |  |  |  |  |  |  |"
 
 
 def test_a_partly_failed_variant_says_so() -> None:

@@ -1,17 +1,14 @@
 """`nri-optimizer bench-image` against a real containerd 2.1 and Debian's docker-registry on loopback: real pulls
-of images built offline, readiness of each kind, cleanup between repetitions, throttling, and the outputs."""
+of images built offline, readiness of each kind, cleanup between repetitions, the warm start, a pull through the
+shaped link, and the outputs."""
 
 from __future__ import annotations
 
 import csv
 import json
-import shutil
-import struct
 import subprocess
 import sys
-import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,44 +22,20 @@ from benchmarks.prefetch.handlers import HandlerCri
 from benchmarks.prefetch.registry import pull_size
 from benchmarks.prefetch.report import RUN_COLUMNS, SUMMARY_COLUMNS
 from benchmarks.prefetch.runner import Runner, Sample
-from benchmarks.prefetch.throttle import Throttle
+from benchmarks.prefetch.shaping import Link, ShapedLink
 from testbed import debs, host
 from testbed.containerd import Containerd
 from testbed.images import build_image
 from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
+from tests.e2e.benchimage import made_by, png_size
 
 OCI = Variant("oci", "overlayfs")
 WEB_PORT = 18391
 
 
-def registry_processes() -> list[host.Proc]:
-    return [p for p in host.processes() if p.cmdline[:1] and p.cmdline[0].endswith("/docker-registry")
-            and any("/nriopt-registry-" in arg for arg in p.cmdline)]
-
-
-def ours(prefixes: tuple[str, ...]) -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(prefixes)}
-
-
-def lo_qdisc() -> str:
-    return subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True, check=True).stdout
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """Walk every chunk, checking each CRC; (width, height) of a complete PNG, else AssertionError."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
-    at, kinds = 8, []
-    while at < len(data):
-        (length,) = struct.unpack(">I", data[at:at + 4])
-        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + length]
-        (crc,) = struct.unpack(">I", data[at + 8 + length:at + 12 + length])
-        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
-        kinds.append(kind)
-        at += 12 + length
-    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds, kinds
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
+def processes_in(directories: list[Path]) -> list[host.Proc]:
+    """Processes whose command line names one of `directories` (ours: other tests run beside us)."""
+    return [p for p in host.processes() if any(str(d) in " ".join(p.cmdline) for d in directories)]
 
 
 # --- the command, end to end ------------------------------------------------------------------------------
@@ -89,7 +62,6 @@ variants:
   - {{name: oci, snapshotter: overlayfs}}
   - {{name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}}
 """)
-    before = ours(("nriopt-benchimage-", "nriopt-registry-"))
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out)],
@@ -99,7 +71,8 @@ variants:
     assert ("nri-optimizer bench-image: nydus-prefetch-list: skipped: nydus not installed "
             "(containerd-nydus-grpc, nydusd not on PATH)") in result.stderr.splitlines()
 
-    # Every repetition: all columns, the three phases adding up to the total digit for digit, real pulls.
+    # Every repetition: all columns, the three phases adding up to the total digit for digit, real pulls; each
+    # cold start followed by its warm start, which fetches nothing. Rounds run image after image.
     with open(out / "runs.csv", newline="") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames or ()) == RUN_COLUMNS
@@ -108,33 +81,44 @@ variants:
     assert registry.startswith("127.0.0.1:")
     ok = [r for r in rows if r["status"] == "ok"]
     assert [(r["repo"], r["variant"], r["repetition"]) for r in ok] == [
-        (image, "oci", str(n)) for image in ("e2e-web:1", "e2e-db:1") for n in (1, 2, 3)]
+        (image, variant, str(n)) for n in (1, 2, 3) for image in ("e2e-web:1", "e2e-db:1")
+        for variant in ("oci", "oci-warm")]
     for row in ok:
         assert row["registry"] == registry and row["snapshotter"] == "overlayfs" and row["note"] == ""
+        assert (row["link"], row["settled"]) == ("", "true")
         phases = [Decimal(row[f"{p}_s"]) for p in ("pull", "create", "run")]
         assert all(p > 0 for p in phases), row
         assert Decimal(row["total_s"]) == sum(phases), row
-        assert int(row["bytes_fetched"]) > workloads.BLOBS * workloads.BLOB_SIZE  # every layer is fetched
+        if row["variant"] == "oci":  # every layer is fetched, counted by the delay line in front of the registry
+            assert int(row["bytes_fetched"]) == int(row["bytes_total"]) > workloads.BLOBS * workloads.BLOB_SIZE
+        else:
+            assert (row["bytes_fetched"], row["bytes_total"]) == ("0", "0")
+            assert Decimal(row["pull_s"]) < Decimal("0.5")  # the image is there: nothing to fetch
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert [(r["repo"], r["variant"], r["repetition"], r["total_s"]) for r in skipped] == [
         ("e2e-web:1_nydus_prefetch", "nydus-prefetch-list", "0", ""),
         ("e2e-db:1_nydus_prefetch", "nydus-prefetch-list", "0", "")]
     assert {r["note"] for r in skipped} == {"nydus not installed (containerd-nydus-grpc, nydusd not on PATH)"}
-    assert len(rows) == 8
+    assert len(rows) == 14
 
     # The summary: median within min-max for each phase, n = 3.
     with open(out / "summary.csv", newline="") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames or ()) == SUMMARY_COLUMNS
         summary = list(reader)
-    assert [(s["repo"], s["status"], s["n"]) for s in summary] == [
-        ("e2e-web:1", "ok", "3"), ("e2e-web:1_nydus_prefetch", "skipped", "0"),
-        ("e2e-db:1", "ok", "3"), ("e2e-db:1_nydus_prefetch", "skipped", "0")]
-    for s, image in ((summary[0], "e2e-web:1"), (summary[2], "e2e-db:1")):
-        mine = [r for r in ok if r["repo"] == image]
+    assert [(s["variant"], s["repo"], s["status"], s["n"]) for s in summary] == [
+        ("oci", "e2e-web:1", "ok", "3"), ("oci-warm", "e2e-web:1", "ok", "3"),
+        ("nydus-prefetch-list", "e2e-web:1_nydus_prefetch", "skipped", "0"),
+        ("oci", "e2e-db:1", "ok", "3"), ("oci-warm", "e2e-db:1", "ok", "3"),
+        ("nydus-prefetch-list", "e2e-db:1_nydus_prefetch", "skipped", "0")]
+    for s in summary:
+        if s["status"] == "skipped":
+            continue
+        mine = [r for r in ok if (r["repo"], r["variant"]) == (s["repo"], s["variant"])]
         for phase in ("pull", "create", "run", "total"):
             values = sorted(Decimal(r[f"{phase}_s"]) for r in mine)
             assert [Decimal(s[f"{phase}_{k}_s"]) for k in ("min", "median", "max")] == values
+        assert s["bound_s"] == s["total_vs_bound"] == ""  # no nydus without prefetch: no bound
 
     # JSON: exact µs per run, the same numbers as the CSV.
     data = json.loads((out / "results.json").read_text())
@@ -144,24 +128,29 @@ variants:
             assert run["total_us"] == run["pull_us"] + run["create_us"] + run["run_us"]
             assert Decimal(row["total_s"]) * 1_000_000 == run["total_us"]
 
-    # The table on stdout: a header, a rule and one line per image and variant.
+    # The table on stdout: per image, why there is no bound, a header, a rule and one line per variant.
     table = result.stdout.splitlines()
-    assert table[0] == ("| timestamp | registry | repo | variant | n | pull (s) | create (s) | run (s) | total (s) "
-                        "| fetched |")
-    assert len(table) == 2 + 4 and all(f"| {registry} |" in line for line in table[2:])
+    for image in ("e2e-web:1", "e2e-db:1"):
+        at = table.index(f"**{image}**, link not shaped: no bound: it needs nydus without prefetch (prefetch: off) "
+                         "measured")
+        assert table[at + 2].startswith("| variant | n | pull (s) |")
+        assert [line.split(" | ")[0:2] for line in table[at + 4:at + 7]] == [
+            ["| oci", "3/3"], ["| oci-warm", "3/3"], ["| nydus-prefetch-list", "-"]]
+    runs_md = (out / "runs.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in runs_md if line.startswith("| oci")] == ["| oci", "| oci-warm"] * 2
 
     # A valid PNG per image, and what was written is what the command says it wrote.
     for name in ("e2e-web_1.png", "e2e-db_1.png"):
         width, height = png_size(out / name)
         assert width >= 600 and height >= 400
     wrote = {line.rsplit(" ", 1)[1] for line in result.stderr.splitlines() if " wrote " in line}
-    assert wrote == {str(out / n) for n in ("runs.csv", "summary.csv", "results.json", "table.md",
+    assert wrote == {str(out / n) for n in ("runs.csv", "summary.csv", "results.json", "table.md", "runs.md",
                                             "e2e-web_1.png", "e2e-db_1.png")}
 
-    # Nothing left: no registry process, no work or registry dir, no qdisc.
-    assert ours(("nriopt-benchimage-", "nriopt-registry-")) == before
-    assert registry_processes() == []
-    assert lo_qdisc().startswith("qdisc noqueue")
+    # Nothing left: no registry process, no work, containerd or registry dir.
+    made = made_by(result.stderr)
+    assert len(made) == 3 and not any(path.exists() for path in made), made
+    assert processes_in(made) == []
 
 
 def test_a_config_error_is_one_line(tmp_path: Path) -> None:
@@ -214,7 +203,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory, runtime: Callable[[str], debs.
     finally:
         registry.close()
         ctd.close()  # raises if anything of containerd's is left
-    assert not registry.dir.exists() and registry_processes() == []
+    assert not registry.dir.exists() and processes_in([registry.dir]) == []
 
 
 def manifest_blobs(bed: Bed, name: str) -> set[str]:
@@ -238,7 +227,7 @@ def test_cleanup_removes_the_image_and_its_content_so_each_pull_is_real(bed: Bed
     bed.ctd.cri.pull_image(reference)
     assert blobs <= bed.content_blobs()
     for repetition in (1, 2):
-        sample = bed.runner.repetition(image, OCI, reference, repetition, None)
+        (sample,) = bed.runner.repetition(image, OCI, reference, repetition, None)
         assert sample.status == "ok", sample.note
         assert not bed.ctd.cri.image_status(reference)
         # Not one blob of the image is left (its busybox layer is its own, not the sandbox image's).
@@ -247,7 +236,8 @@ def test_cleanup_removes_the_image_and_its_content_so_each_pull_is_real(bed: Bed
 
 
 def sample_with(bed: Bed, name: str, image: Image, tarball: Path) -> Sample:
-    return bed.runner.repetition(image, OCI, bed.push(name, tarball), 1, None)
+    (sample,) = bed.runner.repetition(image, OCI, bed.push(name, tarball), 1, None)
+    return sample
 
 
 def test_readiness_kinds_and_failures(bed: Bed) -> None:
@@ -274,36 +264,21 @@ def test_readiness_kinds_and_failures(bed: Bed) -> None:
     assert bed.ctd.cri.list_pods() == [] and bed.ctd.cri.list_containers() == []
 
 
-def test_throttle_slows_only_the_registry_and_goes_away(bed: Bed) -> None:
-    name = "throttled-web:1"
-    reference = bed.push(name, workloads.build("web", name, bed.work / "throttled-web.tar"))
+def test_the_shaped_link_slows_only_the_registry(bed: Bed) -> None:
+    name = "shaped-web:1"
+    reference = bed.push(name, workloads.build("web", name, bed.work / "shaped-web.tar"))
     image = Image(name, Ready("url", f"http://127.0.0.1:{WEB_PORT + 1}/"), 30, env={"PORT": str(WEB_PORT + 1)})
     size = pull_size(bed.registry.client(), *name.rsplit(":", 1))
-    fast = bed.runner.repetition(image, OCI, reference, 1, size)
-    rate_bits = 40_000_000
-    with Throttle("40mbit", bed.registry.port):
-        assert "htb" in lo_qdisc()
-        slow = bed.runner.repetition(image, OCI, reference, 2, size)
-    assert lo_qdisc().startswith("qdisc noqueue")
+    (fast,) = bed.runner.repetition(image, OCI, reference, 1, size)
+    link = Link.parse("40mbit/20ms")
+    with ShapedLink(link, bed.registry.port) as shaped:
+        write_hosts(bed.work / "hosts", shaped.address, plain_http=True)
+        runner = Runner(bed.runner.cri, cgroup_parent=bed.ctd.cgroup_parent, logs_dir=bed.work / "logs",
+                        pull_timeout=120, link_bytes=lambda: shaped.down_bytes, link=str(link))
+        (slow,) = runner.repetition(image, OCI, f"{shaped.address}/{name}", 2, size)
     assert fast.status == slow.status == "ok", (fast.note, slow.note)
     assert fast.pull_us is not None and slow.pull_us is not None
-    floor_us = size * 8 / rate_bits * 1e6 * 0.9  # the bucket's burst lets a little through at full speed
+    # The pull fetched the image through the link (the delay line counted it; its requests too), at the rate.
+    assert slow.link == "40mbit/20ms" and size <= (slow.bytes_fetched or 0) < size + 64 * 1024
+    floor_us = size * 8 / link.rate * 1e6 * 0.9  # HTB lets a packet pass on credit
     assert slow.pull_us >= floor_us > fast.pull_us, (slow.pull_us, floor_us, fast.pull_us)
-
-
-def test_throttle_refuses_a_lo_with_a_qdisc(bed: Bed) -> None:
-    from benchmarks.prefetch.throttle import ThrottleError
-
-    with Throttle("10mbit", bed.registry.port), pytest.raises(ThrottleError, match="lo already has a queueing"), \
-            Throttle("10mbit", bed.registry.port):
-        pass
-    assert lo_qdisc().startswith("qdisc noqueue")
-
-
-def test_tc_missing_is_said(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks.prefetch.throttle import ThrottleError
-
-    real_which: Callable[[str], str | None] = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name: None if name == "tc" else real_which(name))
-    with pytest.raises(ThrottleError, match=r"^tc not found: install iproute2"), Throttle("10mbit", 1):
-        pass

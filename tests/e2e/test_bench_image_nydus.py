@@ -27,6 +27,7 @@ from testbed import TestbedError, debs, host, nydus, toolchain
 from testbed.containerd import Containerd
 from testbed.images import build_pause_image
 from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
+from tests.e2e.benchimage import made_by, png_size
 
 NYDUS_OFF = Variant("nydus", "nydus", "_nydus", "off")
 
@@ -45,11 +46,6 @@ def stand_in_nydusd(directory: Path) -> Path:
     path.write_text(f'#!/bin/sh\necho "$@" >> {directory / "nydusd.calls"}\nexit 1\n')
     path.chmod(0o755)
     return path
-
-
-def made_by(stderr: str) -> list[Path]:
-    """The private dirs a bench-image run says it made (snapshotters, containerd, registry data)."""
-    return [Path(p) for p in re.findall(r"(?:running privately in|data in) (/\S+?)[)\s]", stderr + "\n")]
 
 
 def snapshot_kinds(ctd: Containerd, snapshotter: str) -> list[str]:
@@ -99,7 +95,7 @@ def test_a_handler_pulls_and_runs_through_the_snapshotter(
         runner = Runner(cri, cgroup_parent=ctd.cgroup_parent, logs_dir=tmp_path / "logs", pull_timeout=60,
                         on_phase=on_phase)
         image = Image("nydus-db:1", Ready("line", "ready to accept connections"), 30)
-        sample = runner.repetition(image, NYDUS_OFF, reference, 1, 1234, snapshotter)
+        (sample,) = runner.repetition(image, NYDUS_OFF, reference, 1, 1234, snapshotter)
         # An OCI image on nydus-snapshotter runs (as on overlayfs), but no nydusd served it: not a nydus measurement.
         assert (sample.status, sample.note, sample.bytes_fetched, sample.nydusd_bytes) == (
             "failed", f"no nydusd serves {reference}: not a nydus image? (convert it with bench-image convert)",
@@ -146,73 +142,124 @@ variants:
     for variant in ("nydus", "nydus-prefetch-list"):
         assert f"nri-optimizer bench-image: {variant}: skipped: nydus not installed (nydusd not on PATH)" in lines
     table = result.stdout.splitlines()
-    assert [line.split(" | ")[3:5] for line in table[2:]] == [
-        ["oci", "1/1"], ["nydus", "-"], ["nydus-prefetch-list", "-"]]
-    assert "| skipped: nydus not installed (nydusd not on PATH) |" in table[3]
+    assert [line.split(" | ")[:3] for line in table[4:7]] == [
+        ["| oci", "1/1", table[4].split(" | ")[2]], ["| oci-warm", "1/1", table[5].split(" | ")[2]],
+        ["| nydus", "-", "skipped: nydus not installed (nydusd not on PATH)"]]
+    assert table[7].startswith("| nydus-prefetch-list | - | skipped: nydus not installed (nydusd not on PATH) |")
     assert "nydus-snapshotter" not in result.stderr  # none was started for skipped variants
     made = made_by(result.stderr)
-    assert len(made) == 2 and not any(path.exists() for path in made)  # containerd's and the registry's
+    assert len(made) == 3 and not any(path.exists() for path in made)  # the work dir, containerd's, the registry's
 
 
-DB_READS = "/app/start.sh\n/bin/busybox\n/app/db.conf\n/app/data/schema.sql\n/app/data/table-0.bin\n"
+DB_READS = ["/app/start.sh", "/bin/busybox", "/app/db.conf", "/app/data/schema.sql", "/app/data/table-0.bin"]
+MiB = 1 << 20
+VARIANTS = ("oci", "nydus", "nydus-prefetch-all", "nydus-prefetch-list", "nydus-runtime-list", "nydus-list-unordered",
+            "nydus-nydusd-list")
 
 
-def test_a_quick_run_measures_every_nydus_variant_for_real(
+def shaped_ports() -> set[int]:
+    out = subprocess.run(["tc", "filter", "show", "dev", "lo"], capture_output=True, text=True, check=True).stdout
+    return {int(match[1], 16) >> 16 for match in re.finditer(r"match ([0-9a-f]{8})/ffff0000 at 20", out)}
+
+
+def test_the_quick_benchmark_runs_every_variant_against_the_bound(
         tmp_path: Path, runtime: Callable[[str], debs.Runtime]) -> None:
-    """The whole `run` as make test runs it (one repetition, a throttled local registry) with the real tools: the
-    harness converts the pushed image once per nydus variant with the built-in converter, each variant pulls and
-    runs lazily on its own nydus-snapshotter, and nydusd's bytes show what each prefetch mode fetched."""
+    """What make test runs of the benchmark: one small workload, two rounds, every variant, on a shaped link, with
+    the real tools (nydus-image converting, nydus-snapshotter and nydusd running it lazily, the plugin recording our
+    list, nydusd recording its own). Nothing is skipped; the figures are checked for what they must be, never for
+    how fast."""
     runtime("2.1")
     try:
         tools = toolchain.install()
     except TestbedError as error:
         pytest.fail(f"the nydus tool chain cannot be installed (make nydus): {error}")
-    (tmp_path / "db.list").write_text(DB_READS)
     config = tmp_path / "bench.yaml"
     config.write_text(f"""
 registry: local
-repetitions: 1
+repetitions: 2
 timeout: 30
-throttle: 200mbit
+throttle: 100mbit/10ms
+settle: 10
 images:
-  - {{name: e2e-db:1, build: db, ready: {{line: "ready to accept connections"}}, list: db.list}}
+  - {{name: e2e-db:1, build: db, ready: {{line: "ready to accept connections"}}, list: record}}
 variants:
   - {{name: oci, snapshotter: overlayfs}}
   - {{name: nydus, snapshotter: nydus, tag_suffix: _nydus, prefetch: "off"}}
   - {{name: nydus-prefetch-all, snapshotter: nydus, tag_suffix: _nydus_prefetchall, prefetch: all}}
   - {{name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}}
+  - {{name: nydus-runtime-list, snapshotter: nydus, tag_suffix: _nydus, prefetch: runtime}}
+  - {{name: nydus-list-unordered, snapshotter: nydus, tag_suffix: _nydus_unordered, prefetch: list, reorder: false}}
+  - {{name: nydus-nydusd-list, snapshotter: nydus, tag_suffix: _nydus_nydusdlist, prefetch: list, list: nydusd}}
 nydus: {{snapshotter: {tools.snapshotter}, nydusd: {tools.nydusd}, nydus_image: {tools.nydus_image}}}
 """)
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert "skipped" not in result.stderr
     data = json.loads((out / "results.json").read_text())
     assert data["nydus"]["snapshotters"] == ["nydus-off", "nydus-all", "nydus-list"]
-    assert data["nydus"]["nydus_image"] == str(tools.nydus_image)
-    runs = {r["variant"]: r for r in data["runs"]}
-    assert [(name, r["status"], r["note"]) for name, r in runs.items()] == [
-        (name, "ok", "") for name in ("oci", "nydus", "nydus-prefetch-all", "nydus-prefetch-list")]
-    registry = data["registry"]
-    notes = [line for line in result.stderr.splitlines() if "converting: nri-optimizer convert" in line]
-    source = f"{registry}/e2e-db:1"
-    flags = "--source-insecure --target-insecure"
-    assert [n.split("converting: ")[1] for n in notes] == [
-        f"nri-optimizer convert --source {source} --target {source}_nydus --no-list {flags}",
-        f"nri-optimizer convert --source {source} --target {source}_nydus_prefetchall --no-list {flags}",
-        f"nri-optimizer convert --source {source} --target {source}_nydus_prefetch --list {tmp_path / 'db.list'} "
-        f"{flags}",
-    ]
-    assert any(line.endswith("prefetch table of 5 files)") for line in result.stderr.splitlines())
-    nydusd = {name: runs[name]["nydusd_bytes"] for name in ("nydus", "nydus-prefetch-all", "nydus-prefetch-list")}
-    # Seven of the image's eight 512 KiB tables are never read: prefetch-all fetches them (3.5 MiB; the bench reads
-    # nydusd's count once the workload is ready, when the background prefetch may not quite be done), the list not.
-    assert nydusd["nydus-prefetch-all"] > nydusd["nydus-prefetch-list"] + 2 * 1024 * 1024
-    # The same chunks as reading on demand, fetched earlier; the two images' blobs differ in order, so their chunk
-    # tables (read as well) differ by some bytes.
-    assert abs(nydusd["nydus-prefetch-list"] - nydusd["nydus"]) < 4096
-    assert runs["oci"]["nydusd_bytes"] is None
+    (link,) = data["links"]
+    assert link["link"] == "100mbit/10ms" and link["dropped_page_cache"] is True
+    assert 10 <= link["rtt_measured_ms"] < 60
+
+    # Our list was recorded by the plugin in the run; nydusd's from its access pattern: it has every file of ours
+    # in the same order, and the two files runc reads before the workload starts (the plugin starts at
+    # StartContainer, nydusd serves the root from CreateContainer on).
+    assert (out / "table.md").read_text().count("| e2e-db:1 | 5 | 7 | 1.000 | 0.714 | 0 |") == 1
+    (lists,) = data["lists"]
+    assert (lists["missing"], lists["extra"]) == ([], ["/etc/group", "/etc/passwd"])
+    notes = [line.split("converting: ")[1] for line in result.stderr.splitlines() if "converting: " in line]
+    assert [n.split(" --target ")[1].split()[0].rsplit(":", 1)[1] for n in notes] == [
+        "1_nydus", "1_nydus_prefetchall", "1_nydus_prefetch", "1_nydus_unordered", "1_nydus_nydusdlist"]
+    assert "--no-reorder" in notes[3] and notes[2].endswith("e2e-db_1.ours --source-insecure --target-insecure")
+    assert notes[4].split(" --list ")[1].startswith(str(made_by(result.stderr)[0]))
+
+    # Every variant twice, the warm start after each OCI start; rounds interleaved, the order rotated.
+    runs = [r for r in data["runs"] if r["status"] == "ok"]
+    assert len(runs) == len(data["runs"]) == 2 * (len(VARIANTS) + 1)
+    rounds = [[r["variant"] for r in runs if r["repetition"] == n] for n in (1, 2)]
+    assert rounds == [["oci", "oci-warm", *VARIANTS[1:]], [*VARIANTS[1:], "oci", "oci-warm"]]
+    by = {name: [r for r in runs if r["variant"] == name] for name in (*VARIANTS, "oci-warm")}
+    blobs = workloads.BLOBS * workloads.BLOB_SIZE
+    for r in runs:
+        assert r["total_us"] == r["pull_us"] + r["create_us"] + r["run_us"] and r["settled"] == "true"
+    for r in by["oci"]:  # the whole image through the link, by ready
+        assert r["bytes_fetched"] == r["bytes_total"] > blobs
+    for name in VARIANTS[1:]:
+        for r in by[name]:  # a lazy pull: by ready the link carried what nydusd read, and the metadata (and for
+            # prefetch-all, blob ranges still on their way, which nydusd counts once a request is complete)
+            assert r["nydusd_bytes"] <= r["bytes_fetched"], r
+            assert name == "nydus-prefetch-all" or r["bytes_fetched"] < r["nydusd_bytes"] + MiB, r
+    for r in by["nydus-prefetch-all"]:  # every blob, by the end
+        assert r["bytes_total"] > blobs and r["prefetch_bytes"] > blobs
+    needed = by["nydus"][0]["nydusd_bytes"]
+    for name in ("nydus-prefetch-list", "nydus-runtime-list", "nydus-list-unordered", "nydus-nydusd-list"):
+        for r in by[name]:  # the list's files, fetched by prefetch: the same chunks the start reads on demand
+            assert abs(r["nydusd_bytes"] - needed) < 64 * 1024 and r["prefetch_bytes"] > 0, (name, r)
+            assert r["ondemand_requests"] < by["nydus"][0]["ondemand_requests"], (name, r)
+    for r in by["nydus"]:
+        assert (r["nydusd_bytes"], r["prefetch_bytes"]) == (needed, 0)
+
+    # The bound: nydus without prefetch's pull and create, the warm start's run, the needed bytes at the rate.
+    (bound,) = data["bounds"]
+    off = next(s for s in data["summary"] if s["variant"] == "nydus")
+    warm = next(s for s in data["summary"] if s["variant"] == "oci-warm")
+    assert (bound["metadata_pull_s"], bound["create_s"], bound["warm_run_s"]) == (
+        off["pull_median_s"], off["create_median_s"], warm["run_median_s"])
+    assert bound["needed_bytes"] == needed and bound["transfer_s"] == round(needed * 8 / 100e6, 6)
+    assert bound["bound_s"] == pytest.approx(bound["metadata_pull_s"] + bound["create_s"]
+                                             + max(bound["warm_run_s"], bound["transfer_s"]), abs=2e-6)
+    for summary in data["summary"]:
+        assert summary["n"] == 2 and summary["status"] == "ok"
+        if summary["variant"] != "oci-warm":
+            assert summary["total_vs_bound"] == pytest.approx(summary["total_median_s"] / bound["bound_s"], abs=1e-3)
+
+    png_size(out / "e2e-db_1-100mbit_10ms.png")
+    assert (out / "runs.md").read_text().count("| nydus-nydusd-list |") == 1
+    # Nothing left: the dirs the run made, its processes, its class and filter on lo.
     made = made_by(result.stderr)
-    assert len(made) == 5 and not any(path.exists() for path in made)  # 3 snapshotters, containerd, registry
+    assert len(made) == 7 and not any(path.exists() for path in made), made  # work, 4 snapshotters, ctd, registry
+    assert not any(str(d) in " ".join(p.cmdline) for p in host.processes() for d in made)
+    assert int(data["registry"].rsplit(":", 1)[1]) not in shaped_ports()

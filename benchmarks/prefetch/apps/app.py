@@ -9,8 +9,10 @@ is a file lookup; after a change, the downloads are cached too, so that it runs 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +50,15 @@ class App:
 def build(app: App, *, cache: Path | None = None) -> Path:
     """The app's image-layout tarball, from the cache or built into it."""
     cache = cache or rootfs.apps_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    # One build at a time per cache: two test sessions would otherwise unpack the same root twice, and each
+    # would remove the other's image as stale.
+    with open(cache / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(app, cache)
+
+
+def _build(app: App, cache: Path) -> Path:
     packages = rootfs.resolve(app.packages, cache=cache)
     out = cache / "images" / f"{app.name}-{_key(app, packages)}.tar"
     if out.is_file():
@@ -70,8 +81,9 @@ def _key(app: App, packages: list[rootfs.Package]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([app.name, [(p.name, p.version, p.arch) for p in packages]]).encode())
     digest.update(app.inputs())
-    here = Path(__file__).parent
-    for source in (*sorted(here.glob("*.py")), Path(images.__file__)):
-        digest.update(source.read_bytes())
+    # The code that makes the image: this module, rootfs, the app's own module, and the image writer.
+    modules = (__name__, rootfs.__name__, app.setup.__module__, images.__name__)
+    for module in modules:
+        digest.update(Path(str(sys.modules[module].__file__)).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -118,7 +118,7 @@ def configure(root: Path, *, alternatives: Mapping[str, str] | None = None,
         (root / "etc/alternatives").mkdir(exist_ok=True)
         (root / "etc/alternatives" / name).symlink_to(program)
     # libc-bin's trigger: the linker cache (the loader finds the multiarch dirs without it, but slower).
-    _run(["ldconfig", "-r", str(root)], what="ldconfig in the image")
+    run_in(root, "ldconfig", what="ldconfig in the image")
 
 
 def run_in(root: Path, script: str, *, binds: Mapping[Path, str] | None = None, what: str) -> str:
