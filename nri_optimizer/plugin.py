@@ -284,6 +284,11 @@ class Plugin:
         task.add_done_callback(self._finishing.discard)
         return task
 
+    async def tracer_started(self) -> None:
+        """Wait until the trace server runs. ``profile`` does before it starts its container, so that its one trace
+        does not pay for the server's start within containerd's request timeout. Raises TraceError."""
+        await self._get_tracer().start()
+
     def recorded(self, cid: str) -> int | None:
         """Files recorded so far for a container being traced."""
         trace = self._traces.get(cid)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nri_optimizer import config as cfg
-from nri_optimizer.errors import CommandError, UsageError
+from nri_optimizer.errors import CommandError, TraceError, UsageError
 from nri_optimizer.nri.api import Identity
 from nri_optimizer.nri.proto import nri_pb2 as api
 from nri_optimizer.nri.stub import Stub
@@ -167,6 +167,11 @@ class Profiler:
             except TimeoutError:
                 raise CommandError(f"containerd did not register us as an NRI plugin within {REGISTER_TIMEOUT:g} s "
                                    f"on {self.args.nri_socket}") from None
+            try:
+                await optimizer.tracer_started()
+            except (TraceError, OSError) as exc:
+                raise CommandError(f"cannot start the trace server {self.config.server_path}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
             with tempfile.TemporaryDirectory(prefix="nri-optimizer-profile-") as logs:
                 pod, cid = await self._start(cri, Path(logs))
                 why = await self._wait(cri, cid, Path(logs) / "workload.log", optimizer)
