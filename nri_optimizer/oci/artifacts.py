@@ -109,6 +109,10 @@ def push_list(subject: Subject, files: ListFiles, *, name: str, node: str, workl
               created: datetime | None = None) -> Published:
     """Attach `files` (a result named `name` on this node) to `subject`."""
     paths = _paths(files.plain, f"the list {name}")
+    for _, suffix, data in files.layers():
+        if len(data) > MAX_LIST_BLOB:  # a pull would refuse it
+            raise ListArtifactError(f"{name}{suffix}: {len(data)} bytes, more than a list artifact carries "
+                                    f"({MAX_LIST_BLOB})")
     plain_digest = digest_of(files.plain)
     if (newest := _newest_by_node(subject, workload, [node])) and _has_list(subject, newest[0], plain_digest):
         return Published(str(newest[0]["digest"]), unchanged=True)

@@ -88,3 +88,11 @@ def test_layers_are_the_files_a_result_has_in_a_fixed_order() -> None:
 
 def test_the_referrers_tag_is_the_digest_with_a_dash() -> None:
     assert referrers_tag(DIGEST) == "sha256-" + "ab" * 32
+
+
+def test_a_list_too_large_to_pull_is_not_pushed() -> None:
+    huge = artifacts.ListFiles(b"/a\n", b"x" * (artifacts.MAX_LIST_BLOB + 1))
+    with pytest.raises(ListArtifactError) as caught:
+        artifacts.push_list(None, huge, name="app:v1", node="n")  # type: ignore[arg-type]  # refused before any request
+    assert str(caught.value) == f"app:v1.csv: {artifacts.MAX_LIST_BLOB + 1} bytes, more than a list artifact carries " \
+        f"({artifacts.MAX_LIST_BLOB})"
