@@ -114,6 +114,11 @@ def package_file(package: str, suite: str, member: str, *, cache: Path | None = 
         return path
 
 
+def cached_package_file(package: str, suite: str, *, cache: Path | None = None) -> Path | None:
+    """The file package_file() unpacked earlier, or None: never asks the archive."""
+    return _load_package_file((cache or cache_dir()) / f"{package}_{suite}.json")
+
+
 def archive_source(
     sources_list: Path = Path("/etc/apt/sources.list"),
     sources_dir: Path = Path("/etc/apt/sources.list.d"),

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from nri_optimizer.nydus import tool
 from testbed import TestbedError, debs, host
 
 PrefetchMode = Literal["off", "all", "list"]
@@ -399,9 +400,12 @@ class Tools:
 
 
 def find_tools(snapshotter: str | None = None, nydusd: str | None = None) -> Tools:
-    """containerd-nydus-grpc and nydusd: at the paths given (config or flags), else on PATH."""
+    """containerd-nydus-grpc and nydusd: at the paths given (config or flags), else on PATH, else where `make nydus`
+    put them (the cache; nothing is fetched here)."""
+    installed = {SNAPSHOTTER_BINARY: debs.cached_package_file("nydus-snapshotter", SNAPSHOTTER_SUITE),
+                 NYDUSD_BINARY: tool.tools_bin() / NYDUSD_BINARY}
     found: dict[str, Path | None] = {}
-    on_path: list[str] = []
+    missing: list[str] = []
     bad: list[str] = []
     for name, given in ((SNAPSHOTTER_BINARY, snapshotter), (NYDUSD_BINARY, nydusd)):
         if given is not None:
@@ -410,13 +414,15 @@ def find_tools(snapshotter: str | None = None, nydusd: str | None = None) -> Too
             found[name] = path.absolute() if ok else None
             if not ok:
                 bad.append(f"{name}: {given} is not an executable file")
+        elif which := shutil.which(name):
+            found[name] = Path(which).absolute()
+        elif (cached := installed[name]) is not None and cached.is_file() and os.access(cached, os.X_OK):
+            found[name] = cached
         else:
-            which = shutil.which(name)
-            found[name] = Path(which).absolute() if which else None
-            if which is None:
-                on_path.append(name)
-    problems: Sequence[str] = ([f"{', '.join(on_path)} not on PATH"] if on_path else []) + bad
-    return Tools(found[SNAPSHOTTER_BINARY], found[NYDUSD_BINARY], tuple(problems))
+            found[name] = None
+            missing.append(name)
+    problems: Sequence[str] = [f"{', '.join(missing)} not on PATH nor installed by make nydus"] if missing else []
+    return Tools(found[SNAPSHOTTER_BINARY], found[NYDUSD_BINARY], (*problems, *bad))
 
 
 def debian_snapshotter(*, cache: Path | None = None) -> Path:

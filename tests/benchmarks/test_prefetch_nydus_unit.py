@@ -255,13 +255,14 @@ def test_tools_from_the_config_relative_to_it(tmp_path: Path, monkeypatch: pytes
 
 def test_a_configured_path_that_is_not_a_tool_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))
     (tmp_path / "plain").write_text("not executable\n")
     config = load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n"
                             "nydus: {nydusd: plain, nydus_image: /no/nydus-image}\n")
     found = find(config)
     assert skip_reason(NYDUS_LIST, found, local=False) == (
-        f"nydus not installed (containerd-nydus-grpc not on PATH; nydusd: {tmp_path / 'plain'} is not an "
-        "executable file)")
+        f"nydus not installed (containerd-nydus-grpc not on PATH nor installed by make nydus; nydusd: "
+        f"{tmp_path / 'plain'} is not an executable file)")
     assert found.nydus_image_problem == ("/no/nydus-image is not an executable; install nydus-rs 2.2.0 with "
                                          "`make nydus` (in a source checkout) or `cargo install --locked "
                                          "nydus-rs --version 2.2.0` or name another")

@@ -195,16 +195,16 @@ def fake_tools(directory: Path, *names: str) -> None:
 
 def test_nydus_variants_say_why_they_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))  # no nydus-image from make nydus either
+    monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))  # nothing from make nydus either
     config = load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n")
 
     def reason(variant: cfg.Variant = NYDUS, *, local: bool = True) -> str | None:
         return skip_reason(variant, find(config), local=local)
 
     assert reason(OCI) is None
-    assert reason() == "nydus not installed (containerd-nydus-grpc, nydusd not on PATH)"
+    assert reason() == "nydus not installed (containerd-nydus-grpc, nydusd not on PATH nor installed by make nydus)"
     fake_tools(tmp_path / "bin", "nydusd")
-    assert reason() == "nydus not installed (containerd-nydus-grpc not on PATH)"
+    assert reason() == "nydus not installed (containerd-nydus-grpc not on PATH nor installed by make nydus)"
     fake_tools(tmp_path / "bin", "containerd-nydus-grpc")
     # registry: local has no nydus image until the harness converts one with nydus-image
     assert reason() == ("no nydus image to pull: registry: local gets its nydus images from nydus-image "
@@ -216,6 +216,21 @@ def test_nydus_variants_say_why_they_are_skipped(tmp_path: Path, monkeypatch: py
     assert reason() is None
     assert find(config).tools.snapshotter == tmp_path / "bin" / "containerd-nydus-grpc"
     assert find(config).nydus_image == tmp_path / "bin" / "nydus-image"
+
+
+def test_nydus_tools_are_found_where_make_nydus_put_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "tools" / "nydus-rs-2.2.0").mkdir(parents=True)
+    fake_tools(tmp_path / "cache" / "tools" / "nydus-rs-2.2.0" / "bin", "nydusd", "nydus-image")
+    fake_tools(tmp_path / "unpacked", "containerd-nydus-grpc")
+    (tmp_path / "cache" / "nydus-snapshotter_sid.json").write_text(
+        f'{{"version": "0.13.4-7", "path": "{tmp_path / "unpacked" / "containerd-nydus-grpc"}"}}')
+    found = find(load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n"))
+    assert (found.tools.snapshotter, found.tools.nydusd, found.nydus_image) == (
+        tmp_path / "unpacked" / "containerd-nydus-grpc", tmp_path / "cache/tools/nydus-rs-2.2.0/bin/nydusd",
+        tmp_path / "cache/tools/nydus-rs-2.2.0/bin/nydus-image")
+    assert skip_reason(NYDUS, found, local=True) is None
 
 
 REMOTE = """

@@ -10,7 +10,6 @@ variants with the exact reason, and a quick run with the tools measures every ny
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -132,20 +131,21 @@ variants:
   - {name: nydus, snapshotter: nydus, tag_suffix: _nydus, prefetch: "off"}
   - {name: nydus-prefetch-list, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list}
 """)
-    env = dict(os.environ, PATH=f"{tmp_path / 'empty'}:/usr/sbin:/usr/bin:/sbin:/bin")
+    missing = tmp_path / "no-nydusd"
     result = subprocess.run(
         [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(tmp_path / "out"),
-         "--nydus-snapshotter", str(snapshotter_binary)],
-        capture_output=True, text=True, timeout=300, env=env)
+         "--nydus-snapshotter", str(snapshotter_binary), "--nydusd", str(missing)],
+        capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
+    why = f"nydus not installed (nydusd: {missing} is not an executable file)"
     for variant in ("nydus", "nydus-prefetch-list"):
-        assert f"nri-optimizer bench-image: {variant}: skipped: nydus not installed (nydusd not on PATH)" in lines
+        assert f"nri-optimizer bench-image: {variant}: skipped: {why}" in lines
     table = result.stdout.splitlines()
     assert [line.split(" | ")[:3] for line in table[4:7]] == [
         ["| oci", "1/1", table[4].split(" | ")[2]], ["| oci-warm", "1/1", table[5].split(" | ")[2]],
-        ["| nydus", "-", "skipped: nydus not installed (nydusd not on PATH)"]]
-    assert table[7].startswith("| nydus-prefetch-list | - | skipped: nydus not installed (nydusd not on PATH) |")
+        ["| nydus", "-", f"skipped: {why}"]]
+    assert table[7].startswith(f"| nydus-prefetch-list | - | skipped: {why} |")
     assert "nydus-snapshotter" not in result.stderr  # none was started for skipped variants
     made = made_by(result.stderr)
     assert len(made) == 3 and not any(path.exists() for path in made)  # the work dir, containerd's, the registry's
