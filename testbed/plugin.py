@@ -46,12 +46,13 @@ def config_text(log_file: Path, persist_dir: Path, extra: str = "") -> str:
     return f'persist_dir = "{persist_dir}"\nlog_file = "{log_file}"\nlog_level = "debug"\n{extra}'
 
 
-def install_prelaunched(bed_dir: Path, text: str) -> tuple[Path, Path]:
-    """(plugin_path, plugin_config_path) holding our launcher and its config, for a containerd to start."""
+def install_prelaunched(bed_dir: Path, text: str, *, python: str = sys.executable) -> tuple[Path, Path]:
+    """(plugin_path, plugin_config_path) holding our launcher (running `python`) and its config, for a containerd
+    to start."""
     plugins, confs = bed_dir / "plugins", bed_dir / "conf.d"
     plugins.mkdir(parents=True)
     confs.mkdir(parents=True)
-    write_launcher(str(plugins / PLUGIN_FILE))
+    write_launcher(str(plugins / PLUGIN_FILE), python)
     (confs / f"{PLUGIN_FILE}.conf").write_text(text)
     return plugins, confs
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.plugin import REGISTERED, PluginLog
+from testbed.plugin import REGISTERED, PluginLog, config_text, install_prelaunched
 from testbed.tracing import DATA_FILES, Traced, build_workload_image, shuffled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,9 +39,9 @@ def make(target: str, dest: Path) -> str:
 DAEMON_DISTRIBUTIONS = ["cffi", "nri-optimizer", "pip", "prometheus-client", "protobuf", "pycparser"]
 
 
-def installed_distributions(dest: Path) -> list[str]:
+def installed_distributions(python: Path) -> list[str]:
     listing = subprocess.run(
-        [dest / VENV_PYTHON, "-I", "-c", "import importlib.metadata as m\n"
+        [python, "-I", "-c", "import importlib.metadata as m\n"
          "print(*sorted({d.metadata['Name'].lower() for d in m.distributions()}), sep='\\n')"],
         capture_output=True, text=True, check=True,
     )
@@ -61,7 +61,7 @@ def test_installed_plugin_traces_a_pod_and_uninstall_keeps_only_results_and_the_
         make_containerd, flavour, tmp_path, workload_image) -> None:
     dest = tmp_path / "root"
     make("install-optimizer", dest)
-    assert installed_distributions(dest) == DAEMON_DISTRIBUTIONS  # the daemon runs on exactly these
+    assert installed_distributions(dest / VENV_PYTHON) == DAEMON_DISTRIBUTIONS  # the daemon runs on exactly these
     conf = dest / CONF
     # The installed config is used as is (server_path and persist_dir name the installed copies), with a log.
     log = PluginLog(tmp_path / "plugin.log")
@@ -125,3 +125,29 @@ def test_install_keeps_an_edited_config_and_puts_the_new_default_beside_it(tmp_p
     assert f"removed {new}" in out
     assert tree(dest) == ["etc", "etc/nri", "etc/nri/conf.d", CONF]
     assert conf.read_text() == "timeout = 30\n"
+
+
+def test_the_daemon_wheel_without_extras_runs_as_containerd_plugin_and_traces_a_pod(
+        make_containerd, flavour, tmp_path, workload_image) -> None:
+    """What the daemon's wheel needs is what it declares: installed alone (no extra) into a clean venv from the
+    wheelhouse, with no index, it is containerd's pre-launched plugin and its server, and traces a pod exactly."""
+    make("optimizer", tmp_path / "unused")
+    venv = tmp_path / "venv"
+    subprocess.run([sys._base_executable, "-m", "venv", venv], check=True)
+    python = venv / "bin/python"
+    seeded = installed_distributions(python)  # what venv puts in (pip; setuptools before Python 3.12)
+    subprocess.run([venv / "bin/pip", "install", "--quiet", "--no-index", "--find-links", REPO / "build/wheelhouse",
+                    "nri-optimizer"], check=True, capture_output=True)
+    assert installed_distributions(python) == sorted([*seeded, "cffi", "nri-optimizer", "protobuf", "pycparser"])
+
+    log = PluginLog(tmp_path / "plugin.log")
+    plugins, confs = install_prelaunched(tmp_path, config_text(log.path, tmp_path / "results",
+                                                               f'server_path = "{venv / "bin/optimizer-server"}"\n'),
+                                         python=str(python))
+    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
+    bed.ctd.import_image(workload_image)
+    log.wait_for(REGISTERED)
+    traced = Traced(bed, log, tmp_path / "results")
+    order = shuffled(DATA_FILES, seed=5)[:20]
+    traced.finish(traced.run(["/bin/cat", *order]))
+    assert traced.result() == ["/bin/busybox", *order]
