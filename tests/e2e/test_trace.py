@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -212,3 +213,47 @@ def test_a_path_near_path_max_is_listed_whole(make_containerd, flavour, tmp_path
     assert run.log_lines() == ["deep"]
     traced.finish(run)
     assert traced.result("nri-optimizer.test/long:1") == ["/bin/busybox", LONG_PATH]
+
+
+BURST = [f"/burst/d{i % 20:02d}/f{i:04d}" for i in range(2000)]  # 20 directories, 100 files each
+
+
+def test_a_burst_of_2000_files_across_20_directories_is_listed_in_read_order(make_containerd, flavour, tmp_path,
+                                                                             event_mode) -> None:
+    order = shuffled(BURST, seed=3)  # each read in another directory than the last, mostly
+    image = build_image("nri-optimizer.test/burst:1", tmp_path / "burst.tar", {path: b"b\n" for path in BURST})
+    traced = start_traced(make_containerd, flavour, tmp_path / "bed", image, event_mode=event_mode)
+    run = traced.run(["/bin/cat", *order], image="nri-optimizer.test/burst:1")
+    assert run.status is not None and run.status.exit_code == 0
+    line = traced.finish(run)
+    assert traced.result("nri-optimizer.test/burst:1") == ["/bin/busybox", *order]
+    assert "recorded 2001 files" in line
+
+
+def dynamic_program() -> tuple[str, dict[str, bytes | FileSpec], list[str]]:
+    """The host's dynamically linked `true`, with its loader and libraries at the paths ldd names: (path in the
+    image, the image's files, what it reads as it starts, in order: itself, the loader, the libraries)."""
+    program = "/usr/local/bin/true"
+    loaded = []
+    for line in subprocess.run(["ldd", "/usr/bin/true"], capture_output=True, text=True, check=True).stdout.splitlines():
+        path = line.split("=>")[-1].split("(")[0].strip()
+        if path.startswith("/"):
+            loaded.append(path)
+    interpreter = [path for path in loaded if "/ld-" in path]
+    libraries = [path for path in loaded if path not in interpreter]
+    assert len(interpreter) == 1 and libraries, loaded
+    files: dict[str, bytes | FileSpec] = {program: FileSpec(Path("/usr/bin/true").read_bytes(), mode=0o755)}
+    for path in loaded:
+        files[path] = FileSpec(Path(path).read_bytes(), mode=0o755)
+    return program, files, [program, *interpreter, *libraries]
+
+
+def test_a_dynamically_linked_program_lists_itself_its_loader_and_its_libraries_in_order(make_containerd, flavour,
+                                                                                         tmp_path, event_mode) -> None:
+    program, files, reads = dynamic_program()
+    image = build_image("nri-optimizer.test/dynamic:1", tmp_path / "dynamic.tar", files)
+    traced = start_traced(make_containerd, flavour, tmp_path / "bed", image, event_mode=event_mode)
+    run = traced.run([program], image="nri-optimizer.test/dynamic:1")
+    assert run.status is not None and run.status.exit_code == 0
+    traced.finish(run)
+    assert traced.result("nri-optimizer.test/dynamic:1") == reads
