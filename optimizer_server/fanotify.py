@@ -74,7 +74,7 @@ METADATA_LEN = _METADATA.size
 # bytes, the same for every event of a mount mark) and a struct file_handle: handle_bytes u32, handle_type s32,
 # f_handle[handle_bytes]; a DFID_NAME record ends with the name, NUL-terminated, and padding.
 _INFO_HEADER = struct.Struct("=BBH")
-_HANDLE_BYTES = struct.Struct("=I")
+_FID_HEAD = struct.Struct("=BxH8xI")  # a fid record's info_type, len and handle_bytes
 _FSID_END = _INFO_HEADER.size + 8  # where the struct file_handle starts in a fid record
 _HANDLE_HEADER = 8  # handle_bytes and handle_type
 
@@ -168,8 +168,8 @@ def iter_fid_events(buf: bytes) -> Iterator[tuple[int, int, bytes | None, bytes 
     system could not encode. Events yielded before a format error are whole; none carries an fd.
     """
     offset, end = 0, len(buf)
-    unpack_metadata, unpack_info = _METADATA.unpack_from, _INFO_HEADER.unpack_from
-    unpack_handle_bytes = _HANDLE_BYTES.unpack_from
+    unpack_metadata, unpack_info, unpack_fid = _METADATA.unpack_from, _INFO_HEADER.unpack_from, _FID_HEAD.unpack_from
+    fid_head = _FID_HEAD.size
     while offset < end:
         if end - offset < METADATA_LEN:
             raise EventFormatError(f"{end - offset} trailing bytes, shorter than an event")
@@ -181,19 +181,22 @@ def iter_fid_events(buf: bytes) -> Iterator[tuple[int, int, bytes | None, bytes 
         directory = name = handle = None
         info, event_end = offset + metadata_len, offset + event_len
         while info < event_end:
-            if event_end - info < _INFO_HEADER.size:
+            # Every record the group asks for is a fid record: one unpack reads its head and its handle's length.
+            if event_end - info >= fid_head:
+                info_type, info_len, handle_bytes = unpack_fid(buf, info)
+            elif event_end - info >= _INFO_HEADER.size:
+                info_type, _, info_len = unpack_info(buf, info)
+                handle_bytes = -1
+            else:
                 raise EventFormatError(f"{event_end - info} bytes of an info record at offset {info}")
-            info_type, _, info_len = unpack_info(buf, info)
             info_end = info + info_len
             if info_len < _INFO_HEADER.size or info_end > event_end:
                 raise EventFormatError(f"info record of {info_len} bytes at offset {info} of an event ending at "
                                        f"{event_end}")
             if info_type in (FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_DFID):
                 start = info + _FSID_END
-                if info_end - start < _HANDLE_HEADER:
-                    raise EventFormatError(f"fid record of {info_len} bytes at offset {info}")
-                handle_end = start + _HANDLE_HEADER + unpack_handle_bytes(buf, start)[0]
-                if handle_end > info_end:
+                handle_end = start + _HANDLE_HEADER + handle_bytes
+                if handle_bytes < 0 or handle_end > info_end:
                     raise EventFormatError(f"file handle beyond its record at offset {info}")
                 if info_type == FAN_EVENT_INFO_TYPE_FID:
                     handle = buf[start:handle_end]

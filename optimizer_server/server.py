@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from optimizer_server import fanotify, handles, protocol
+from optimizer_server import fanotify, handles, protocol, statx
 from optimizer_server.proctree import ProcessTree
 from optimizer_server.residency import Residency
 
@@ -94,6 +94,7 @@ class Server:
         self._keep_limit = max(0, nofile - FD_RESERVE - events_per_read)
         self._kept_fds = 0
         self._residency = Residency()
+        self._statx = statx.Statx()
         self._epoll = select.epoll()
         # Event fds are resolved relative to our fd directory: readlinkat skips looking up /proc/self/fd.
         self._fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -327,12 +328,12 @@ class Server:
     def _resolve_fd(self, session: _Session, fd: int, mask: int, pid: int, own: bool, t_ns: int) -> bytes | None:
         """The record of a file seen for the first time (as the workload's, or as FOREIGN), else None."""
         try:
-            info = os.fstat(fd)
+            mode, nlink, dev, ino, size = self._statx(fd, b"", statx.AT_EMPTY_PATH)
         except OSError:
             return None
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(mode):
             return None
-        key = (info.st_dev << 64) | info.st_ino
+        key = (dev << 64) | ino
         seen = session.seen if own else session.foreign_seen
         if key in seen:
             session.repeats += 1
@@ -350,9 +351,9 @@ class Server:
         seen.add(key)
         if not own:
             mask |= protocol.FOREIGN
-        if info.st_nlink == 0 and path.endswith(handles.DELETED):
+        if nlink == 0 and path.endswith(handles.DELETED):
             mask |= protocol.DELETED
-        return protocol.encode_file(mask, pid, t_ns, info.st_dev, info.st_ino, info.st_size, path)
+        return protocol.encode_file(mask, pid, t_ns, dev, ino, size, path)
 
     def _keep_fd(self, session: _Session, fd: int) -> bool:
         """With RESIDENCY, keep the event fd of a record sent, while the fd limit allows."""
@@ -405,8 +406,8 @@ class Server:
                       t_ns: int) -> bytes | None:
         """The record of a file first opened as name in the directory of that handle, if it is a regular file.
 
-        fstatat looks the one name up in a directory fd, without following a symlink and without opening
-        anything; a file gone by then was made and removed by the container (DELETED).
+        statx looks the one name up in a directory fd, without following a symlink and without opening anything;
+        a file gone by then was made and removed by the container (DELETED).
         """
         assert session.directories is not None
         try:
@@ -415,21 +416,21 @@ class Server:
             if e.errno != errno.ESTALE:  # ESTALE: the directory is gone, and the file with it
                 log.warning("session %d: cannot open a directory by its handle: %s", session.id, e.strerror)
             return None
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            info = None
-        except OSError as e:
-            log.warning("session %d: cannot look at a file: %s", session.id, e.strerror)
-            return None
         path = b"/" + name if dir_path == b"/" else dir_path + b"/" + name
         if not own:
             mask |= protocol.FOREIGN
-        if info is None or dir_path.endswith(handles.DELETED):
+        try:
+            mode, _, dev, ino, size = self._statx(dir_fd, name, statx.AT_SYMLINK_NOFOLLOW)
+        except FileNotFoundError:
             return protocol.encode_file(mask | protocol.DELETED, pid, t_ns, 0, 0, 0, path)
-        if not stat.S_ISREG(info.st_mode):
+        except OSError as e:
+            log.warning("session %d: cannot look at a file: %s", session.id, e.strerror)
             return None
-        return protocol.encode_file(mask, pid, t_ns, info.st_dev, info.st_ino, info.st_size, path)
+        if not stat.S_ISREG(mode):
+            return None
+        if dir_path.endswith(handles.DELETED):
+            mask |= protocol.DELETED
+        return protocol.encode_file(mask, pid, t_ns, dev, ino, size, path)
 
     def _ignore_handle(self, session: _Session, handle: bytes) -> None:
         """An ignore mark for the file of handle: the kernel takes an O_PATH fd only by a name, so it is named as an
