@@ -195,8 +195,10 @@ class Plugin:
             log.warning("%s not traced: the runtime gave no pid", cid)
             self.metrics.not_traced("unusable")
             return
+        checked_ns = time.monotonic_ns()
         upper = UpperLayer.of_process(container.pid)
         recorder = Recorder(cid, started_ns, include_exec=config.include_exec)
+        upper_ns = time.monotonic_ns()
         try:
             session = await self._start_session(container.pid, recorder)
         except (TraceError, asyncio.CancelledError) as exc:
@@ -207,6 +209,7 @@ class Plugin:
             log.error("%s not traced: %s", cid, exc)
             self.metrics.not_traced("trace_failed")
             return
+        ready_ns = time.monotonic_ns()
         trace = ContainerTrace(cid, image, result, session, recorder, upper)
         self._traces[cid] = trace
         self.metrics.trace_started()
@@ -224,6 +227,8 @@ class Plugin:
             (time.monotonic_ns() - started_ns) / 1e6,
             session.mode,
         )
+        log.debug("%s StartContainer steps: checks %.2f ms, upper layer %.2f ms, trace server (TRACE to READY) %.2f ms",
+                  cid, (checked_ns - started_ns) / 1e6, (upper_ns - checked_ns) / 1e6, (ready_ns - upper_ns) / 1e6)
 
     async def stop_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         if self._select is not None and not self._select(pod, container):

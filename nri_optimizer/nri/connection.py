@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import DecodeError
@@ -93,7 +94,7 @@ class Connection:
                     ),
                 )
                 return
-            task = asyncio.create_task(self._serve(message))
+            task = asyncio.create_task(self._serve(message, time.monotonic_ns()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
@@ -114,7 +115,9 @@ class Connection:
             else:
                 future.set_result(response.payload)
 
-    async def _serve(self, message: ttrpc.Message) -> None:
+    async def _serve(self, message: ttrpc.Message, arrived_ns: int) -> None:
+        """Answer one request; the debug log says how long it waited for the loop and how long the handler took."""
+        started_ns = time.monotonic_ns()
         try:
             request = ttrpc.decode_request(message.payload)
         except DecodeError as exc:
@@ -137,6 +140,9 @@ class Connection:
                 reply = ttrpc.encode_response(message.stream_id, code=ttrpc.Code.UNKNOWN, message=str(exc))
             else:
                 reply = ttrpc.encode_response(message.stream_id, payload)
+            log.debug("%s/%s (stream %d): waited %.2f ms for the loop, answered in %.2f ms", request.service,
+                      request.method, message.stream_id, (started_ns - arrived_ns) / 1e6,
+                      (time.monotonic_ns() - started_ns) / 1e6)
         self._send(self._server_conn, reply)
 
     def _send(self, conn_id: int, message: bytes) -> None:
