@@ -78,6 +78,11 @@ class ContainerTrace:
     timer: asyncio.TimerHandle | None = field(default=None)
     noted: asyncio.Task[None] | None = field(default=None)  # the journal note being written
 
+    def release(self) -> None:
+        """Let go of what the trace holds open (the container's upper layer)."""
+        if self.upper is not None:
+            self.upper.close()
+
 
 class Plugin:
     """The NRI plugin object: its handler methods are found by the stub."""
@@ -272,13 +277,18 @@ class Plugin:
             task.add_done_callback(_stop_orphan)
             raise
 
+    def _take(self, cid: str) -> ContainerTrace | None:
+        """Stop following a container: its trace leaves the table and its timeout is called off."""
+        trace = self._traces.pop(cid, None)
+        if trace is not None and trace.timer is not None:
+            trace.timer.cancel()
+        return trace
+
     def finish(self, cid: str, why: str) -> None:
         """End a container's trace now; the list is written in the background (on_done tells when)."""
-        trace = self._traces.pop(cid, None)
+        trace = self._take(cid)
         if trace is None:
             return
-        if trace.timer is not None:
-            trace.timer.cancel()
         # StopContainer is answered now; draining and writing happen after, off containerd's clock.
         self._background(self._complete(trace, why))
 
@@ -345,8 +355,7 @@ class Plugin:
             )
             self._queue_publish(trace, recorded.path)
         finally:
-            if trace.upper is not None:
-                trace.upper.close()
+            trace.release()
             if self._journal:
                 if trace.noted is not None:
                     await trace.noted  # or the note could be written after it was removed
@@ -392,13 +401,11 @@ class Plugin:
     async def shutdown(self) -> None:
         """The daemon is going away: finished traces are written, running ones are lost (and said so)."""
         for cid in list(self._traces):
-            trace = self._traces.pop(cid)
-            if trace.timer is not None:
-                trace.timer.cancel()
+            trace = self._take(cid)
+            assert trace is not None
             log.error("%s trace lost: the plugin is shutting down while the container runs", cid)
             self.metrics.trace_lost("shutdown")
-            if trace.upper is not None:
-                trace.upper.close()
+            trace.release()
             if self._journal:
                 Journal(self.config.persist_dir).end(cid)
         if self._finishing:
