@@ -41,6 +41,74 @@ class Nri:
     plugin_config_path: Path
 
 
+@dataclass(frozen=True)
+class _Cri:
+    """CRI's settings, and the tables that hold them in each config version."""
+
+    runtime: Table
+    server: Table
+    runc_options: Table
+    cni: Table
+    snapshotter: str
+    sandbox_image: str
+    registry_config_dir: Path | None
+
+    RUNTIME_V3 = "plugins.'io.containerd.cri.v1.runtime'"
+    IMAGES_V3 = "plugins.'io.containerd.cri.v1.images'"
+    CRI_V2 = "plugins.'io.containerd.grpc.v1.cri'"
+
+    def tables_v3(self) -> dict[str, Table]:
+        runtime, images = self.RUNTIME_V3, self.IMAGES_V3
+        tables: dict[str, Table] = {
+            images: {"snapshotter": self.snapshotter},
+            f"{images}.pinned_images": {"sandbox": self.sandbox_image},
+            runtime: self.runtime,
+            f"{runtime}.containerd": {"default_runtime_name": "runc"},
+            f"{runtime}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
+            f"{runtime}.containerd.runtimes.runc.options": self.runc_options,
+            f"{runtime}.cni": self.cni,
+            self.CRI_V2: self.server,
+        }
+        if self.registry_config_dir is not None:
+            tables[f"{images}.registry"] = {"config_path": str(self.registry_config_dir)}
+        return tables
+
+    def tables_v2(self) -> dict[str, Table]:
+        cri = self.CRI_V2
+        tables: dict[str, Table] = {
+            cri: {**self.server, **self.runtime, "sandbox_image": self.sandbox_image},
+            f"{cri}.containerd": {"snapshotter": self.snapshotter, "default_runtime_name": "runc"},
+            f"{cri}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
+            f"{cri}.containerd.runtimes.runc.options": self.runc_options,
+            f"{cri}.cni": self.cni,
+        }
+        if self.registry_config_dir is not None:
+            tables[f"{cri}.registry"] = {"config_path": str(self.registry_config_dir)}
+        return tables
+
+    def remote_snapshotters(
+        self, major: int, tables: Mapping[str, Table], snapshotters: Mapping[str, Path]
+    ) -> dict[str, Table]:
+        """A proxy plugin and a runtime handler per remote snapshotter, and the layer annotations they need."""
+        if major >= 2:
+            runtimes, images = f"{self.RUNTIME_V3}.containerd.runtimes", self.IMAGES_V3
+            annotations: Table = {"use_local_image_pull": True}
+        else:
+            runtimes, images = f"{self.CRI_V2}.containerd.runtimes", f"{self.CRI_V2}.containerd"
+            annotations = {}
+        added: dict[str, Table] = {
+            images: {**tables[images], "disable_snapshot_annotations": False, "discard_unpacked_layers": False,
+                     **annotations},
+        }
+        for name, socket in snapshotters.items():
+            added[f"{runtimes}.{_key(name)}"] = {"runtime_type": "io.containerd.runc.v2", "snapshotter": name}
+            if major >= 2:  # 2.x unpacks a handler's pull into the snapshotter its runtime_platforms entry names
+                added[f"{images}.runtime_platforms.{_key(name)}"] = {"snapshotter": name}
+            added[f"{runtimes}.{_key(name)}.options"] = self.runc_options
+            added[f"proxy_plugins.{_key(name)}"] = {"type": "snapshot", "address": str(socket)}
+        return added
+
+
 def render(
     major: int,
     layout: Layout,
@@ -92,54 +160,24 @@ def render(
             "plugin_request_timeout": "2s",
         },
     }
-    runtime: Table = {
-        # Root here lacks CAP_SYS_RESOURCE: without this runc fails with "can't get final child's PID".
-        "restrict_oom_score_adj": True,
-        "disable_apparmor": True,
-        "enable_cdi": False,
-    }
-    server: Table = {"disable_tcp_service": True, "stream_server_address": "127.0.0.1", "stream_server_port": "0"}
-    runc_options: Table = {"BinaryName": str(runc), "Root": str(base / "runc"), "SystemdCgroup": False}
-    # CRI creates its CNI config dir if missing: point it at ours so /etc/cni is never touched.
-    cni: Table = {"conf_dir": str(base / "cni"), **({"bin_dir": str(cni_bin_dir)} if cni_bin_dir else {})}
-    if major >= 2:
-        cri_runtime = "plugins.'io.containerd.cri.v1.runtime'"
-        tables |= {
-            "plugins.'io.containerd.cri.v1.images'": {"snapshotter": snapshotter},
-            "plugins.'io.containerd.cri.v1.images'.pinned_images": {"sandbox": sandbox_image},
-            cri_runtime: runtime,
-            f"{cri_runtime}.containerd": {"default_runtime_name": "runc"},
-            f"{cri_runtime}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
-            f"{cri_runtime}.containerd.runtimes.runc.options": runc_options,
-            f"{cri_runtime}.cni": cni,
-            "plugins.'io.containerd.grpc.v1.cri'": server,
-        }
-        if registry_config_dir is not None:
-            tables["plugins.'io.containerd.cri.v1.images'.registry"] = {"config_path": str(registry_config_dir)}
-        runtimes, images = f"{cri_runtime}.containerd.runtimes", "plugins.'io.containerd.cri.v1.images'"
-        annotations: Table = {"disable_snapshot_annotations": False, "discard_unpacked_layers": False,
-                              "use_local_image_pull": True}
-    else:
-        cri = "plugins.'io.containerd.grpc.v1.cri'"
-        tables |= {
-            cri: {**server, **runtime, "sandbox_image": sandbox_image},
-            f"{cri}.containerd": {"snapshotter": snapshotter, "default_runtime_name": "runc"},
-            f"{cri}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
-            f"{cri}.containerd.runtimes.runc.options": runc_options,
-            f"{cri}.cni": cni,
-        }
-        if registry_config_dir is not None:
-            tables[f"{cri}.registry"] = {"config_path": str(registry_config_dir)}
-        runtimes, images = f"{cri}.containerd.runtimes", f"{cri}.containerd"
-        annotations = {"disable_snapshot_annotations": False, "discard_unpacked_layers": False}
+    cri = _Cri(
+        runtime={
+            # Root here lacks CAP_SYS_RESOURCE: without this runc fails with "can't get final child's PID".
+            "restrict_oom_score_adj": True,
+            "disable_apparmor": True,
+            "enable_cdi": False,
+        },
+        server={"disable_tcp_service": True, "stream_server_address": "127.0.0.1", "stream_server_port": "0"},
+        runc_options={"BinaryName": str(runc), "Root": str(base / "runc"), "SystemdCgroup": False},
+        # CRI creates its CNI config dir if missing: point it at ours so /etc/cni is never touched.
+        cni={"conf_dir": str(base / "cni"), **({"bin_dir": str(cni_bin_dir)} if cni_bin_dir else {})},
+        snapshotter=snapshotter,
+        sandbox_image=sandbox_image,
+        registry_config_dir=registry_config_dir,
+    )
+    tables |= cri.tables_v3() if major >= 2 else cri.tables_v2()
     if snapshotters:
-        tables[images] = {**tables[images], **annotations}
-    for name, socket in (snapshotters or {}).items():
-        tables[f"{runtimes}.{_key(name)}"] = {"runtime_type": "io.containerd.runc.v2", "snapshotter": name}
-        if major >= 2:  # 2.x unpacks a handler's pull into the snapshotter its runtime_platforms entry names
-            tables[f"{images}.runtime_platforms.{_key(name)}"] = {"snapshotter": name}
-        tables[f"{runtimes}.{_key(name)}.options"] = runc_options
-        tables[f"proxy_plugins.{_key(name)}"] = {"type": "snapshot", "address": str(socket)}
+        tables |= cri.remote_snapshotters(major, tables, snapshotters)
     lines = [f"{key} = {_value(value)}" for key, value in top.items()]
     for name, table in tables.items():
         lines += ["", f"[{name}]", *(f"  {key} = {_value(value)}" for key, value in table.items())]
