@@ -27,8 +27,9 @@ TRACE's mode is how the server is to receive the kernel's events (fanotify.py): 
 event), FD (an fd per event), or AUTO (FID where the kernel and the file system allow it, else FD); READY
 says which one the session uses. With the RESIDENCY option, STOP sends RESIDENT messages before DONE: for
 the session's file records in the order they were sent (FOREIGN and DELETED ones included), counted from 0,
-the bytes of each file in the page cache once the trace stopped, UNKNOWN_RESIDENT where the server could not
-look (a file it could not reach again, or beyond what it may hold open).
+the bytes of each file in the page cache once the trace stopped, UNKNOWN_RESIDENT where the server did not
+look: a file of 128 KiB or less (readahead brings any read one in whole: residency.MIN_SIZE), one it could
+not reach again, or beyond what it may hold open.
 """
 
 from __future__ import annotations

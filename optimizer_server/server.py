@@ -14,8 +14,9 @@ nothing is opened per event. Each regular file goes to the plugin once, as a rec
 plugin makes no system call per file. A file reported again gets an ignore mark, so the kernel stops
 reporting it; a file read once never needs one, which spares the kernel a mark per file.
 
-With RESIDENCY, STOP also reports how much of each file is in the page cache (residency.py), from what the
-session kept of it: the event fd in fd mode (as many as the fd limit allows), the file's handle in fid mode.
+With RESIDENCY, STOP also reports how much of each file larger than readahead's window is in the page cache
+(residency.py), from what the session kept of it: the event fd in fd mode (as many as the fd limit allows),
+the file's handle in fid mode.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from optimizer_server import fanotify, handles, protocol, statx
+from optimizer_server import fanotify, handles, protocol, residency, statx
 from optimizer_server.proctree import ProcessTree
 from optimizer_server.residency import Residency
 
@@ -64,9 +65,9 @@ class _Session:
     mode: int  # protocol.MODE_FID or MODE_FD
     root: int = -1  # fid mode: the container's root directory, on which handles are decoded
     directories: handles.Directories | None = None  # fid mode
-    # With RESIDENCY, per record sent: how to reach its file at STOP. fd mode: the event fd (-1: none kept);
-    # fid mode: the file's handle.
-    kept: list[int | bytes] | None = None
+    # With RESIDENCY, per record sent: how to reach its file at STOP. fd mode: the event fd, fid mode: the file's
+    # handle; None for a file not looked at (see Server._keep).
+    kept: list[int | bytes | None] | None = None
     overflowed: bool = False
     lost: int = 0
     ignore_failed: bool = False
@@ -313,64 +314,65 @@ class Server:
                 session.events += 1
                 if (ours := own.get(pid)) is None:
                     ours = own[pid] = self._tree.descends(session.pid, pid)
-                record = None
-                try:
-                    record = self._resolve_fd(session, fd, mask, pid, ours, t_ns)
-                finally:
-                    if record is None or not self._keep_fd(session, fd):
-                        os.close(fd)
-                if record is not None:
+                if (record := self._resolve_fd(session, fd, mask, pid, ours, t_ns)) is not None:
                     records.append(record)
         except fanotify.EventFormatError as e:
             raise _Unreadable(e, events) from None
         return events
 
     def _resolve_fd(self, session: _Session, fd: int, mask: int, pid: int, own: bool, t_ns: int) -> bytes | None:
-        """The record of a file seen for the first time (as the workload's, or as FOREIGN), else None."""
+        """The record of a file seen for the first time (as the workload's, or as FOREIGN), else None. The event fd
+        is closed, or kept for RESIDENCY."""
+        kept = False
         try:
-            mode, nlink, dev, ino, size = self._statx(fd, b"", statx.AT_EMPTY_PATH)
-        except OSError:
-            return None
-        if not stat.S_ISREG(mode):
-            return None
-        key = (dev << 64) | ino
-        seen = session.seen if own else session.foreign_seen
-        if key in seen:
-            session.repeats += 1
-            # Reported again: the workload rereads it, so have the kernel stop reporting it. Not for an exec'd
-            # process: the workload's own first read of the file must still be reported.
-            if own and key not in session.ignored:
-                session.ignored.add(key)
-                self._ignore_repeats(session, fanotify.ignore_inode, session.group, fd)
-            return None
-        try:
-            path = os.readlink(b"%d" % fd, dir_fd=self._fd_dir)
-        except OSError as e:
-            log.warning("session %d: cannot resolve an event fd: %s", session.id, e.strerror)
-            return None
-        seen.add(key)
-        if not own:
-            mask |= protocol.FOREIGN
-        if nlink == 0 and path.endswith(handles.DELETED):
-            mask |= protocol.DELETED
-        return protocol.encode_file(mask, pid, t_ns, dev, ino, size, path)
+            try:
+                mode, nlink, dev, ino, size = self._statx(fd, b"", statx.AT_EMPTY_PATH)
+            except OSError:
+                return None
+            if not stat.S_ISREG(mode):
+                return None
+            key = (dev << 64) | ino
+            seen = session.seen if own else session.foreign_seen
+            if key in seen:
+                session.repeats += 1
+                # Reported again: the workload rereads it, so have the kernel stop reporting it. Not for an exec'd
+                # process: the workload's own first read of the file must still be reported.
+                if own and key not in session.ignored:
+                    session.ignored.add(key)
+                    self._ignore_repeats(session, fanotify.ignore_inode, session.group, fd)
+                return None
+            try:
+                path = os.readlink(b"%d" % fd, dir_fd=self._fd_dir)
+            except OSError as e:
+                log.warning("session %d: cannot resolve an event fd: %s", session.id, e.strerror)
+                return None
+            seen.add(key)
+            if not own:
+                mask |= protocol.FOREIGN
+            if nlink == 0 and path.endswith(handles.DELETED):
+                mask |= protocol.DELETED
+            if session.kept is not None:
+                kept = self._keep(session, fd, size)
+            return protocol.encode_file(mask, pid, t_ns, dev, ino, size, path)
+        finally:
+            if not kept:
+                os.close(fd)
 
-    def _keep_fd(self, session: _Session, fd: int) -> bool:
-        """With RESIDENCY, keep the event fd of a record sent, while the fd limit allows."""
-        kept = session.kept
-        if kept is None:
+    def _keep(self, session: _Session, item: int | bytes, size: int) -> bool:
+        """With RESIDENCY, for a record sent: how to reach its file again at STOP (an fd within the fd limit, or a
+        handle), for a file larger than residency.MIN_SIZE; whether item was kept."""
+        assert session.kept is not None
+        if size <= residency.MIN_SIZE or (isinstance(item, int) and self._kept_fds >= self._keep_limit):
+            session.kept.append(None)
             return False
-        if self._kept_fds < self._keep_limit:
-            kept.append(fd)
+        session.kept.append(item)
+        if isinstance(item, int):
             self._kept_fds += 1
-            return True
-        kept.append(-1)
-        return False
+        return True
 
     def _resolve_fid_events(self, session: _Session, buf: bytes, records: list[bytes], t_ns: int) -> int:
         """Add the records of one read's fid-mode events; how many events there were."""
         own: dict[int, bool] = {}
-        kept = session.kept
         events = 0
         try:
             for mask, pid, directory, name, handle in fanotify.iter_fid_events(buf):
@@ -393,18 +395,16 @@ class Server:
                         self._ignore_handle(session, handle)
                     continue
                 seen.add(handle)
-                record = self._resolve_name(session, directory, name, mask, pid, ours, t_ns)
-                if record is not None:
+                if (record := self._resolve_name(session, directory, handle, name, mask, pid, ours, t_ns)) is not None:
                     records.append(record)
-                    if kept is not None:
-                        kept.append(handle)
         except fanotify.EventFormatError as e:
             raise _Unreadable(e, events) from None
         return events
 
-    def _resolve_name(self, session: _Session, directory: bytes, name: bytes, mask: int, pid: int, own: bool,
-                      t_ns: int) -> bytes | None:
-        """The record of a file first opened as name in the directory of that handle, if it is a regular file.
+    def _resolve_name(self, session: _Session, directory: bytes, handle: bytes, name: bytes, mask: int, pid: int,
+                      own: bool, t_ns: int) -> bytes | None:
+        """The record of a file first opened as name in the directory of that handle, if it is a regular file;
+        handle is the file's own, kept for RESIDENCY.
 
         statx looks the one name up in a directory fd, without following a symlink and without opening anything;
         a file gone by then was made and removed by the container (DELETED).
@@ -422,6 +422,8 @@ class Server:
         try:
             mode, _, dev, ino, size = self._statx(dir_fd, name, statx.AT_SYMLINK_NOFOLLOW)
         except FileNotFoundError:
+            if session.kept is not None:
+                session.kept.append(None)
             return protocol.encode_file(mask | protocol.DELETED, pid, t_ns, 0, 0, 0, path)
         except OSError as e:
             log.warning("session %d: cannot look at a file: %s", session.id, e.strerror)
@@ -430,6 +432,8 @@ class Server:
             return None
         if dir_path.endswith(handles.DELETED):
             mask |= protocol.DELETED
+        if session.kept is not None:
+            self._keep(session, handle, size)
         return protocol.encode_file(mask, pid, t_ns, dev, ino, size, path)
 
     def _ignore_handle(self, session: _Session, handle: bytes) -> None:
@@ -497,12 +501,12 @@ class Server:
         if sizes:
             self._send_raw(session, protocol.resident_message(session.id, first, sizes), len(sizes))
 
-    def _resident(self, session: _Session, item: int | bytes) -> int:
+    def _resident(self, session: _Session, item: int | bytes | None) -> int:
         """Bytes of a kept file in the page cache now, or UNKNOWN_RESIDENT."""
+        if item is None:
+            return protocol.UNKNOWN_RESIDENT
         if isinstance(item, bytes):
             return self._resident_by_handle(session, item)
-        if item < 0:
-            return protocol.UNKNOWN_RESIDENT
         self._kept_fds -= 1
         try:
             return self._residency.resident_bytes(item, os.fstat(item).st_size)
@@ -540,7 +544,7 @@ class Server:
         os.close(session.group)
         if session.kept is not None and session.mode == protocol.MODE_FD:
             for fd in session.kept:
-                if isinstance(fd, int) and fd >= 0:
+                if isinstance(fd, int):
                     os.close(fd)
                     self._kept_fds -= 1
             session.kept = None
