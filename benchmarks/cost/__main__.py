@@ -1,5 +1,5 @@
 """python -m benchmarks.cost [--quick] [--plugin PATH --server PATH] [--upstream-plugin PATH --upstream-server PATH]
-[--containerd 2.1|1.7] [--out DIR]"""
+[--containerd 2.1|1.7] [--snapshotter overlayfs|native] [--event-mode auto|fid|fd] [--out DIR]"""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server", type=Path, help="our optimizer-server as installed (default: this venv's)")
     parser.add_argument("--upstream-plugin", type=Path, help="nydus-snapshotter's optimizer-nri-plugin binary")
     parser.add_argument("--upstream-server", type=Path, help="nydus-snapshotter's optimizer-server binary")
+    parser.add_argument("--snapshotter", default="overlayfs", choices=["overlayfs", "native"],
+                        help="CRI's snapshotter, every variant's (default overlayfs; fid events need native)")
+    parser.add_argument("--event-mode", default="auto", choices=["auto", "fid", "fd"],
+                        help="ours' event_mode (default auto: fid where the kernel allows it, else fd)")
     parser.add_argument("--scenarios", default=",".join(scenarios.SCENARIOS),
                         help=f"comma-separated subset, in order (default: {','.join(scenarios.SCENARIOS)})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where bench.json and bench.png go "
@@ -95,9 +99,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress.note(f"starting containerd {runtime.version} for {', '.join(variants_wanted)} and importing "
                       f"the images ({plan.many_files:,} files take a while)")
         with ThreadPoolExecutor(len(variants_wanted)) as pool:
+            event_mode = f'event_mode = "{args.event_mode}"\n' if args.event_mode != "auto" else ""
             futures = [pool.submit(make_variant, name, runtime, work, [pause, workload, scale],
                                    upstream_plugin=args.upstream_plugin, upstream_server=args.upstream_server,
-                                   plugin=args.plugin, server=args.server)
+                                   plugin=args.plugin, server=args.server, snapshotter=args.snapshotter,
+                                   extra_config=event_mode)
                        for name in variants_wanted]
             for future in futures:  # keep every variant that started, so that all are closed
                 with contextlib.suppress(Exception):
@@ -106,6 +112,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 future.result()  # raise the first failure, if any
         time.sleep(1.0)
         ctx = scenarios.Context(variants, plan, results, progress)
+        if args.server is not None:
+            ctx.server = [str(args.server)]
         scenarios.run_all(ctx, names)
     except BenchError:
         for variant in variants:  # evidence, before the testbed removes it
@@ -133,6 +141,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "plan": asdict(plan),
         "scenarios": names,
         "containerd": runtime.deb_version,
+        "snapshotter": args.snapshotter,
+        "event_mode": args.event_mode,
+        "event_modes_used": _modes_used(results),
         "runc": runtime.runc_version,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
@@ -145,6 +156,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ours": {"plugin": str(args.plugin), "server": str(args.server)} if args.plugin else "this source tree",
     }
     return report.to_json(results, variants_wanted, meta)
+
+
+def _modes_used(results: scenarios.Results) -> dict[str, dict[str, int]]:
+    """variant -> event mode -> traces that used it (from the plugin's "watching after" log lines)."""
+    used: dict[str, dict[str, int]] = {}
+    for rows in results.details.values():
+        for row in rows:
+            if isinstance(row, dict) and row.get("mode"):
+                counts = used.setdefault(row.get("variant", "?"), {})
+                counts[row["mode"]] = counts.get(row["mode"], 0) + 1
+    return used
 
 
 def _commit() -> str | None:
@@ -174,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = data["variants"]
     meta = data["meta"]
     title = (f"nri-optimizer bench{' (quick)' if meta['quick'] else ''}: containerd {meta['containerd']}, "
-             f"{meta['cpus']} CPUs, {meta['started']}, commit {meta['commit']}")
+             f"{meta['snapshotter']}, {meta['cpus']} CPUs, {meta['started']}, commit {meta['commit']}; ours' "
+             f"events: {meta['event_modes_used'] or meta['event_mode']}")
     text = f"{title}\n{report.table(results, variants)}\n\n{report.targets_text(data['targets'])}\n"
     print(text, end="")
     (args.out / "bench.txt").write_text(text)

@@ -42,7 +42,8 @@ PAGE_KB = PAGE_SIZE // 1024
 _RECORDED = re.compile(r"(?P<cid>[0-9a-f]{64}) recorded (?P<files>\d+) files \((?P<why>[^;]+); "
                        r"(?P<kernel_events>\d+) events, (?P<reported>\d+) files reported")
 _ENDED = r"{cid} (recorded|trace lost|done;|cannot write|not traced)"
-_WATCHING = re.compile(r"(?P<cid>[0-9a-f]{64}) tracing pid \d+ .*\(watching after (?P<ms>[0-9.]+) ms\)")
+_WATCHING = re.compile(r"(?P<cid>[0-9a-f]{64}) tracing pid \d+ .*\(watching after (?P<ms>[0-9.]+) ms, "
+                       r"(?P<mode>\w+) events\)")
 
 
 class BenchError(OptimizerError):
@@ -327,6 +328,7 @@ class Variant:
             for watched in self.log.find(rf"{run.container_id} tracing pid"):
                 if m := _WATCHING.search(watched):
                     info["watching_ms"] = float(m["ms"])
+                    info["mode"] = m["mode"]
             return info
         path = self.result_path(run.image)
         deadline = time.monotonic() + min(timeout, 10.0)
@@ -364,6 +366,13 @@ class Variant:
         return text
 
     # -- processes --------------------------------------------------------------------------------------
+
+    def server_pid(self) -> int:
+        """Our trace server's pid (the daemon's one child)."""
+        _, tracers = self.tree()
+        if len(tracers) != 1:
+            raise BenchError(f"{self.name}: expected one trace server under the daemon, found pids {tracers}")
+        return tracers[0]
 
     def tree(self) -> tuple[int | None, list[int]]:
         if self.plugin_pid is None:
@@ -457,12 +466,14 @@ def make_variant(
     persist_dir: Path | None = None,
     plugin: Path | None = None,
     server: Path | None = None,
+    snapshotter: str = "overlayfs",
 ) -> Variant:
     """Start a containerd for one variant (its plugin, if any, pre-launched), import the images.
 
     name is the kind (none, ours, upstream); label names the variant in results (several variants of one
     kind, e.g. ours with different extra_config lines appended to its config, for experiments). plugin and server
-    are ours as installed (make install-optimizer): by default, launchers of this source tree."""
+    are ours as installed (make install-optimizer): by default, launchers of this source tree. snapshotter is CRI's
+    (testbed.config.render)."""
     label = label or name
     vdir = base / label
     vdir.mkdir(parents=True)
@@ -497,7 +508,7 @@ def make_variant(
         )
     else:
         raise BenchError(f"unknown variant {name!r}")
-    ctd = Containerd(runtime, nri=True, nri_plugin_path=plugins, nri_plugin_config_path=confs)
+    ctd = Containerd(runtime, nri=True, nri_plugin_path=plugins, nri_plugin_config_path=confs, snapshotter=snapshotter)
     try:
         ctd.start()
         for image in images:

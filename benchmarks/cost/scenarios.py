@@ -9,16 +9,27 @@ B A B A, so that drift and position cancel), recording samples into a Results.
                (e) the footprint while they are traced
   memory       (e) daemon RSS idle, and after N pods
   event_cost   (d) 20,000 files once, 500 files x 100: workload time, events, CPU per distinct file
+  syscalls     (d) system calls per file recorded, of the trace server and of the daemon (strace -c), while
+               the first of those workloads runs
+  instructions (d) the trace server's instructions per file, per event mode (callgrind, benchmarks.cost.instructions):
+               a figure that does not move with the machine's load
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import re
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from benchmarks.cost import stats, workloads
@@ -38,11 +49,12 @@ class Plan:
     scale_n: int = 20
     pods_for_memory: int = 200
     many_files: int = workloads.MANY_FILES
+    instruction_files: tuple[int, int] = (1000, 3000)  # the two traces whose difference is counted
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(start_stop=3, stop_pod=2, completeness=2, event_cost=2, scale_rounds=1, scale_n=20,
-                   pods_for_memory=10, many_files=2_000)
+                   pods_for_memory=10, many_files=2_000, instruction_files=(500, 1500))
 
 
 @dataclass
@@ -75,6 +87,7 @@ class Context:
     plan: Plan
     results: Results
     progress: Progress
+    server: list[str] = field(default_factory=lambda: [sys.executable, "-m", "optimizer_server"])  # ours
 
     @property
     def traced(self) -> list[Variant]:
@@ -290,6 +303,7 @@ def event_cost(ctx: Context) -> None:
                           trace["kernel_events"] / files if files else math.nan, scenario="d",
                           label=f"kernel events read per file recorded: {label}", unit="x")
                 row |= {"files": files, "events": trace.get("events"), "kernel_events": trace.get("kernel_events"),
+                        "mode": trace.get("mode"),
                         **cpu, "per_file_us": per_file,
                         **{k: cmp[k] for k in ("recall", "precision", "inversions", "recorded")}}
             r.record("event_cost", row)
@@ -297,6 +311,85 @@ def event_cost(ctx: Context) -> None:
                      f"cpu/file {row.get('per_file_us', 0):.1f} us" if v.traced else "")
             ctx.progress.step(f"{key:4} {v.name:8} run {i + 1}/{runs}  workload {_ms(seconds):7.1f} ms{extra}")
         add_pair_ratios(ctx.results, f"time_ratio_{key}", times, scenario="d", label=f"workload time: {label}")
+
+
+# strace -c's table: "% time  seconds  usecs/call  calls  errors  syscall", errors blank when there are none.
+_STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(?P<calls>\d+)\s+(?:\d+\s+)?(?P<name>\w+)$")
+
+
+def strace_counts(text: str) -> dict[str, int]:
+    """syscall -> calls, from strace -c's summary (its "total" row included)."""
+    return {m["name"]: int(m["calls"]) for line in text.splitlines() if (m := _STRACE_ROW.match(line))}
+
+
+@contextlib.contextmanager
+def straced(pid: int, out: Path) -> Iterator[None]:
+    """strace -c attached to every thread of pid for the block; the summary is in out afterwards."""
+    proc = subprocess.Popen(["strace", "-c", "-f", "-qq", "-o", str(out), "-p", str(pid)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached by then: strace -qq says nothing to wait for
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # detaches and writes the summary
+        proc.wait(30)
+
+
+def syscalls(ctx: Context) -> None:
+    """System calls per file recorded while ours traces plan.many_files files read once: the kernel's side of
+    the per-file cost, which instruction counts do not see."""
+    if shutil.which("strace") is None:
+        ctx.progress.note("syscalls skipped: strace is not installed (apt-get install strace)")
+        return
+    for v in ctx.traced:
+        if v.kind != "ours" or v.plugin_pid is None:
+            continue
+        server = v.server_pid()
+        v.clear_result(workloads.IMAGE)
+        outs = {"server": v.dir / "strace-server.txt", "daemon": v.dir / "strace-daemon.txt"}
+        with straced(server, outs["server"]), straced(v.plugin_pid, outs["daemon"]):
+            run = v.launch(workloads.IMAGE, workloads.read_many())
+            try:
+                v.wait_exited(run, timeout=300, interval=0.1)
+                trace = _finish(v, run)
+            finally:
+                v.remove(run)
+        files = trace.get("files") or 0
+        row: dict[str, Any] = {"variant": v.name, "files": files, "mode": trace.get("mode")}
+        for who, out in outs.items():
+            counts = strace_counts(out.read_text())
+            total = counts.pop("total", 0)
+            per_file = total / files if files else math.nan
+            ctx.results.add(f"syscalls_per_file_{who}", v.name, per_file, scenario="d",
+                            label=f"{who} system calls per file recorded (strace -c)", unit="calls")
+            row[who] = {name: calls / files if files else math.nan for name, calls in sorted(counts.items())}
+            ctx.progress.step(f"{v.name:8} {who}: {per_file:.2f} system calls per file ("
+                              + ", ".join(f"{name} {calls / max(files, 1):.2f}" for name, calls in
+                                          sorted(counts.items(), key=lambda item: -item[1])[:6]) + ")")
+        ctx.results.record("syscalls", row)
+
+
+def instructions(ctx: Context) -> None:
+    """The trace server's user-space instructions per file in each event mode (benchmarks/cost/instructions.py):
+    the same on a loaded machine as on an idle one, so that a regression shows as a number."""
+    if shutil.which("valgrind") is None:
+        ctx.progress.note("instructions skipped: valgrind is not installed (apt-get install valgrind)")
+        return
+    for mode in ("fd", "fid"):
+        # A mount namespace of its own for the tmpfs; a network namespace of its own, which the kernel's process
+        # events do not reach: the forks of the whole node would otherwise count.
+        out = subprocess.run(
+            ["unshare", "--mount", "--net", "--propagation", "private", sys.executable, "-m",
+             "benchmarks.cost.instructions", "--server", " ".join(ctx.server), "--mode", mode, "--files",
+             *map(str, ctx.plan.instruction_files)],
+            capture_output=True, text=True, timeout=1800, check=False, cwd=Path(__file__).resolve().parents[2])
+        if out.returncode != 0:
+            raise BenchError(f"instructions ({mode} events) failed: {out.stderr.strip()[-2000:]}")
+        counted = json.loads(out.stdout)
+        ctx.results.add(f"server_instructions_{mode}", "ours", counted["per_file"], scenario="d",
+                        label=f"server instructions per file, {mode} events (callgrind)", unit="instr")
+        ctx.results.record("instructions", counted)
+        ctx.progress.step(f"{mode} events: {counted['per_file']:,.0f} instructions per file")
 
 
 # --- (e), (f) ---------------------------------------------------------------------------------------------
@@ -422,6 +515,8 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "scale": scale,
     "memory": memory,
     "event_cost": event_cost,
+    "syscalls": syscalls,
+    "instructions": instructions,
 }
 
 

@@ -41,6 +41,10 @@ EXPECTED = {
     "cpu_per_file_few": ["ours"],
     "events_many": ["ours"],
     "events_per_file_few": ["ours"],
+    "syscalls_per_file_server": ["ours"],
+    "syscalls_per_file_daemon": ["ours"],
+    "server_instructions_fd": ["ours"],
+    "server_instructions_fid": ["ours"],
     # (e)
     "daemon_rss_idle": ["ours"],
     "daemon_rss_after": ["ours"],
@@ -63,7 +67,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     out = tmp_path_factory.mktemp("bench")
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.cost", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
     )
     return result, out
 
@@ -79,7 +83,8 @@ def test_every_scenario_produced_numbers_for_every_variant(quick_run) -> None:
     _, out = quick_run
     data = json.loads((out / "bench.json").read_text())
     assert data["meta"]["quick"] is True
-    assert set(data["durations_s"]) == {"start_stop", "stop_pod", "completeness", "scale", "memory", "event_cost"}
+    assert set(data["durations_s"]) == {"start_stop", "stop_pod", "completeness", "scale", "memory", "event_cost",
+                                        "syscalls", "instructions"}
     missing = []
     for key, variants in EXPECTED.items():
         metric = data["metrics"].get(key)
