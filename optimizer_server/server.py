@@ -301,62 +301,77 @@ class Server:
             return e.events + 1
 
     def _resolve_fd_events(self, session: _Session, buf: bytes, records: list[bytes], t_ns: int) -> int:
-        """Add the records of one read's fd-mode events; how many events there were. Every event fd is closed,
-        or kept for RESIDENCY."""
+        """Add the records of one read's fd-mode events: each file's first as the workload's, and at most one more
+        as FOREIGN; how many events there were. Every event fd is closed, or kept for RESIDENCY.
+
+        This runs for every event: one loop, its names local (a method call and an attribute load per event are
+        most of what Python adds to the system calls; benchmarks/cost/instructions.py counts them).
+        """
         own: dict[int, bool] = {}  # pid -> descends from the traced one; a read's events share few pids
-        events = 0
+        descends, traced = self._tree.descends, session.pid
+        statx_, readlink, close, fd_dir = self._statx, os.readlink, os.close, self._fd_dir
+        is_regular, encode = stat.S_ISREG, protocol.encode_file
+        seen_own, seen_foreign = session.seen, session.foreign_seen
+        keeping = session.kept is not None
+        events = counted = 0
         try:
             for fd, mask, pid in fanotify.iter_events(buf):
                 events += 1
                 if fd == fanotify.FAN_NOFD:
                     session.overflowed |= bool(mask & fanotify.FAN_Q_OVERFLOW)
                     continue
-                session.events += 1
+                counted += 1
                 if (ours := own.get(pid)) is None:
-                    ours = own[pid] = self._tree.descends(session.pid, pid)
-                if (record := self._resolve_fd(session, fd, mask, pid, ours, t_ns)) is not None:
-                    records.append(record)
+                    ours = own[pid] = descends(traced, pid)
+                kept = False
+                try:
+                    try:
+                        mode, nlink, dev, ino, size = statx_(fd, b"", statx.AT_EMPTY_PATH)
+                    except OSError:
+                        continue
+                    if not is_regular(mode):
+                        continue
+                    key = (dev << 64) | ino
+                    seen = seen_own if ours else seen_foreign
+                    if key in seen:
+                        self._repeated(session, key, ours, fanotify.ignore_inode, session.group, fd)
+                        continue
+                    try:
+                        path = readlink(b"%d" % fd, dir_fd=fd_dir)
+                    except OSError as e:
+                        log.warning("session %d: cannot resolve an event fd: %s", session.id, e.strerror)
+                        continue
+                    seen.add(key)
+                    if not ours:
+                        mask |= protocol.FOREIGN
+                    if nlink == 0 and path.endswith(handles.DELETED):
+                        mask |= protocol.DELETED
+                    if keeping:
+                        kept = self._keep(session, fd, size)
+                    records.append(encode(mask, pid, t_ns, dev, ino, size, path))
+                finally:
+                    if not kept:
+                        close(fd)
         except fanotify.EventFormatError as e:
             raise _Unreadable(e, events) from None
+        finally:
+            session.events += counted
         return events
 
-    def _resolve_fd(self, session: _Session, fd: int, mask: int, pid: int, own: bool, t_ns: int) -> bytes | None:
-        """The record of a file seen for the first time (as the workload's, or as FOREIGN), else None. The event fd
-        is closed, or kept for RESIDENCY."""
-        kept = False
-        try:
+    def _repeated(self, session: _Session, key: int | bytes, own: bool, ignore: Callable[..., None],
+                  *args: object) -> None:
+        """A file sent already: not sent again. If the workload rereads it, have the kernel stop reporting it (an
+        ignore mark); not for an exec'd process, whose files the workload's own first read must still report."""
+        session.repeats += 1
+        if own and key not in session.ignored:
+            session.ignored.add(key)
             try:
-                mode, nlink, dev, ino, size = self._statx(fd, b"", statx.AT_EMPTY_PATH)
-            except OSError:
-                return None
-            if not stat.S_ISREG(mode):
-                return None
-            key = (dev << 64) | ino
-            seen = session.seen if own else session.foreign_seen
-            if key in seen:
-                session.repeats += 1
-                # Reported again: the workload rereads it, so have the kernel stop reporting it. Not for an exec'd
-                # process: the workload's own first read of the file must still be reported.
-                if own and key not in session.ignored:
-                    session.ignored.add(key)
-                    self._ignore_repeats(session, fanotify.ignore_inode, session.group, fd)
-                return None
-            try:
-                path = os.readlink(b"%d" % fd, dir_fd=self._fd_dir)
+                ignore(*args)
             except OSError as e:
-                log.warning("session %d: cannot resolve an event fd: %s", session.id, e.strerror)
-                return None
-            seen.add(key)
-            if not own:
-                mask |= protocol.FOREIGN
-            if nlink == 0 and path.endswith(handles.DELETED):
-                mask |= protocol.DELETED
-            if session.kept is not None:
-                kept = self._keep(session, fd, size)
-            return protocol.encode_file(mask, pid, t_ns, dev, ino, size, path)
-        finally:
-            if not kept:
-                os.close(fd)
+                # Still correct (repeats are not sent), only slower: say so once per session.
+                if not session.ignore_failed:
+                    session.ignore_failed = True
+                    log.warning("session %d: repeats will not be suppressed: %s", session.id, e.strerror)
 
     def _keep(self, session: _Session, item: int | bytes, size: int) -> bool:
         """With RESIDENCY, for a record sent: how to reach its file again at STOP (an fd within the fd limit, or a
@@ -371,81 +386,81 @@ class Server:
         return True
 
     def _resolve_fid_events(self, session: _Session, buf: bytes, records: list[bytes], t_ns: int) -> int:
-        """Add the records of one read's fid-mode events; how many events there were."""
+        """Add the records of one read's fid-mode events, as _resolve_fd_events does; how many events there were.
+
+        A new file is looked at with one statx of its name in its directory (by an fd the session keeps for a few
+        directories, opened by handle), without following a symlink and without opening anything; a file gone by
+        then was made and removed by the container (DELETED). Events come mostly a directory at a time: the last
+        directory is at hand without a lookup.
+        """
+        assert session.directories is not None
         own: dict[int, bool] = {}
-        events = 0
+        descends, traced = self._tree.descends, session.pid
+        statx_, directories, encode = self._statx, session.directories, protocol.encode_file
+        seen_own, seen_foreign = session.seen, session.foreign_seen
+        kept = session.kept
+        last_directory, dir_fd, dir_path = None, -1, b""
+        events = counted = 0
         try:
             for mask, pid, directory, name, handle in fanotify.iter_fid_events(buf):
                 events += 1
                 if mask & fanotify.FAN_Q_OVERFLOW:
                     session.overflowed = True
                     continue
-                session.events += 1
+                counted += 1
                 if handle is None or directory is None or name is None:
                     # The file system could not encode a handle for this file: it cannot be named.
                     session.lost += 1
                     continue
                 if (ours := own.get(pid)) is None:
-                    ours = own[pid] = self._tree.descends(session.pid, pid)
-                seen = session.seen if ours else session.foreign_seen
+                    ours = own[pid] = descends(traced, pid)
+                seen = seen_own if ours else seen_foreign
                 if handle in seen:
-                    session.repeats += 1
-                    if ours and handle not in session.ignored:
-                        session.ignored.add(handle)
-                        self._ignore_handle(session, handle)
+                    self._repeated(session, handle, ours, self._ignore_handle, session, handle)
                     continue
                 seen.add(handle)
-                if (record := self._resolve_name(session, directory, handle, name, mask, pid, ours, t_ns)) is not None:
-                    records.append(record)
+                if directory != last_directory:
+                    try:
+                        dir_fd, dir_path = directories.open(directory)
+                    except OSError as e:
+                        last_directory = None
+                        if e.errno != errno.ESTALE:  # ESTALE: the directory is gone, and the file with it
+                            log.warning("session %d: cannot open a directory by its handle: %s", session.id,
+                                        e.strerror)
+                        continue
+                    last_directory = directory
+                path = b"/" + name if dir_path == b"/" else dir_path + b"/" + name
+                if not ours:
+                    mask |= protocol.FOREIGN
+                try:
+                    mode, _, dev, ino, size = statx_(dir_fd, name, statx.AT_SYMLINK_NOFOLLOW)
+                except FileNotFoundError:
+                    if kept is not None:
+                        kept.append(None)
+                    records.append(encode(mask | protocol.DELETED, pid, t_ns, 0, 0, 0, path))
+                    continue
+                except OSError as e:
+                    log.warning("session %d: cannot look at a file: %s", session.id, e.strerror)
+                    continue
+                if not stat.S_ISREG(mode):
+                    continue
+                if dir_path.endswith(handles.DELETED):
+                    mask |= protocol.DELETED
+                if kept is not None:
+                    self._keep(session, handle, size)
+                records.append(encode(mask, pid, t_ns, dev, ino, size, path))
         except fanotify.EventFormatError as e:
             raise _Unreadable(e, events) from None
+        finally:
+            session.events += counted
         return events
-
-    def _resolve_name(self, session: _Session, directory: bytes, handle: bytes, name: bytes, mask: int, pid: int,
-                      own: bool, t_ns: int) -> bytes | None:
-        """The record of a file first opened as name in the directory of that handle, if it is a regular file;
-        handle is the file's own, kept for RESIDENCY.
-
-        statx looks the one name up in a directory fd, without following a symlink and without opening anything;
-        a file gone by then was made and removed by the container (DELETED).
-        """
-        assert session.directories is not None
-        try:
-            dir_fd, dir_path = session.directories.open(directory)
-        except OSError as e:
-            if e.errno != errno.ESTALE:  # ESTALE: the directory is gone, and the file with it
-                log.warning("session %d: cannot open a directory by its handle: %s", session.id, e.strerror)
-            return None
-        path = b"/" + name if dir_path == b"/" else dir_path + b"/" + name
-        if not own:
-            mask |= protocol.FOREIGN
-        try:
-            mode, _, dev, ino, size = self._statx(dir_fd, name, statx.AT_SYMLINK_NOFOLLOW)
-        except FileNotFoundError:
-            if session.kept is not None:
-                session.kept.append(None)
-            return protocol.encode_file(mask | protocol.DELETED, pid, t_ns, 0, 0, 0, path)
-        except OSError as e:
-            log.warning("session %d: cannot look at a file: %s", session.id, e.strerror)
-            return None
-        if not stat.S_ISREG(mode):
-            return None
-        if dir_path.endswith(handles.DELETED):
-            mask |= protocol.DELETED
-        if session.kept is not None:
-            self._keep(session, handle, size)
-        return protocol.encode_file(mask, pid, t_ns, dev, ino, size, path)
 
     def _ignore_handle(self, session: _Session, handle: bytes) -> None:
         """An ignore mark for the file of handle: the kernel takes an O_PATH fd only by a name, so it is named as an
-        entry of /proc/self/fd, which leads to exactly that file."""
+        entry of /proc/self/fd, which leads to exactly that file. Raises OSError."""
+        fd = handles.open_handle(session.root, handle, os.O_PATH)
         try:
-            fd = handles.open_handle(session.root, handle, os.O_PATH)
-        except OSError as e:
-            self._ignore_failed(session, e)
-            return
-        try:
-            self._ignore_repeats(session, fanotify.ignore_inode_at, session.group, self._fd_dir, b"%d" % fd)
+            fanotify.ignore_inode_at(session.group, self._fd_dir, b"%d" % fd)
         finally:
             os.close(fd)
 
@@ -474,18 +489,6 @@ class Server:
         except OSError as e:  # e.g. ENOBUFS: this batch is lost, the session goes on
             session.lost += files
             log.error("session %d: a message about %d files not sent: %s", session.id, files, e.strerror)
-
-    def _ignore_repeats(self, session: _Session, ignore: Callable[..., None], *args: object) -> None:
-        try:
-            ignore(*args)
-        except OSError as e:
-            self._ignore_failed(session, e)
-
-    def _ignore_failed(self, session: _Session, error: OSError) -> None:
-        # Still correct (repeats are not sent), only slower: say so once per session.
-        if not session.ignore_failed:
-            session.ignore_failed = True
-            log.warning("session %d: repeats will not be suppressed: %s", session.id, error.strerror)
 
     def _send_residency(self, session: _Session) -> None:
         """RESIDENT for every record sent, in order, as few datagrams as fit; kept fds are closed."""
