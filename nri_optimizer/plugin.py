@@ -270,7 +270,7 @@ class Plugin:
     async def _start_session(self, pid: int, recorder: Recorder) -> Session:
         # The stub may cancel us at its deadline; a session that becomes ready after that must not live on.
         task = asyncio.ensure_future(
-            self._get_tracer().trace(pid, recorder, timeout=READY_TIMEOUT, mode=self.config.event_mode))
+            self._get_tracer().trace(pid, recorder, timeout=READY_TIMEOUT, mode=self.config.event_mode, residency=True))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -319,6 +319,7 @@ class Plugin:
                 self.metrics.trace_lost("trace_server")
                 return
             self.metrics.kernel(outcome.events, outcome.overflowed, outcome.lost)
+            trace.recorder.take_residency(outcome.resident)
             incomplete = _incompleteness(outcome.overflowed, outcome.lost)
             if incomplete:
                 log.warning("%s list is incomplete: %s", cid, incomplete)

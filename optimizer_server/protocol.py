@@ -28,8 +28,8 @@ event), FD (an fd per event), or AUTO (FID where the kernel and the file system 
 says which one the session uses. With the RESIDENCY option, STOP sends RESIDENT messages before DONE: for
 the session's file records in the order they were sent (FOREIGN and DELETED ones included), counted from 0,
 the bytes of each file in the page cache once the trace stopped, UNKNOWN_RESIDENT where the server did not
-look: a file of 128 KiB or less (readahead brings any read one in whole: residency.MIN_SIZE), one it could
-not reach again, or beyond what it may hold open.
+look: a file of 128 KiB or less (residency.MIN_SIZE), one it could not reach again, or one beyond the fds it
+may hold open.
 """
 
 from __future__ import annotations

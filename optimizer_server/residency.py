@@ -15,8 +15,8 @@ import os
 from optimizer_server.libc import check, ffi, lib
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-# Files no larger than this are not looked at: the kernel reads ahead 128 KiB by default (read_ahead_kb), so any
-# read of such a file brings all of it in, and its residency would say nothing of how much of it was read.
+# Files no larger than this are not looked at: a consumer that fetches one whole pays little for it, while looking
+# at every file (most files of an image are small) would cost about as much again as tracing it.
 MIN_SIZE = 128 * 1024
 # Pages asked about per mincore call: a 16 KiB vector covers 64 MiB (at 4 KiB pages) of a mapping.
 _PAGES_PER_CALL = 16 * 1024

@@ -14,7 +14,7 @@ nothing is opened per event. Each regular file goes to the plugin once, as a rec
 plugin makes no system call per file. A file reported again gets an ignore mark, so the kernel stops
 reporting it; a file read once never needs one, which spares the kernel a mark per file.
 
-With RESIDENCY, STOP also reports how much of each file larger than readahead's window is in the page cache
+With RESIDENCY, STOP also reports how much of each file larger than residency.MIN_SIZE is in the page cache
 (residency.py), from what the session kept of it: the event fd in fd mode (as many as the fd limit allows),
 the file's handle in fid mode.
 """

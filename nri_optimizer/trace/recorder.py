@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nri_optimizer.results.formats import Entry
-from optimizer_server.protocol import DELETED, FOREIGN, FileRecord
+from optimizer_server.protocol import DELETED, FOREIGN, UNKNOWN_RESIDENT, FileRecord
 
 _FLAGS = FOREIGN | DELETED
 
@@ -28,12 +28,16 @@ class Recorder:
         self._seen: set[int] = set()  # with include_exec: (st_dev << 64) | st_ino of every file listed
         self.entries: list[Entry] = []
         self.deleted = 0  # files gone before the server looked: created and removed by the container
+        self._records = 0  # records taken so far
+        self._sources: list[int] = []  # per entry, the number of the record it came from
 
     def __call__(self, files: Sequence[FileRecord]) -> None:
         started_ns = self._started_ns
-        append = self.entries.append
+        append, source = self.entries.append, self._sources.append
         new = tuple.__new__  # Entry(...) and ._make run Python code per entry; this is one C call
-        for mask, _, t_ns, dev, ino, size, path in files:
+        first = self._records
+        self._records += len(files)
+        for number, (mask, _, t_ns, dev, ino, size, path) in enumerate(files, first):
             if mask & _FLAGS:
                 if mask & FOREIGN and not self._include_exec:
                     # The workload's own access of the same file still comes (the server sends it apart).
@@ -48,4 +52,16 @@ class Recorder:
                 if key in self._seen:
                     continue
                 self._seen.add(key)
-            append(new(Entry, (path, size, max(0, t_ns - started_ns) // 1000)))
+            append(new(Entry, (path, size, max(0, t_ns - started_ns) // 1000, None)))
+            source(number)
+
+    def take_residency(self, resident: Sequence[int]) -> None:
+        """Each entry's bytes in the page cache, from the server's values for every record it sent, in order
+        (the trace client's StopResult.resident; empty when not measured)."""
+        if not resident:
+            return
+        values: list[int | None] = [None if value == UNKNOWN_RESIDENT else value for value in resident]
+        values += [None] * (self._records - len(values))  # a report cut short: the rest unknown
+        new = tuple.__new__
+        self.entries = [new(Entry, (path, size, elapsed, values[number]))
+                        for (path, size, elapsed, _), number in zip(self.entries, self._sources, strict=True)]

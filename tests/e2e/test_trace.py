@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import signal
 import subprocess
 import time
@@ -257,3 +259,41 @@ def test_a_dynamically_linked_program_lists_itself_its_loader_and_its_libraries_
     assert run.status is not None and run.status.exit_code == 0
     traced.finish(run)
     assert traced.result("nri-optimizer.test/dynamic:1") == reads
+
+
+RESIDENT_IMAGE = "nri-optimizer.test/resident:1"
+
+
+def test_the_csv_says_how_much_of_each_large_file_the_start_read(make_containerd, flavour, tmp_path,
+                                                                  event_mode) -> None:
+    # Two 1 MiB files, the first 4 KiB of one read and all of the other, and a small file. containerd wrote the
+    # files into the page cache when it unpacked them: they are dropped from it before the workload reads.
+    image = build_image(RESIDENT_IMAGE, tmp_path / "resident.tar", {
+        "/data/part": os.urandom(1 << 20), "/data/whole": os.urandom(1 << 20), "/data/small": b"small\n"})
+    traced = start_traced(make_containerd, flavour, tmp_path / "bed", image, event_mode=event_mode)
+    run = traced.run(["/bin/sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.05; done; head -c 4096 /data/part >/dev/null; "
+                      "cat /data/whole /data/small >/dev/null; echo read; exec sleep 1000"], image=RESIDENT_IMAGE,
+                     wait=False)
+    traced.log.wait_for(rf"{run.container_id} tracing pid")
+    root = Path(f"/proc/{traced.bed.cri.container_status(run.container_id).pid}/root")
+    os.sync()  # the unpacked pages are clean, and so can be dropped
+    for name in ("part", "whole"):
+        fd = os.open(root / "data" / name, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    (root / "tmp" / "go").touch()
+    deadline = time.monotonic() + 10
+    while "read" not in run.log_lines():
+        assert time.monotonic() < deadline, run.log_lines()
+        time.sleep(0.05)
+    traced.finish(run, grace=0)
+    with traced.result_path(RESIDENT_IMAGE, suffix=".csv").open() as table:
+        rows = {row["path"]: row for row in csv.DictReader(table)}
+    assert list(rows) == ["/bin/busybox", "/data/part", "/data/whole", "/data/small"]
+    # The read's 4 KiB, and what readahead added: its first window is at most four times the read (busybox reads
+    # in 64 KiB at most).
+    assert 4096 <= int(rows["/data/part"]["resident"]) <= 256 * 1024, rows["/data/part"]
+    assert int(rows["/data/whole"]["resident"]) == 1 << 20
+    assert rows["/data/small"]["resident"] == "" and rows["/data/small"]["size"] == "6"

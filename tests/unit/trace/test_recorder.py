@@ -5,7 +5,7 @@ from __future__ import annotations
 from nri_optimizer.results.formats import Entry
 from nri_optimizer.trace.recorder import Recorder
 from optimizer_server.fanotify import FAN_OPEN
-from optimizer_server.protocol import DELETED, FOREIGN, FileRecord
+from optimizer_server.protocol import DELETED, FOREIGN, UNKNOWN_RESIDENT, FileRecord
 
 START = 1_000_000_000
 
@@ -42,3 +42,23 @@ def test_an_event_read_before_the_start_counts_as_zero_elapsed() -> None:
     recorder = Recorder("c1", START + 5000)
     recorder([record("/bin/sh", 1, at_us=2)])
     assert recorder.entries == [Entry(b"/bin/sh", 10, 0)]
+
+
+def test_residency_goes_to_the_entry_of_the_record_it_is_for() -> None:
+    # One value per record the server sent (the foreign and deleted ones included), across batches.
+    recorder = Recorder("c1", START)
+    recorder(BATCH[:3])
+    recorder(BATCH[3:])
+    recorder.take_residency([UNKNOWN_RESIDENT, 7, 8, 1 << 20, 9])
+    assert recorder.entries == [Entry(b"/bin/sh", 10, 5, None), Entry(b"/etc/passwd", 1234, 8, 1 << 20)]
+
+
+def test_a_residency_report_cut_short_leaves_the_rest_unknown_and_none_leaves_all() -> None:
+    recorder = Recorder("c1", START)
+    recorder(BATCH)
+    recorder.take_residency([4096])
+    assert [entry.resident for entry in recorder.entries] == [4096, None]
+    untouched = Recorder("c2", START)
+    untouched(BATCH)
+    untouched.take_residency([])
+    assert [entry.resident for entry in untouched.entries] == [None, None]
