@@ -4,6 +4,7 @@
 #   make nydus    the nydus tool chain into the cache: nydus-rs 2.2.0 (cargo; minutes, once), crictl (go),
 #                 containerd-nydus-grpc and docker-registry (Debian); testbed/toolchain.py
 #   make bench    what tracing costs, against a real containerd (benchmarks/cost/; README.md "What tracing costs")
+#   make bench-image   what the list buys, against the fastest start the link allows (docs/benchmarks.md)
 #   make proto    regenerate nri_optimizer/nri/proto/*_pb2.py from proto/*.proto
 #   make ffi      regenerate optimizer_server/_libc.py (cffi, out-of-line ABI mode) from libc_build.py
 #   make lint     ruff and mypy
@@ -119,3 +120,17 @@ bench-quick: venv
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m testbed fetch 2.1
 	$(PY) -m benchmarks.cost --quick $(BENCH_ARGS)
+
+# --- what the list buys (benchmarks/prefetch/; docs/benchmarks.md has the figures of one run) ----------------------
+# Three realistic workloads, the five variants (and the unordered blob and nydusd's own list), two link settings,
+# against the bound. make bench-image BENCH_IMAGE_ARGS="--repetitions 5 --throttle 100mbit/40ms" changes them.
+BENCH_IMAGE_CONFIG ?= examples/bench-image-apps.yaml
+BENCH_IMAGE_OUT ?= build/bench-image
+BENCH_IMAGE_ARGS ?=
+
+.PHONY: bench-image
+
+bench-image: venv nydus
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m testbed fetch 2.1
+	$(PY) -m nri_optimizer bench-image run $(BENCH_IMAGE_CONFIG) --out $(BENCH_IMAGE_OUT) $(BENCH_IMAGE_ARGS)

@@ -39,6 +39,10 @@ from testbed.images import build_pause_image
 from testbed.registry import LocalRegistry, registry_binary, write_hosts
 
 MODE_OF: dict[str, nydus.PrefetchMode] = {"off": "off", "all": "all", "list": "list", "runtime": "list"}
+# Seconds a CRI call may take. Not the client's default 10: removing an image of 10,000 files (its snapshots
+# deleted synchronously) or stopping a pod takes longer than that on a busy 2-core machine, and a cleanup that gives
+# up would end the whole run.
+CRI_TIMEOUT = 180.0
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,8 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
             if registry is not None:
                 push(image, registry.address, registry.client(), work, progress.note)
             prepare_image(config, image, registry.address if registry else config.registry, setup.node, prepared,
-                          runnable=runnable, pattern=setup.pattern, nydus_image=nydus_image if registry else None,
-                          work=work, persist_dir=persist_dir, say=progress.note)
+                          runnable=runnable, pattern=setup.pattern, registry=registry.client() if registry else None,
+                          work=work, nydus_image=nydus_image, persist_dir=persist_dir, say=progress.note)
         _tell_blobs(setup, prepared, config, registry)
         unmade = sum(1 for (_, name) in prepared.unmade if skips.get(name) is None)
         progress.total -= len(links) * config.repetitions * (unmade + sum(
@@ -321,7 +325,7 @@ def _setup(config: BenchConfig, found: variants.Nydus, runnable: Sequence[Varian
         ctd.import_image(pause)
         for snapshotter in snapshotters:  # a handler's pods run their sandbox from its snapshotter
             nydus.import_image(runtime.bin_dir / "ctr", ctd.address, pause, snapshotter.name)
-        cri = HandlerCri(ctd.address)
+        cri = HandlerCri(ctd.address, timeout=CRI_TIMEOUT)
         stack.callback(cri.close)
         node = Node(cri, ctd.address, ctd.nri_socket if any(i.record for i in config.images) else None,
                     ctd.cgroup_parent)
@@ -330,7 +334,7 @@ def _setup(config: BenchConfig, found: variants.Nydus, runnable: Sequence[Varian
 
 
 def _existing(existing: Existing) -> Setup:
-    cri = HandlerCri(existing.runtime_endpoint)
+    cri = HandlerCri(existing.runtime_endpoint, timeout=CRI_TIMEOUT)
     version = cri.version()
     handlers: dict[str, Handler] = {}
     if existing.snapshotter is not None:

@@ -40,6 +40,10 @@ from testbed.tracing import SERVER
 Say = Callable[[str], None]
 
 
+class ListError(OptimizerError):
+    """A list could not be recorded."""
+
+
 @dataclass
 class Prepared:
     """What the measuring needs from the preparation."""
@@ -133,10 +137,12 @@ def nydusd_list(image: Image, reference: str, node: Node, pattern: Handler, work
     return out
 
 
-def convert_tags(config: BenchConfig, image: Image, variants: Sequence[Variant], address: str, prepared: Prepared,
-                 nydus_image: str, say: Say) -> None:
-    """Convert `image` into each of `variants`' tags; what cannot be made goes to `prepared.unmade` for every
+def convert_tags(config: BenchConfig, image: Image, variants: Sequence[Variant], address: str, registry: Registry,
+                 prepared: Prepared, nydus_image: str, say: Say) -> None:
+    """Convert `image` into each of `variants`' tags (a tag that would get the same image as one already made, as
+    prefetch off's and all's, is that image tagged again); what cannot be made goes to `prepared.unmade` for every
     variant of that tag."""
+    made: dict[tuple[Path | None, bool], str] = {}  # (list, reorder) -> the tag that has it
     for variant in variants:
         sharing = [v for v in config.variants if v.snapshotter == "nydus" and v.tag_suffix == variant.tag_suffix]
         try:
@@ -145,36 +151,48 @@ def convert_tags(config: BenchConfig, image: Image, variants: Sequence[Variant],
                 raise ConvertError(f"{image.name}: no recorded list at {conversion.list_file}; record one "
                                    "(nri-optimizer profile), set the image's `list`, or `list: record`")
         except ConvertError as exc:
+            say(f"{', '.join(v.name for v in sharing)}: skipped: {exc}")
             prepared.unmade.update({(image.name, v.name): ("skipped", str(exc)) for v in sharing})
+            continue
+        repository, _, tag = f"{image.name}{variant.tag_suffix}".rpartition(":")
+        key = (conversion.list_file, conversion.reorder or conversion.list_file is None)
+        if (twin := made.get(key)) is not None:
+            manifest = registry.manifest(repository, twin)
+            registry.push_manifest(repository, tag, manifest.body, manifest.media_type)
+            say(f"tagged {address}/{repository}:{twin} as :{tag} as well (the same conversion)")
             continue
         say(f"converting: {conversion.printable()}")
         try:
             converted = conversion.run(nydus_image)
         except OptimizerError as exc:
+            say(f"{image.name}: {', '.join(v.name for v in sharing)}: convert failed: {exc}")
             prepared.unmade.update({(image.name, v.name): ("failed", f"convert: {exc}") for v in sharing})
             continue
+        made[key] = tag
         prepared.blobs.update(blob.digest.removeprefix("sha256:") for blob in converted.build.blobs)
         table = converted.build.prefetch
         say(f"pushed {converted.target} ({converted.size} bytes, prefetch table of {len(table)} files)")
 
 
 def prepare_image(config: BenchConfig, image: Image, address: str, node: Node, prepared: Prepared, *,
-                  runnable: Sequence[Variant], pattern: Handler | None, nydus_image: str | None, work: Path,
-                  persist_dir: str, say: Say) -> None:
-    """Our list, the conversions, and nydusd's list when a runnable variant takes it."""
+                  runnable: Sequence[Variant], pattern: Handler | None, registry: Registry | None, work: Path,
+                  nydus_image: str | None, persist_dir: str, say: Say) -> None:
+    """Our list, and with the local `registry` the conversions and nydusd's list when a runnable variant takes
+    it."""
     lists: dict[ListSource, Path] = {}
     prepared.lists[image.name] = lists
     try:
         lists["ours"] = our_list(config, image, address, node, work, persist_dir, say)
     except (ListError, CriError) as exc:
+        say(f"{image.name}: our list: {exc}")
         for variant in runnable:
             if variant.lists == "ours":
                 prepared.unmade[(image.name, variant.name)] = ("failed", str(exc))
-    if nydus_image is None:
+    if registry is None or nydus_image is None:
         return
     tags = [v for v in nydus_tags(config) if any(r.tag_suffix == v.tag_suffix for r in runnable)]
     first = [v for v in tags if v.conversion is None or v.conversion[0] == "ours"]
-    convert_tags(config, image, first, address, prepared, nydus_image, say)
+    convert_tags(config, image, first, address, registry, prepared, nydus_image, say)
     wants_nydusd = [v for v in runnable if v.lists == "nydusd"]
     if not wants_nydusd:
         return
@@ -186,14 +204,11 @@ def prepare_image(config: BenchConfig, image: Image, address: str, node: Node, p
         lists["nydusd"] = nydusd_list(image, config.reference(address, image, plain), node, pattern, work,
                                       nydus_image, say)
     except (ListError, CriError, OptimizerError) as exc:
+        say(f"{image.name}: nydusd's list: {exc}")
         for variant in wants_nydusd:
             prepared.unmade[(image.name, variant.name)] = ("failed", str(exc))
         return
-    convert_tags(config, image, [v for v in tags if v not in first], address, prepared, nydus_image, say)
-
-
-class ListError(OptimizerError):
-    """A list could not be recorded."""
+    convert_tags(config, image, [v for v in tags if v not in first], address, registry, prepared, nydus_image, say)
 
 
 def _stop_flags(image: Image) -> list[str]:

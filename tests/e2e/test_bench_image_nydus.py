@@ -212,9 +212,12 @@ nydus: {{snapshotter: {tools.snapshotter}, nydusd: {tools.nydusd}, nydus_image: 
     assert (lists["missing"], lists["extra"]) == ([], ["/etc/group", "/etc/passwd"])
     notes = [line.split("converting: ")[1] for line in result.stderr.splitlines() if "converting: " in line]
     assert [n.split(" --target ")[1].split()[0].rsplit(":", 1)[1] for n in notes] == [
-        "1_nydus", "1_nydus_prefetchall", "1_nydus_prefetch", "1_nydus_unordered", "1_nydus_nydusdlist"]
-    assert "--no-reorder" in notes[3] and notes[2].endswith("e2e-db_1.ours --source-insecure --target-insecure")
-    assert notes[4].split(" --list ")[1].startswith(str(made_by(result.stderr)[0]))
+        "1_nydus", "1_nydus_prefetch", "1_nydus_unordered", "1_nydus_nydusdlist"]
+    assert "--no-reorder" in notes[2] and notes[1].endswith("e2e-db_1.ours --source-insecure --target-insecure")
+    assert notes[3].split(" --list ")[1].startswith(str(made_by(result.stderr)[0]))
+    # prefetch all's image is prefetch off's (no table): made once, tagged twice
+    assert f"tagged {data['registry']}/e2e-db:1_nydus as :1_nydus_prefetchall as well (the same conversion)" in \
+        [line.split("] ", 1)[-1] for line in result.stderr.splitlines()]
 
     # Every variant twice, the warm start after each OCI start; rounds interleaved, the order rotated.
     runs = [r for r in data["runs"] if r["status"] == "ok"]
