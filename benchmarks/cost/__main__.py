@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server", type=Path, help="our optimizer-server as installed (default: this venv's)")
     parser.add_argument("--upstream-plugin", type=Path, help="nydus-snapshotter's optimizer-nri-plugin binary")
     parser.add_argument("--upstream-server", type=Path, help="nydus-snapshotter's optimizer-server binary")
+    parser.add_argument("--runs", type=int, help="runs of each repeated scenario (start_stop, stop_pod, completeness, "
+                        "event_cost), instead of the plan's")
     parser.add_argument("--snapshotter", default="overlayfs", choices=["overlayfs", "native"],
                         help="CRI's snapshotter, every variant's (default overlayfs; fid events need native)")
     parser.add_argument("--event-mode", default="auto", choices=["auto", "fid", "fd"],
@@ -70,6 +73,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError("the bench runs a real containerd and needs root")
     names = [n for n in args.scenarios.split(",") if n]
     plan = scenarios.Plan.quick() if args.quick else scenarios.Plan()
+    if args.runs is not None:
+        plan = dataclasses.replace(plan, start_stop=args.runs, stop_pod=args.runs, completeness=args.runs,
+                                   event_cost=args.runs)
     variants_wanted = ["none", "ours"]
     progress = Progress(len(names))
     if args.upstream_plugin:

@@ -46,14 +46,14 @@ class Plan:
     completeness: int = 20
     event_cost: int = 30
     scale_rounds: int = 5
-    scale_n: int = 20
+    scale_sizes: tuple[int, ...] = (1, 20, 100)  # containers started at once
     pods_for_memory: int = 200
     many_files: int = workloads.MANY_FILES
     instruction_files: tuple[int, int] = (1000, 3000)  # the two traces whose difference is counted
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(start_stop=3, stop_pod=2, completeness=2, event_cost=2, scale_rounds=1, scale_n=20,
+        return cls(start_stop=3, stop_pod=2, completeness=2, event_cost=2, scale_rounds=1, scale_sizes=(1, 20),
                    pods_for_memory=10, many_files=2_000, instruction_files=(500, 1500))
 
 
@@ -397,13 +397,14 @@ def instructions(ctx: Context) -> None:
 
 def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
     images = workloads.SCALE_IMAGES[:n]
-    per = len(workloads.DATA_FILES) // len(workloads.SCALE_IMAGES)  # 10 files each, disjoint
+    per = len(workloads.DATA_FILES) // n  # disjoint: 10 files each for 20, 2 for 100
     files = [workloads.shuffled(workloads.DATA_FILES[k * per : (k + 1) * per], seed=3000 + 100 * i + k)
              for k in range(n)]
     for image in images:
         v.clear_result(image)
     runs: list[Launched] = []
     traces: list[dict[str, Any]] = []
+    cpu_before = v.cpu()
     with ThreadPoolExecutor(n) as pool:
         t0 = time.perf_counter()
         futures = [pool.submit(v.launch, image, workloads.read_then_park(f))
@@ -426,6 +427,7 @@ def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
             if v.traced:
                 traces = list(pool.map(v.wait_trace_done, runs))
             traced_all = time.perf_counter() - t1
+            cpu = cpu_delta(cpu_before, v.cpu())
         finally:
             list(pool.map(v.remove, runs))
     r = ctx.results
@@ -460,16 +462,20 @@ def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
             r.add(f"mem{tag}_{what}", v.name, mem[what], scenario="e", label=f"{label}, {n} traced", unit="MB")
         r.add(f"mem{tag}_tracers", v.name, mem["tracers"], scenario="e", label=f"tracer processes, {n} traced",
               unit="procs")
+        r.add(f"scale{tag}_daemon_cpu", v.name, cpu["daemon_ms"], scenario="f",
+              label=f"{n} at once: daemon CPU, start to all traces written", unit="ms")
+        r.add(f"scale{tag}_tracer_cpu", v.name, cpu["tracer_ms"], scenario="f",
+              label=f"{n} at once: trace server CPU, start to all traces written", unit="ms")
         row |= {"exact": exact, "crosstalk": crosstalk, "traced_all_s": traced_all, **mem,
                 "files": [t.get("files") for t in traces]}
     r.record("scale", row)
-    ctx.progress.step(f"{n:2} at once {v.name:8} round {i + 1}  started in {started:5.2f} s"
+    ctx.progress.step(f"{n:3} at once {v.name:8} round {i + 1}  started in {started:5.2f} s"
                       + (f"  exact {row['exact']}/{n}  all traced {traced_all:5.2f} s  footprint "
                          f"{row['total_pages']:.1f} MB (RSS sum {row['total_rss']:.1f})" if v.traced else ""))
 
 
 def scale(ctx: Context) -> None:
-    for n in (1, ctx.plan.scale_n):
+    for n in ctx.plan.scale_sizes:
         for i, v in interleaved(ctx.variants, ctx.plan.scale_rounds):
             _scale_round(ctx, v, n, i)
 

@@ -1,7 +1,7 @@
 """The bench's images and workloads.
 
 One workload image holds the e2e workload's files (200 data files, /entry.sh, ...) plus 20,000 small files
-under /many and 500 under /few; a second tarball names the same image 20 times (scale-NN), so that 20
+under /many and 500 under /few; a second tarball names the same image 100 times (scale-NNN), so that up to 100
 containers at once each get a result of their own (results are keyed by image).
 
 Workload time is taken inside the container: busybox here has no `date +%N`, but `adjtimex` prints the
@@ -20,7 +20,7 @@ from testbed.images import FileSpec, build_image
 from testbed.tracing import DATA_FILES, shuffled, workload_files
 
 IMAGE = "nri-optimizer.bench/workload:1"
-SCALE_IMAGES = [f"nri-optimizer.bench/scale-{k:02d}:1" for k in range(20)]
+SCALE_IMAGES = [f"nri-optimizer.bench/scale-{k:03d}:1" for k in range(100)]  # one per container at once
 MANY_FILES = 20_000  # the full bench's count; --quick uses fewer (importing 20,000 files takes ~20 s)
 FEW = [f"/few/f{f:03d}" for f in range(500)]
 ENTRY_FILES = [f"/data/f{i:03d}" for i in range(10, 15)]  # what /entry.sh reads (testbed/tracing.py)
