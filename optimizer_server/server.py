@@ -5,11 +5,11 @@ magic link /proc/PID/root, so the server never enters the container's mount name
 resolves a path inside it; event fds still read back container-relative, because the container's root
 is not reachable from ours.
 
-The server resolves each event itself, in one of two ways (fanotify.py). In fd mode: fstat (identity,
+The server resolves each event itself, in one of two ways (fanotify.py). In fd mode: statx (identity,
 size, type) and readlink of the fd the kernel opened for the event, then close. In fid mode, where the
 kernel and the file system allow it, the event names the file's directory by handle and the file by its
 name there and its own handle: each directory is resolved once (open_by_handle_at on the container's root
-directory, which the session holds, then readlink), and a new file costs one fstatat of its name in it;
+directory, which the session holds, then readlink), and a new file costs one statx of its name in it;
 nothing is opened per event. Each regular file goes to the plugin once, as a record (protocol.FILES): the
 plugin makes no system call per file. A file reported again gets an ignore mark, so the kernel stops
 reporting it; a file read once never needs one, which spares the kernel a mark per file.
@@ -204,7 +204,7 @@ class Server:
                     try:
                         directories = handles.Directories(root, handles.encode(root), self._fd_dir)
                     except OSError:
-                        os.close(group)
+                        self._closer.close(group)
                         raise
                     return _Session(session_id, pid, group, protocol.MODE_FID, root, directories), None
             group = self._mark(root, fid=False)
