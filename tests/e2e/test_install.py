@@ -40,9 +40,11 @@ DAEMON_DISTRIBUTIONS = ["cffi", "nri-optimizer", "pip", "prometheus-client", "pr
 
 
 def installed_distributions(python: Path) -> list[str]:
+    """The distributions python sees, by their normalized names (PEP 503: prometheus_client is prometheus-client)."""
     listing = subprocess.run(
         [python, "-I", "-c", "import importlib.metadata as m\n"
-         "print(*sorted({d.metadata['Name'].lower() for d in m.distributions()}), sep='\\n')"],
+         "import re\n"
+         "print(*sorted({re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in m.distributions()}), sep='\\n')"],
         capture_output=True, text=True, check=True,
     )
     return listing.stdout.split()
