@@ -45,10 +45,10 @@ from nri_optimizer.nydus import build, image, tool
 from nri_optimizer.oci import layout
 from nri_optimizer.oci.registry import Registry, host_platform_name
 from nri_optimizer.results import reference
+from nri_optimizer.results.formats import incompleteness
 from nri_optimizer.results.key import result_key
 
 PROG = "nri-optimizer convert"
-INCOMPLETE_MARKER = "# incomplete"  # the plugin's first line for a list whose trace lost events
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,11 @@ class Converted:
 def read_list(path: Path) -> RecordedList:
     """A recorded list; an error if it names no file."""
     try:
-        text = path.read_bytes().decode(errors="surrogateescape")
+        data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read the list {path}: {exc.strerror}") from None
-    first = text.split("\n", 1)[0]
-    incomplete = first.removeprefix(INCOMPLETE_MARKER).lstrip(":").strip() or "no reason given" \
-        if first.startswith(INCOMPLETE_MARKER) else None
+    text = data.decode(errors="surrogateescape")
+    incomplete = incompleteness(data)
     paths = tuple(build.list_paths(text))
     if not paths:
         raise CommandError(f"{path} names no file: nothing to prefetch (record the image again, or convert "

@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass
 
 from nri_optimizer import config as cfg
 from nri_optimizer.errors import MergeInputError
-from nri_optimizer.results.formats import readable_size
+from nri_optimizer.results.formats import incompleteness, readable_size
 from nri_optimizer.results.key import WORKLOAD_SEPARATOR, split_name
 from nri_optimizer.results.merge import read_run
 
-INCOMPLETE_MARK = b"# incomplete: "  # the first line of a list the kernel lost events of (results.formats)
 COMPANIONS = (".csv", ".json")  # written beside each list
 
 
@@ -74,8 +73,7 @@ def describe(persist_dir: str, path: str) -> Recorded:
     run = read_run(path)
     with open(path, "rb") as plain:
         first = plain.readline(4096)
-    incomplete = first[len(INCOMPLETE_MARK) :].decode("utf-8", "replace").strip() if first.startswith(
-        INCOMPLETE_MARK) else None
+    incomplete = incompleteness(first)
     when = datetime.datetime.fromtimestamp(os.stat(path).st_mtime, datetime.UTC)
     image, workload = split_name(os.path.relpath(path, persist_dir))
     return Recorded(
