@@ -7,13 +7,14 @@
 #   make bench-image   what the list buys, against the fastest start the link allows (docs/benchmarks.md)
 #   make proto    regenerate nri_optimizer/nri/proto/*_pb2.py from proto/*.proto
 #   make ffi      regenerate optimizer_server/_libc.py (cffi, out-of-line ABI mode) from libc_build.py
-#   make lint     ruff and mypy
+#   make lint     ruff check, ruff format --check and mypy --strict (make test runs it first)
 #   make optimizer, make install-optimizer, make uninstall-optimizer   (as upstream; see README.md "Install")
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+LINTED := nri_optimizer optimizer_server testbed benchmarks deploy tests
 
 .PHONY: all venv optimizer demo test unit e2e stress lint proto ffi clean nydus
 
@@ -53,8 +54,9 @@ stress: venv
 
 lint: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m ruff check nri_optimizer optimizer_server tests
-	$(PY) -m mypy nri_optimizer optimizer_server
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(PY) -m mypy nri_optimizer optimizer_server testbed benchmarks deploy
 
 proto: venv
 	$(PY) -m pip install --quiet -e '.[dev]'

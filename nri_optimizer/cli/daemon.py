@@ -56,7 +56,9 @@ def daemon_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", help=f"plugin name to register with NRI (default: {DEFAULT_NAME})")
     parser.add_argument("--idx", help=f"plugin index, two digits (default: {DEFAULT_IDX})")
-    parser.add_argument("--events", type=_comma_list, help="events to subscribe to (default: StartContainer,StopContainer)")
+    parser.add_argument(
+        "--events", type=_comma_list, help="events to subscribe to (default: StartContainer,StopContainer)"
+    )
     parser.add_argument("--server-path", dest="server_path", help="optimizer-server executable")
     parser.add_argument("--persist-dir", dest="persist_dir", help="directory for the accessed-file lists")
     parser.add_argument("--readable", type=_bool, nargs="?", const=True, help="human units in the CSV file")

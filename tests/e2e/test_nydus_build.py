@@ -40,8 +40,8 @@ from benchmarks.prefetch import workloads
 from benchmarks.prefetch.config import Image, Ready, Variant
 from benchmarks.prefetch.handlers import HandlerCri
 from benchmarks.prefetch.runner import Runner
-from nri_optimizer.nydus import bootstrap, build, image, tool
 from nri_optimizer.errors import ToolError
+from nri_optimizer.nydus import bootstrap, build, image, tool
 from nri_optimizer.nydus.tarorder import normalise
 from nri_optimizer.oci import layout
 from nri_optimizer.oci.registry import OCI_MANIFEST
