@@ -138,8 +138,10 @@ def install(layout: Layout, python: str, pip_python: str, wheelhouse: Path) -> N
     manifest = Manifest.load(layout.venv)
     if manifest is None:
         if layout.venv.exists():
-            raise InstallError(f"{layout.venv} exists and was not made by make install-optimizer: "
-                               "remove it or choose another PREFIX_VENV")
+            raise InstallError(
+                f"{layout.venv} exists and was not made by make install-optimizer: "
+                "remove it or choose another PREFIX_VENV"
+            )
         manifest = Manifest(layout.venv / MANIFEST)
     else:
         # A fresh venv each time: nothing of an older version lingers in it.
@@ -150,17 +152,21 @@ def install(layout: Layout, python: str, pip_python: str, wheelhouse: Path) -> N
     try:
         subprocess.run([python, "-m", "venv", "--without-pip", str(layout.venv)], check=True)
         # The build venv's pip installs into the new one, which so needs no pip of its own.
-        subprocess.run([pip_python, "-m", "pip", "--python", str(layout.python), "install", "--quiet",
-                        "--no-index", *wheels], check=True)
+        subprocess.run(
+            [pip_python, "-m", "pip", "--python", str(layout.python), "install", "--quiet", "--no-index", *wheels],
+            check=True,
+        )
         print(f"installed {layout.venv}")
         python_path = str(layout.python)
         manifest.put(layout.plugin_dir / PLUGIN, launcher_text(python_path), 0o755)
         server = layout.bindir / SERVER
         manifest.put(server, launcher_text(python_path, "optimizer_server.__main__"), 0o755)
 
-        conf_text = relocate(CONF_TEMPLATE.read_text(encoding="utf-8"),
-                             {DEFAULT_SERVER: str(server), DEFAULT_PERSIST_DIR: str(layout.persist_dir)},
-                             CONF_TEMPLATE)
+        conf_text = relocate(
+            CONF_TEMPLATE.read_text(encoding="utf-8"),
+            {DEFAULT_SERVER: str(server), DEFAULT_PERSIST_DIR: str(layout.persist_dir)},
+            CONF_TEMPLATE,
+        )
         if not os.path.lexists(layout.conf) or manifest.as_installed(layout.conf):
             manifest.put(layout.conf, conf_text, 0o644)
         else:
@@ -170,12 +176,20 @@ def install(layout: Layout, python: str, pip_python: str, wheelhouse: Path) -> N
 
         manifest.make_dirs(layout.persist_dir)
         unit = layout.systemd_dir / "nri-optimizer.service"
-        manifest.put(unit, relocate(UNIT_TEMPLATE.read_text(encoding="utf-8"), {
-            DEFAULT_VENV: str(layout.venv),
-            DEFAULT_CONF_DIR: str(layout.conf_dir),
-            DEFAULT_PERSIST_DIR: str(layout.persist_dir),
-            DEFAULT_PLUGIN_DIR: str(layout.plugin_dir),
-        }, UNIT_TEMPLATE), 0o644)
+        manifest.put(
+            unit,
+            relocate(
+                UNIT_TEMPLATE.read_text(encoding="utf-8"),
+                {
+                    DEFAULT_VENV: str(layout.venv),
+                    DEFAULT_CONF_DIR: str(layout.conf_dir),
+                    DEFAULT_PERSIST_DIR: str(layout.persist_dir),
+                    DEFAULT_PLUGIN_DIR: str(layout.plugin_dir),
+                },
+                UNIT_TEMPLATE,
+            ),
+            0o644,
+        )
     finally:
         manifest.save()
     print(f"""
@@ -240,8 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "uninstall":
             uninstall(where(args.venv))
         else:
-            layout = Layout(where(args.venv), where(args.plugin_dir), where(args.bindir), where(args.conf_dir),
-                            where(args.persist_dir), where(args.systemd_dir))
+            layout = Layout(
+                where(args.venv),
+                where(args.plugin_dir),
+                where(args.bindir),
+                where(args.conf_dir),
+                where(args.persist_dir),
+                where(args.systemd_dir),
+            )
             install(layout, sys.executable, args.pip_python, args.wheelhouse)
     except (InstallError, subprocess.CalledProcessError) as error:
         print(f"{parser.prog} {args.command}: {error}", file=sys.stderr)

@@ -42,7 +42,6 @@ _LABEL_KEY = re.compile(
 )
 
 
-
 @dataclass(frozen=True)
 class Config:
     # Upstream's keys and defaults (nydus-snapshotter's optimizer-nri-plugin).
@@ -112,7 +111,7 @@ _EXPECT: dict[str, str] = {
     'e.g. workload_key = "label:app.kubernetes.io/name"',
     "publish": 'a list of image name patterns whose lists are pushed to the image\'s registry ([] for none, ["*"] '
     'for every image), e.g. publish = ["registry.example/apps/*"]',
-    "publish_insecure": 'a list of registries (host or host:port) reached over plain HTTP or TLS that is not '
+    "publish_insecure": "a list of registries (host or host:port) reached over plain HTTP or TLS that is not "
     'verified, e.g. publish_insecure = ["registry.local:5000"]',
     "publish_attempts": f"a whole number of tries from 1 to {MAX_PUBLISH_ATTEMPTS}, e.g. publish_attempts = 4",
 }
@@ -237,8 +236,10 @@ def _check_repeat_keys(settings: dict[str, Any], where: str) -> None:
     if "overwrite" not in settings or "on_repeat" not in settings:
         return
     if settings["overwrite"] == (settings["on_repeat"] == "keep"):
-        raise ConfigError(f"{where}: {str(settings['overwrite']).lower()} disagrees with on_repeat = "
-                          f"\"{settings['on_repeat']}\"; remove overwrite (on_repeat replaces it)")
+        raise ConfigError(
+            f"{where}: {str(settings['overwrite']).lower()} disagrees with on_repeat = "
+            f'"{settings["on_repeat"]}"; remove overwrite (on_repeat replaces it)'
+        )
 
 
 def salvage_log_file(text: str) -> str:
@@ -305,6 +306,7 @@ def validate_paths(config: Config, source: str) -> None:
 
 def log_level(config: Config) -> int:
     return int(getattr(logging, config.log_level.upper()))
+
 
 def load_config(flags: dict[str, Any]) -> Config:
     """Defaults < config file < flags; every failure is a one-line ConfigError."""

@@ -136,9 +136,9 @@ class PrometheusMetrics(Metrics):
             buckets=START_BUCKETS,
             registry=registry,
         )
-        prom.Gauge(
-            "nri_optimizer_traces_in_flight", "Containers being traced now.", registry=registry
-        ).set_function(in_flight)
+        prom.Gauge("nri_optimizer_traces_in_flight", "Containers being traced now.", registry=registry).set_function(
+            in_flight
+        )
         self._choose_encoder = prom.exposition.choose_encoder
 
     def not_traced(self, reason: str) -> None:

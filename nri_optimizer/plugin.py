@@ -62,8 +62,7 @@ def image_name(container: api.Container) -> str:
 
 def describe(pod: api.PodSandbox, container: api.Container) -> str:
     return (
-        f"name={container.name} pid={container.pid} image={image_name(container) or '-'} "
-        f"pod={pod.namespace}/{pod.name}"
+        f"name={container.name} pid={container.pid} image={image_name(container) or '-'} pod={pod.namespace}/{pod.name}"
     )
 
 
@@ -232,8 +231,13 @@ class Plugin:
             (time.monotonic_ns() - started_ns) / 1e6,
             session.mode,
         )
-        log.debug("%s StartContainer steps: checks %.2f ms, upper layer %.2f ms, trace server (TRACE to READY) %.2f ms",
-                  cid, (checked_ns - started_ns) / 1e6, (upper_ns - checked_ns) / 1e6, (ready_ns - upper_ns) / 1e6)
+        log.debug(
+            "%s StartContainer steps: checks %.2f ms, upper layer %.2f ms, trace server (TRACE to READY) %.2f ms",
+            cid,
+            (checked_ns - started_ns) / 1e6,
+            (upper_ns - checked_ns) / 1e6,
+            (ready_ns - upper_ns) / 1e6,
+        )
 
     async def stop_container(self, pod: api.PodSandbox, container: api.Container) -> None:
         if self._select is not None and not self._select(pod, container):
@@ -270,7 +274,8 @@ class Plugin:
     async def _start_session(self, pid: int, recorder: Recorder) -> Session:
         # The stub may cancel us at its deadline; a session that becomes ready after that must not live on.
         task = asyncio.ensure_future(
-            self._get_tracer().trace(pid, recorder, timeout=READY_TIMEOUT, mode=self.config.event_mode, residency=True))
+            self._get_tracer().trace(pid, recorder, timeout=READY_TIMEOUT, mode=self.config.event_mode, residency=True)
+        )
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -352,7 +357,8 @@ class Plugin:
                 trace.recorder.foreign,
                 recorded.path,
                 f"; merged with {recorded.runs - 1} earlier runs: {recorded.result_listed} files"
-                if self.config.on_repeat == "merge" else "",
+                if self.config.on_repeat == "merge"
+                else "",
             )
             self._queue_publish(trace, recorded.path)
         finally:
@@ -370,12 +376,14 @@ class Plugin:
         if not config.publish:
             return
         if self._publisher is None:
-            self._publisher = Publisher(config.publish, config.publish_insecure, config.publish_attempts,
-                                        metrics=lambda: self.metrics)
+            self._publisher = Publisher(
+                config.publish, config.publish_insecure, config.publish_attempts, metrics=lambda: self.metrics
+            )
         image = str(trace.image)
         if self._publisher.wants(image):
-            self._publisher.submit(Job(trace.container_id, image, trace.image.domain, list_path,
-                                       split_name(trace.result.name)[1]))
+            self._publisher.submit(
+                Job(trace.container_id, image, trace.image.domain, list_path, split_name(trace.result.name)[1])
+            )
 
     def _write(self, trace: ContainerTrace, incomplete: str | None) -> tuple[runs.Recorded, int]:
         """In a worker thread: leave out what the container wrote, then put the list into its result as on_repeat
@@ -384,9 +392,12 @@ class Plugin:
         if trace.upper is not None:
             entries = trace.upper.without_written(entries)
             if trace.upper.unreadable:
-                log.warning("%s could not look up %d paths in the container's upper layer (permissions?): "
-                            "they are listed even if the container wrote them", trace.container_id,
-                            trace.upper.unreadable)
+                log.warning(
+                    "%s could not look up %d paths in the container's upper layer (permissions?): "
+                    "they are listed even if the container wrote them",
+                    trace.container_id,
+                    trace.upper.unreadable,
+                )
         config = self.config
         recorded = runs.record(
             config.persist_dir,

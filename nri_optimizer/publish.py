@@ -55,9 +55,17 @@ def push_list_command() -> list[str]:
 
 
 class Publisher:
-    def __init__(self, patterns: Sequence[str], insecure: Sequence[str], attempts: int, *,
-                 metrics: Callable[[], Metrics], command: Sequence[str] | None = None,
-                 first_pause: float = FIRST_PAUSE, try_timeout: float = TRY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        patterns: Sequence[str],
+        insecure: Sequence[str],
+        attempts: int,
+        *,
+        metrics: Callable[[], Metrics],
+        command: Sequence[str] | None = None,
+        first_pause: float = FIRST_PAUSE,
+        try_timeout: float = TRY_TIMEOUT,
+    ) -> None:
         """``metrics`` gives the plugin's current Metrics (configure may replace it); ``command`` runs nri-optimizer
         (default: push_list_command())."""
         self._patterns = Patterns(patterns)
@@ -78,8 +86,13 @@ class Publisher:
     def submit(self, job: Job) -> None:
         """Queue a list for publishing; returns at once."""
         if job.list_path not in self._pending and len(self._pending) >= MAX_PENDING:
-            log.error("%s not publishing the list of %s: %d lists wait already; it stays in %s", job.container_id,
-                      job.image, MAX_PENDING, job.list_path)
+            log.error(
+                "%s not publishing the list of %s: %d lists wait already; it stays in %s",
+                job.container_id,
+                job.image,
+                MAX_PENDING,
+                job.list_path,
+            )
             self._metrics().list_publish_failed("queue_full")
             return
         self._pending[job.list_path] = job  # queued already: once, with the latest trace's id
@@ -100,9 +113,15 @@ class Publisher:
         self._pending.clear()
         self._publishing = None
         for job in left:
-            log.warning("%s the list of %s is not published: the plugin is stopping; it stays in %s (nri-optimizer "
-                        "push-list %s --list %s publishes it)", job.container_id, job.image, job.list_path, job.image,
-                        job.list_path)
+            log.warning(
+                "%s the list of %s is not published: the plugin is stopping; it stays in %s (nri-optimizer "
+                "push-list %s --list %s publishes it)",
+                job.container_id,
+                job.image,
+                job.list_path,
+                job.image,
+                job.list_path,
+            )
             self._metrics().list_publish_failed("shutdown")
 
     async def _work(self) -> None:
@@ -126,25 +145,50 @@ class Publisher:
                 return
             if attempt == self._attempts:
                 break
-            log.warning("%s publishing the list of %s failed (try %d of %d): %s; trying again in %g s",
-                        job.container_id, job.image, attempt, self._attempts, said, pause)
+            log.warning(
+                "%s publishing the list of %s failed (try %d of %d): %s; trying again in %g s",
+                job.container_id,
+                job.image,
+                attempt,
+                self._attempts,
+                said,
+                pause,
+            )
             self._metrics().list_publish_retried()
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_PAUSE)
-        log.error("%s gave up publishing the list of %s after %d tries: %s; it stays in %s (nri-optimizer push-list "
-                  "%s --list %s publishes it)", job.container_id, job.image, self._attempts, said, job.list_path,
-                  job.image, job.list_path)
+        log.error(
+            "%s gave up publishing the list of %s after %d tries: %s; it stays in %s (nri-optimizer push-list "
+            "%s --list %s publishes it)",
+            job.container_id,
+            job.image,
+            self._attempts,
+            said,
+            job.list_path,
+            job.image,
+            job.list_path,
+        )
         self._metrics().list_publish_failed("attempts")
 
     async def _try(self, job: Job) -> tuple[int, str]:
         """One run of push-list: (its exit status, the last line it said, without its prefix)."""
-        argv = [*self._command, "push-list", job.image, "--list", job.list_path,
-                *(["--insecure"] if job.registry in self._insecure else []),
-                *(["--workload", job.workload] if job.workload else [])]
+        argv = [
+            *self._command,
+            "push-list",
+            job.image,
+            "--list",
+            job.list_path,
+            *(["--insecure"] if job.registry in self._insecure else []),
+            *(["--workload", job.workload] if job.workload else []),
+        ]
         try:
-            child = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                         stdout=asyncio.subprocess.PIPE,
-                                                         stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            child = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
         except OSError as exc:
             return 1, f"cannot run {argv[0]}: {exc.strerror or exc}"
         try:

@@ -108,7 +108,7 @@ class Selection:
         if wish is not None and wish not in _TRUE:
             if wish in _FALSE:
                 return Skip("annotation", f"annotation {key} = {annotations[key]!r}")
-            return Skip("annotation", f"annotation {key} = {annotations[key]!r} is not \"true\" or \"false\"")
+            return Skip("annotation", f'annotation {key} = {annotations[key]!r} is not "true" or "false"')
         if rule := _limit("namespace", namespace, self.namespace_include, self.namespace_exclude):
             return rule
         if rule := _limit("image", image, self.image_include, self.image_exclude):

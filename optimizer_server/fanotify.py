@@ -118,8 +118,9 @@ def ignore_inode_at(group: int, dirfd: int, name: bytes, mask: int = TRACE_MASK)
     """ignore_inode for the file name in dirfd names, link followed (for an O_PATH fd, which the kernel does
     not take as an fd of its own: name it as an entry of /proc/self/fd instead)."""
     check(
-        lib.fanotify_mark(group, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, mask, dirfd,
-                          name),
+        lib.fanotify_mark(
+            group, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, mask, dirfd, name
+        ),
         "fanotify_mark(ignore)",
     )
 
@@ -191,8 +192,9 @@ def iter_fid_events(buf: bytes) -> Iterator[tuple[int, int, bytes | None, bytes 
                 raise EventFormatError(f"{event_end - info} bytes of an info record at offset {info}")
             info_end = info + info_len
             if info_len < _INFO_HEADER.size or info_end > event_end:
-                raise EventFormatError(f"info record of {info_len} bytes at offset {info} of an event ending at "
-                                       f"{event_end}")
+                raise EventFormatError(
+                    f"info record of {info_len} bytes at offset {info} of an event ending at {event_end}"
+                )
             if info_type in (FAN_EVENT_INFO_TYPE_FID, FAN_EVENT_INFO_TYPE_DFID_NAME, FAN_EVENT_INFO_TYPE_DFID):
                 start = info + _FSID_END
                 handle_end = start + _HANDLE_HEADER + handle_bytes

@@ -35,8 +35,7 @@ def encode(fd: int) -> bytes:
 
 def open_handle(mount_fd: int, handle: bytes, flags: int) -> int:
     """An fd of the object handle names, on mount_fd's file system (ESTALE: it no longer exists)."""
-    return check(lib.open_by_handle_at(mount_fd, ffi.from_buffer(handle), flags | os.O_CLOEXEC),
-                 "open_by_handle_at")
+    return check(lib.open_by_handle_at(mount_fd, ffi.from_buffer(handle), flags | os.O_CLOEXEC), "open_by_handle_at")
 
 
 class Directories:

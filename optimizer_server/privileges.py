@@ -26,7 +26,6 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
 
-
 def kept_mask() -> int:
     return sum(1 << cap for cap in KEPT)
 

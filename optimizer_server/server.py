@@ -175,8 +175,13 @@ class Server:
         self._sessions[session_id] = session
         self._by_group[session.group] = session
         self._epoll.register(session.group, _ONESHOT)
-        log.info("session %d: watching the root mount of pid %d (%s events%s)", session_id, pid,
-                 protocol.MODE_NAMES[session.mode], f"; fid refused: {fid_refused}" if fid_refused else "")
+        log.info(
+            "session %d: watching the root mount of pid %d (%s events%s)",
+            session_id,
+            pid,
+            protocol.MODE_NAMES[session.mode],
+            f"; fid refused: {fid_refused}" if fid_refused else "",
+        )
         self._send(protocol.Ready(session_id, session.mode))
 
     def _watch_root_mount(self, session_id: int, pid: int, mode: int) -> tuple[_Session, str | None]:
@@ -361,8 +366,9 @@ class Server:
             session.events += counted
         return events
 
-    def _repeated(self, session: _Session, key: int | bytes, own: bool, ignore: Callable[..., None],
-                  *args: object) -> None:
+    def _repeated(
+        self, session: _Session, key: int | bytes, own: bool, ignore: Callable[..., None], *args: object
+    ) -> None:
         """A file sent already: not sent again. If the workload rereads it, have the kernel stop reporting it (an
         ignore mark); not for an exec'd process, whose files the workload's own first read must still report."""
         session.repeats += 1
@@ -428,8 +434,7 @@ class Server:
                     except OSError as e:
                         last_directory = None
                         if e.errno != errno.ESTALE:  # ESTALE: the directory is gone, and the file with it
-                            log.warning("session %d: cannot open a directory by its handle: %s", session.id,
-                                        e.strerror)
+                            log.warning("session %d: cannot open a directory by its handle: %s", session.id, e.strerror)
                         continue
                     last_directory = directory
                 path = b"/" + name if dir_path == b"/" else dir_path + b"/" + name

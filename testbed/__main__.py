@@ -17,9 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument(
         "flavours", nargs="*", default=sorted(debs.CONTAINERD_FLAVOURS), help="containerd flavours (default: all)"
     )
-    commands.add_parser("tools", help="install nydusd, nydus-image, crictl, containerd-nydus-grpc, "
-                        "docker-registry and the referrers registry into the cache (the first time builds nydus-rs "
-                        "with cargo: minutes)")
+    commands.add_parser(
+        "tools",
+        help="install nydusd, nydus-image, crictl, containerd-nydus-grpc, "
+        "docker-registry and the referrers registry into the cache (the first time builds nydus-rs "
+        "with cargo: minutes)",
+    )
     commands.add_parser("demo", help="profile a demo image on a private containerd, then tear it down")
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -65,7 +65,10 @@ class Testbed:
         log_dir = self.ctd.logs_dir / name
         log_dir.mkdir(parents=True)
         pod = self.cri.run_pod(
-            name, cgroup_parent=self.ctd.cgroup_parent, log_directory=str(log_dir), annotations=annotations,
+            name,
+            cgroup_parent=self.ctd.cgroup_parent,
+            log_directory=str(log_dir),
+            annotations=annotations,
             labels=labels,
         )
         cid = self.cri.create_container(pod, name, image, command=command, env=env, mounts=mounts)

@@ -97,8 +97,12 @@ class _Cri:
             runtimes, images = f"{self.CRI_V2}.containerd.runtimes", f"{self.CRI_V2}.containerd"
             annotations = {}
         added: dict[str, Table] = {
-            images: {**tables[images], "disable_snapshot_annotations": False, "discard_unpacked_layers": False,
-                     **annotations},
+            images: {
+                **tables[images],
+                "disable_snapshot_annotations": False,
+                "discard_unpacked_layers": False,
+                **annotations,
+            },
         }
         for name, socket in snapshotters.items():
             added[f"{runtimes}.{_key(name)}"] = {"runtime_type": "io.containerd.runc.v2", "snapshotter": name}
@@ -191,8 +195,10 @@ def render(
 POD_NETWORK = {
     "cniVersion": "1.0.0",
     "name": "nri-optimizer-testbed",
-    "plugins": [{"type": "loopback"},
-                {"type": "tap", "ipam": {"type": "static", "addresses": [{"address": "192.0.2.10/24"}]}}],
+    "plugins": [
+        {"type": "loopback"},
+        {"type": "tap", "ipam": {"type": "static", "addresses": [{"address": "192.0.2.10/24"}]}},
+    ],
 }
 CNI_PLUGINS = ("loopback", "tap", "static")  # what POD_NETWORK runs
 

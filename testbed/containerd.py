@@ -166,8 +166,7 @@ class Containerd:
 
     def import_image(self, tarball: Path, timeout: float = 30.0) -> list[str]:
         """Import an OCI image-layout tarball into CRI's namespace; return once CRI sees every image."""
-        cmd = [str(self.runtime.bin_dir / "ctr"), "-a", self.address, "-n", NAMESPACE, "images", "import",
-               str(tarball)]
+        cmd = [str(self.runtime.bin_dir / "ctr"), "-a", self.address, "-n", NAMESPACE, "images", "import", str(tarball)]
         if self.snapshotter != "overlayfs":  # unpacked for it; the transfer service unpacks for overlayfs only
             cmd[-1:-1] = ["--local", "--snapshotter", self.snapshotter]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)

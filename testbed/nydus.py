@@ -134,11 +134,15 @@ def nydusd_wrapper(nydusd: Path, *, access_pattern: bool = False) -> str:
     field, so the template cannot carry it."""
     patch = ""
     if access_pattern:
-        patch = ('previous=\nfor arg in "$@"; do\n'
-                 '  [ "$previous" = --config ] && sed -i \'1s/^{/{"access_pattern":true,/\' "$arg"\n'
-                 '  previous="$arg"\ndone\n')
-    return (f'#!/bin/sh\nsubcommand="$1"\nshift\n{patch}'
-            f'exec {shlex.quote(str(nydusd))} "$subcommand" --rlimit-nofile 0 "$@"\n')
+        patch = (
+            'previous=\nfor arg in "$@"; do\n'
+            '  [ "$previous" = --config ] && sed -i \'1s/^{/{"access_pattern":true,/\' "$arg"\n'
+            '  previous="$arg"\ndone\n'
+        )
+    return (
+        f'#!/bin/sh\nsubcommand="$1"\nshift\n{patch}'
+        f'exec {shlex.quote(str(nydusd))} "$subcommand" --rlimit-nofile 0 "$@"\n'
+    )
 
 
 def snapshotter_config(layout: Layout, nydusd: Path, *, log_level: str = "info") -> str:
@@ -190,9 +194,18 @@ class NydusSnapshotter:
     mounted under the dir and removes it; it raises TestbedError naming anything that had to stay.
     """
 
-    def __init__(self, binary: Path, nydusd: Path, mode: PrefetchMode, backend: Backend, *,
-                 threads: int = 4, start_timeout: float = 15.0, log_level: str = "info",
-                 access_pattern: bool = False) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        nydusd: Path,
+        mode: PrefetchMode,
+        backend: Backend,
+        *,
+        threads: int = 4,
+        start_timeout: float = 15.0,
+        log_level: str = "info",
+        access_pattern: bool = False,
+    ) -> None:
         self.binary = binary
         self.nydusd = nydusd
         self.mode = mode
@@ -204,10 +217,10 @@ class NydusSnapshotter:
         self.layout.cache.mkdir()
         self.layout.nydusd_wrapper.write_text(nydusd_wrapper(nydusd, access_pattern=access_pattern))
         self.layout.nydusd_wrapper.chmod(0o755)
-        self.layout.config.write_text(snapshotter_config(self.layout, self.layout.nydusd_wrapper,
-                                                         log_level=log_level))
+        self.layout.config.write_text(snapshotter_config(self.layout, self.layout.nydusd_wrapper, log_level=log_level))
         self.layout.nydusd_config.write_text(
-            json.dumps(nydusd_config(mode, backend, self.layout.cache, threads=threads), indent=2) + "\n")
+            json.dumps(nydusd_config(mode, backend, self.layout.cache, threads=threads), indent=2) + "\n"
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._closed = False
@@ -234,7 +247,10 @@ class NydusSnapshotter:
         try:
             self._proc = subprocess.Popen(
                 [str(self.binary), "--config", str(self.layout.config)],
-                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         except OSError as exc:
             self.stop()
@@ -402,8 +418,10 @@ class Tools:
 def find_tools(snapshotter: str | None = None, nydusd: str | None = None) -> Tools:
     """containerd-nydus-grpc and nydusd: at the paths given (config or flags), else on PATH, else where `make nydus`
     put them (the cache; nothing is fetched here)."""
-    installed = {SNAPSHOTTER_BINARY: debs.cached_package_file("nydus-snapshotter", SNAPSHOTTER_SUITE),
-                 NYDUSD_BINARY: tool.tools_bin() / NYDUSD_BINARY}
+    installed = {
+        SNAPSHOTTER_BINARY: debs.cached_package_file("nydus-snapshotter", SNAPSHOTTER_SUITE),
+        NYDUSD_BINARY: tool.tools_bin() / NYDUSD_BINARY,
+    }
     found: dict[str, Path | None] = {}
     missing: list[str] = []
     bad: list[str] = []
@@ -433,9 +451,22 @@ def debian_snapshotter(*, cache: Path | None = None) -> Path:
 def import_image(ctr: Path, address: str, tarball: Path, snapshotter: str, timeout: float = 30.0) -> None:
     """Import an image-layout tarball into CRI's namespace unpacked for `snapshotter` (a pod of a runtime handler
     runs its sandbox image from that handler's snapshotter, so the pause image must be unpacked there too)."""
-    cmd = [str(ctr), "-a", address, "-n", "k8s.io", "images", "import", "--local",
-           "--snapshotter", snapshotter, str(tarball)]
+    cmd = [
+        str(ctr),
+        "-a",
+        address,
+        "-n",
+        "k8s.io",
+        "images",
+        "import",
+        "--local",
+        "--snapshotter",
+        snapshotter,
+        str(tarball),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
-        raise TestbedError(f"ctr images import --snapshotter {snapshotter} {tarball} failed: "
-                           f"{result.stderr.strip() or result.stdout.strip()}")
+        raise TestbedError(
+            f"ctr images import --snapshotter {snapshotter} {tarball} failed: "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )

@@ -57,14 +57,20 @@ def install_prelaunched(bed_dir: Path, text: str, *, python: str = sys.executabl
     return plugins, confs
 
 
-def start_prelaunched(make_containerd: MakeContainerd, flavour: str, directory: Path, extra: str = "", *,
-                      registered: bool = True, snapshotter: str = "overlayfs") -> tuple[Testbed, PluginLog]:
+def start_prelaunched(
+    make_containerd: MakeContainerd,
+    flavour: str,
+    directory: Path,
+    extra: str = "",
+    *,
+    registered: bool = True,
+    snapshotter: str = "overlayfs",
+) -> tuple[Testbed, PluginLog]:
     """A testbed containerd that launches our plugin, configured with `extra` on top of a private
     persist_dir and log file; waits for the registration unless told not to."""
     log = PluginLog(directory / "plugin.log")
     plugins, confs = install_prelaunched(directory, config_text(log.path, directory / "results", extra))
-    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs,
-                          snapshotter=snapshotter)
+    bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs, snapshotter=snapshotter)
     if registered:
         log.wait_for(REGISTERED)
     return bed, log
@@ -92,8 +98,16 @@ class ExternalPlugin:
     def __init__(self, bed: Testbed, config: Path, log_file: Path, *args: str) -> None:
         self.log = PluginLog(log_file)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nri_optimizer", "--socket", str(bed.ctd.nri_socket), "--config", str(config),
-             *args],
+            [
+                sys.executable,
+                "-m",
+                "nri_optimizer",
+                "--socket",
+                str(bed.ctd.nri_socket),
+                "--config",
+                str(config),
+                *args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -96,8 +96,9 @@ def crictl(*, cache: Path | None = None, progress: Callable[[str], None] | None 
 def referrers_registry(*, cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Installed:
     """The registry with the referrers API, built with go build on first use."""
     root = referrers_registry_root(cache)
-    return _installed_once("referrers-registry", root, ("referrers-registry",), _build_referrers_registry, cache,
-                           progress)
+    return _installed_once(
+        "referrers-registry", root, ("referrers-registry",), _build_referrers_registry, cache, progress
+    )
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,13 @@ class Toolchain:
 
 def install(*, cache: Path | None = None, progress: Callable[[str], None] | None = None) -> Toolchain:
     """Everything the nydus path needs, each installed on first use (what `make nydus` runs)."""
-    return Toolchain(nydus_rs(cache=cache, progress=progress), crictl(cache=cache, progress=progress),
-                     nydus.debian_snapshotter(cache=cache), registry.registry_binary(cache=cache),
-                     referrers_registry(cache=cache, progress=progress))
+    return Toolchain(
+        nydus_rs(cache=cache, progress=progress),
+        crictl(cache=cache, progress=progress),
+        nydus.debian_snapshotter(cache=cache),
+        registry.registry_binary(cache=cache),
+        referrers_registry(cache=cache, progress=progress),
+    )
 
 
 def cargo_command(root: Path) -> list[str]:
@@ -139,8 +144,14 @@ def go_command() -> list[str]:
 Builder = Callable[[Path, Path, Path, Callable[[str], None]], None]  # (staging root, cache, build log, progress)
 
 
-def _installed_once(name: str, root: Path, binaries: Sequence[str], build: Builder, cache: Path | None,
-                    progress: Callable[[str], None] | None) -> Installed:
+def _installed_once(
+    name: str,
+    root: Path,
+    binaries: Sequence[str],
+    build: Builder,
+    cache: Path | None,
+    progress: Callable[[str], None] | None,
+) -> Installed:
     cache = cache or debs.cache_dir()
     say = progress or _stderr
     if (found := _load(name, root, binaries)) is not None:
@@ -181,15 +192,17 @@ def _build_nydus_rs(staging: Path, cache: Path, log: Path, say: Callable[[str], 
     cargo = _require("cargo", "Rust's cargo (rustup, or Debian's cargo package)")
     for tool in ("perl", "make", "cmake", "cc"):  # OpenSSL's and zlib-ng's vendored builds
         _require(tool, f"{tool} (Debian: apt-get install perl make cmake gcc pkg-config)")
-    env = dict(os.environ, CARGO_HOME=str(cache / "cargo-home"), CARGO_TERM_COLOR="never",
-               CARGO_TERM_PROGRESS_WHEN="never")
+    env = dict(
+        os.environ, CARGO_HOME=str(cache / "cargo-home"), CARGO_TERM_COLOR="never", CARGO_TERM_PROGRESS_WHEN="never"
+    )
     env.pop("RUSTUP_TOOLCHAIN", None)
-    say(f"nydus-rs {NYDUS_RS_VERSION}: building with cargo, once (7-9 min on 2 cores); "
-        f"{shlex.join(cargo_command(nydus_rs_root(cache)))}")
+    say(
+        f"nydus-rs {NYDUS_RS_VERSION}: building with cargo, once (7-9 min on 2 cores); "
+        f"{shlex.join(cargo_command(nydus_rs_root(cache)))}"
+    )
     # The working directory holds no rust-toolchain file, so rustup uses the default toolchain.
     argv = [cargo, *cargo_command(staging)[1:]]
-    _run_logged(argv, env, log, "nydus-rs", say,
-                counts=("Compiling ", "crates compiled"))
+    _run_logged(argv, env, log, "nydus-rs", say, counts=("Compiling ", "crates compiled"))
 
 
 def _build_crictl(staging: Path, cache: Path, log: Path, say: Callable[[str], None]) -> None:
@@ -204,15 +217,30 @@ def _build_referrers_registry(staging: Path, cache: Path, log: Path, say: Callab
     # go.sum is ours, checked in: -mod=readonly builds exactly the modules it names, or fails.
     env = _go_env(cache, GOFLAGS="-modcacherw -mod=readonly")
     say("referrers-registry: building with go build, once (about 1 min)")
-    _run_logged([go, "build", "-C", str(REFERRERS_REGISTRY_SOURCE), "-o", str(staging / "bin" / "referrers-registry"),
-                 "."], env, log, "referrers-registry", say, counts=None)
+    _run_logged(
+        [go, "build", "-C", str(REFERRERS_REGISTRY_SOURCE), "-o", str(staging / "bin" / "referrers-registry"), "."],
+        env,
+        log,
+        "referrers-registry",
+        say,
+        counts=None,
+    )
 
 
 def _go_env(cache: Path, **extra: str) -> dict[str, str]:
     """Go's module and build caches under ours, with the Go that is installed (no toolchain download)."""
     gopath = cache / "go"
-    return dict(os.environ, GOPATH=str(gopath), GOMODCACHE=str(gopath / "mod"), GOCACHE=str(gopath / "build"),
-                GOFLAGS="-modcacherw", GOTOOLCHAIN="local") | extra
+    return (
+        dict(
+            os.environ,
+            GOPATH=str(gopath),
+            GOMODCACHE=str(gopath / "mod"),
+            GOCACHE=str(gopath / "build"),
+            GOFLAGS="-modcacherw",
+            GOTOOLCHAIN="local",
+        )
+        | extra
+    )
 
 
 @dataclass
@@ -221,8 +249,14 @@ class _Progress:
     last: str = ""  # the build's last line
 
 
-def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, name: str, say: Callable[[str], None],
-                counts: tuple[str, str] | None) -> None:
+def _run_logged(
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    name: str,
+    say: Callable[[str], None],
+    counts: tuple[str, str] | None,
+) -> None:
     """Run a long build with its output in `log_path`, saying every PROGRESS_EVERY s how far it got (a steady
     beat: one crate can take minutes); a failure is a TestbedError with the log's tail. The log is removed after a
     success. `counts`: (the line prefix of a step done, what to call the steps)."""
@@ -237,8 +271,16 @@ def _run_logged(argv: list[str], env: dict[str, str], log_path: Path, name: str,
             progress.last = line.strip()[:80]
 
     with tempfile.TemporaryDirectory(prefix="nriopt-build-") as cwd, open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
         assert proc.stdout is not None
         reader = threading.Thread(target=read, args=(proc.stdout, log), daemon=True)
         reader.start()

@@ -33,8 +33,9 @@ def workload_files() -> dict[str, bytes | FileSpec]:
     # Names the list format cannot carry (see nri_optimizer/results/formats.py): read, but never listed.
     for odd in ODD_NAMES:
         files[odd] = b"odd\n"
-    files["/entry.sh"] = FileSpec(b"#!/bin/sh\nexec cat /data/f010 /data/f011 /data/f012 /data/f013 /data/f014\n",
-                                  mode=0o755)
+    files["/entry.sh"] = FileSpec(
+        b"#!/bin/sh\nexec cat /data/f010 /data/f011 /data/f012 /data/f013 /data/f014\n", mode=0o755
+    )
     return files
 
 
@@ -100,8 +101,15 @@ class Traced:
         return line
 
 
-def start_traced(make_containerd: MakeContainerd, flavour: str, tmp_path: Path, workload: Path, extra: str = "",
-                 import_timeout: float = 30, event_mode: str = "auto") -> Traced:
+def start_traced(
+    make_containerd: MakeContainerd,
+    flavour: str,
+    tmp_path: Path,
+    workload: Path,
+    extra: str = "",
+    import_timeout: float = 30,
+    event_mode: str = "auto",
+) -> Traced:
     """event_mode "fid" runs containerd with FID_SNAPSHOTTER and has the plugin require fid mode (a trace the kernel
     refuses it fails); "fd" has it require fd mode (on overlayfs); "auto" leaves both alone."""
     results = tmp_path / "results"
@@ -110,8 +118,8 @@ def start_traced(make_containerd: MakeContainerd, flavour: str, tmp_path: Path, 
         extra = f'server_path = "{SERVER}"\n{extra}'
     if event_mode != "auto":
         extra = f'event_mode = "{event_mode}"\n{extra}'
-    bed, log = start_prelaunched(make_containerd, flavour, tmp_path, extra,
-                                 snapshotter=FID_SNAPSHOTTER if event_mode == "fid" else "overlayfs")
+    bed, log = start_prelaunched(
+        make_containerd, flavour, tmp_path, extra, snapshotter=FID_SNAPSHOTTER if event_mode == "fid" else "overlayfs"
+    )
     bed.ctd.import_image(workload, timeout=import_timeout)
     return Traced(bed, log, results, event_mode)
-

@@ -34,7 +34,12 @@ ALLOWED: dict[str, set[str]] = {
         "nri_optimizer.nri",
         "nri_optimizer.errors",
     },
-    "nri_optimizer.nydus": {"nri_optimizer.oci", "nri_optimizer.results", "nri_optimizer.cache", "nri_optimizer.errors"},
+    "nri_optimizer.nydus": {
+        "nri_optimizer.oci",
+        "nri_optimizer.results",
+        "nri_optimizer.cache",
+        "nri_optimizer.errors",
+    },
     "nri_optimizer.cache": set(),
     "nri_optimizer.oci": {"nri_optimizer.results", "nri_optimizer.errors"},  # artifacts: lists in registries
     "nri_optimizer.config": {"nri_optimizer.selection", "nri_optimizer.nri.api", "nri_optimizer.errors"},
@@ -74,7 +79,9 @@ def imports(path: Path) -> Iterator[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             names = [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue

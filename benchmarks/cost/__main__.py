@@ -29,25 +29,45 @@ DEFAULT_OUT = Path("build/bench")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__)
-    parser.add_argument("--quick", action="store_true",
-                        help="a few runs of each scenario: checks that everything runs (CI), not timing")
-    parser.add_argument("--containerd", default="2.1", choices=sorted(debs.CONTAINERD_FLAVOURS),
-                        help="containerd flavour (default 2.1)")
-    parser.add_argument("--plugin", type=Path, help="our plugin as installed (make install-optimizer; default: "
-                        "a launcher of this source tree)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few runs of each scenario: checks that everything runs (CI), not timing"
+    )
+    parser.add_argument(
+        "--containerd", default="2.1", choices=sorted(debs.CONTAINERD_FLAVOURS), help="containerd flavour (default 2.1)"
+    )
+    parser.add_argument(
+        "--plugin",
+        type=Path,
+        help="our plugin as installed (make install-optimizer; default: a launcher of this source tree)",
+    )
     parser.add_argument("--server", type=Path, help="our optimizer-server as installed (default: this venv's)")
     parser.add_argument("--upstream-plugin", type=Path, help="nydus-snapshotter's optimizer-nri-plugin binary")
     parser.add_argument("--upstream-server", type=Path, help="nydus-snapshotter's optimizer-server binary")
-    parser.add_argument("--runs", type=int, help="runs of each repeated scenario (start_stop, stop_pod, completeness, "
-                        "event_cost), instead of the plan's")
-    parser.add_argument("--snapshotter", default="overlayfs", choices=["overlayfs", "native"],
-                        help="CRI's snapshotter, every variant's (default overlayfs; fid events need native)")
-    parser.add_argument("--event-mode", default="auto", choices=["auto", "fid", "fd"],
-                        help="ours' event_mode (default auto: fid where the kernel allows it, else fd)")
-    parser.add_argument("--scenarios", default=",".join(scenarios.SCENARIOS),
-                        help=f"comma-separated subset, in order (default: {','.join(scenarios.SCENARIOS)})")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where bench.json and bench.png go "
-                        f"(default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        help="runs of each repeated scenario (start_stop, stop_pod, completeness, event_cost), instead of the plan's",
+    )
+    parser.add_argument(
+        "--snapshotter",
+        default="overlayfs",
+        choices=["overlayfs", "native"],
+        help="CRI's snapshotter, every variant's (default overlayfs; fid events need native)",
+    )
+    parser.add_argument(
+        "--event-mode",
+        default="auto",
+        choices=["auto", "fid", "fd"],
+        help="ours' event_mode (default auto: fid where the kernel allows it, else fd)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(scenarios.SCENARIOS),
+        help=f"comma-separated subset, in order (default: {','.join(scenarios.SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"where bench.json and bench.png go (default {DEFAULT_OUT})"
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     args = parser.parse_args(argv)
     unknown = [n for n in args.scenarios.split(",") if n and n not in scenarios.SCENARIOS]
@@ -74,19 +94,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names = [n for n in args.scenarios.split(",") if n]
     plan = scenarios.Plan.quick() if args.quick else scenarios.Plan()
     if args.runs is not None:
-        plan = dataclasses.replace(plan, start_stop=args.runs, stop_pod=args.runs, completeness=args.runs,
-                                   event_cost=args.runs)
+        plan = dataclasses.replace(
+            plan, start_stop=args.runs, stop_pod=args.runs, completeness=args.runs, event_cost=args.runs
+        )
     variants_wanted = ["none", "ours"]
     progress = Progress(len(names))
     if args.upstream_plugin:
         variants_wanted.append("upstream")
         if not Path("/dev/log").exists():
-            progress.note("warning: no /dev/log here; upstream's plugin crashes on its server's first stderr line "
-                          "without a syslog socket (UPSTREAM.md weakness 10)")
+            progress.note(
+                "warning: no /dev/log here; upstream's plugin crashes on its server's first stderr line "
+                "without a syslog socket (UPSTREAM.md weakness 10)"
+            )
     else:
-        progress.note("upstream anchor skipped: pass --upstream-plugin PATH --upstream-server PATH "
-                      "(nydus-snapshotter's optimizer-nri-plugin and its Rust optimizer-server, which Debian "
-                      "does not package)")
+        progress.note(
+            "upstream anchor skipped: pass --upstream-plugin PATH --upstream-server PATH "
+            "(nydus-snapshotter's optimizer-nri-plugin and its Rust optimizer-server, which Debian "
+            "does not package)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     commit = _commit()  # the code measured is the code at the start (the daemon loads it then)
@@ -102,15 +127,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         workload, scale = workloads.build_images(work / "images", plan.many_files)
         pause = build_pause_image(work / "images" / "pause.tar")
-        progress.note(f"starting containerd {runtime.version} for {', '.join(variants_wanted)} and importing "
-                      f"the images ({plan.many_files:,} files take a while)")
+        progress.note(
+            f"starting containerd {runtime.version} for {', '.join(variants_wanted)} and importing "
+            f"the images ({plan.many_files:,} files take a while)"
+        )
         with ThreadPoolExecutor(len(variants_wanted)) as pool:
             event_mode = f'event_mode = "{args.event_mode}"\n' if args.event_mode != "auto" else ""
-            futures = [pool.submit(make_variant, name, runtime, work, [pause, workload, scale],
-                                   upstream_plugin=args.upstream_plugin, upstream_server=args.upstream_server,
-                                   plugin=args.plugin, server=args.server, snapshotter=args.snapshotter,
-                                   extra_config=event_mode)
-                       for name in variants_wanted]
+            futures = [
+                pool.submit(
+                    make_variant,
+                    name,
+                    runtime,
+                    work,
+                    [pause, workload, scale],
+                    upstream_plugin=args.upstream_plugin,
+                    upstream_server=args.upstream_server,
+                    plugin=args.plugin,
+                    server=args.server,
+                    snapshotter=args.snapshotter,
+                    extra_config=event_mode,
+                )
+                for name in variants_wanted
+            ]
             for future in futures:  # keep every variant that started, so that all are closed
                 with contextlib.suppress(Exception):
                     variants.append(future.result())
@@ -158,7 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "commit": commit,
         "upstream": {"plugin": str(args.upstream_plugin), "server": str(args.upstream_server)}
-        if args.upstream_plugin else None,
+        if args.upstream_plugin
+        else None,
         "ours": {"plugin": str(args.plugin), "server": str(args.server)} if args.plugin else "this source tree",
     }
     return report.to_json(results, variants_wanted, meta)
@@ -177,11 +216,21 @@ def _modes_used(results: scenarios.Results) -> dict[str, dict[str, int]]:
 
 def _commit() -> str | None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent.parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                   text=True, timeout=5, cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent.parent,
+            ).stdout.strip()
             return out.stdout.strip() + ("-dirty" if dirty else "")
     return None
 
@@ -201,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         results.metrics[key] = scenarios.Metric(metric["scenario"], metric["label"], metric["unit"], metric["samples"])
     variants = data["variants"]
     meta = data["meta"]
-    title = (f"nri-optimizer bench{' (quick)' if meta['quick'] else ''}: containerd {meta['containerd']}, "
-             f"{meta['snapshotter']}, {meta['cpus']} CPUs, {meta['started']}, commit {meta['commit']}; ours' "
-             f"events: {meta['event_modes_used'] or meta['event_mode']}")
+    title = (
+        f"nri-optimizer bench{' (quick)' if meta['quick'] else ''}: containerd {meta['containerd']}, "
+        f"{meta['snapshotter']}, {meta['cpus']} CPUs, {meta['started']}, commit {meta['commit']}; ours' "
+        f"events: {meta['event_modes_used'] or meta['event_mode']}"
+    )
     text = f"{title}\n{report.table(results, variants)}\n\n{report.targets_text(data['targets'])}\n"
     print(text, end="")
     (args.out / "bench.txt").write_text(text)

@@ -39,11 +39,15 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PAGE_KB = PAGE_SIZE // 1024
 
 # "<cid> recorded N files (why; E events, R files reported, W written by the container, ...) in PATH"
-_RECORDED = re.compile(r"(?P<cid>[0-9a-f]{64}) recorded (?P<files>\d+) files \((?P<why>[^;]+); "
-                       r"(?P<kernel_events>\d+) events, (?P<reported>\d+) files reported")
+_RECORDED = re.compile(
+    r"(?P<cid>[0-9a-f]{64}) recorded (?P<files>\d+) files \((?P<why>[^;]+); "
+    r"(?P<kernel_events>\d+) events, (?P<reported>\d+) files reported"
+)
 _ENDED = r"{cid} (recorded|trace lost|done;|cannot write|not traced)"
-_WATCHING = re.compile(r"(?P<cid>[0-9a-f]{64}) tracing pid \d+ .*\(watching after (?P<ms>[0-9.]+) ms, "
-                       r"(?P<mode>\w+) events\)")
+_WATCHING = re.compile(
+    r"(?P<cid>[0-9a-f]{64}) tracing pid \d+ .*\(watching after (?P<ms>[0-9.]+) ms, "
+    r"(?P<mode>\w+) events\)"
+)
 
 
 class BenchError(OptimizerError):
@@ -84,8 +88,10 @@ def rss_kb(pid: int) -> int:
 def resident_frames(pid: int) -> set[int]:
     """The physical page frames a process has resident (from /proc/PID/pagemap; needs root to see them)."""
     frames: set[int] = set()
-    with open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as maps, \
-            open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+    with (
+        open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as maps,
+        open(f"/proc/{pid}/pagemap", "rb") as pagemap,
+    ):
         for line in maps:
             start, end = (int(x, 16) for x in line.split(" ", 1)[0].split("-"))
             if line.rstrip().endswith("[vsyscall]"):
@@ -251,8 +257,15 @@ class Variant:
         self.cri.start_container(cid)
         t4 = time.perf_counter()
         self.pods += 1
-        return Launched(self, pod, name, cid, log_dir / f"{name}.log", image,
-                        {"run_pod": t1 - t0, "create": t2 - t1, "start": t4 - t3})
+        return Launched(
+            self,
+            pod,
+            name,
+            cid,
+            log_dir / f"{name}.log",
+            image,
+            {"run_pod": t1 - t0, "create": t2 - t1, "start": t4 - t3},
+        )
 
     def wait_exited(self, run: Launched, timeout: float = 60.0, interval: float = 0.02) -> int:
         deadline = time.monotonic() + timeout
@@ -323,8 +336,12 @@ class Variant:
             info: dict[str, Any] = {"line": line}
             if m := _RECORDED.search(line):
                 # events: what reached the plugin; kernel_events: what the server read to find them.
-                info |= {"files": int(m["files"]), "events": int(m["reported"]),
-                         "kernel_events": int(m["kernel_events"]), "why": m["why"]}
+                info |= {
+                    "files": int(m["files"]),
+                    "events": int(m["reported"]),
+                    "kernel_events": int(m["kernel_events"]),
+                    "why": m["why"],
+                }
             for watched in self.log.find(rf"{run.container_id} tracing pid"):
                 if m := _WATCHING.search(watched):
                     info["watching_ms"] = float(m["ms"])
@@ -353,9 +370,13 @@ class Variant:
             lines = self.ctd.log_path.read_text(errors="replace").splitlines()
         except OSError:
             lines = []
-        nri = [line for line in lines if ("level=error" in line or "level=warning" in line or PLUGIN_FILE in line
-                                          or "plugin" in line.lower()) and "ImageUpdate" not in line
-               and "loading plugin" not in line][-12:]
+        nri = [
+            line
+            for line in lines
+            if ("level=error" in line or "level=warning" in line or PLUGIN_FILE in line or "plugin" in line.lower())
+            and "ImageUpdate" not in line
+            and "loading plugin" not in line
+        ][-12:]
         text = f"plugin pid {self.plugin_pid} {'alive' if alive else 'GONE'}; containerd on NRI:\n" + "\n".join(nri)
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if alive and os.access(spy, os.X_OK):  # where the daemon and its tracers are stuck, if they are
@@ -545,8 +566,13 @@ class CpuHogs:
     def __enter__(self) -> CpuHogs:
         for _ in range(self.n):
             self.procs.append(
-                subprocess.Popen(["sh", "-c", "while :; do :; done"], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                subprocess.Popen(
+                    ["sh", "-c", "while :; do :; done"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             )
         time.sleep(0.2)
         return self

@@ -76,10 +76,21 @@ def count(server: Sequence[str], mode: str, files: int, work: Path, *, residency
         out = work / f"callgrind.{files}"
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}.%p",
-             f"--log-file={work}/valgrind.{files}.%p.log", *server, "--fd", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict and set probes
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--trace-children=yes",
+                f"--callgrind-out-file={out}.%p",
+                f"--log-file={work}/valgrind.{files}.%p.log",
+                *server,
+                "--fd",
+                str(theirs.fileno()),
+            ],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict and set probes
         )
         theirs.close()
         go_read, go_write = os.pipe()
@@ -132,23 +143,39 @@ def _total(out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cost.instructions", description=__doc__)
-    parser.add_argument("--server", default=f"{sys.executable} -m optimizer_server",
-                        help="the server command (default: this interpreter's optimizer_server)")
+    parser.add_argument(
+        "--server",
+        default=f"{sys.executable} -m optimizer_server",
+        help="the server command (default: this interpreter's optimizer_server)",
+    )
     parser.add_argument("--mode", choices=["fd", "fid"], required=True)
     parser.add_argument("--files", type=int, nargs=2, default=[1000, 3000], metavar=("N1", "N2"))
     parser.add_argument("--residency", action="store_true", help="have the server report page-cache residency")
-    parser.add_argument("--keep", type=Path, help="keep callgrind's outputs in this new directory (for "
-                        "callgrind_annotate: where the instructions go)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep callgrind's outputs in this new directory (for callgrind_annotate: where the instructions go)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nriopt-instructions-") as temp:
         work = Path(temp) if args.keep is None else args.keep
         work.mkdir(parents=True, exist_ok=args.keep is None)
-        totals = [count(shlex.split(args.server), args.mode, files, work, residency=args.residency)
-                  for files in args.files]
+        totals = [
+            count(shlex.split(args.server), args.mode, files, work, residency=args.residency) for files in args.files
+        ]
     (n1, n2), (i1, i2) = args.files, totals
     per_file = (i2 - i1) / (n2 - n1)
-    print(json.dumps({"mode": args.mode, "residency": args.residency, "files": args.files, "instructions": totals,
-                      "per_file": per_file}))
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "residency": args.residency,
+                "files": args.files,
+                "instructions": totals,
+                "per_file": per_file,
+            }
+        )
+    )
     return 0
 
 

@@ -72,8 +72,10 @@ def table(results: Results, variants: list[str]) -> str:
                 if len(name) > 44:
                     lines.append(name)
                     name = ""
-                lines.append(f"{name:44} {variant:9} {s['n']:>4} {_fmt(s['median']):>9} {_fmt(s['p90']):>9} "
-                             f"{spread:>19} {ratio:>7} {added:>9}")
+                lines.append(
+                    f"{name:44} {variant:9} {s['n']:>4} {_fmt(s['median']):>9} {_fmt(s['p90']):>9} "
+                    f"{spread:>19} {ratio:>7} {added:>9}"
+                )
                 first = False
     return "\n".join(lines)
 
@@ -123,14 +125,23 @@ def targets(results: Results, variants: list[str]) -> list[dict[str, Any]]:
         add(v, "footprint, 20 traced at once (pages once)", stat("mem20_total_pages", v, "median"), 35, "MB")
         idle, after = stat("daemon_rss_idle", v, "median"), stat("daemon_rss_after", v, "median")
         add(v, "daemon RSS after the pods - idle", None if idle is None or after is None else after - idle, 2, "MB")
-        exact = [x for k in results.metrics if k.startswith("scale") and k.endswith("_exact")
-                 for x in _samples(results, k, v)]
+        exact = [
+            x
+            for k in results.metrics
+            if k.startswith("scale") and k.endswith("_exact")
+            for x in _samples(results, k, v)
+        ]
         cross = [x for k in results.metrics if k.endswith("_crosstalk") for x in _samples(results, k, v)]
         add(v, "(f) lists exact, worst round", min(exact) if exact else None, 100, "%", higher_ok=True)
         if "scale100_watching" in results.metrics:  # not in --quick
             # Past READY_TIMEOUT (plugin.py) a container starts untraced: its list would not be exact either.
-            add(v, "(f) 100 at once: plugin StartContainer to watching, worst", stat("scale100_watching", v, "max"),
-                1000, "ms")
+            add(
+                v,
+                "(f) 100 at once: plugin StartContainer to watching, worst",
+                stat("scale100_watching", v, "max"),
+                1000,
+                "ms",
+            )
         add(v, "(f) lists with crosstalk, worst round", max(cross) if cross else None, 0, "lists")
     return out
 
@@ -141,8 +152,9 @@ def targets_text(rows: list[dict[str, Any]]) -> str:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[row["met"]]
         cmp = ">=" if "recall" in row["target"] or "exact" in row["target"] else "<="
         value = _fmt(row["value"]) if row["value"] is not None else "-"
-        lines.append(f"{row['target']:56} {row['variant']:9} {value:>10} {cmp}{_fmt(row['limit']):>6} "
-                     f"{row['unit']:5} {verdict}")
+        lines.append(
+            f"{row['target']:56} {row['variant']:9} {value:>10} {cmp}{_fmt(row['limit']):>6} {row['unit']:5} {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -152,8 +164,7 @@ def to_json(results: Results, variants: list[str], meta: dict[str, Any]) -> dict
         "meta": meta,
         "variants": variants,
         "metrics": {
-            key: {"scenario": m.scenario, "label": m.label, "unit": m.unit, "samples": m.samples,
-                  "summary": sums[key]}
+            key: {"scenario": m.scenario, "label": m.label, "unit": m.unit, "samples": m.samples, "summary": sums[key]}
             for key, m in results.metrics.items()
         },
         "targets": targets(results, variants),
@@ -178,8 +189,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(clean(data), indent=1, sort_keys=False) + "\n")
 
 
-PLOT_PANELS = ["start", "stop_container", "stop_pod", "time_many", "time_few", "cpu_per_file_many", "scale20_start",
-               "scale20_traced_all"]
+PLOT_PANELS = [
+    "start",
+    "stop_container",
+    "stop_pod",
+    "time_many",
+    "time_few",
+    "cpu_per_file_many",
+    "scale20_start",
+    "scale20_traced_all",
+]
 MEMORY_BARS = [
     ("daemon_rss_idle", "daemon idle"),
     ("mem1_total_pages", "all, 1 traced"),
@@ -225,8 +244,9 @@ def plot(results: Results, variants: list[str], path: Path, title: str) -> None:
         for t, variant in enumerate(traced):
             values = results.metrics[key].samples.get(variant, [])
             xs = [j + 0.25 * (t - (len(traced) - 1) / 2) + 0.1 * ((i * 0.618) % 1 - 0.5) for i in range(len(values))]
-            ax.scatter(xs, values, s=10, alpha=0.6, color=COLOURS.get(variant, "black"),
-                       label=variant if j == 0 else None)
+            ax.scatter(
+                xs, values, s=10, alpha=0.6, color=COLOURS.get(variant, "black"), label=variant if j == 0 else None
+            )
     ax.set_xticks(range(len(keys)), [k.removeprefix("recall_").replace("_", "\n") for k in keys], fontsize=7)
     ax.set_ylim(-5, 105)
     ax.set_title("recall per run", fontsize=10)
@@ -239,10 +259,16 @@ def plot(results: Results, variants: list[str], path: Path, title: str) -> None:
     width = 0.8 / max(1, len(traced))
     for t, variant in enumerate(traced):
         heights = [summary(results.metrics[k].samples.get(variant, []))["median"] for k, _ in bars]
-        ax.bar([i + t * width for i in range(len(bars))], [0 if math.isnan(h) else h for h in heights], width,
-               label=variant, color=COLOURS.get(variant, "black"))
-    ax.set_xticks([i + width * (len(traced) - 1) / 2 for i in range(len(bars))], [b for _, b in bars],
-                  fontsize=7, rotation=20)
+        ax.bar(
+            [i + t * width for i in range(len(bars))],
+            [0 if math.isnan(h) else h for h in heights],
+            width,
+            label=variant,
+            color=COLOURS.get(variant, "black"),
+        )
+    ax.set_xticks(
+        [i + width * (len(traced) - 1) / 2 for i in range(len(bars))], [b for _, b in bars], fontsize=7, rotation=20
+    )
     ax.axhline(35, color="black", linestyle=":", linewidth=1)
     ax.text(-0.4, 35.5, "35 MB target (all, 20 traced: each page once)", fontsize=6, ha="left")
     ax.set_ylim(0, max(45.0, ax.get_ylim()[1] * 1.15))  # room above the bars for the legend

@@ -53,8 +53,17 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(start_stop=3, stop_pod=2, completeness=2, event_cost=2, scale_rounds=1, scale_sizes=(1, 20),
-                   pods_for_memory=10, many_files=2_000, instruction_files=(500, 1500))
+        return cls(
+            start_stop=3,
+            stop_pod=2,
+            completeness=2,
+            event_cost=2,
+            scale_rounds=1,
+            scale_sizes=(1, 20),
+            pods_for_memory=10,
+            many_files=2_000,
+            instruction_files=(500, 1500),
+        )
 
 
 @dataclass
@@ -101,16 +110,23 @@ def interleaved(variants: Sequence[Variant], runs: int) -> Iterator[tuple[int, V
             yield i, v
 
 
-def add_pair_ratios(results: Results, key: str, runs: dict[int, dict[str, float]], *, scenario: str,
-                    label: str) -> None:
+def add_pair_ratios(
+    results: Results, key: str, runs: dict[int, dict[str, float]], *, scenario: str, label: str
+) -> None:
     """Each variant's value over the baseline's in the same run. The variants of a run ran back to back
     (interleaved), so a ratio within the run cancels the drift of a shared machine, which the ratio of two
     medians taken over the whole scenario does not."""
     for values in runs.values():
         for name, value in values.items():
             if name != "none" and values.get("none"):
-                results.add(key, name, value / values["none"], scenario=scenario,
-                            label=f"{label} / baseline's in the same run", unit="x")
+                results.add(
+                    key,
+                    name,
+                    value / values["none"],
+                    scenario=scenario,
+                    label=f"{label} / baseline's in the same run",
+                    unit="x",
+                )
 
 
 def _ms(seconds: float) -> float:
@@ -126,8 +142,11 @@ def _finish(v: Variant, run: Launched, *, stopped: bool = False, timeout: int = 
 
 # --- (a), (b) ---------------------------------------------------------------------------------------------
 
-SERVICE = ["/bin/sh", "-c", f"trap 'exit 0' TERM; cat /data/f000 >/dev/null; echo {workloads.READY}; "
-           "sleep 100000 & wait"]
+SERVICE = [
+    "/bin/sh",
+    "-c",
+    f"trap 'exit 0' TERM; cat /data/f000 >/dev/null; echo {workloads.READY}; sleep 100000 & wait",
+]
 
 
 def start_stop(ctx: Context) -> None:
@@ -147,12 +166,27 @@ def start_stop(ctx: Context) -> None:
         stops.setdefault(i, {})[v.name] = _ms(stop)
         r.add("run_pod", v.name, _ms(run.times["run_pod"]), scenario="a", label="RunPodSandbox", unit="ms")
         if "watching_ms" in trace:
-            r.add("watching", v.name, trace["watching_ms"], scenario="a",
-                  label="plugin: StartContainer to watching", unit="ms")
-        r.record("start_stop", {"variant": v.name, "run": i, "start_ms": _ms(run.times["start"]),
-                                "stop_ms": _ms(stop), **{k: t for k, t in trace.items() if k != "line"}})
-        ctx.progress.step(f"{v.name:8} run {i + 1}/{runs}  start {_ms(run.times['start']):6.1f} ms  "
-                          f"stop {_ms(stop):7.1f} ms")
+            r.add(
+                "watching",
+                v.name,
+                trace["watching_ms"],
+                scenario="a",
+                label="plugin: StartContainer to watching",
+                unit="ms",
+            )
+        r.record(
+            "start_stop",
+            {
+                "variant": v.name,
+                "run": i,
+                "start_ms": _ms(run.times["start"]),
+                "stop_ms": _ms(stop),
+                **{k: t for k, t in trace.items() if k != "line"},
+            },
+        )
+        ctx.progress.step(
+            f"{v.name:8} run {i + 1}/{runs}  start {_ms(run.times['start']):6.1f} ms  stop {_ms(stop):7.1f} ms"
+        )
     add_pair_ratios(ctx.results, "stop_container_ratio", stops, scenario="b", label="StopContainer (own pid ns)")
 
 
@@ -168,10 +202,15 @@ def stop_pod(ctx: Context) -> None:
                 v.wait_trace_done(run)
         finally:
             v.remove(run)
-        ctx.results.add("stop_pod", v.name, _ms(stop), scenario="b", label="StopPodSandbox (shared pid ns)",
-                        unit="ms")
-        ctx.results.add("start_shared", v.name, _ms(run.times["start"]), scenario="b",
-                        label="StartContainer (shared pid ns)", unit="ms")
+        ctx.results.add("stop_pod", v.name, _ms(stop), scenario="b", label="StopPodSandbox (shared pid ns)", unit="ms")
+        ctx.results.add(
+            "start_shared",
+            v.name,
+            _ms(run.times["start"]),
+            scenario="b",
+            label="StartContainer (shared pid ns)",
+            unit="ms",
+        )
         stops.setdefault(i, {})[v.name] = _ms(stop)
         ctx.progress.step(f"{v.name:8} run {i + 1}/{runs}  StopPodSandbox {_ms(stop):7.1f} ms")
     add_pair_ratios(ctx.results, "stop_pod_ratio", stops, scenario="b", label="StopPodSandbox (shared pid ns)")
@@ -223,8 +262,13 @@ def capture_once(v: Variant, capture: Capture, i: int) -> dict[str, Any]:
         got = v.result_list(workloads.IMAGE)
     finally:
         v.remove(run)
-    return {**stats.compare(expected, got), **{k: t for k, t in trace.items() if k != "line"},
-            "cpu_ms": cpu["total_ms"], "daemon_ms": cpu["daemon_ms"], "tracer_ms": cpu["tracer_ms"]}
+    return {
+        **stats.compare(expected, got),
+        **{k: t for k, t in trace.items() if k != "line"},
+        "cpu_ms": cpu["total_ms"],
+        "daemon_ms": cpu["daemon_ms"],
+        "tracer_ms": cpu["tracer_ms"],
+    }
 
 
 def completeness(ctx: Context) -> None:
@@ -237,20 +281,42 @@ def completeness(ctx: Context) -> None:
                     key = f"{capture.key}_{load}"
                     label = f"{capture.label}, {load}"
                     r = ctx.results
-                    r.add(f"recall_{key}", v.name, 100 * row["recall"], scenario="c", label=f"recall: {label}",
-                          unit="%")
-                    r.add(f"precision_{key}", v.name, 100 * row["precision"], scenario="c",
-                          label=f"precision: {label}", unit="%")
-                    r.add(f"inversions_{key}", v.name, row["inversions"], scenario="c",
-                          label=f"order inversions: {label}", unit="pairs")
+                    r.add(
+                        f"recall_{key}", v.name, 100 * row["recall"], scenario="c", label=f"recall: {label}", unit="%"
+                    )
+                    r.add(
+                        f"precision_{key}",
+                        v.name,
+                        100 * row["precision"],
+                        scenario="c",
+                        label=f"precision: {label}",
+                        unit="%",
+                    )
+                    r.add(
+                        f"inversions_{key}",
+                        v.name,
+                        row["inversions"],
+                        scenario="c",
+                        label=f"order inversions: {label}",
+                        unit="pairs",
+                    )
                     if load == "unloaded":
-                        r.add(f"cpu_{capture.key}", v.name, row["cpu_ms"], scenario="c",
-                              label=f"tracer+daemon CPU per container: {capture.label}", unit="ms")
-                    r.record("completeness", {"variant": v.name, "workload": capture.key, "load": load, "run": i,
-                                              **row})
-                    ctx.progress.step(f"{load:8} {v.name:8} {capture.key:5} run {i + 1}/{runs}  recall "
-                                      f"{100 * row['recall']:5.1f}%  precision {100 * row['precision']:5.1f}%  "
-                                      f"inversions {row['inversions']}")
+                        r.add(
+                            f"cpu_{capture.key}",
+                            v.name,
+                            row["cpu_ms"],
+                            scenario="c",
+                            label=f"tracer+daemon CPU per container: {capture.label}",
+                            unit="ms",
+                        )
+                    r.record(
+                        "completeness", {"variant": v.name, "workload": capture.key, "load": load, "run": i, **row}
+                    )
+                    ctx.progress.step(
+                        f"{load:8} {v.name:8} {capture.key:5} run {i + 1}/{runs}  recall "
+                        f"{100 * row['recall']:5.1f}%  precision {100 * row['precision']:5.1f}%  "
+                        f"inversions {row['inversions']}"
+                    )
 
 
 # --- (d) --------------------------------------------------------------------------------------------------
@@ -259,8 +325,12 @@ def completeness(ctx: Context) -> None:
 def event_cost(ctx: Context) -> None:
     runs = ctx.plan.event_cost
     cases = [
-        ("many", f"{ctx.plan.many_files:,} files once", workloads.read_many(),
-         ["/bin/busybox", *workloads.many(ctx.plan.many_files)]),
+        (
+            "many",
+            f"{ctx.plan.many_files:,} files once",
+            workloads.read_many(),
+            ["/bin/busybox", *workloads.many(ctx.plan.many_files)],
+        ),
         ("few", "500 files x 100", workloads.read_few_100_times(), ["/bin/busybox", *workloads.FEW]),
     ]
     for key, label, command, expected in cases:
@@ -287,28 +357,66 @@ def event_cost(ctx: Context) -> None:
                 files = trace.get("files", len(got))
                 per_file = 1000 * cpu["total_ms"] / files if files else math.nan
                 r.add(f"recall_{key}", v.name, 100 * cmp["recall"], scenario="d", label=f"recall: {label}", unit="%")
-                r.add(f"cpu_{key}", v.name, cpu["total_ms"], scenario="d", label=f"tracer+daemon CPU: {label}",
-                      unit="ms")
-                r.add(f"cpu_per_file_{key}", v.name, per_file, scenario="d",
-                      label=f"CPU per distinct file: {label}", unit="us")
-                r.add(f"daemon_rss_{key}", v.name, mem["daemon_rss"], scenario="e",
-                      label=f"daemon RSS holding a trace: {label}", unit="MB")
+                r.add(
+                    f"cpu_{key}", v.name, cpu["total_ms"], scenario="d", label=f"tracer+daemon CPU: {label}", unit="ms"
+                )
+                r.add(
+                    f"cpu_per_file_{key}",
+                    v.name,
+                    per_file,
+                    scenario="d",
+                    label=f"CPU per distinct file: {label}",
+                    unit="us",
+                )
+                r.add(
+                    f"daemon_rss_{key}",
+                    v.name,
+                    mem["daemon_rss"],
+                    scenario="e",
+                    label=f"daemon RSS holding a trace: {label}",
+                    unit="MB",
+                )
                 if "events" in trace:
-                    r.add(f"events_{key}", v.name, trace["events"], scenario="d", label=f"events delivered: {label}",
-                          unit="events")
-                    r.add(f"events_per_file_{key}", v.name, trace["events"] / files if files else math.nan,
-                          scenario="d", label=f"events per file recorded: {label}", unit="x")
+                    r.add(
+                        f"events_{key}",
+                        v.name,
+                        trace["events"],
+                        scenario="d",
+                        label=f"events delivered: {label}",
+                        unit="events",
+                    )
+                    r.add(
+                        f"events_per_file_{key}",
+                        v.name,
+                        trace["events"] / files if files else math.nan,
+                        scenario="d",
+                        label=f"events per file recorded: {label}",
+                        unit="x",
+                    )
                 if "kernel_events" in trace:
-                    r.add(f"kernel_events_per_file_{key}", v.name,
-                          trace["kernel_events"] / files if files else math.nan, scenario="d",
-                          label=f"kernel events read per file recorded: {label}", unit="x")
-                row |= {"files": files, "events": trace.get("events"), "kernel_events": trace.get("kernel_events"),
-                        "mode": trace.get("mode"),
-                        **cpu, "per_file_us": per_file,
-                        **{k: cmp[k] for k in ("recall", "precision", "inversions", "recorded")}}
+                    r.add(
+                        f"kernel_events_per_file_{key}",
+                        v.name,
+                        trace["kernel_events"] / files if files else math.nan,
+                        scenario="d",
+                        label=f"kernel events read per file recorded: {label}",
+                        unit="x",
+                    )
+                row |= {
+                    "files": files,
+                    "events": trace.get("events"),
+                    "kernel_events": trace.get("kernel_events"),
+                    "mode": trace.get("mode"),
+                    **cpu,
+                    "per_file_us": per_file,
+                    **{k: cmp[k] for k in ("recall", "precision", "inversions", "recorded")},
+                }
             r.record("event_cost", row)
-            extra = (f"  files {row.get('files')}  events {row.get('events')}  "
-                     f"cpu/file {row.get('per_file_us', 0):.1f} us" if v.traced else "")
+            extra = (
+                f"  files {row.get('files')}  events {row.get('events')}  cpu/file {row.get('per_file_us', 0):.1f} us"
+                if v.traced
+                else ""
+            )
             ctx.progress.step(f"{key:4} {v.name:8} run {i + 1}/{runs}  workload {_ms(seconds):7.1f} ms{extra}")
         add_pair_ratios(ctx.results, f"time_ratio_{key}", times, scenario="d", label=f"workload time: {label}")
 
@@ -325,8 +433,12 @@ def strace_counts(text: str) -> dict[str, int]:
 @contextlib.contextmanager
 def straced(pid: int, out: Path) -> Iterator[None]:
     """strace -c attached to every thread of pid for the block; the summary is in out afterwards."""
-    proc = subprocess.Popen(["strace", "-c", "-f", "-qq", "-o", str(out), "-p", str(pid)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["strace", "-c", "-f", "-qq", "-o", str(out), "-p", str(pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(0.5)  # attached by then: strace -qq says nothing to wait for
     try:
         yield
@@ -360,12 +472,23 @@ def syscalls(ctx: Context) -> None:
             counts = strace_counts(out.read_text())
             total = counts.pop("total", 0)
             per_file = total / files if files else math.nan
-            ctx.results.add(f"syscalls_per_file_{who}", v.name, per_file, scenario="d",
-                            label=f"{who} system calls per file recorded (strace -c)", unit="calls")
+            ctx.results.add(
+                f"syscalls_per_file_{who}",
+                v.name,
+                per_file,
+                scenario="d",
+                label=f"{who} system calls per file recorded (strace -c)",
+                unit="calls",
+            )
             row[who] = {name: calls / files if files else math.nan for name, calls in sorted(counts.items())}
-            ctx.progress.step(f"{v.name:8} {who}: {per_file:.2f} system calls per file ("
-                              + ", ".join(f"{name} {calls / max(files, 1):.2f}" for name, calls in
-                                          sorted(counts.items(), key=lambda item: -item[1])[:6]) + ")")
+            ctx.progress.step(
+                f"{v.name:8} {who}: {per_file:.2f} system calls per file ("
+                + ", ".join(
+                    f"{name} {calls / max(files, 1):.2f}"
+                    for name, calls in sorted(counts.items(), key=lambda item: -item[1])[:6]
+                )
+                + ")"
+            )
         ctx.results.record("syscalls", row)
 
 
@@ -379,15 +502,39 @@ def instructions(ctx: Context) -> None:
         # A mount namespace of its own for the tmpfs; a network namespace of its own, which the kernel's process
         # events do not reach: the forks of the whole node would otherwise count.
         out = subprocess.run(
-            ["unshare", "--mount", "--net", "--propagation", "private", sys.executable, "-m",
-             "benchmarks.cost.instructions", "--server", " ".join(ctx.server), "--mode", mode, "--files",
-             *map(str, ctx.plan.instruction_files)],
-            capture_output=True, text=True, timeout=1800, check=False, cwd=Path(__file__).resolve().parents[2])
+            [
+                "unshare",
+                "--mount",
+                "--net",
+                "--propagation",
+                "private",
+                sys.executable,
+                "-m",
+                "benchmarks.cost.instructions",
+                "--server",
+                " ".join(ctx.server),
+                "--mode",
+                mode,
+                "--files",
+                *map(str, ctx.plan.instruction_files),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         if out.returncode != 0:
             raise BenchError(f"instructions ({mode} events) failed: {out.stderr.strip()[-2000:]}")
         counted = json.loads(out.stdout)
-        ctx.results.add(f"server_instructions_{mode}", "ours", counted["per_file"], scenario="d",
-                        label=f"server instructions per file, {mode} events (callgrind)", unit="instr")
+        ctx.results.add(
+            f"server_instructions_{mode}",
+            "ours",
+            counted["per_file"],
+            scenario="d",
+            label=f"server instructions per file, {mode} events (callgrind)",
+            unit="instr",
+        )
         ctx.results.record("instructions", counted)
         ctx.progress.step(f"{mode} events: {counted['per_file']:,.0f} instructions per file")
 
@@ -398,8 +545,9 @@ def instructions(ctx: Context) -> None:
 def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
     images = workloads.SCALE_IMAGES[:n]
     per = len(workloads.DATA_FILES) // n  # disjoint: 10 files each for 20, 2 for 100
-    files = [workloads.shuffled(workloads.DATA_FILES[k * per : (k + 1) * per], seed=3000 + 100 * i + k)
-             for k in range(n)]
+    files = [
+        workloads.shuffled(workloads.DATA_FILES[k * per : (k + 1) * per], seed=3000 + 100 * i + k) for k in range(n)
+    ]
     for image in images:
         v.clear_result(image)
     runs: list[Launched] = []
@@ -407,8 +555,9 @@ def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
     cpu_before = v.cpu()
     with ThreadPoolExecutor(n) as pool:
         t0 = time.perf_counter()
-        futures = [pool.submit(v.launch, image, workloads.read_then_park(f))
-                   for image, f in zip(images, files, strict=True)]
+        futures = [
+            pool.submit(v.launch, image, workloads.read_then_park(f)) for image, f in zip(images, files, strict=True)
+        ]
         failed: list[BaseException] = []
         for future in futures:
             try:
@@ -432,11 +581,16 @@ def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
             list(pool.map(v.remove, runs))
     r = ctx.results
     tag = f"{n}" if n > 1 else "1"
-    r.add(f"scale{tag}_start_all", v.name, started, scenario="f", label=f"{n} at once: time to start all",
-          unit="s")
+    r.add(f"scale{tag}_start_all", v.name, started, scenario="f", label=f"{n} at once: time to start all", unit="s")
     for run in runs:
-        r.add(f"scale{tag}_start", v.name, _ms(run.times["start"]), scenario="f",
-              label=f"{n} at once: StartContainer", unit="ms")
+        r.add(
+            f"scale{tag}_start",
+            v.name,
+            _ms(run.times["start"]),
+            scenario="f",
+            label=f"{n} at once: StartContainer",
+            unit="ms",
+        )
     row: dict[str, Any] = {"variant": v.name, "n": n, "run": i, "start_all_s": started}
     if v.traced:
         exact = crosstalk = 0
@@ -446,32 +600,82 @@ def _scale_round(ctx: Context, v: Variant, n: int, i: int) -> None:
             exact += cmp["recall"] == 1 and cmp["precision"] == 1 and cmp["inversions"] == 0
             others = {p for j, f in enumerate(files) if j != k for p in f}
             crosstalk += bool(others & set(got))
-        r.add(f"scale{tag}_exact", v.name, 100 * exact / n, scenario="f", label=f"{n} at once: lists exact",
-              unit="%")
-        r.add(f"scale{tag}_crosstalk", v.name, crosstalk, scenario="f", label=f"{n} at once: lists with crosstalk",
-              unit="lists")
-        r.add(f"scale{tag}_traced_all", v.name, traced_all, scenario="f",
-              label=f"{n} at once: stop to all traces written", unit="s")
+        r.add(f"scale{tag}_exact", v.name, 100 * exact / n, scenario="f", label=f"{n} at once: lists exact", unit="%")
+        r.add(
+            f"scale{tag}_crosstalk",
+            v.name,
+            crosstalk,
+            scenario="f",
+            label=f"{n} at once: lists with crosstalk",
+            unit="lists",
+        )
+        r.add(
+            f"scale{tag}_traced_all",
+            v.name,
+            traced_all,
+            scenario="f",
+            label=f"{n} at once: stop to all traces written",
+            unit="s",
+        )
         for trace in traces:
             if "watching_ms" in trace:
-                r.add(f"scale{tag}_watching", v.name, trace["watching_ms"], scenario="f",
-                      label=f"{n} at once: plugin StartContainer to watching", unit="ms")
-        for what, label in (("total_pages", "whole footprint, each resident page once"),
-                            ("total_rss", "whole footprint RSS"), ("total_pss", "whole footprint PSS"),
-                            ("daemon_rss", "daemon RSS"), ("tracer_rss", "tracers RSS")):
+                r.add(
+                    f"scale{tag}_watching",
+                    v.name,
+                    trace["watching_ms"],
+                    scenario="f",
+                    label=f"{n} at once: plugin StartContainer to watching",
+                    unit="ms",
+                )
+        for what, label in (
+            ("total_pages", "whole footprint, each resident page once"),
+            ("total_rss", "whole footprint RSS"),
+            ("total_pss", "whole footprint PSS"),
+            ("daemon_rss", "daemon RSS"),
+            ("tracer_rss", "tracers RSS"),
+        ):
             r.add(f"mem{tag}_{what}", v.name, mem[what], scenario="e", label=f"{label}, {n} traced", unit="MB")
-        r.add(f"mem{tag}_tracers", v.name, mem["tracers"], scenario="e", label=f"tracer processes, {n} traced",
-              unit="procs")
-        r.add(f"scale{tag}_daemon_cpu", v.name, cpu["daemon_ms"], scenario="f",
-              label=f"{n} at once: daemon CPU, start to all traces written", unit="ms")
-        r.add(f"scale{tag}_tracer_cpu", v.name, cpu["tracer_ms"], scenario="f",
-              label=f"{n} at once: trace server CPU, start to all traces written", unit="ms")
-        row |= {"exact": exact, "crosstalk": crosstalk, "traced_all_s": traced_all, **mem,
-                "files": [t.get("files") for t in traces]}
+        r.add(
+            f"mem{tag}_tracers",
+            v.name,
+            mem["tracers"],
+            scenario="e",
+            label=f"tracer processes, {n} traced",
+            unit="procs",
+        )
+        r.add(
+            f"scale{tag}_daemon_cpu",
+            v.name,
+            cpu["daemon_ms"],
+            scenario="f",
+            label=f"{n} at once: daemon CPU, start to all traces written",
+            unit="ms",
+        )
+        r.add(
+            f"scale{tag}_tracer_cpu",
+            v.name,
+            cpu["tracer_ms"],
+            scenario="f",
+            label=f"{n} at once: trace server CPU, start to all traces written",
+            unit="ms",
+        )
+        row |= {
+            "exact": exact,
+            "crosstalk": crosstalk,
+            "traced_all_s": traced_all,
+            **mem,
+            "files": [t.get("files") for t in traces],
+        }
     r.record("scale", row)
-    ctx.progress.step(f"{n:3} at once {v.name:8} round {i + 1}  started in {started:5.2f} s"
-                      + (f"  exact {row['exact']}/{n}  all traced {traced_all:5.2f} s  footprint "
-                         f"{row['total_pages']:.1f} MB (RSS sum {row['total_rss']:.1f})" if v.traced else ""))
+    ctx.progress.step(
+        f"{n:3} at once {v.name:8} round {i + 1}  started in {started:5.2f} s"
+        + (
+            f"  exact {row['exact']}/{n}  all traced {traced_all:5.2f} s  footprint "
+            f"{row['total_pages']:.1f} MB (RSS sum {row['total_rss']:.1f})"
+            if v.traced
+            else ""
+        )
+    )
 
 
 def scale(ctx: Context) -> None:
@@ -494,10 +698,12 @@ def memory(ctx: Context) -> None:
     time.sleep(1.0)
     for v in ctx.traced:
         mem = v.memory()
-        ctx.results.add("daemon_rss_after", v.name, mem["daemon_rss"], scenario="e",
-                        label="daemon RSS after the pods", unit="MB")
-        ctx.results.add("daemon_pss_after", v.name, mem["daemon_pss"], scenario="e",
-                        label="daemon PSS after the pods", unit="MB")
+        ctx.results.add(
+            "daemon_rss_after", v.name, mem["daemon_rss"], scenario="e", label="daemon RSS after the pods", unit="MB"
+        )
+        ctx.results.add(
+            "daemon_pss_after", v.name, mem["daemon_pss"], scenario="e", label="daemon PSS after the pods", unit="MB"
+        )
         ctx.results.add("pods_after", v.name, v.pods, scenario="e", label="pods run so far", unit="pods")
         ctx.progress.step(f"{v.name:8} after {v.pods} pods: daemon RSS {mem['daemon_rss']:.1f} MB")
 
@@ -510,8 +716,14 @@ def idle(ctx: Context) -> None:
         r.add("daemon_rss_idle", v.name, mem["daemon_rss"], scenario="e", label="daemon RSS idle", unit="MB")
         r.add("daemon_pss_idle", v.name, mem["daemon_pss"], scenario="e", label="daemon PSS idle", unit="MB")
         r.add("total_rss_idle", v.name, mem["total_rss"], scenario="e", label="whole footprint RSS idle", unit="MB")
-        r.add("total_pages_idle", v.name, mem["total_pages"], scenario="e",
-              label="whole footprint idle, each resident page once", unit="MB")
+        r.add(
+            "total_pages_idle",
+            v.name,
+            mem["total_pages"],
+            scenario="e",
+            label="whole footprint idle, each resident page once",
+            unit="MB",
+        )
 
 
 SCENARIOS: dict[str, Callable[[Context], None]] = {

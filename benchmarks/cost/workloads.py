@@ -59,14 +59,24 @@ def renamed(tarball: Path, names: list[str], out: Path) -> Path:
     for name in names:
         own_config = {**config, "config": {**config["config"], "Labels": {"org.nri-optimizer.bench.name": name}}}
         config_blob = _json(own_config)
-        own_manifest = {**manifest, "config": {**manifest["config"], "digest": _digest(config_blob),
-                                               "size": len(config_blob)}}
+        own_manifest = {
+            **manifest,
+            "config": {**manifest["config"], "digest": _digest(config_blob), "size": len(config_blob)},
+        }
         manifest_blob = _json(own_manifest)
         entries[_blob_path(_digest(config_blob))] = config_blob
         entries[_blob_path(_digest(manifest_blob))] = manifest_blob
-        manifests.append({**desc, "digest": _digest(manifest_blob), "size": len(manifest_blob),
-                          "annotations": {"io.containerd.image.name": name,
-                                          "org.opencontainers.image.ref.name": name.rpartition(":")[2]}})
+        manifests.append(
+            {
+                **desc,
+                "digest": _digest(manifest_blob),
+                "size": len(manifest_blob),
+                "annotations": {
+                    "io.containerd.image.name": name,
+                    "org.opencontainers.image.ref.name": name.rpartition(":")[2],
+                },
+            }
+        )
     entries["index.json"] = _json({**json.loads(blobs["index.json"]), "manifests": manifests})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as dst:

@@ -40,9 +40,11 @@ class Bound:
         return "the link" if self.transfer_us > self.warm_run_us else "the run"
 
     def describe(self) -> str:
-        return (f"{self.total_us / 1e6:.2f} s = pull {self.metadata_pull_us / 1e6:.2f} + create "
-                f"{self.create_us / 1e6:.2f} + max(warm run {self.warm_run_us / 1e6:.2f}, "
-                f"{self.needed_bytes / 2**20:.1f} MiB needed at the link's rate {self.transfer_us / 1e6:.2f})")
+        return (
+            f"{self.total_us / 1e6:.2f} s = pull {self.metadata_pull_us / 1e6:.2f} + create "
+            f"{self.create_us / 1e6:.2f} + max(warm run {self.warm_run_us / 1e6:.2f}, "
+            f"{self.needed_bytes / 2**20:.1f} MiB needed at the link's rate {self.transfer_us / 1e6:.2f})"
+        )
 
 
 def bound_of(summaries: Iterable[Summary], link: Link | None) -> Bound | str:
@@ -55,8 +57,13 @@ def bound_of(summaries: Iterable[Summary], link: Link | None) -> Bound | str:
     if warm is None or not warm.times:
         return "no bound: it needs the warm start of an overlayfs variant measured"
     transfer = 0 if link is None else round(off.nydusd_bytes / link.bytes_per_second * 1e6)
-    return Bound(off.times["pull"].median_us, off.times["create"].median_us, warm.times["run"].median_us,
-                 off.nydusd_bytes, transfer)
+    return Bound(
+        off.times["pull"].median_us,
+        off.times["create"].median_us,
+        warm.times["run"].median_us,
+        off.nydusd_bytes,
+        transfer,
+    )
 
 
 def bounds(summaries: Iterable[Summary], links: Mapping[str, Link | None]) -> dict[tuple[str, str], Bound | str]:

@@ -174,8 +174,22 @@ def parse(data: Any, path: Path) -> BenchConfig:
     where = _Where(path)
     if not isinstance(data, dict):
         raise where.error("", data, "a mapping with registry, images, ...")
-    where.known(data, "", {"registry", "insecure_registry", "repetitions", "timeout", "pull_timeout", "throttle",
-                           "settle", "images", "variants", "nydus"})
+    where.known(
+        data,
+        "",
+        {
+            "registry",
+            "insecure_registry",
+            "repetitions",
+            "timeout",
+            "pull_timeout",
+            "throttle",
+            "settle",
+            "images",
+            "variants",
+            "nydus",
+        },
+    )
     registry = data.get("registry", LOCAL)
     if not isinstance(registry, str) or not registry or (registry != LOCAL and not _valid_registry(registry)):
         raise where.error("registry", registry, f"{LOCAL!r} or HOST[:PORT][/NAMESPACE], e.g. registry: local")
@@ -197,23 +211,42 @@ def parse(data: Any, path: Path) -> BenchConfig:
     for i, image in enumerate(parsed):
         key = f"images[{i}]"
         if (image.build or image.archive) and registry != LOCAL:
-            raise where.error(f"{key}.{'build' if image.build else 'archive'}", image.build or str(image.archive),
-                              "only with registry: local (the harness pushes it there)")
+            raise where.error(
+                f"{key}.{'build' if image.build else 'archive'}",
+                image.build or str(image.archive),
+                "only with registry: local (the harness pushes it there)",
+            )
         if registry == LOCAL and not (image.build or image.archive):
-            raise where.error(key, image.name, f"build: ({', '.join(BUILTIN_WORKLOADS)}) or archive: (an OCI "
-                              "image-layout tarball): the local registry starts empty")
+            raise where.error(
+                key,
+                image.name,
+                f"build: ({', '.join(BUILTIN_WORKLOADS)}) or archive: (an OCI "
+                "image-layout tarball): the local registry starts empty",
+            )
     variants = data.get("variants")
     chosen = DEFAULT_VARIANTS if variants is None else _variants(where, variants)
-    config = BenchConfig(registry, insecure, int(repetitions), pull_timeout, links, parsed, chosen,
-                         _nydus(where, data.get("nydus"), path.parent), settle)
+    config = BenchConfig(
+        registry,
+        insecure,
+        int(repetitions),
+        pull_timeout,
+        links,
+        parsed,
+        chosen,
+        _nydus(where, data.get("nydus"), path.parent),
+        settle,
+    )
     for image in parsed:
         for variant in chosen:
             ref = config.reference("127.0.0.1:5000" if registry == LOCAL else registry, image, variant)
             try:
                 reference.parse(ref)
             except reference.ReferenceError:
-                raise where.error("images", image.name, f"names that make valid references with each variant's "
-                                  f"tag suffix; {ref!r} is not") from None
+                raise where.error(
+                    "images",
+                    image.name,
+                    f"names that make valid references with each variant's tag suffix; {ref!r} is not",
+                ) from None
     if links and registry != LOCAL:
         raise where.error("throttle", throttle, "only with registry: local (it shapes that registry's port on lo)")
     for i, image in enumerate(parsed):
@@ -251,8 +284,9 @@ class _Where:
             if key not in keys:
                 raise ConfigError(f"{self.path}: {prefix}{key}: unknown key; known: {', '.join(sorted(keys))}")
 
-    def number(self, data: dict[str, Any], key: str, default: float, *, integer: bool = False,
-               prefix: str = "") -> float:
+    def number(
+        self, data: dict[str, Any], key: str, default: float, *, integer: bool = False, prefix: str = ""
+    ) -> float:
         value = data.get(key, default)
         ok = isinstance(value, int) if integer else isinstance(value, int | float)
         if isinstance(value, bool) or not ok or value <= 0:
@@ -302,8 +336,10 @@ def _image(where: _Where, key: str, item: Any, default_timeout: float, base: Pat
 
 
 def _ready(where: _Where, key: str, value: Any) -> Ready:
-    expected = ("{url: URL}, {line: TEXT}, exit or start, e.g. ready: {url: 'http://127.0.0.1:8080/'} "
-                "(readiness is never guessed)")
+    expected = (
+        "{url: URL}, {line: TEXT}, exit or start, e.g. ready: {url: 'http://127.0.0.1:8080/'} "
+        "(readiness is never guessed)"
+    )
     if value in ("exit", "start"):
         return Ready(value)
     if isinstance(value, dict) and len(value) == 1:
@@ -378,29 +414,40 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
         # YAML 1.1 reads a bare `off` as false.
         prefetch = "off" if item.get("prefetch") is False else item.get("prefetch")
         if snapshotter == "nydus" and prefetch not in ("off", "all", "list", "runtime"):
-            raise where.error(f"{key}.prefetch", prefetch, "off, all, list or runtime (what nydusd prefetches: "
-                              "nothing, everything, the image's table, or the list handed over at run time)")
+            raise where.error(
+                f"{key}.prefetch",
+                prefetch,
+                "off, all, list or runtime (what nydusd prefetches: "
+                "nothing, everything, the image's table, or the list handed over at run time)",
+            )
         if snapshotter != "nydus" and prefetch is not None:
             raise where.error(f"{key}.prefetch", prefetch, "no prefetch key: only nydus variants prefetch")
         source = item.get("list", "ours")
         if "list" in item and prefetch not in ("list", "runtime"):
             raise where.error(f"{key}.list", source, "no list key: only prefetch list and runtime take a list")
         if source not in ("ours", "nydusd"):
-            raise where.error(f"{key}.list", source, "ours (the plugin's recorded list) or nydusd (its access "
-                              "pattern, recorded in the run)")
+            raise where.error(
+                f"{key}.list",
+                source,
+                "ours (the plugin's recorded list) or nydusd (its access pattern, recorded in the run)",
+            )
         reorder = item.get("reorder", True)
         if "reorder" in item and prefetch != "list":
             raise where.error(f"{key}.reorder", reorder, "no reorder key: only prefetch list converts with a list")
         if not isinstance(reorder, bool):
             raise where.error(f"{key}.reorder", reorder, "true (the listed files lead the blob) or false")
-        variants.append(Variant(name, snapshotter, suffix, cast(Prefetch | None, prefetch),
-                                cast(ListSource, source), reorder))
+        variants.append(
+            Variant(name, snapshotter, suffix, cast(Prefetch | None, prefetch), cast(ListSource, source), reorder)
+        )
     if len({v.name for v in variants}) != len(variants):
         raise where.error("variants", [v.name for v in variants], "each name once")
     images: dict[str, Variant] = {}
     for variant in variants:  # one tag, one image: variants may share a tag only if they convert alike
         other = images.setdefault(variant.tag_suffix, variant)
         if variant.snapshotter != other.snapshotter or variant.conversion != other.conversion:
-            raise where.error("variants", [other.name, variant.name], "tag suffixes of their own: their images "
-                              f"differ, and {variant.tag_suffix!r} can name one")
+            raise where.error(
+                "variants",
+                [other.name, variant.name],
+                f"tag suffixes of their own: their images differ, and {variant.tag_suffix!r} can name one",
+            )
     return tuple(variants)

@@ -43,8 +43,15 @@ class Conversion:
 
     def run(self, nydus_image: str) -> single.Converted:
         listed = single.read_list(self.list_file).paths if self.list_file is not None else None
-        return single.convert(self.source, self.target, listed, nydus_image=nydus_image,
-                              source_insecure=self.insecure, target_insecure=self.insecure, reorder=self.reorder)
+        return single.convert(
+            self.source,
+            self.target,
+            listed,
+            nydus_image=nydus_image,
+            source_insecure=self.insecure,
+            target_insecure=self.insecure,
+            reorder=self.reorder,
+        )
 
 
 def list_for(image: Image, reference: str, persist_dir: str) -> Path:
@@ -77,13 +84,16 @@ def recorded_list(config: BenchConfig, image: Image, target: str, persist_dir: s
     # The list was recorded under the reference the node ran (the registry's host does not matter).
     recorded = list_for(image, f"{target if config.local else config.registry}/{image.name}", persist_dir)
     if not recorded.is_file():
-        raise ConvertError(f"{image.name}: no recorded list at {recorded}; record one "
-                           f"(nri-optimizer profile) or set the image's `list` in the config")
+        raise ConvertError(
+            f"{image.name}: no recorded list at {recorded}; record one "
+            f"(nri-optimizer profile) or set the image's `list` in the config"
+        )
     return recorded
 
 
-def variant_conversion(config: BenchConfig, image: Image, variant: Variant, target: str, *,
-                       lists: Mapping[ListSource, Path]) -> Conversion:
+def variant_conversion(
+    config: BenchConfig, image: Image, variant: Variant, target: str, *, lists: Mapping[ListSource, Path]
+) -> Conversion:
     """The conversion of `image` into the tag of nydus variant `variant` in `target`, with `lists` (by source)."""
     in_target = bool(image.build or image.archive) or config.local
     source = f"{target if in_target else config.registry}/{image.name}"
@@ -93,8 +103,10 @@ def variant_conversion(config: BenchConfig, image: Image, variant: Variant, targ
         return Conversion(source, out, None, insecure)
     which, reorder = variant.conversion
     if which not in lists:
-        raise ConvertError(f"{image.name}: {variant.name} converts with nydusd's list, which only `bench-image run` "
-                           "records (from nydusd's access pattern)")
+        raise ConvertError(
+            f"{image.name}: {variant.name} converts with nydusd's list, which only `bench-image run` "
+            "records (from nydusd's access pattern)"
+        )
     return Conversion(source, out, lists[which], insecure, reorder)
 
 

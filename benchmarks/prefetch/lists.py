@@ -30,9 +30,16 @@ class Comparison:
     extra: tuple[str, ...]  # a few of nydusd's that ours lacks
 
     def as_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "ours_files": self.ours, "nydusd_files": self.nydusd, "recall": self.recall,
-                "precision": self.precision, "order_inversions": self.inversions, "missing": list(self.missing),
-                "extra": list(self.extra)}
+        return {
+            "image": self.image,
+            "ours_files": self.ours,
+            "nydusd_files": self.nydusd,
+            "recall": self.recall,
+            "precision": self.precision,
+            "order_inversions": self.inversions,
+            "missing": list(self.missing),
+            "extra": list(self.extra),
+        }
 
 
 def paths(list_file: Path) -> list[str]:
@@ -46,6 +53,16 @@ def comparisons(lists: Mapping[str, Mapping[ListSource, Path]]) -> list[Comparis
         if "ours" in by_source and "nydusd" in by_source and by_source["ours"].is_file():
             ours, nydusd = paths(by_source["ours"]), paths(by_source["nydusd"])
             result = compare(ours, nydusd)
-            found.append(Comparison(image, len(ours), len(nydusd), result["recall"], result["precision"],
-                                    result["inversions"], tuple(result["missing"]), tuple(result["extra"])))
+            found.append(
+                Comparison(
+                    image,
+                    len(ours),
+                    len(nydusd),
+                    result["recall"],
+                    result["precision"],
+                    result["inversions"],
+                    tuple(result["missing"]),
+                    tuple(result["extra"]),
+                )
+            )
     return found

@@ -30,22 +30,43 @@ def plot_image(summaries: Sequence[Summary], out: Path, *, title: str, bound: Bo
     for i, summary in enumerate(summaries):
         if not summary.times:
             reason = summary.status + (f": {summary.note}" if summary.note else "")
-            ax.text(i, top * 0.05, "\n".join(textwrap.wrap(reason, 24)), ha="center", va="bottom", fontsize=7,
-                    color="#555555")
+            ax.text(
+                i,
+                top * 0.05,
+                "\n".join(textwrap.wrap(reason, 24)),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="#555555",
+            )
             continue
         for j, phase in enumerate(TIMES):
             spread = summary.times[phase]
             median = spread.median_us / 1e6
             x = i - 0.4 + width * (j + 0.5)
-            ax.bar(x, median, width, color=COLOURS[phase], label=phase if i == _first_measured(summaries) else None,
-                   yerr=[[median - spread.min_us / 1e6], [spread.max_us / 1e6 - median]], capsize=3,
-                   error_kw={"elinewidth": 1})
+            ax.bar(
+                x,
+                median,
+                width,
+                color=COLOURS[phase],
+                label=phase if i == _first_measured(summaries) else None,
+                yerr=[[median - spread.min_us / 1e6], [spread.max_us / 1e6 - median]],
+                capsize=3,
+                error_kw={"elinewidth": 1},
+            )
     if bound is not None:
-        ax.axhline(bound.total_us / 1e6, color="#c44e52", linestyle="--", linewidth=1.2,
-                   label=f"bound {bound.total_us / 1e6:.2f} s")
+        ax.axhline(
+            bound.total_us / 1e6,
+            color="#c44e52",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"bound {bound.total_us / 1e6:.2f} s",
+        )
     ax.set_xticks(range(len(summaries)))
-    ax.set_xticklabels([f"{s.first.variant.name}\n({'skipped' if s.status == 'skipped' else f'n={s.n}'})"
-                        for s in summaries], fontsize=8)
+    ax.set_xticklabels(
+        [f"{s.first.variant.name}\n({'skipped' if s.status == 'skipped' else f'n={s.n}'})" for s in summaries],
+        fontsize=8,
+    )
     ax.set_ylabel("seconds (median; whiskers: min-max)")
     ax.set_ylim(0, top * 1.15)
     ax.set_title(title, fontsize=10)
@@ -67,8 +88,9 @@ def file_name(image: str, link: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{image}-{link}" if link else image) + ".png"
 
 
-def plot_all(summaries: Sequence[Summary], out_dir: Path, registry: str,
-             bounds: Mapping[tuple[str, str], Bound | str]) -> list[Path]:
+def plot_all(
+    summaries: Sequence[Summary], out_dir: Path, registry: str, bounds: Mapping[tuple[str, str], Bound | str]
+) -> list[Path]:
     """One PNG per image and link setting."""
     groups: dict[tuple[str, str], list[Summary]] = {}
     for summary in summaries:
@@ -79,6 +101,9 @@ def plot_all(summaries: Sequence[Summary], out_dir: Path, registry: str,
         where = f"link {link}" if link else "registry not shaped"
         title = f"{registry}/{image}: pull, create, run ({repetitions} repetitions, {where})"
         bound = bounds.get((link, image))
-        paths.append(plot_image(group, out_dir / file_name(image, link), title=title,
-                                bound=bound if isinstance(bound, Bound) else None))
+        paths.append(
+            plot_image(
+                group, out_dir / file_name(image, link), title=title, bound=bound if isinstance(bound, Bound) else None
+            )
+        )
     return paths

@@ -76,8 +76,9 @@ def push(image: Image, address: str, registry: Registry, work: Path, say: Say) -
     say(f"pushed {address}/{image.name} ({size} bytes)")
 
 
-def our_list(config: BenchConfig, image: Image, address: str, node: Node, work: Path, persist_dir: str,
-             say: Say) -> Path:
+def our_list(
+    config: BenchConfig, image: Image, address: str, node: Node, work: Path, persist_dir: str, say: Say
+) -> Path:
     """Our list of `image`: recorded now (``list: record``), else the configured or saved one (which may not
     exist: then the variants that need it are skipped)."""
     if not image.record:
@@ -87,9 +88,22 @@ def our_list(config: BenchConfig, image: Image, address: str, node: Node, work: 
     reference = f"{address}/{image.name}"
     node.cri.pull_image_on("", reference)
     try:
-        argv = [sys.executable, "-m", "nri_optimizer", "profile", reference, "--runtime-endpoint",
-                node.runtime_endpoint, "--persist-dir", str(work / "results"), "--server-path", SERVER,
-                "--deadline", f"{image.timeout:g}", *_stop_flags(image)]
+        argv = [
+            sys.executable,
+            "-m",
+            "nri_optimizer",
+            "profile",
+            reference,
+            "--runtime-endpoint",
+            node.runtime_endpoint,
+            "--persist-dir",
+            str(work / "results"),
+            "--server-path",
+            SERVER,
+            "--deadline",
+            f"{image.timeout:g}",
+            *_stop_flags(image),
+        ]
         argv += [f"--env={key}={value}" for key, value in image.env.items()]
         if node.nri_socket is not None:
             argv += ["--nri-socket", str(node.nri_socket)]
@@ -105,8 +119,9 @@ def our_list(config: BenchConfig, image: Image, address: str, node: Node, work: 
     return out
 
 
-def nydusd_list(image: Image, reference: str, node: Node, pattern: Handler, work: Path, nydus_image: str,
-                say: Say) -> Path:
+def nydusd_list(
+    image: Image, reference: str, node: Node, pattern: Handler, work: Path, nydus_image: str, say: Say
+) -> Path:
     """nydusd's list of `image`: `reference` (a nydus image without a prefetch table) started on `pattern` (a
     snapshotter whose nydusd records its access pattern) until ready, the pattern imported then."""
     out = work / "lists" / f"{_file_name(image.name)}.nydusd"
@@ -137,8 +152,16 @@ def nydusd_list(image: Image, reference: str, node: Node, pattern: Handler, work
     return out
 
 
-def convert_tags(config: BenchConfig, image: Image, variants: Sequence[Variant], address: str, registry: Registry,
-                 prepared: Prepared, nydus_image: str, say: Say) -> None:
+def convert_tags(
+    config: BenchConfig,
+    image: Image,
+    variants: Sequence[Variant],
+    address: str,
+    registry: Registry,
+    prepared: Prepared,
+    nydus_image: str,
+    say: Say,
+) -> None:
     """Convert `image` into each of `variants`' tags (a tag that would get the same image as one already made, as
     prefetch off's and all's, is that image tagged again); what cannot be made goes to `prepared.unmade` for every
     variant of that tag."""
@@ -148,8 +171,10 @@ def convert_tags(config: BenchConfig, image: Image, variants: Sequence[Variant],
         try:
             conversion = variant_conversion(config, image, variant, address, lists=prepared.lists[image.name])
             if conversion.list_file is not None and not conversion.list_file.is_file():
-                raise ConvertError(f"{image.name}: no recorded list at {conversion.list_file}; record one "
-                                   "(nri-optimizer profile), set the image's `list`, or `list: record`")
+                raise ConvertError(
+                    f"{image.name}: no recorded list at {conversion.list_file}; record one "
+                    "(nri-optimizer profile), set the image's `list`, or `list: record`"
+                )
         except ConvertError as exc:
             say(f"{', '.join(v.name for v in sharing)}: skipped: {exc}")
             prepared.unmade.update({(image.name, v.name): ("skipped", str(exc)) for v in sharing})
@@ -174,9 +199,21 @@ def convert_tags(config: BenchConfig, image: Image, variants: Sequence[Variant],
         say(f"pushed {converted.target} ({converted.size} bytes, prefetch table of {len(table)} files)")
 
 
-def prepare_image(config: BenchConfig, image: Image, address: str, node: Node, prepared: Prepared, *,
-                  runnable: Sequence[Variant], pattern: Handler | None, registry: Registry | None, work: Path,
-                  nydus_image: str | None, persist_dir: str, say: Say) -> None:
+def prepare_image(
+    config: BenchConfig,
+    image: Image,
+    address: str,
+    node: Node,
+    prepared: Prepared,
+    *,
+    runnable: Sequence[Variant],
+    pattern: Handler | None,
+    registry: Registry | None,
+    work: Path,
+    nydus_image: str | None,
+    persist_dir: str,
+    say: Say,
+) -> None:
     """Our list, and with the local `registry` the conversions and nydusd's list when a runnable variant takes
     it."""
     lists: dict[ListSource, Path] = {}
@@ -199,10 +236,13 @@ def prepare_image(config: BenchConfig, image: Image, address: str, node: Node, p
     plain = next((v for v in first if v.conversion is None and (image.name, v.name) not in prepared.unmade), None)
     try:
         if pattern is None or plain is None:
-            raise ListError(f"{image.name}: nydusd's list needs a nydus variant converted without a list (prefetch "
-                            "off, all or runtime) and nydus-snapshotter")
-        lists["nydusd"] = nydusd_list(image, config.reference(address, image, plain), node, pattern, work,
-                                      nydus_image, say)
+            raise ListError(
+                f"{image.name}: nydusd's list needs a nydus variant converted without a list (prefetch "
+                "off, all or runtime) and nydus-snapshotter"
+            )
+        lists["nydusd"] = nydusd_list(
+            image, config.reference(address, image, plain), node, pattern, work, nydus_image, say
+        )
     except (ListError, CriError, OptimizerError) as exc:
         say(f"{image.name}: nydusd's list: {exc}")
         for variant in wants_nydusd:

@@ -30,13 +30,17 @@ class Progress(StatusLine):
         if self.quiet:
             return
         if sample.status == "ok":
-            result = (f"pull {seconds(sample.pull_us)} s, create {seconds(sample.create_us)} s, "
-                      f"run {seconds(sample.run_us)} s, total {seconds(sample.total_us)} s")
+            result = (
+                f"pull {seconds(sample.pull_us)} s, create {seconds(sample.create_us)} s, "
+                f"run {seconds(sample.run_us)} s, total {seconds(sample.total_us)} s"
+            )
             if sample.bytes_fetched is not None and not sample.warm:
                 result += f", fetched {readable_size(sample.bytes_fetched)} by ready"
             if sample.nydusd_bytes is not None:
-                result += (f" (nydusd {readable_size(sample.nydusd_bytes)}, {sample.ondemand_requests} on-demand "
-                           f"requests, {sample.stalled_reads} stalled reads)")
+                result += (
+                    f" (nydusd {readable_size(sample.nydusd_bytes)}, {sample.ondemand_requests} on-demand "
+                    f"requests, {sample.stalled_reads} stalled reads)"
+                )
         else:
             result = f"{sample.status}: {sample.note}"
         label = f"{self.label} (warm start)" if sample.warm else self.label

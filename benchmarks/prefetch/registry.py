@@ -15,13 +15,17 @@ def pull_size(registry: Registry, repository: str, tag: str, *, nydus: bool = Fa
     image = registry.image_manifest(repository, tag) if top.media_type in INDEX_TYPES else top
     total = len(top.body) + (len(image.body) if image is not top else 0)
     manifest = image.json()
-    layers = [layer for layer in manifest["layers"]
-              if not (nydus and layer.get("annotations", {}).get(NYDUS_BLOB) == "true")]
+    layers = [
+        layer for layer in manifest["layers"] if not (nydus and layer.get("annotations", {}).get(NYDUS_BLOB) == "true")
+    ]
     return total + int(manifest["config"]["size"]) + sum(int(layer["size"]) for layer in layers)
 
 
 def nydus_blobs(registry: Registry, repository: str, tag: str) -> set[str]:
     """The sha256 hex digests of the nydus blobs of repository:tag (the layers nydusd reads)."""
     manifest = registry.image_manifest(repository, tag).json()
-    return {layer["digest"].removeprefix("sha256:") for layer in manifest["layers"]
-            if layer.get("annotations", {}).get(NYDUS_BLOB) == "true"}
+    return {
+        layer["digest"].removeprefix("sha256:")
+        for layer in manifest["layers"]
+        if layer.get("annotations", {}).get(NYDUS_BLOB) == "true"
+    }

@@ -27,11 +27,37 @@ if TYPE_CHECKING:
 TIMES = (*PHASES, "total")
 # Per-repetition counts: their medians are in the summary.
 COUNTS = ("bytes_fetched", "bytes_total", "nydusd_bytes", "prefetch_bytes", "ondemand_requests", "stalled_reads")
-RUN_COLUMNS = ("timestamp", "link", "registry", "repo", "variant", "snapshotter", "prefetch", "repetition", "status",
-               *(f"{t}_s" for t in TIMES), *COUNTS, "settled", "note")
-SUMMARY_COLUMNS = ("timestamp", "link", "registry", "repo", "variant", "snapshotter", "prefetch", "status", "n",
-                   *(f"{t}_{s}_s" for t in TIMES for s in ("median", "min", "max")), *COUNTS, "bound_s",
-                   "total_vs_bound", "note")
+RUN_COLUMNS = (
+    "timestamp",
+    "link",
+    "registry",
+    "repo",
+    "variant",
+    "snapshotter",
+    "prefetch",
+    "repetition",
+    "status",
+    *(f"{t}_s" for t in TIMES),
+    *COUNTS,
+    "settled",
+    "note",
+)
+SUMMARY_COLUMNS = (
+    "timestamp",
+    "link",
+    "registry",
+    "repo",
+    "variant",
+    "snapshotter",
+    "prefetch",
+    "status",
+    "n",
+    *(f"{t}_{s}_s" for t in TIMES for s in ("median", "min", "max")),
+    *COUNTS,
+    "bound_s",
+    "total_vs_bound",
+    "note",
+)
 
 
 @dataclass(frozen=True)
@@ -112,29 +138,46 @@ def seconds(us: int | None) -> str:
 
 
 def run_rows(samples: Sequence[Sample], registry: str) -> list[dict[str, Any]]:
-    return [{
-        "timestamp": s.timestamp, "link": s.link, "registry": registry, "repo": f"{s.image}{s.variant.tag_suffix}",
-        "variant": s.variant.name, "snapshotter": s.variant.snapshotter, "prefetch": s.variant.prefetch or "",
-        "repetition": s.repetition, "status": s.status,
-        **{f"{t}_s": seconds(getattr(s, f"{t}_us")) for t in TIMES},
-        **{key: _blank(getattr(s, key)) for key in COUNTS},
-        "settled": "" if s.status != "ok" else str(s.settled).lower(), "note": s.note,
-    } for s in samples]
+    return [
+        {
+            "timestamp": s.timestamp,
+            "link": s.link,
+            "registry": registry,
+            "repo": f"{s.image}{s.variant.tag_suffix}",
+            "variant": s.variant.name,
+            "snapshotter": s.variant.snapshotter,
+            "prefetch": s.variant.prefetch or "",
+            "repetition": s.repetition,
+            "status": s.status,
+            **{f"{t}_s": seconds(getattr(s, f"{t}_us")) for t in TIMES},
+            **{key: _blank(getattr(s, key)) for key in COUNTS},
+            "settled": "" if s.status != "ok" else str(s.settled).lower(),
+            "note": s.note,
+        }
+        for s in samples
+    ]
 
 
 def _blank(value: int | None) -> int | str:
     return "" if value is None else value
 
 
-def summary_rows(summaries: Sequence[Summary], registry: str,
-                 bounds: Mapping[tuple[str, str], Bound | str]) -> list[dict[str, Any]]:
+def summary_rows(
+    summaries: Sequence[Summary], registry: str, bounds: Mapping[tuple[str, str], Bound | str]
+) -> list[dict[str, Any]]:
     rows = []
     for summary in summaries:
         s = summary.first
         row: dict[str, Any] = {
-            "timestamp": s.timestamp, "link": s.link, "registry": registry, "repo": f"{s.image}{s.variant.tag_suffix}",
-            "variant": s.variant.name, "snapshotter": s.variant.snapshotter, "prefetch": s.variant.prefetch or "",
-            "status": summary.status, "n": summary.n,
+            "timestamp": s.timestamp,
+            "link": s.link,
+            "registry": registry,
+            "repo": f"{s.image}{s.variant.tag_suffix}",
+            "variant": s.variant.name,
+            "snapshotter": s.variant.snapshotter,
+            "prefetch": s.variant.prefetch or "",
+            "status": summary.status,
+            "n": summary.n,
         }
         for phase in TIMES:
             spread = summary.times.get(phase)
@@ -165,8 +208,19 @@ def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return out.getvalue()
 
 
-TABLE_HEAD = ("variant", "n", "pull (s)", "create (s)", "run (s)", "total (s)", "total / bound", "fetched by ready",
-              "fetched in all", "on-demand requests", "stalled reads")
+TABLE_HEAD = (
+    "variant",
+    "n",
+    "pull (s)",
+    "create (s)",
+    "run (s)",
+    "total (s)",
+    "total / bound",
+    "fetched by ready",
+    "fetched in all",
+    "on-demand requests",
+    "stalled reads",
+)
 
 
 def table(summaries: Sequence[Summary], bounds: Mapping[tuple[str, str], Bound | str]) -> str:
@@ -192,9 +246,16 @@ def _table_row(summary: Summary, bound: Bound | str | None) -> list[str]:
         return [s.variant.name, n, reason, *([""] * (len(TABLE_HEAD) - 3))]
     ratio = versus(summary, bound)
     in_all = _size(summary, "bytes_total") + ("" if summary.settled else " (still fetching)")
-    return [s.variant.name, n, *(_cell(summary.times[t]) for t in TIMES),
-            f"{ratio:.2f}" if ratio is not None else "", _size(summary, "bytes_fetched"), in_all,
-            _count(summary, "ondemand_requests"), _count(summary, "stalled_reads")]
+    return [
+        s.variant.name,
+        n,
+        *(_cell(summary.times[t]) for t in TIMES),
+        f"{ratio:.2f}" if ratio is not None else "",
+        _size(summary, "bytes_fetched"),
+        in_all,
+        _count(summary, "ondemand_requests"),
+        _count(summary, "stalled_reads"),
+    ]
 
 
 def _size(summary: Summary, key: str) -> str:
@@ -227,8 +288,12 @@ def run_to_run(summaries: Sequence[Summary]) -> str:
     for (link, image), group in _by_link_and_image(summaries).items():
         repetitions = max(len(s.samples) for s in group)
         head = ["variant", *(f"#{n}" for n in range(1, repetitions + 1)), "(max-min)/median"]
-        lines += [f"**{image}**, link {link or 'not shaped'}: total (s) of each repetition", "",
-                  "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += [
+            f"**{image}**, link {link or 'not shaped'}: total (s) of each repetition",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join("---" for _ in head) + "|",
+        ]
         for summary in group:
             if summary.first.status == "skipped":
                 continue
@@ -245,53 +310,108 @@ def lists_table(comparisons: Sequence[Comparison], summaries: Sequence[Summary])
     """Markdown: nydusd's list against ours, per image, and the median total each gives where both were measured."""
     if not comparisons:
         return ""
-    head = ["image", "ours (files)", "nydusd's (files)", "recall", "precision", "order inversions",
-            "total with ours (s)", "total with nydusd's (s)"]
+    head = [
+        "image",
+        "ours (files)",
+        "nydusd's (files)",
+        "recall",
+        "precision",
+        "order inversions",
+        "total with ours (s)",
+        "total with nydusd's (s)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for comparison in comparisons:
         totals = {source: _totals(summaries, comparison.image, source) for source in ("ours", "nydusd")}
-        lines.append("| " + " | ".join([
-            comparison.image, str(comparison.ours), str(comparison.nydusd), f"{comparison.recall:.3f}",
-            f"{comparison.precision:.3f}", str(comparison.inversions), totals["ours"], totals["nydusd"]]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    comparison.image,
+                    str(comparison.ours),
+                    str(comparison.nydusd),
+                    f"{comparison.recall:.3f}",
+                    f"{comparison.precision:.3f}",
+                    str(comparison.inversions),
+                    totals["ours"],
+                    totals["nydusd"],
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def _totals(summaries: Sequence[Summary], image: str, source: str) -> str:
     """The median totals of the reordered converted-list variants taking list `source`, per link."""
-    found = [f"{s.times['total'].median_us / 1e6:.2f} ({s.first.link or 'not shaped'})" for s in summaries
-             if s.first.image == image and s.first.variant.conversion == (source, True) and s.times]
+    found = [
+        f"{s.times['total'].median_us / 1e6:.2f} ({s.first.link or 'not shaped'})"
+        for s in summaries
+        if s.first.image == image and s.first.variant.conversion == (source, True) and s.times
+    ]
     return ", ".join(found)
 
 
 def _numeric(row: dict[str, Any]) -> dict[str, Any]:
     """A CSV row for JSON: seconds and ratios as numbers, absent values as null."""
     numeric = {key for key in row if key.endswith("_s") or key in (*COUNTS, "total_vs_bound")}
-    return {key: (None if value == "" else float(value) if key.endswith("_s") or key == "total_vs_bound" else value)
-            if key in numeric else value for key, value in row.items()}
+    return {
+        key: (None if value == "" else float(value) if key.endswith("_s") or key == "total_vs_bound" else value)
+        if key in numeric
+        else value
+        for key, value in row.items()
+    }
 
 
-def write(out_dir: Path, samples: Sequence[Sample], summaries: Sequence[Summary], meta: dict[str, Any],
-          bounds: Mapping[tuple[str, str], Bound | str], comparisons: Sequence[Comparison]) -> list[Path]:
+def write(
+    out_dir: Path,
+    samples: Sequence[Sample],
+    summaries: Sequence[Summary],
+    meta: dict[str, Any],
+    bounds: Mapping[tuple[str, str], Bound | str],
+    comparisons: Sequence[Comparison],
+) -> list[Path]:
     """runs.csv, summary.csv, results.json (seconds, and each run's exact µs too), table.md and runs.md."""
     registry = str(meta["registry"])
     runs, summary = run_rows(samples, registry), summary_rows(summaries, registry, bounds)
-    bound_rows = [{"link": link, "image": image, **({"none": bound} if isinstance(bound, str) else {
-        "bound_s": bound.total_us / 1e6, "metadata_pull_s": bound.metadata_pull_us / 1e6,
-        "create_s": bound.create_us / 1e6, "warm_run_s": bound.warm_run_us / 1e6,
-        "needed_bytes": bound.needed_bytes, "transfer_s": bound.transfer_us / 1e6, "limited_by": bound.limited_by})}
-        for (link, image), bound in bounds.items()]
+    bound_rows = [
+        {
+            "link": link,
+            "image": image,
+            **(
+                {"none": bound}
+                if isinstance(bound, str)
+                else {
+                    "bound_s": bound.total_us / 1e6,
+                    "metadata_pull_s": bound.metadata_pull_us / 1e6,
+                    "create_s": bound.create_us / 1e6,
+                    "warm_run_s": bound.warm_run_us / 1e6,
+                    "needed_bytes": bound.needed_bytes,
+                    "transfer_s": bound.transfer_us / 1e6,
+                    "limited_by": bound.limited_by,
+                }
+            ),
+        }
+        for (link, image), bound in bounds.items()
+    ]
     lists = lists_table(comparisons, summaries)
     files = {
         "runs.csv": to_csv(runs, RUN_COLUMNS),
         "summary.csv": to_csv(summary, SUMMARY_COLUMNS),
-        "results.json": json.dumps({
-            **meta,
-            "bounds": bound_rows,
-            "lists": [comparison.as_dict() for comparison in comparisons],
-            "summary": [_numeric(row) for row in summary],
-            "runs": [{**_numeric(row), **{f"{t}_us": getattr(s, f"{t}_us") for t in TIMES}}
-                     for row, s in zip(runs, samples, strict=True)],
-        }, indent=1) + "\n",
+        "results.json": json.dumps(
+            {
+                **meta,
+                "bounds": bound_rows,
+                "lists": [comparison.as_dict() for comparison in comparisons],
+                "summary": [_numeric(row) for row in summary],
+                "runs": [
+                    {**_numeric(row), **{f"{t}_us": getattr(s, f"{t}_us") for t in TIMES}}
+                    for row, s in zip(runs, samples, strict=True)
+                ],
+            },
+            indent=1,
+        )
+        + "\n",
         "table.md": table(summaries, bounds) + ("\n\n" + lists if lists else "") + "\n",
         "runs.md": run_to_run(summaries) + "\n",
     }

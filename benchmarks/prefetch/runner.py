@@ -83,9 +83,19 @@ def warm_variant(variant: Variant) -> Variant:
 
 
 class Runner:
-    def __init__(self, cri: HandlerCri, *, cgroup_parent: str, logs_dir: Path, pull_timeout: float,
-                 on_phase: Callable[[str], None] = lambda phase: None, settle: float = 20.0,
-                 link_bytes: Callable[[], int] | None = None, link: str = "", drop_caches: bool = True) -> None:
+    def __init__(
+        self,
+        cri: HandlerCri,
+        *,
+        cgroup_parent: str,
+        logs_dir: Path,
+        pull_timeout: float,
+        on_phase: Callable[[str], None] = lambda phase: None,
+        settle: float = 20.0,
+        link_bytes: Callable[[], int] | None = None,
+        link: str = "",
+        drop_caches: bool = True,
+    ) -> None:
         self.cri = cri
         self.cgroup_parent = cgroup_parent
         self.logs_dir = logs_dir
@@ -98,9 +108,18 @@ class Runner:
         self.dropped: bool | None = None  # whether the page cache could be dropped (None: not tried yet)
         self._names = itertools.count(1)
 
-    def repetition(self, image: Image, variant: Variant, reference: str, repetition: int,
-                   bytes_fetched: int | None, nydus: Handler | None = None, *, runtime_list: Path | None = None,
-                   warm: bool = False) -> list[Sample]:
+    def repetition(
+        self,
+        image: Image,
+        variant: Variant,
+        reference: str,
+        repetition: int,
+        bytes_fetched: int | None,
+        nydus: Handler | None = None,
+        *,
+        runtime_list: Path | None = None,
+        warm: bool = False,
+    ) -> list[Sample]:
         """One timed pull, create and run of `reference` (and, with `warm`, a second start from local data), then
         the cleanup. `bytes_fetched` is what the pull fetches (None: unknown), for a registry without a counted
         link; `nydus` the snapshotter of a nydus variant; `runtime_list` the list to hand it before the start."""
@@ -137,8 +156,11 @@ class Runner:
         except (CriError, NotReady, TestbedError, OptimizerError) as exc:
             if isinstance(exc, CleanupError):
                 raise
-            samples.append(dataclasses.replace(sample, status="failed", note=str(exc), pull_us=None, create_us=None,
-                                               run_us=None, total_us=None))
+            samples.append(
+                dataclasses.replace(
+                    sample, status="failed", note=str(exc), pull_us=None, create_us=None, run_us=None, total_us=None
+                )
+            )
         finally:
             self.on_phase("cleanup")
             self._remove_pod(pod, container_id)
@@ -157,26 +179,28 @@ class Runner:
     def _create(self, handler: str, image: Image, reference: str, log_dir: Path) -> tuple[Pod, str]:
         pod = self.cri.run_pod_on(handler, log_dir.name, cgroup_parent=self.cgroup_parent, log_directory=str(log_dir))
         try:
-            return pod, self.cri.create_container(pod, log_dir.name, reference, env=image.env,
-                                                  log_path="workload.log")
+            return pod, self.cri.create_container(pod, log_dir.name, reference, env=image.env, log_path="workload.log")
         except CriError:
             self._remove_pod(pod, None)
             raise
 
-    def _measured(self, sample: Sample, timer: PhaseTimer, nydus: Handler | None, pulled: int | None,
-                  started: int) -> Sample:
+    def _measured(
+        self, sample: Sample, timer: PhaseTimer, nydus: Handler | None, pulled: int | None, started: int
+    ) -> Sample:
         """The sample of a start that became ready: its times, then what it fetched by ready and in all."""
         p = timer.phases
-        sample = dataclasses.replace(sample, status="ok", pull_us=p["pull"], create_us=p["create"], run_us=p["run"],
-                                     total_us=timer.total_us)
+        sample = dataclasses.replace(
+            sample, status="ok", pull_us=p["pull"], create_us=p["create"], run_us=p["run"], total_us=timer.total_us
+        )
         link_ready = self.link_bytes() - started if self.link_bytes is not None else None
         if nydus is None:  # the pull fetched everything
             fetched = link_ready if link_ready is not None else pulled
             return dataclasses.replace(sample, bytes_fetched=fetched, bytes_total=fetched)
         ready = counters(nydus, sample.reference)
         if ready is None:
-            raise NotReady(f"no nydusd serves {sample.reference}: not a nydus image? (convert it with "
-                           "bench-image convert)")
+            raise NotReady(
+                f"no nydusd serves {sample.reference}: not a nydus image? (convert it with bench-image convert)"
+            )
         settled = self._wait_still(lambda: self._fetched(nydus, sample.reference, started))  # prefetch goes on
         at_ready: int | None
         total: int | None
@@ -185,9 +209,16 @@ class Runner:
         else:  # no counted link: the pull's bytes and nydusd's
             at_ready = None if pulled is None else pulled + ready.backend_bytes
             total = None if pulled is None else pulled + self._fetched(nydus, sample.reference, started)
-        return dataclasses.replace(sample, bytes_fetched=at_ready, bytes_total=total, settled=settled,
-                                   nydusd_bytes=ready.backend_bytes, prefetch_bytes=ready.prefetch_bytes,
-                                   ondemand_requests=ready.ondemand_requests, stalled_reads=ready.stalled_reads)
+        return dataclasses.replace(
+            sample,
+            bytes_fetched=at_ready,
+            bytes_total=total,
+            settled=settled,
+            nydusd_bytes=ready.backend_bytes,
+            prefetch_bytes=ready.prefetch_bytes,
+            ondemand_requests=ready.ondemand_requests,
+            stalled_reads=ready.stalled_reads,
+        )
 
     def _fetched(self, nydus: Handler, reference: str, started: int) -> int:
         """Bytes from the registry so far: through the link since the repetition began, else nydusd's."""
@@ -230,8 +261,16 @@ class Runner:
         finally:
             self._remove_pod(pod, container_id)
         p = timer.phases
-        return dataclasses.replace(sample, status="ok", pull_us=p["pull"], create_us=p["create"], run_us=p["run"],
-                                   total_us=timer.total_us, bytes_fetched=0, bytes_total=0)
+        return dataclasses.replace(
+            sample,
+            status="ok",
+            pull_us=p["pull"],
+            create_us=p["create"],
+            run_us=p["run"],
+            total_us=timer.total_us,
+            bytes_fetched=0,
+            bytes_total=0,
+        )
 
     def _remove_pod(self, pod: Pod | None, container_id: str | None) -> None:
         try:

@@ -78,10 +78,11 @@ class Link:
         rate = _RATE.fullmatch(rate_text)
         rtt = _TIME.fullmatch(rtt_text or "0ms")
         if rate is None or rtt is None or float(rate[1]) <= 0:
-            raise ShapingError(f"link {text!r}: expected RATE/RTT, e.g. 100mbit/10ms or 20mbit/40ms (RATE in "
-                               "kbit, mbit or gbit; RTT in us, ms or s)")
-        return cls(round(float(rate[1]) * _RATE_UNITS[rate[2].lower()]),
-                   float(rtt[1]) * _TIME_UNITS[rtt[2].lower()])
+            raise ShapingError(
+                f"link {text!r}: expected RATE/RTT, e.g. 100mbit/10ms or 20mbit/40ms (RATE in "
+                "kbit, mbit or gbit; RTT in us, ms or s)"
+            )
+        return cls(round(float(rate[1]) * _RATE_UNITS[rate[2].lower()]), float(rtt[1]) * _TIME_UNITS[rtt[2].lower()])
 
     def __str__(self) -> str:
         return f"{_rate_text(self.rate)}/{_time_text(self.rtt)}"
@@ -133,11 +134,27 @@ class RateLimit:
                     self._ipr.tc("add", "htb", self._index, HTB_ROOT, default=0)  # unclassified: HTB's direct queue
                 self.minor = self._free_minor()
                 per_second = self.rate // 8
-                self._ipr.tc("add-class", "htb", self._index, HTB_ROOT | self.minor, parent=HTB_ROOT,
-                             rate=per_second, ceil=per_second, burst=HTB_BURST, cburst=HTB_BURST)
-                self._ipr.tc("add-filter", "u32", self._index, parent=HTB_ROOT, prio=self.minor, protocol=ETH_P_IP,
-                             target=HTB_ROOT | self.minor,
-                             keys=[f"0x{self.port << 16:08x}/0xffff0000+{TCP_PORTS_OFFSET}"])
+                self._ipr.tc(
+                    "add-class",
+                    "htb",
+                    self._index,
+                    HTB_ROOT | self.minor,
+                    parent=HTB_ROOT,
+                    rate=per_second,
+                    ceil=per_second,
+                    burst=HTB_BURST,
+                    cburst=HTB_BURST,
+                )
+                self._ipr.tc(
+                    "add-filter",
+                    "u32",
+                    self._index,
+                    parent=HTB_ROOT,
+                    prio=self.minor,
+                    protocol=ETH_P_IP,
+                    target=HTB_ROOT | self.minor,
+                    keys=[f"0x{self.port << 16:08x}/0xffff0000+{TCP_PORTS_OFFSET}"],
+                )
         except NetlinkError as exc:
             self.__exit__()
             raise ShapingError(f"netlink refused shaping {self.device}: {exc}") from None
@@ -157,8 +174,12 @@ class RateLimit:
                     if any(f["info"] >> 16 == self.minor for f in ipr.get_filters(self._index, parent=HTB_ROOT)):
                         # By priority and protocol (the message's info), which are ours alone: without them the
                         # kernel would delete every filter of the root.
-                        ipr.tc("del-filter", index=self._index, parent=HTB_ROOT,
-                               info=self.minor << 16 | socket.htons(ETH_P_IP))
+                        ipr.tc(
+                            "del-filter",
+                            index=self._index,
+                            parent=HTB_ROOT,
+                            info=self.minor << 16 | socket.htons(ETH_P_IP),
+                        )
                     if ours in self._class_handles(ipr):
                         ipr.tc("del-class", index=self._index, handle=ours, parent=HTB_ROOT)
                     self.minor = 0
@@ -176,14 +197,19 @@ class RateLimit:
             return None
         if kinds == ["htb"] and roots[0]["handle"] == HTB_ROOT:
             return "htb"
-        raise ShapingError(f"{self.device} already has a root queueing discipline ({', '.join(kinds)}) that is not "
-                           f"ours; not replacing it (remove it with `tc qdisc del dev {self.device} root` if it is a "
-                           "leftover)")
+        raise ShapingError(
+            f"{self.device} already has a root queueing discipline ({', '.join(kinds)}) that is not "
+            f"ours; not replacing it (remove it with `tc qdisc del dev {self.device} root` if it is a "
+            "leftover)"
+        )
 
     def _class_handles(self, ipr: Any) -> set[int]:
         """The classes of the root HTB (1:N; the kernel shows their parent as the root itself)."""
-        return {c["handle"] for c in ipr.get_classes(self._index)
-                if c["index"] == self._index and c["handle"] >> 16 == HTB_ROOT >> 16}
+        return {
+            c["handle"]
+            for c in ipr.get_classes(self._index)
+            if c["index"] == self._index and c["handle"] >> 16 == HTB_ROOT >> 16
+        }
 
     def _free_minor(self) -> int:
         taken = {handle & 0xFFFF for handle in self._class_handles(self._ipr)}

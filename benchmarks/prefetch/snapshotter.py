@@ -80,9 +80,12 @@ def counters(handler: Handler, reference: str) -> Counters | None:
     filesystems = handler.nydusd_api(reference, "/api/v1/metrics")
     try:
         return Counters(
-            sum(int(b["read_amount_total"]) for b in backends), sum(int(b["read_count"]) for b in backends),
-            sum(int(c["prefetch_data_amount"]) for c in caches), sum(int(c["prefetch_requests_count"]) for c in caches),
-            sum(sum(int(n) for n in f["read_latency_dist"][FAST_READ_BUCKETS:]) for f in filesystems))
+            sum(int(b["read_amount_total"]) for b in backends),
+            sum(int(b["read_count"]) for b in backends),
+            sum(int(c["prefetch_data_amount"]) for c in caches),
+            sum(int(c["prefetch_requests_count"]) for c in caches),
+            sum(sum(int(n) for n in f["read_latency_dist"][FAST_READ_BUCKETS:]) for f in filesystems),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotterError(f"nydusd's metrics for {reference} are not what 2.2.0 answers ({exc!r})") from None
 
@@ -100,8 +103,10 @@ def hand_over_list(handler: Handler, reference: str, list_file: Path) -> None:
     finally:
         connection.close()
     if response.status != 200:
-        raise SnapshotterError(f"{handler.name}: PUT /api/v1/prefetch answered HTTP {response.status} "
-                               f"{answer.decode(errors='replace')[:200]} (nydus-snapshotter 0.13.4 or newer has it)")
+        raise SnapshotterError(
+            f"{handler.name}: PUT /api/v1/prefetch answered HTTP {response.status} "
+            f"{answer.decode(errors='replace')[:200]} (nydus-snapshotter 0.13.4 or newer has it)"
+        )
 
 
 class ExistingSnapshotter:

@@ -42,6 +42,8 @@ def skip_reason(variant: Variant, found: Nydus, *, local: bool) -> str | None:
     if (missing := found.tools.missing) is not None:
         return missing
     if local and found.nydus_image_problem is not None:
-        return (f"no nydus image to pull: registry: local gets its nydus images from nydus-image "
-                f"({found.nydus_image_problem})")
+        return (
+            f"no nydus image to pull: registry: local gets its nydus images from nydus-image "
+            f"({found.nydus_image_problem})"
+        )
     return None

@@ -75,8 +75,10 @@ def read_list(path: Path) -> RecordedList:
     incomplete = incompleteness(data)
     paths = tuple(build.list_paths(text))
     if not paths:
-        raise CommandError(f"{path} names no file: nothing to prefetch (record the image again, or convert "
-                           "without a prefetch table with --no-list)")
+        raise CommandError(
+            f"{path} names no file: nothing to prefetch (record the image again, or convert "
+            "without a prefetch table with --no-list)"
+        )
     return RecordedList(path, paths, incomplete)
 
 
@@ -88,22 +90,44 @@ def default_list(persist_dir: str, source: str, workload: str = "", timeout: int
 
 
 def nydusify_command(nydusify: str, source: str, target: str, fs_version: str, extra: Sequence[str]) -> list[str]:
-    return [nydusify, "convert", "--source", source, "--target", target, "--fs-version", fs_version,
-            *extra, "--prefetch-patterns"]
+    return [
+        nydusify,
+        "convert",
+        "--source",
+        source,
+        "--target",
+        target,
+        "--fs-version",
+        fs_version,
+        *extra,
+        "--prefetch-patterns",
+    ]
 
 
-def convert(source: str, target: str, listed: Sequence[str] | None, *, nydus_image: str,
-            source_insecure: bool = False, target_insecure: bool = False, platform: tuple[str, str] | None = None,
-            work_dir: Path | None = None, reorder: bool = True,
-            say: Callable[[str], None] = lambda line: None) -> Converted:
+def convert(
+    source: str,
+    target: str,
+    listed: Sequence[str] | None,
+    *,
+    nydus_image: str,
+    source_insecure: bool = False,
+    target_insecure: bool = False,
+    platform: tuple[str, str] | None = None,
+    work_dir: Path | None = None,
+    reorder: bool = True,
+    say: Callable[[str], None] = lambda line: None,
+) -> Converted:
     """The built-in converter: `source` from its registry, the nydus image (prefetch table `listed`, or none) to
     `target`; with `reorder` (and a list) the listed files lead each blob, else the blob keeps the layer's order."""
     source_ref, target_ref = reference.parse(source), reference.parse(target)
     if not target_ref.tag:
         raise UsageError(f"--target {target}: name a tag to push to, not a digest")
     source_registry = Registry(source_ref.domain, insecure=source_insecure)
-    target_registry = (source_registry if (target_ref.domain, target_insecure) == (source_ref.domain, source_insecure)
-                       else Registry(target_ref.domain, insecure=target_insecure))
+    target_registry = (
+        source_registry
+        if (target_ref.domain, target_insecure) == (source_ref.domain, source_insecure)
+        else Registry(target_ref.domain, insecure=target_insecure)
+    )
     with tempfile.TemporaryDirectory(prefix="nriopt-convert-", dir=work_dir) as work:
         pulled, built = Path(work) / "source", Path(work) / "nydus"
         say(f"pulling {source_ref}")
@@ -125,37 +149,68 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--source", required=True, help="the image to convert (a registry reference)")
     parser.add_argument("--target", required=True, help="where to push the nydus image (a reference with a tag)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--list", dest="list_file", help="the recorded list (default: the plugin's result for "
-                       "--source under persist_dir)")
+    which.add_argument(
+        "--list",
+        dest="list_file",
+        help="the recorded list (default: the plugin's result for --source under persist_dir)",
+    )
     which.add_argument("--no-list", action="store_true", help="no prefetch table")
-    parser.add_argument("--no-reorder", dest="reorder", action="store_false", help="the list as the prefetch table "
-                        "only: each blob keeps its layer's order (built-in converter; default: the listed files lead "
-                        "the blob, in list order)")
-    which.add_argument("--from-registry", action="store_true", help="the lists nodes attached to --source in its "
-                       "registry, merged (nri-optimizer pull-list --merge: written as --source's result under "
-                       "persist_dir first)")
-    parser.add_argument("--workload", default="", help="the list of this workload of the image (the daemon's "
-                        "workload_key), not the image's own")
-    parser.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default: %(default)s;"
-                        " the built-in converter writes 6)")
-    parser.add_argument("--source-insecure", action="store_true", help="the source registry may be plain HTTP or "
-                        "have a certificate that does not verify")
+    parser.add_argument(
+        "--no-reorder",
+        dest="reorder",
+        action="store_false",
+        help="the list as the prefetch table "
+        "only: each blob keeps its layer's order (built-in converter; default: the listed files lead "
+        "the blob, in list order)",
+    )
+    which.add_argument(
+        "--from-registry",
+        action="store_true",
+        help="the lists nodes attached to --source in its "
+        "registry, merged (nri-optimizer pull-list --merge: written as --source's result under "
+        "persist_dir first)",
+    )
+    parser.add_argument(
+        "--workload",
+        default="",
+        help="the list of this workload of the image (the daemon's workload_key), not the image's own",
+    )
+    parser.add_argument(
+        "--fs-version",
+        default="6",
+        choices=["5", "6"],
+        help="RAFS version (default: %(default)s; the built-in converter writes 6)",
+    )
+    parser.add_argument(
+        "--source-insecure",
+        action="store_true",
+        help="the source registry may be plain HTTP or have a certificate that does not verify",
+    )
     parser.add_argument("--target-insecure", action="store_true", help="the same, for the target registry")
-    parser.add_argument("--platform", help="OS/ARCH of a multi-platform source (default: this machine's, "
-                        f"{'/'.join(host_platform_name())})")
+    parser.add_argument(
+        "--platform",
+        help=f"OS/ARCH of a multi-platform source (default: this machine's, {'/'.join(host_platform_name())})",
+    )
     parser.add_argument("--work-dir", type=Path, help="where the layers are unpacked (default: $TMPDIR)")
     parser.add_argument("--config", help=f"TOML config file, for persist_dir (default: {cfg.DEFAULT_CONFIG_FILE})")
     parser.add_argument("--persist-dir", dest="persist_dir", default=argparse.SUPPRESS)
     converter = parser.add_mutually_exclusive_group()
     converter.add_argument("--nydusify", help="convert with this nydusify (default: nydusify from PATH if there)")
-    converter.add_argument("--nydus-image", help="convert with this nydus-image (default: from PATH, else "
-                           f"{tool.tools_bin()})")
+    converter.add_argument(
+        "--nydus-image", help=f"convert with this nydus-image (default: from PATH, else {tool.tools_bin()})"
+    )
     own, extra = _split_extra(argv)
     args = parser.parse_args(own)
     if args.from_registry:
         flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir")}
-        args.list_file = pull_list.pull(args.source, merge=True, insecure=args.source_insecure,
-                                        platform=args.platform, workload=args.workload, flags=flags).path
+        args.list_file = pull_list.pull(
+            args.source,
+            merge=True,
+            insecure=args.source_insecure,
+            platform=args.platform,
+            workload=args.workload,
+            flags=flags,
+        ).path
     recorded = None if args.no_list else read_list(Path(_list_file(args)))
     if recorded is not None and recorded.incomplete is not None:
         _warn(f"{recorded.path} is incomplete ({recorded.incomplete}): the prefetch table gets the files it has")
@@ -168,9 +223,18 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError(f"--fs-version {args.fs_version}: the built-in converter (nydus-image) writes RAFS v6 only")
     nydus_image = tool.find("nydus-image", args.nydus_image)
     _show_library_warnings()
-    converted = convert(args.source, args.target, recorded.paths if recorded else None, nydus_image=nydus_image,
-                        source_insecure=args.source_insecure, target_insecure=args.target_insecure,
-                        platform=_platform(args.platform), work_dir=args.work_dir, reorder=args.reorder, say=_say)
+    converted = convert(
+        args.source,
+        args.target,
+        recorded.paths if recorded else None,
+        nydus_image=nydus_image,
+        source_insecure=args.source_insecure,
+        target_insecure=args.target_insecure,
+        platform=_platform(args.platform),
+        work_dir=args.work_dir,
+        reorder=args.reorder,
+        say=_say,
+    )
     table = converted.build
     if recorded is None:
         summary = "no prefetch table"
@@ -192,8 +256,9 @@ def _list_file(args: argparse.Namespace) -> str:
     config = cfg.load_config(flags)
     found = default_list(config.persist_dir, args.source, args.workload, config.timeout)
     if not os.path.isfile(found):
-        raise UsageError(f"no recorded list at {found}; record one first (nri-optimizer profile {args.source}) "
-                         "or pass --list")
+        raise UsageError(
+            f"no recorded list at {found}; record one first (nri-optimizer profile {args.source}) or pass --list"
+        )
     return found
 
 
@@ -207,9 +272,12 @@ def _nydusify(explicit: str | None) -> str | None:
 
 
 def _run_nydusify(nydusify: str, args: argparse.Namespace, extra: list[str], recorded: RecordedList | None) -> int:
-    flags = [*(["--source-insecure"] if args.source_insecure else []),
-             *(["--target-insecure"] if args.target_insecure else []),
-             *(["--platform", args.platform] if args.platform else []), *extra]
+    flags = [
+        *(["--source-insecure"] if args.source_insecure else []),
+        *(["--target-insecure"] if args.target_insecure else []),
+        *(["--platform", args.platform] if args.platform else []),
+        *extra,
+    ]
     command = nydusify_command(nydusify, args.source, args.target, args.fs_version, flags)
     if recorded is None:
         command.remove("--prefetch-patterns")

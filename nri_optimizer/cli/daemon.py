@@ -63,16 +63,31 @@ def daemon_parser() -> argparse.ArgumentParser:
     parser.add_argument("--persist-dir", dest="persist_dir", help="directory for the accessed-file lists")
     parser.add_argument("--readable", type=_bool, nargs="?", const=True, help="human units in the CSV file")
     parser.add_argument("--timeout", type=int, help="seconds to trace each container; 0 traces until it stops")
-    parser.add_argument("--overwrite", type=_bool, nargs="?", const=True,
-                        help="upstream's spelling of --on-repeat replace (true) or keep (false)")
-    repeat = parser.add_argument_group("images traced again (README.md \"Result files\")")
-    repeat.add_argument("--on-repeat", dest="on_repeat", choices=cfg.ON_REPEAT,
-                        help="what a new run does to an image's result: keep the first (default), replace it, or "
-                        "merge the latest runs")
-    repeat.add_argument("--merge-window", dest="merge_window", type=int,
-                        help="runs merged into the list with --on-repeat merge (default: 5)")
-    repeat.add_argument("--workload-key", dest="workload_key",
-                        help='one list per workload: "container-name" or "label:KEY" (a pod label)')
+    parser.add_argument(
+        "--overwrite",
+        type=_bool,
+        nargs="?",
+        const=True,
+        help="upstream's spelling of --on-repeat replace (true) or keep (false)",
+    )
+    repeat = parser.add_argument_group('images traced again (README.md "Result files")')
+    repeat.add_argument(
+        "--on-repeat",
+        dest="on_repeat",
+        choices=cfg.ON_REPEAT,
+        help="what a new run does to an image's result: keep the first (default), replace it, or merge the latest runs",
+    )
+    repeat.add_argument(
+        "--merge-window",
+        dest="merge_window",
+        type=int,
+        help="runs merged into the list with --on-repeat merge (default: 5)",
+    )
+    repeat.add_argument(
+        "--workload-key",
+        dest="workload_key",
+        help='one list per workload: "container-name" or "label:KEY" (a pod label)',
+    )
     parser.add_argument("--socket", help=f"NRI socket to connect to in external mode (default: {cfg.Config.socket})")
     parser.add_argument("--config", help=f"TOML config file (default: {cfg.DEFAULT_CONFIG_FILE} if it exists)")
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error (default: info)")
@@ -80,21 +95,32 @@ def daemon_parser() -> argparse.ArgumentParser:
     chosen = parser.add_argument_group("which containers are traced (patterns: comma-separated, shell-style)")
     chosen.add_argument("--mode", help='"all" (default) or "opt-in" (only pods annotated to be traced)')
     for key, what in (("namespace", "pod namespaces"), ("image", "full image names")):
-        chosen.add_argument(f"--{key}-include", dest=f"{key}_include", type=_comma_list,
-                            help=f"trace only {what} matching one of these")
-        chosen.add_argument(f"--{key}-exclude", dest=f"{key}_exclude", type=_comma_list,
-                            help=f"never trace {what} matching one of these")
-    parser.add_argument("--metrics-address", dest="metrics_address",
-                        help="serve Prometheus metrics on this unix socket path or IP:PORT (default: none)")
-    parser.add_argument("--stall-timeout", dest="stall_timeout", type=int,
-                        help="seconds a silent trace server may leave a request unanswered before it is replaced")
+        chosen.add_argument(
+            f"--{key}-include", dest=f"{key}_include", type=_comma_list, help=f"trace only {what} matching one of these"
+        )
+        chosen.add_argument(
+            f"--{key}-exclude",
+            dest=f"{key}_exclude",
+            type=_comma_list,
+            help=f"never trace {what} matching one of these",
+        )
+    parser.add_argument(
+        "--metrics-address",
+        dest="metrics_address",
+        help="serve Prometheus metrics on this unix socket path or IP:PORT (default: none)",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        dest="stall_timeout",
+        type=int,
+        help="seconds a silent trace server may leave a request unanswered before it is replaced",
+    )
     return parser
 
 
 def _go_style(argv: Sequence[str]) -> list[str]:
     """Upstream's flag library also takes one dash (-persist-dir); argparse wants two."""
     return ["-" + arg if re.match(r"-[a-z][a-z-]+(=|$)", arg) else arg for arg in argv]
-
 
 
 def identity(flags: dict[str, Any]) -> Identity:
@@ -163,4 +189,3 @@ async def _until_signal(main: Any) -> None:
         await task
     except asyncio.CancelledError:
         log.info("terminating on signal")
-

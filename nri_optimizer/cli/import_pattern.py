@@ -29,13 +29,23 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Write the files a running nydusd saw read, in the order it first saw each, as a list "
-        "(one path a line) that convert --list takes.")
-    parser.add_argument("--api-sock", required=True, type=Path, metavar="SOCKET",
-                        help="nydusd's API socket (its --apisock; nydus-snapshotter: <root>/socket/<id>/api.sock)")
-    parser.add_argument("--bootstrap", type=Path, help="the image's bootstrap, for the inodes' paths (default: "
-                        "the one nydusd serves, from its command line)")
-    parser.add_argument("--nydus-image", help=f"nydus-image to read the bootstrap with (default: from PATH, else "
-                        f"{tool.tools_bin()})")
+        "(one path a line) that convert --list takes.",
+    )
+    parser.add_argument(
+        "--api-sock",
+        required=True,
+        type=Path,
+        metavar="SOCKET",
+        help="nydusd's API socket (its --apisock; nydus-snapshotter: <root>/socket/<id>/api.sock)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=Path,
+        help="the image's bootstrap, for the inodes' paths (default: the one nydusd serves, from its command line)",
+    )
+    parser.add_argument(
+        "--nydus-image", help=f"nydus-image to read the bootstrap with (default: from PATH, else {tool.tools_bin()})"
+    )
     parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the list here (default: stdout)")
     args = parser.parse_args(argv)
     listed, unknown = import_pattern(args.api_sock, bootstrap_path=args.bootstrap, nydus_image=args.nydus_image)
@@ -51,8 +61,9 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def import_pattern(api_socket: Path, *, bootstrap_path: Path | None = None,
-                   nydus_image: str | None = None) -> tuple[list[str], list[int]]:
+def import_pattern(
+    api_socket: Path, *, bootstrap_path: Path | None = None, nydus_image: str | None = None
+) -> tuple[list[str], list[int]]:
     """(the list, inode numbers the bootstrap has no path for) of the nydusd on `api_socket`."""
     pattern = daemon.access_pattern(api_socket)
     boot = bootstrap_path or daemon.serving_bootstrap(api_socket)

@@ -43,8 +43,10 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     flags = {key: value for key, value in vars(args).items() if key in ("config", "persist_dir") and value}
     persist_dir = cfg.load_config(flags).persist_dir
-    found = sorted((r for r in recorded(persist_dir) if args.workload in (None, r.workload)),
-                   key=lambda r: (r.image, r.workload or ""))
+    found = sorted(
+        (r for r in recorded(persist_dir) if args.workload in (None, r.workload)),
+        key=lambda r: (r.image, r.workload or ""),
+    )
     if args.json:
         json.dump([asdict(r) for r in found], sys.stdout, indent=2)
         print()
@@ -92,9 +94,25 @@ def print_table(found: Sequence[Recorded]) -> None:
     for r in found:
         size = "-" if r.bytes is None else readable_size(r.bytes)
         name = r.image + (WORKLOAD_SEPARATOR + r.workload if r.workload else "")
-        rows.append((name, str(r.files), size, r.recorded.replace("T", " ").rstrip("Z"),
-                     "yes" if r.incomplete is None else f"no: {r.incomplete}"))
+        rows.append(
+            (
+                name,
+                str(r.files),
+                size,
+                r.recorded.replace("T", " ").rstrip("Z"),
+                "yes" if r.incomplete is None else f"no: {r.incomplete}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join([row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]),
-                         row[3].ljust(widths[3]), row[4]]).rstrip())
+        print(
+            "  ".join(
+                [
+                    row[0].ljust(widths[0]),
+                    row[1].rjust(widths[1]),
+                    row[2].rjust(widths[2]),
+                    row[3].ljust(widths[3]),
+                    row[4],
+                ]
+            ).rstrip()
+        )

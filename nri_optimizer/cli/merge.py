@@ -22,17 +22,33 @@ def main(argv: Sequence[str]) -> int:
         "files ordered by their median rank of first access over the runs that read them; ties go to the file "
         "more runs read, then to the one that comes first in the earliest list given.",
     )
-    parser.add_argument("lists", nargs="+", metavar="LIST", help="a run's list (the plugin's result file; its "
-                        ".csv beside it gives sizes and times)")
+    parser.add_argument(
+        "lists",
+        nargs="+",
+        metavar="LIST",
+        help="a run's list (the plugin's result file; its .csv beside it gives sizes and times)",
+    )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("-o", "--output", metavar="FILE",
-                       help="the merged list; FILE.csv and FILE.json are written beside it")
-    where.add_argument("--image", help="write the merged list as this image's result in persist_dir, where the "
-                       "daemon keeps it and convert finds it")
-    parser.add_argument("--workload", default="", help="with --image: as the result of this workload of the image "
-                        "(the daemon's workload_key)")
-    parser.add_argument("--min-runs", type=int, default=1, metavar="K",
-                        help="drop files that fewer than K of the runs read (default: %(default)s, keep all)")
+    where.add_argument(
+        "-o", "--output", metavar="FILE", help="the merged list; FILE.csv and FILE.json are written beside it"
+    )
+    where.add_argument(
+        "--image",
+        help="write the merged list as this image's result in persist_dir, where the "
+        "daemon keeps it and convert finds it",
+    )
+    parser.add_argument(
+        "--workload",
+        default="",
+        help="with --image: as the result of this workload of the image (the daemon's workload_key)",
+    )
+    parser.add_argument(
+        "--min-runs",
+        type=int,
+        default=1,
+        metavar="K",
+        help="drop files that fewer than K of the runs read (default: %(default)s, keep all)",
+    )
     parser.add_argument("--config", help=f"TOML config file, for persist_dir (default: {cfg.DEFAULT_CONFIG_FILE})")
     parser.add_argument("--persist-dir", dest="persist_dir", default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -55,8 +71,14 @@ def main(argv: Sequence[str]) -> int:
     written = record(persist_dir, result, merged.entries, readable=False, on_repeat="replace", window=1)
     without_csv = [path for path, run in zip(args.lists, runs, strict=True) if not run.detailed]
     if without_csv:
-        print(f"nri-optimizer merge: no plain-units CSV beside {', '.join(without_csv)}: sizes and times from "
-              "the other runs only (0 where none has them)", file=sys.stderr)
-    print(f"nri-optimizer merge: {len(runs)} runs -> {written.listed} files in {written.path} ({merged.dropped} read "
-          f"by fewer than {args.min_runs} runs dropped)", file=sys.stderr)
+        print(
+            f"nri-optimizer merge: no plain-units CSV beside {', '.join(without_csv)}: sizes and times from "
+            "the other runs only (0 where none has them)",
+            file=sys.stderr,
+        )
+    print(
+        f"nri-optimizer merge: {len(runs)} runs -> {written.listed} files in {written.path} ({merged.dropped} read "
+        f"by fewer than {args.min_runs} runs dropped)",
+        file=sys.stderr,
+    )
     return 0

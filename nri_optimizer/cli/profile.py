@@ -41,7 +41,6 @@ REGISTER_TIMEOUT = 5.0
 POLL = 0.1
 
 
-
 @dataclass(frozen=True)
 class StopCondition:
     period: float | None = None
@@ -68,16 +67,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stop.add_argument("--period", type=float, metavar="SECONDS", help="trace this long after the start")
     stop.add_argument("--wait-on-line", metavar="TEXT", help="until the container prints a line containing TEXT")
     stop.add_argument("--wait-on-url", metavar="URL", help="until URL answers 2xx or 3xx (pods use the host network)")
-    stop.add_argument("--deadline", type=float, default=600.0, metavar="SECONDS",
-                      help="stop anyway after this long (default: %(default)s)")
+    stop.add_argument(
+        "--deadline",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="stop anyway after this long (default: %(default)s)",
+    )
     workload = parser.add_argument_group("the container")
-    workload.add_argument("--cmd", type=shlex.split, metavar="COMMAND",
-                          help="command line, replacing the image's entrypoint (split like a shell would)")
-    workload.add_argument("--args", type=shlex.split, metavar="ARGS",
-                          help="arguments, replacing the image's cmd (split like a shell would)")
+    workload.add_argument(
+        "--cmd",
+        type=shlex.split,
+        metavar="COMMAND",
+        help="command line, replacing the image's entrypoint (split like a shell would)",
+    )
+    workload.add_argument(
+        "--args",
+        type=shlex.split,
+        metavar="ARGS",
+        help="arguments, replacing the image's cmd (split like a shell would)",
+    )
     workload.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
-    workload.add_argument("--cgroup-parent", default="", metavar="PATH",
-                          help="pod cgroup parent (default: the runtime's; with the systemd driver, a slice)")
+    workload.add_argument(
+        "--cgroup-parent",
+        default="",
+        metavar="PATH",
+        help="pod cgroup parent (default: the runtime's; with the systemd driver, a slice)",
+    )
     workload.add_argument("--mount", action="append", default=[], metavar="HOST:CONTAINER[:ro]", help="bind mount")
     results = parser.add_argument_group("results (defaults from the config file, as the daemon)")
     results.add_argument("--config", help=f"TOML config file (default: {cfg.DEFAULT_CONFIG_FILE} if it exists)")
@@ -94,9 +110,19 @@ def run(args: argparse.Namespace, config: cfg.Config) -> int:
     # The list must be the container's own and the image's own (a profile is no workload's), whatever the config
     # says about keeping or merging runs or about which containers the daemon traces; and the daemon's metrics
     # endpoint stays the daemon's.
-    config = dataclasses.replace(config, on_repeat="replace", overwrite=True, timeout=0, workload_key="",
-                                 metrics_address="", mode="all", namespace_include=(), namespace_exclude=(),
-                                 image_include=(), image_exclude=())
+    config = dataclasses.replace(
+        config,
+        on_repeat="replace",
+        overwrite=True,
+        timeout=0,
+        workload_key="",
+        metrics_address="",
+        mode="all",
+        namespace_include=(),
+        namespace_exclude=(),
+        image_include=(),
+        image_exclude=(),
+    )
     profiler = Profiler(args, config, condition, env, mounts)
     entries, path = asyncio.run(profiler.run())
     for line in entries:
@@ -124,8 +150,14 @@ def _mount(text: str) -> Any:
 
 
 class Profiler:
-    def __init__(self, args: argparse.Namespace, config: cfg.Config, condition: StopCondition,
-                 env: dict[str, str], mounts: list[Any]) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        config: cfg.Config,
+        condition: StopCondition,
+        env: dict[str, str],
+        mounts: list[Any],
+    ) -> None:
         self.args = args
         self.config = config
         self.condition = condition
@@ -151,11 +183,15 @@ class Profiler:
         try:
             await asyncio.to_thread(cri.version)
         except CriError as exc:
-            raise CommandError(f"cannot reach the container runtime at {self.args.runtime_endpoint}: "
-                               f"{exc.message or exc.code.name}; is containerd running? (--runtime-endpoint)") from None
+            raise CommandError(
+                f"cannot reach the container runtime at {self.args.runtime_endpoint}: "
+                f"{exc.message or exc.code.name}; is containerd running? (--runtime-endpoint)"
+            ) from None
         if not await asyncio.to_thread(cri.image_status, self.args.image):
-            raise CommandError(f"image {self.args.image} is not present; pull it first "
-                               f"(e.g. ctr -n k8s.io images pull {self.args.image})")
+            raise CommandError(
+                f"image {self.args.image} is not present; pull it first "
+                f"(e.g. ctr -n k8s.io images pull {self.args.image})"
+            )
         optimizer = Plugin(self.config, prelaunched=False, select=self._ours, on_done=self._on_done, journal=False)
         stub = Stub(optimizer, Identity(f"nri-optimizer-profile-{os.getpid()}", "99"))
         await self._check_nri_socket()
@@ -165,13 +201,16 @@ class Profiler:
             try:
                 await asyncio.wait_for(stub.registered.wait(), REGISTER_TIMEOUT)
             except TimeoutError:
-                raise CommandError(f"containerd did not register us as an NRI plugin within {REGISTER_TIMEOUT:g} s "
-                                   f"on {self.args.nri_socket}") from None
+                raise CommandError(
+                    f"containerd did not register us as an NRI plugin within {REGISTER_TIMEOUT:g} s "
+                    f"on {self.args.nri_socket}"
+                ) from None
             try:
                 await optimizer.tracer_started()
             except (TraceError, OSError) as exc:
-                raise CommandError(f"cannot start the trace server {self.config.server_path}: "
-                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+                raise CommandError(
+                    f"cannot start the trace server {self.config.server_path}: {getattr(exc, 'strerror', None) or exc}"
+                ) from None
             with tempfile.TemporaryDirectory(prefix="nri-optimizer-profile-") as logs:
                 pod, cid = await self._start(cri, Path(logs))
                 why = await self._wait(cri, cid, Path(logs) / "workload.log", optimizer)
@@ -204,20 +243,25 @@ class Profiler:
         except OSError as exc:
             raise CommandError(
                 f"cannot connect to the NRI socket {self.args.nri_socket}: {exc.strerror or exc}; enable NRI and "
-                "external plugins in containerd's config ([plugins.\"io.containerd.nri.v1.nri\"] disable = false, "
+                'external plugins in containerd\'s config ([plugins."io.containerd.nri.v1.nri"] disable = false, '
                 "disable_connections = false) or pass --nri-socket"
             ) from None
         writer.close()
 
     async def _start(self, cri: Any, logs: Path) -> tuple[Any, str]:
         name = f"nri-optimizer-profile-{secrets.token_hex(4)}"
-        pod = await asyncio.to_thread(
-            cri.run_pod, name, log_directory=str(logs), cgroup_parent=self.args.cgroup_parent
-        )
+        pod = await asyncio.to_thread(cri.run_pod, name, log_directory=str(logs), cgroup_parent=self.args.cgroup_parent)
         self.pod_id = pod.id
         cid = await asyncio.to_thread(
-            cri.create_container, pod, "workload", self.args.image, command=self.args.cmd, args=self.args.args,
-            env=self.env, mounts=self.mounts, log_path="workload.log",
+            cri.create_container,
+            pod,
+            "workload",
+            self.args.image,
+            command=self.args.cmd,
+            args=self.args.args,
+            env=self.env,
+            mounts=self.mounts,
+            log_path="workload.log",
         )
         await asyncio.to_thread(cri.start_container, cid)
         return pod, cid
@@ -235,8 +279,10 @@ class Profiler:
                     print(f"\r{optimizer.recorded(cid) or 0} files recorded, {elapsed:.1f} s", end="", file=sys.stderr)
                 if condition.period is not None and elapsed >= condition.period:
                     return "period"
-                if condition.line is not None and log_file.exists() and any(
-                    condition.line in line for line in read_log(log_file)
+                if (
+                    condition.line is not None
+                    and log_file.exists()
+                    and any(condition.line in line for line in read_log(log_file))
                 ):
                     return "line seen"
                 if condition.url is not None and await asyncio.to_thread(_answers, condition.url):

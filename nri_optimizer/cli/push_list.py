@@ -36,13 +36,20 @@ NODE_NAME_VARIABLE = "NODE_NAME"  # what a DaemonSet sets from the downward API 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """IMAGE and the options push-list and pull-list share: where the registry is, which list, which config."""
     parser.add_argument("image", metavar="IMAGE", help="the image, as its registry names it (a tag or a digest)")
-    parser.add_argument("--insecure", action="store_true", help="the registry may be plain HTTP or have a "
-                        "certificate that does not verify")
-    parser.add_argument("--platform", help="OS/ARCH whose manifest the list belongs to, for a multi-platform image "
-                        f"(default: this machine's, {'/'.join(host_platform_name())})")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="the registry may be plain HTTP or have a certificate that does not verify",
+    )
+    parser.add_argument(
+        "--platform",
+        help="OS/ARCH whose manifest the list belongs to, for a multi-platform image "
+        f"(default: this machine's, {'/'.join(host_platform_name())})",
+    )
     parser.add_argument("--workload", default="", help="a workload's own list of the image (workload_key)")
-    parser.add_argument("--config", help=f"TOML config file, for persist_dir and timeout (default: "
-                        f"{cfg.DEFAULT_CONFIG_FILE})")
+    parser.add_argument(
+        "--config", help=f"TOML config file, for persist_dir and timeout (default: {cfg.DEFAULT_CONFIG_FILE})"
+    )
     parser.add_argument("--persist-dir", dest="persist_dir", default=argparse.SUPPRESS)
 
 
@@ -102,11 +109,17 @@ def main(argv: Sequence[str]) -> int:
         "--from-registry).",
     )
     add_image_arguments(parser)
-    parser.add_argument("--list", dest="list_file", help="the list to push (default: the plugin's result for IMAGE "
-                        "under persist_dir); FILE.csv and FILE.json beside it go too")
-    parser.add_argument("--node", default=os.environ.get(NODE_NAME_VARIABLE) or socket.gethostname(),
-                        help=f"the node the list was recorded on (default: ${NODE_NAME_VARIABLE}, else the host "
-                        "name: %(default)s)")
+    parser.add_argument(
+        "--list",
+        dest="list_file",
+        help="the list to push (default: the plugin's result for IMAGE "
+        "under persist_dir); FILE.csv and FILE.json beside it go too",
+    )
+    parser.add_argument(
+        "--node",
+        default=os.environ.get(NODE_NAME_VARIABLE) or socket.gethostname(),
+        help=f"the node the list was recorded on (default: ${NODE_NAME_VARIABLE}, else the host name: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if not args.node:
         raise UsageError("--node: a node name must not be empty")
@@ -119,8 +132,9 @@ def main(argv: Sequence[str]) -> int:
         image, list_path = here.image, here.result_path
     files = _read_files(list_path)  # without a list there is nothing to ask the registry
     attached_to = subject(image, insecure=args.insecure, platform_text=args.platform)
-    published = artifacts.push_list(attached_to, files, name=os.path.basename(list_path), node=args.node,
-                                    workload=args.workload)
+    published = artifacts.push_list(
+        attached_to, files, name=os.path.basename(list_path), node=args.node, workload=args.workload
+    )
     where = f"{attached_to.registry.domain}/{attached_to.repository}@{published.digest}"
     if published.unchanged:
         _say(f"{where} is node {args.node}'s newest list of {image} there, and it is this list: nothing pushed")
@@ -137,8 +151,9 @@ def _read_files(list_path: str) -> artifacts.ListFiles:
     except (OSError, ResultError) as exc:
         raise UsageError(f"cannot read the list {list_path}: {getattr(exc, 'strerror', None) or exc}") from None
     if "" not in files:
-        raise UsageError(f"no recorded list at {list_path}; record one first (nri-optimizer profile IMAGE) or pass "
-                         "--list")
+        raise UsageError(
+            f"no recorded list at {list_path}; record one first (nri-optimizer profile IMAGE) or pass --list"
+        )
     return artifacts.ListFiles(files[""], files.get(".csv"), files.get(".json"))
 
 

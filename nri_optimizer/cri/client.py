@@ -30,7 +30,6 @@ _STATE: dict[int, ContainerState] = {
 _Response = TypeVar("_Response")
 
 
-
 @dataclass(frozen=True)
 class Pod:
     """A running pod sandbox and the config it was created with (CreateContainer needs both)."""

@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 
 
-
 class Unimplemented(Exception):
     """Raised by a handler for a service or method it does not serve: answered with code 12."""
 
@@ -140,9 +139,14 @@ class Connection:
                 reply = ttrpc.encode_response(message.stream_id, code=ttrpc.Code.UNKNOWN, message=str(exc))
             else:
                 reply = ttrpc.encode_response(message.stream_id, payload)
-            log.debug("%s/%s (stream %d): waited %.2f ms for the loop, answered in %.2f ms", request.service,
-                      request.method, message.stream_id, (started_ns - arrived_ns) / 1e6,
-                      (time.monotonic_ns() - started_ns) / 1e6)
+            log.debug(
+                "%s/%s (stream %d): waited %.2f ms for the loop, answered in %.2f ms",
+                request.service,
+                request.method,
+                message.stream_id,
+                (started_ns - arrived_ns) / 1e6,
+                (time.monotonic_ns() - started_ns) / 1e6,
+            )
         self._send(self._server_conn, reply)
 
     def _send(self, conn_id: int, message: bytes) -> None:

@@ -26,7 +26,6 @@ MAX_SEND_PAYLOAD = 4096
 MAX_RECEIVE_PAYLOAD = 10 + (4 << 20)
 
 
-
 def encode_frames(conn_id: int, data: bytes) -> bytes:
     """Frame ``data`` for ``conn_id``, in frames of at most MAX_SEND_PAYLOAD bytes.
 

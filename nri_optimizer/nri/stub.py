@@ -52,7 +52,6 @@ RECONNECT_BACKOFF_FIRST = 0.05
 RECONNECT_BACKOFF_MAX = 0.5
 
 
-
 def tolerates_configure_errors(runtime_name: str, runtime_version: str) -> bool:
     """Whether the runtime survives a Configure error (it then drops the plugin and carries on).
 
@@ -61,7 +60,6 @@ def tolerates_configure_errors(runtime_name: str, runtime_version: str) -> bool:
     """
     major = re.match(r"v?([0-9]+)\.", runtime_version)
     return runtime_name == "containerd" and major is not None and int(major.group(1)) >= 2
-
 
 
 class Stub:

@@ -37,7 +37,6 @@ class Code(enum.IntEnum):
     UNAVAILABLE = 14
 
 
-
 @dataclass(frozen=True, slots=True)
 class Message:
     stream_id: int

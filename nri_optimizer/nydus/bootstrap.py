@@ -65,8 +65,9 @@ def prefetch_table(bootstrap: Path, *, nydus_image: str) -> list[PrefetchEntry]:
         table = json.loads(out)
         return [PrefetchEntry(int(row["inode"]), tuple(row["path"])) for row in table]
     except (ValueError, TypeError, KeyError) as exc:
-        raise ToolError(f"nydus-image inspect -R prefetch printed what we do not understand ({exc}): "
-                        f"{out[:200]!r}") from None
+        raise ToolError(
+            f"nydus-image inspect -R prefetch printed what we do not understand ({exc}): {out[:200]!r}"
+        ) from None
 
 
 def prefetch_paths(table: Iterable[PrefetchEntry]) -> list[str]:
@@ -109,8 +110,16 @@ def parse_check(out: str) -> dict[str, Inode]:
             if match is None:
                 raise ToolError(f"nydus-image check printed an inode line we do not understand: {line!r}")
             kind, path, ino, nlink, size, link, target, mtime = match.groups()
-            current = Inode(_unrust(path), kind, int(ino), int(nlink), int(size), int(mtime),
-                            None if link == "None" else _unrust(target), ())
+            current = Inode(
+                _unrust(path),
+                kind,
+                int(ino),
+                int(nlink),
+                int(size),
+                int(mtime),
+                None if link == "None" else _unrust(target),
+                (),
+            )
             chunks = []
     if current is not None:
         found[current.path] = _with_chunks(current, chunks)
@@ -141,16 +150,17 @@ def layout_breaks(layout: Mapping[str, Inode], listed: Sequence[str]) -> list[st
                 continue
             expected = ends.get(chunk.blob_index, 0)
             if chunk.compressed_offset != expected:
-                breaks.append(f"{path}: chunk at file offset {chunk.file_offset} is at blob {chunk.blob_index} "
-                              f"offset {chunk.compressed_offset}, expected {expected}")
+                breaks.append(
+                    f"{path}: chunk at file offset {chunk.file_offset} is at blob {chunk.blob_index} "
+                    f"offset {chunk.compressed_offset}, expected {expected}"
+                )
             placed.add(where)
             ends[chunk.blob_index] = chunk.compressed_offset + chunk.compressed_size
     return breaks
 
 
 def _with_chunks(inode: Inode, chunks: Sequence[Chunk]) -> Inode:
-    return Inode(inode.path, inode.kind, inode.ino, inode.nlink, inode.size, inode.mtime, inode.symlink,
-                 tuple(chunks))
+    return Inode(inode.path, inode.kind, inode.ino, inode.nlink, inode.size, inode.mtime, inode.symlink, tuple(chunks))
 
 
 def _unrust(quoted: str) -> str:

@@ -82,8 +82,15 @@ def list_paths(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("/")]
 
 
-def build_image(layers: Sequence[Path], out_dir: Path, *, listed: Sequence[str] | None, nydus_image: str,
-                reorder: bool = True, blob_dir: Path | None = None) -> ImageBuild:
+def build_image(
+    layers: Sequence[Path],
+    out_dir: Path,
+    *,
+    listed: Sequence[str] | None,
+    nydus_image: str,
+    reorder: bool = True,
+    blob_dir: Path | None = None,
+) -> ImageBuild:
     """Build the image of `layers` (uncompressed tars, lowest first): ``layer-N.boot`` and ``image.boot`` into
     `out_dir`, the blobs into `blob_dir` (default ``out_dir/blobs``; an OCI layout's ``blobs/sha256`` takes them
     as they are). With `listed`, the prefetch table is the list (the module's rule) and, with `reorder`, each
@@ -93,21 +100,34 @@ def build_image(layers: Sequence[Path], out_dir: Path, *, listed: Sequence[str] 
     indexes = [_scan(layer) for layer in layers]
     prefetch, absent, empty = prefetch_list(indexes, listed or [])
     if absent:
-        log.warning("nydus build: %d listed paths are not in the image, left out of the prefetch table "
-                    "(first: %s)", len(absent), absent[0])
+        log.warning(
+            "nydus build: %d listed paths are not in the image, left out of the prefetch table (first: %s)",
+            len(absent),
+            absent[0],
+        )
     home = locate(indexes, prefetch)
     built = []
     for number, (layer, index) in enumerate(zip(layers, indexes, strict=True)):
         mine = [path for path in prefetch if home[path] == number] if listed is not None and reorder else None
-        built.append(build_layer(layer, out_dir / f"layer-{number}.boot", blob_dir, listed=mine, index=index,
-                                 nydus_image=nydus_image))
+        built.append(
+            build_layer(
+                layer, out_dir / f"layer-{number}.boot", blob_dir, listed=mine, index=index, nydus_image=nydus_image
+            )
+        )
     bootstrap = out_dir / "image.boot"
     merge(built, bootstrap, prefetch=prefetch if listed is not None else None, nydus_image=nydus_image)
     return ImageBuild(bootstrap, tuple(built), tuple(prefetch), tuple(absent), tuple(empty))
 
 
-def build_layer(layer: Path, bootstrap: Path, blob_dir: Path, *, listed: Sequence[str] | None,
-                nydus_image: str, index: LayerIndex | None = None) -> LayerBuild:
+def build_layer(
+    layer: Path,
+    bootstrap: Path,
+    blob_dir: Path,
+    *,
+    listed: Sequence[str] | None,
+    nydus_image: str,
+    index: LayerIndex | None = None,
+) -> LayerBuild:
     """One layer's blob (into `blob_dir`) and bootstrap; with `listed`, from the tar reordered to put them first."""
     with tempfile.TemporaryDirectory(prefix="nriopt-layer-", dir=bootstrap.parent) as work:
         source, report = layer, None if listed is None else tarorder.Report((), (), ())
@@ -116,9 +136,25 @@ def build_layer(layer: Path, bootstrap: Path, blob_dir: Path, *, listed: Sequenc
             with open(layer, "rb") as original, open(source, "wb") as ordered:
                 report = tarorder.reorder(original, ordered, listed, index)
         output = Path(work) / "create.json"
-        tool.run([nydus_image, "create", "--type", "tar-rafs", "--fs-version", "6", "--prefetch-policy", "none",
-                  "--bootstrap", str(bootstrap), "--blob-dir", str(blob_dir), "--output-json", str(output),
-                  str(source)])
+        tool.run(
+            [
+                nydus_image,
+                "create",
+                "--type",
+                "tar-rafs",
+                "--fs-version",
+                "6",
+                "--prefetch-policy",
+                "none",
+                "--bootstrap",
+                str(bootstrap),
+                "--blob-dir",
+                str(blob_dir),
+                "--output-json",
+                str(output),
+                str(source),
+            ]
+        )
         blobs = _output_blobs(output)
     if len(blobs) > 1:
         raise ToolError(f"nydus-image create made {len(blobs)} blobs of one layer ({layer}); expected at most one")
@@ -129,18 +165,30 @@ def build_layer(layer: Path, bootstrap: Path, blob_dir: Path, *, listed: Sequenc
     return LayerBuild(bootstrap, blob, report)
 
 
-def merge(layers: Sequence[LayerBuild], bootstrap: Path, *, prefetch: Sequence[str] | None,
-          nydus_image: str) -> None:
+def merge(layers: Sequence[LayerBuild], bootstrap: Path, *, prefetch: Sequence[str] | None, nydus_image: str) -> None:
     """The image's bootstrap from the layers' (lowest first), its prefetch table `prefetch` in order."""
-    digests = ",".join(layer.blob.digest.removeprefix("sha256:") if layer.blob else _NO_BLOB_DIGEST
-                       for layer in layers)
+    digests = ",".join(layer.blob.digest.removeprefix("sha256:") if layer.blob else _NO_BLOB_DIGEST for layer in layers)
     sizes = ",".join(str(layer.blob.size if layer.blob else 0) for layer in layers)
     policy = "none" if prefetch is None else "fs"
     with tempfile.TemporaryDirectory(prefix="nriopt-merge-", dir=bootstrap.parent) as work:
-        tool.run([nydus_image, "merge", "--prefetch-policy", policy, "--bootstrap", str(bootstrap),
-                  "--blob-digests", digests, "--blob-sizes", sizes,
-                  "--output-json", str(Path(work) / "merge.json"), *(str(layer.bootstrap) for layer in layers)],
-                 stdin="".join(f"{path}\n" for path in prefetch or []).encode(errors="surrogateescape"))
+        tool.run(
+            [
+                nydus_image,
+                "merge",
+                "--prefetch-policy",
+                policy,
+                "--bootstrap",
+                str(bootstrap),
+                "--blob-digests",
+                digests,
+                "--blob-sizes",
+                sizes,
+                "--output-json",
+                str(Path(work) / "merge.json"),
+                *(str(layer.bootstrap) for layer in layers),
+            ],
+            stdin="".join(f"{path}\n" for path in prefetch or []).encode(errors="surrogateescape"),
+        )
 
 
 def locate(indexes: Sequence[LayerIndex], paths: Sequence[str]) -> dict[str, int]:
@@ -191,7 +239,7 @@ def _whiteouts(index: LayerIndex) -> tuple[set[str], set[str]]:
 
 
 def _ancestors(path: str) -> list[str]:
-    """"/a/b/c" -> ["/a/b", "/a", "/"]."""
+    """ "/a/b/c" -> ["/a/b", "/a", "/"]."""
     found = []
     while path != "/":
         path = posixpath.dirname(path)
@@ -210,4 +258,3 @@ def _output_blobs(output: Path) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ToolError(f"nydus-image --output-json {output}: not what 2.2.0 writes ({exc})") from None
     return [str(blob) for blob in blobs]
-

@@ -79,8 +79,9 @@ def get(api_socket: Path, path: str, *, timeout: float = API_TIMEOUT) -> Any:
     finally:
         connection.close()
     if response.status != 200:
-        raise DaemonError(f"nydusd at {api_socket}: GET {path}: HTTP {response.status} "
-                          f"{body[:200].decode(errors='replace')}")
+        raise DaemonError(
+            f"nydusd at {api_socket}: GET {path}: HTTP {response.status} {body[:200].decode(errors='replace')}"
+        )
     if len(body) > _MAX_ANSWER:
         raise DaemonError(f"nydusd at {api_socket}: GET {path}: answer larger than {_MAX_ANSWER} bytes")
     try:
@@ -93,19 +94,27 @@ def access_pattern(api_socket: Path) -> list[Access]:
     """The files the daemon saw read, in the order of their first read (ties: by inode number)."""
     fs = get(api_socket, "/api/v1/metrics")
     if not isinstance(fs, dict) or not fs.get("access_pattern_enabled"):
-        raise DaemonError(f"nydusd at {api_socket} records no access pattern: its RAFS config needs "
-                          '"access_pattern": true')
+        raise DaemonError(
+            f'nydusd at {api_socket} records no access pattern: its RAFS config needs "access_pattern": true'
+        )
     return parse_pattern(get(api_socket, "/api/v1/metrics/pattern"))
 
 
 def parse_pattern(records: Any) -> list[Access]:
     """/api/v1/metrics/pattern's answer, in the order of first reads."""
     try:
-        found = [Access(int(r["first_access_time_secs"]) * 1_000_000_000 + int(r["first_access_time_nanos"]),
-                        int(r["ino"]), int(r["nr_read"])) for r in records]
+        found = [
+            Access(
+                int(r["first_access_time_secs"]) * 1_000_000_000 + int(r["first_access_time_nanos"]),
+                int(r["ino"]),
+                int(r["nr_read"]),
+            )
+            for r in records
+        ]
     except (TypeError, KeyError, ValueError) as exc:
-        raise DaemonError(f"nydusd's access pattern is not what 2.2.0 answers ({exc!r}): "
-                          f"{json.dumps(records)[:200]}") from None
+        raise DaemonError(
+            f"nydusd's access pattern is not what 2.2.0 answers ({exc!r}): {json.dumps(records)[:200]}"
+        ) from None
     return sorted(found)
 
 

@@ -123,14 +123,22 @@ def uncompressed_layers(source: SourceImage, work: Path) -> list[Path]:
         with _uncompressed(source.blob(layer["digest"]), layer["mediaType"]) as data, open(out, "wb") as tar:
             digest = _copy_hashing(data, tar)
         if f"sha256:{digest}" != diff_id:
-            raise ImageError(f"{source.layout}: layer {layer['digest']} uncompresses to sha256:{digest}, "
-                             f"the config says {diff_id}")
+            raise ImageError(
+                f"{source.layout}: layer {layer['digest']} uncompresses to sha256:{digest}, the config says {diff_id}"
+            )
         tars.append(out)
     return tars
 
 
-def convert_layout(source_layout: Path, out_layout: Path, *, listed: Sequence[str] | None, nydus_image: str,
-                   reorder: bool = True, ref_name: str | None = None) -> Converted:
+def convert_layout(
+    source_layout: Path,
+    out_layout: Path,
+    *,
+    listed: Sequence[str] | None,
+    nydus_image: str,
+    reorder: bool = True,
+    ref_name: str | None = None,
+) -> Converted:
     """The nydus image of the image in `source_layout`, written as an OCI image layout to `out_layout` (under the
     same ref.name, if it has one). `listed` and `reorder` as nri_optimizer.nydus.build.build_image."""
     source = read_layout(source_layout, ref_name)
@@ -138,8 +146,14 @@ def convert_layout(source_layout: Path, out_layout: Path, *, listed: Sequence[st
     blob_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nriopt-convert-", dir=out_layout) as scratch:
         work = Path(scratch)
-        build = build_image(uncompressed_layers(source, work), work, listed=listed, nydus_image=nydus_image,
-                            reorder=reorder, blob_dir=blob_dir)
+        build = build_image(
+            uncompressed_layers(source, work),
+            work,
+            listed=listed,
+            nydus_image=nydus_image,
+            reorder=reorder,
+            blob_dir=blob_dir,
+        )
         bootstrap, bootstrap_diff_id = bootstrap_layer(build.bootstrap, blob_dir)
     config = nydus_config(source.config, build, bootstrap_diff_id)
     config_descriptor = _write_blob(out_layout, _json_bytes(config), OCI_CONFIG)
@@ -147,16 +161,27 @@ def convert_layout(source_layout: Path, out_layout: Path, *, listed: Sequence[st
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": config_descriptor,
-        "layers": [*({"mediaType": NYDUS_BLOB, "digest": blob.digest, "size": blob.size,
-                      "annotations": {BLOB_ANNOTATION: "true"}} for blob in build.blobs), bootstrap],
+        "layers": [
+            *(
+                {
+                    "mediaType": NYDUS_BLOB,
+                    "digest": blob.digest,
+                    "size": blob.size,
+                    "annotations": {BLOB_ANNOTATION: "true"},
+                }
+                for blob in build.blobs
+            ),
+            bootstrap,
+        ],
     }
     descriptor = _write_blob(out_layout, _json_bytes(manifest), OCI_MANIFEST)
     name = ref_name or _ref_name(source_layout)
     if name:
         descriptor["annotations"] = {REF_NAME: name}
     (out_layout / "oci-layout").write_bytes(_json_bytes({"imageLayoutVersion": "1.0.0"}))
-    (out_layout / "index.json").write_bytes(_json_bytes({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                                                         "manifests": [descriptor]}))
+    (out_layout / "index.json").write_bytes(
+        _json_bytes({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]})
+    )
     return Converted(build, descriptor)
 
 
@@ -185,16 +210,19 @@ def bootstrap_layer(bootstrap: Path, blob_dir: Path) -> tuple[dict[str, Any], st
     finally:
         tar_path.unlink(missing_ok=True)
         gz_path.unlink(missing_ok=True)
-    descriptor = {"mediaType": OCI_LAYER_GZIP, "digest": f"sha256:{digest}", "size": size,
-                  "annotations": {BOOTSTRAP_ANNOTATION: "true", FS_VERSION_ANNOTATION: FS_VERSION}}
+    descriptor = {
+        "mediaType": OCI_LAYER_GZIP,
+        "digest": f"sha256:{digest}",
+        "size": size,
+        "annotations": {BOOTSTRAP_ANNOTATION: "true", FS_VERSION_ANNOTATION: FS_VERSION},
+    }
     return descriptor, f"sha256:{diff_id}"
 
 
 def nydus_config(source: Mapping[str, Any], build: ImageBuild, bootstrap_diff_id: str) -> dict[str, Any]:
     """The source config with the nydus image's rootfs and history (the module's rule)."""
     config: dict[str, Any] = json.loads(json.dumps(source))  # a deep copy of plain JSON
-    config["rootfs"] = {"type": "layers",
-                        "diff_ids": [*(blob.digest for blob in build.blobs), bootstrap_diff_id]}
+    config["rootfs"] = {"type": "layers", "diff_ids": [*(blob.digest for blob in build.blobs), bootstrap_diff_id]}
     history = config.get("history")
     if history is not None:
         filled = [layer.blob is not None for layer in build.layers]
@@ -254,4 +282,3 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _json_bytes(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-

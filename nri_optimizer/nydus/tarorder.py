@@ -100,20 +100,24 @@ def scan(layer: BinaryIO) -> LayerIndex:
             starts.extend(tar)
             end = tar.offset
             if tar.pax_headers:
-                raise TarOrderError("the layer has a global pax header, which applies to every entry after it; "
-                                    "reordering would change them (nydus-image 2.2.0 refuses it as well)")
+                raise TarOrderError(
+                    "the layer has a global pax header, which applies to every entry after it; "
+                    "reordering would change them (nydus-image 2.2.0 refuses it as well)"
+                )
     except tarfile.TarError as exc:
         raise TarOrderError(f"not an uncompressed tar: {exc}") from None
     entries = []
     for index, info in enumerate(starts):
-        entries.append(Entry(
-            path=normalise(info.name),
-            start=info.offset,
-            end=starts[index + 1].offset if index + 1 < len(starts) else end,
-            kind=_kind(info),
-            link=normalise(info.linkname) if info.islnk() else None,
-            size=info.size if info.isreg() else 0,
-        ))
+        entries.append(
+            Entry(
+                path=normalise(info.name),
+                start=info.offset,
+                end=starts[index + 1].offset if index + 1 < len(starts) else end,
+                kind=_kind(info),
+                link=normalise(info.linkname) if info.islnk() else None,
+                size=info.size if info.isreg() else 0,
+            )
+        )
     return LayerIndex(tuple(entries), end)
 
 
@@ -188,7 +192,7 @@ def _kind(info: tarfile.TarInfo) -> Kind:
 
 
 def _parents(path: str) -> list[str]:
-    """"/a/b/c" -> ["/", "/a", "/a/b"]; "/" has none."""
+    """ "/a/b/c" -> ["/", "/a", "/a/b"]; "/" has none."""
     if path == "/":
         return []
     names = path.split("/")[1:-1]

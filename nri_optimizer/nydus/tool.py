@@ -32,12 +32,16 @@ def find(name: str = "nydus-image", explicit: str | None = None) -> str:
     if explicit:
         if found := shutil.which(explicit):
             return found
-        raise ToolError(f"{explicit} is not an executable; install nydus-rs {NYDUS_RS_VERSION} with "
-                        f"`{INSTALL_HINT}` or name another")
+        raise ToolError(
+            f"{explicit} is not an executable; install nydus-rs {NYDUS_RS_VERSION} with "
+            f"`{INSTALL_HINT}` or name another"
+        )
     if found := shutil.which(name) or shutil.which(name, path=str(tools_bin())):
         return found
-    raise ToolError(f"{name} is not installed (not on PATH, not in {tools_bin()}); install nydus-rs "
-                    f"{NYDUS_RS_VERSION} with `{INSTALL_HINT}`")
+    raise ToolError(
+        f"{name} is not installed (not on PATH, not in {tools_bin()}); install nydus-rs "
+        f"{NYDUS_RS_VERSION} with `{INSTALL_HINT}`"
+    )
 
 
 def run(argv: Sequence[str], *, stdin: bytes | None = None) -> str:
@@ -46,8 +50,7 @@ def run(argv: Sequence[str], *, stdin: bytes | None = None) -> str:
     nydus-image logs to stderr (its own lines, colour codes and all) and prints results to stdout.
     """
     try:
-        done = subprocess.run(list(argv), input=stdin if stdin is not None else b"", capture_output=True,
-                              check=False)
+        done = subprocess.run(list(argv), input=stdin if stdin is not None else b"", capture_output=True, check=False)
     except OSError as exc:
         raise ToolError(f"{shlex.join(argv)}: {exc}") from None
     if done.returncode != 0:

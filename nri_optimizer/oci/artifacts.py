@@ -105,14 +105,16 @@ class Published:
     unchanged: bool  # this node's newest list there was the same: nothing was pushed
 
 
-def push_list(subject: Subject, files: ListFiles, *, name: str, node: str, workload: str = "",
-              created: datetime | None = None) -> Published:
+def push_list(
+    subject: Subject, files: ListFiles, *, name: str, node: str, workload: str = "", created: datetime | None = None
+) -> Published:
     """Attach `files` (a result named `name` on this node) to `subject`."""
     paths = _paths(files.plain, f"the list {name}")
     for _, suffix, data in files.layers():
         if len(data) > MAX_LIST_BLOB:  # a pull would refuse it
-            raise ListArtifactError(f"{name}{suffix}: {len(data)} bytes, more than a list artifact carries "
-                                    f"({MAX_LIST_BLOB})")
+            raise ListArtifactError(
+                f"{name}{suffix}: {len(data)} bytes, more than a list artifact carries ({MAX_LIST_BLOB})"
+            )
     plain_digest = digest_of(files.plain)
     if (newest := _newest_by_node(subject, workload, [node])) and _has_list(subject, newest[0], plain_digest):
         return Published(str(newest[0]["digest"]), unchanged=True)
@@ -120,8 +122,10 @@ def push_list(subject: Subject, files: ListFiles, *, name: str, node: str, workl
     blobs = [data for _, _, data in files.layers()] + [EMPTY_CONFIG]
     for data in blobs:
         registry.push_blob(repository, digest_of(data), data)
-    layers = [{"mediaType": media_type, "digest": digest_of(data), "size": len(data),
-               "annotations": {TITLE: name + suffix}} for media_type, suffix, data in files.layers()]
+    layers = [
+        {"mediaType": media_type, "digest": digest_of(data), "size": len(data), "annotations": {TITLE: name + suffix}}
+        for media_type, suffix, data in files.layers()
+    ]
     annotations = {
         CREATED: (created or datetime.now(UTC)).isoformat(timespec="microseconds").replace("+00:00", "Z"),
         NODE: node,
@@ -137,15 +141,21 @@ def push_list(subject: Subject, files: ListFiles, *, name: str, node: str, workl
         "artifactType": ARTIFACT_TYPE,
         "config": {"mediaType": ARTIFACT_TYPE, "digest": digest_of(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)},
         "layers": layers,
-        "subject": {"mediaType": subject.manifest.media_type, "digest": subject.digest,
-                    "size": len(subject.manifest.body)},
+        "subject": {
+            "mediaType": subject.manifest.media_type,
+            "digest": subject.digest,
+            "size": len(subject.manifest.body),
+        },
         "annotations": annotations,
     }
     body = json.dumps(manifest, separators=(",", ":")).encode()
 
     def superseded(descriptor: Mapping[str, Any]) -> bool:  # this node's earlier lists of the workload
-        return _is_list(descriptor) and _annotation(descriptor, NODE) == node and \
-            _annotation(descriptor, WORKLOAD) == workload
+        return (
+            _is_list(descriptor)
+            and _annotation(descriptor, NODE) == node
+            and _annotation(descriptor, WORKLOAD) == workload
+        )
 
     try:
         digest = registry.push_referrer(repository, body, OCI_MANIFEST, replaces=superseded)
@@ -190,8 +200,10 @@ def pull_lists(subject: Subject, *, workload: str = "", nodes: Sequence[str] = (
     of_workload = [d for d in ours if _annotation(d, WORKLOAD) == workload]
     newest = _newest_by_node(subject, workload, nodes, of_workload)
     if len(newest) > MAX_NODES:
-        raise ListArtifactError(f"{subject}: lists of {len(newest)} nodes; at most {MAX_NODES} are read "
-                                "(name the nodes to read with --node)")
+        raise ListArtifactError(
+            f"{subject}: lists of {len(newest)} nodes; at most {MAX_NODES} are read "
+            "(name the nodes to read with --node)"
+        )
     lists = [_read_list(subject, descriptor) for descriptor in newest]
     wanted = [d for d in of_workload if not nodes or _annotation(d, NODE) in nodes]
     return Pulled(lists, older=len(wanted) - len(newest), foreign=len(referrers) - len(ours))
@@ -217,12 +229,16 @@ def merge_lists(lists: Sequence[RemoteList], *, min_runs: int = 1) -> MergedList
     return MergedLists(merged, used, why)
 
 
-def _newest_by_node(subject: Subject, workload: str, nodes: Sequence[str],
-                    descriptors: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def _newest_by_node(
+    subject: Subject, workload: str, nodes: Sequence[str], descriptors: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The descriptor of each node's newest list of `workload` (of `nodes` only, when given), newest first."""
     if descriptors is None:
-        descriptors = [d for d in subject.registry.referrers(subject.repository, subject.digest)
-                       if _is_list(d) and _annotation(d, WORKLOAD) == workload]
+        descriptors = [
+            d
+            for d in subject.registry.referrers(subject.repository, subject.digest)
+            if _is_list(d) and _annotation(d, WORKLOAD) == workload
+        ]
     newest: dict[str, dict[str, Any]] = {}
     for descriptor in descriptors:
         node = _annotation(descriptor, NODE)
@@ -242,8 +258,10 @@ def _has_list(subject: Subject, descriptor: Mapping[str, Any], plain_digest: str
         raise
     except RegistryError:
         return False
-    return any(isinstance(layer, dict) and layer.get("mediaType") == PATHS_TYPE and layer.get("digest") == plain_digest
-               for layer in layers)
+    return any(
+        isinstance(layer, dict) and layer.get("mediaType") == PATHS_TYPE and layer.get("digest") == plain_digest
+        for layer in layers
+    )
 
 
 def _read_list(subject: Subject, descriptor: Mapping[str, Any]) -> RemoteList:
@@ -271,8 +289,9 @@ def _read_list(subject: Subject, descriptor: Mapping[str, Any]) -> RemoteList:
         run = parse_run(files.plain, files.table, where=where)
     except MergeInputError as exc:
         raise ListArtifactError(str(exc)) from None
-    return RemoteList(str(descriptor["digest"]), _annotation(manifest, NODE), _annotation(manifest, CREATED), run,
-                      files)
+    return RemoteList(
+        str(descriptor["digest"]), _annotation(manifest, NODE), _annotation(manifest, CREATED), run, files
+    )
 
 
 def _artifact_manifest(subject: Subject, descriptor: Mapping[str, Any]) -> dict[str, Any]:

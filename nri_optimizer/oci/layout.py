@@ -24,8 +24,9 @@ def blob_path(layout: Path, digest: str) -> Path:
     return layout / "blobs" / algorithm / hex_digest
 
 
-def pull(registry: Registry, repository: str, reference: str, layout: Path,
-         platform: tuple[str, str] | None = None) -> Manifest:
+def pull(
+    registry: Registry, repository: str, reference: str, layout: Path, platform: tuple[str, str] | None = None
+) -> Manifest:
     """The image `reference` of `repository` into the directory `layout` (created); its image manifest."""
     manifest = registry.image_manifest(repository, reference, platform)
     parsed = manifest.json()
@@ -39,8 +40,9 @@ def pull(registry: Registry, repository: str, reference: str, layout: Path,
             registry.pull_blob(repository, layer["digest"], target)
     descriptor = {"mediaType": manifest.media_type, "digest": manifest.digest, "size": len(manifest.body)}
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                                                   "manifests": [descriptor]}))
+    (layout / "index.json").write_text(
+        json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]})
+    )
     return manifest
 
 

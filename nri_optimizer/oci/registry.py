@@ -101,8 +101,14 @@ def digest_of(data: bytes) -> str:
 class Registry:
     """One registry (`domain` as image references name it, e.g. ``127.0.0.1:5000`` or ``docker.io``)."""
 
-    def __init__(self, domain: str, *, insecure: bool = False, timeout: float = DEFAULT_TIMEOUT,
-                 docker_config: Path | None = None) -> None:
+    def __init__(
+        self,
+        domain: str,
+        *,
+        insecure: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        docker_config: Path | None = None,
+    ) -> None:
         self.domain = domain
         self.host = DOCKER_HUB_ENDPOINT if domain == DOCKER_HUB else domain
         self.insecure = insecure
@@ -118,8 +124,9 @@ class Registry:
         proxies = urllib.request.ProxyHandler({}) if _is_loopback(self.host) else urllib.request.ProxyHandler()
         self._opener = urllib.request.build_opener(proxies, urllib.request.HTTPSHandler(context=context))
         # HEAD answers are final: urllib would follow a blob's redirect to storage with a GET of the whole blob.
-        self._head_opener = urllib.request.build_opener(proxies, urllib.request.HTTPSHandler(context=context),
-                                                        _NoRedirect())
+        self._head_opener = urllib.request.build_opener(
+            proxies, urllib.request.HTTPSHandler(context=context), _NoRedirect()
+        )
 
     @property
     def base_url(self) -> str:
@@ -130,8 +137,9 @@ class Registry:
 
     # --- pull ----------------------------------------------------------------------------------------
 
-    def manifest(self, repository: str, reference: str,
-                 accept: tuple[str, ...] = (*INDEX_TYPES, *IMAGE_MANIFEST_TYPES)) -> Manifest:
+    def manifest(
+        self, repository: str, reference: str, accept: tuple[str, ...] = (*INDEX_TYPES, *IMAGE_MANIFEST_TYPES)
+    ) -> Manifest:
         """The manifest (or index) `reference` (a tag or a digest) of `repository`."""
         path = f"/v2/{repository}/manifests/{reference}"
         with self._request("GET", path, repository, headers={"Accept": ", ".join(accept)}) as response:
@@ -144,15 +152,16 @@ class Registry:
             raise RegistryError(f"{self._where(path)}: the registry sent a manifest whose digest is {manifest.digest}")
         return manifest
 
-    def image_manifest(self, repository: str, reference: str,
-                       platform: tuple[str, str] | None = None) -> Manifest:
+    def image_manifest(self, repository: str, reference: str, platform: tuple[str, str] | None = None) -> Manifest:
         """The image manifest of `reference`; an index is resolved to `platform` (os, architecture; default this
         machine's)."""
         manifest = self.manifest(repository, reference)
         if manifest.media_type not in INDEX_TYPES:
             if manifest.media_type not in IMAGE_MANIFEST_TYPES:
-                raise RegistryError(f"{self.domain}/{repository}:{reference} is a {manifest.media_type or 'manifest'}"
-                                    f" of no kind we know (expected an image manifest or an index)")
+                raise RegistryError(
+                    f"{self.domain}/{repository}:{reference} is a {manifest.media_type or 'manifest'}"
+                    f" of no kind we know (expected an image manifest or an index)"
+                )
             return manifest
         os_name, arch = platform or host_platform_name()
         for entry in manifest.json().get("manifests", []):
@@ -207,8 +216,9 @@ class Registry:
         _sha256(digest)
         if not force and self.has_blob(repository, digest):
             return False
-        with self._request("POST", f"/v2/{repository}/blobs/uploads/", repository, push=True,
-                           headers={"Content-Length": "0"}, data=b"") as response:
+        with self._request(
+            "POST", f"/v2/{repository}/blobs/uploads/", repository, push=True, headers={"Content-Length": "0"}, data=b""
+        ) as response:
             location = response.headers.get("Location")
         if not location:
             raise RegistryError(f"{self._where(f'/v2/{repository}/blobs/uploads/')}: no Location for the upload")
@@ -225,8 +235,14 @@ class Registry:
 
     def push_manifest(self, repository: str, tag: str, body: bytes, media_type: str) -> str:
         """Put a manifest under `tag`; its digest."""
-        self._request("PUT", f"/v2/{repository}/manifests/{tag}", repository, push=True,
-                      headers={"Content-Type": media_type}, data=body).close()
+        self._request(
+            "PUT",
+            f"/v2/{repository}/manifests/{tag}",
+            repository,
+            push=True,
+            headers={"Content-Type": media_type},
+            data=body,
+        ).close()
         return digest_of(body)
 
     # --- referrers -----------------------------------------------------------------------------------
@@ -240,8 +256,9 @@ class Registry:
             found = self._tag_schema_index(repository, subject)
         return [d for d in found if artifact_type is None or d.get("artifactType") == artifact_type]
 
-    def push_referrer(self, repository: str, body: bytes, media_type: str,
-                      replaces: Callable[[Mapping[str, Any]], bool] | None = None) -> str:
+    def push_referrer(
+        self, repository: str, body: bytes, media_type: str, replaces: Callable[[Mapping[str, Any]], bool] | None = None
+    ) -> str:
         """Put a manifest that has a ``subject``, by its digest, and make it a referrer of that subject: the registry
         does when it answers ``OCI-Subject`` or has the referrers API; otherwise it is added to the tag schema's
         index, from which descriptors that `replaces` picks are removed at the same time. Its digest."""
@@ -252,8 +269,9 @@ class Registry:
         except (ValueError, KeyError, TypeError):
             raise RegistryError(f"manifest {digest} has no subject: not a referrer") from None
         path = f"/v2/{repository}/manifests/{digest}"
-        with self._request("PUT", path, repository, push=True, headers={"Content-Type": media_type},
-                           data=body) as response:
+        with self._request(
+            "PUT", path, repository, push=True, headers={"Content-Type": media_type}, data=body
+        ) as response:
             indexed = response.headers.get("OCI-Subject") == subject
         if indexed or self._referrers_api(repository, subject, None) is not None:
             return digest
@@ -297,23 +315,29 @@ class Registry:
             raise
         return _index_entries(index.body, f"{self.domain}/{repository}:{referrers_tag(subject)}")
 
-    def _add_to_tag_schema(self, repository: str, subject: str, descriptor: dict[str, Any],
-                           replaces: Callable[[Mapping[str, Any]], bool]) -> None:
+    def _add_to_tag_schema(
+        self, repository: str, subject: str, descriptor: dict[str, Any], replaces: Callable[[Mapping[str, Any]], bool]
+    ) -> None:
         """Read, add, write: the tag schema has no atomic update (a registry without the referrers API has no
         conditional PUT either), so another client's write between our read and our write would drop ours. Reading
         the index back after a pause, and adding again when ours is missing, makes that loss need two races in a
         row; a loss that gets through is said by the next push of the same list, which finds it missing."""
         tag = referrers_tag(subject)
         for _ in range(TAG_SCHEMA_ATTEMPTS):
-            kept = [d for d in self._tag_schema_index(repository, subject)
-                    if d.get("digest") != descriptor["digest"] and not replaces(d)]
+            kept = [
+                d
+                for d in self._tag_schema_index(repository, subject)
+                if d.get("digest") != descriptor["digest"] and not replaces(d)
+            ]
             index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*kept, descriptor]}
             self.push_manifest(repository, tag, json.dumps(index, separators=(",", ":")).encode(), OCI_INDEX)
             time.sleep(random.uniform(*TAG_SCHEMA_SETTLE))
             if any(d.get("digest") == descriptor["digest"] for d in self._tag_schema_index(repository, subject)):
                 return
-        raise RegistryError(f"{self.domain}/{repository}:{tag}: other clients kept rewriting the referrers index; "
-                            f"{descriptor['digest']} was not in it after {TAG_SCHEMA_ATTEMPTS} attempts")
+        raise RegistryError(
+            f"{self.domain}/{repository}:{tag}: other clients kept rewriting the referrers index; "
+            f"{descriptor['digest']} was not in it after {TAG_SCHEMA_ATTEMPTS} attempts"
+        )
 
     # --- HTTP ----------------------------------------------------------------------------------------
 
@@ -333,8 +357,16 @@ class Registry:
         hint = "" if self.insecure else " (a plain-HTTP registry must be named insecure)"
         raise RegistryUnreachable(f"cannot reach registry {self.domain}: {'; '.join(problems)}{hint}")
 
-    def _request(self, method: str, path_or_url: str, repository: str, *, push: bool = False,
-                 headers: Mapping[str, str] | None = None, data: bytes | IO[bytes] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path_or_url: str,
+        repository: str,
+        *,
+        push: bool = False,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | IO[bytes] | None = None,
+    ) -> Any:
         """Send a request, authenticating once if the registry asks, and asking again after a read's 5xx answer
         (READ_RETRY_PAUSES); the response (a context manager)."""
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
@@ -359,8 +391,9 @@ class Registry:
                 if exc.code >= 500 and pauses:
                     time.sleep(pauses.pop(0))
                     continue
-                raise RegistryError(f"{method} {self._where(url)}: HTTP {exc.code} {detail}".rstrip(),
-                                    status=exc.code) from None
+                raise RegistryError(
+                    f"{method} {self._where(url)}: HTTP {exc.code} {detail}".rstrip(), status=exc.code
+                ) from None
             except (urllib.error.URLError, OSError) as exc:
                 raise RegistryUnreachable(f"{method} {self._where(url)}: {_reason(exc)}") from None
 
@@ -383,8 +416,10 @@ class Registry:
         if scheme.lower() != "bearer" or "realm" not in params:
             return False
         actions = "pull,push" if push else "pull"
-        query = {"service": params.get("service", ""), "scope": params.get("scope") or
-                 f"repository:{repository}:{actions}"}
+        query = {
+            "service": params.get("service", ""),
+            "scope": params.get("scope") or f"repository:{repository}:{actions}",
+        }
         request = urllib.request.Request(f"{params['realm']}?{urllib.parse.urlencode(query)}")
         if self._credentials is not None:
             request.add_unredirected_header("Authorization", _basic(self._credentials))
@@ -392,8 +427,9 @@ class Registry:
             with self._opener.open(request, timeout=self.timeout) as response:
                 answer = json.loads(response.read(MAX_MANIFEST))
         except urllib.error.HTTPError as exc:
-            raise RegistryError(f"token for {repository} from {params['realm']}: HTTP {exc.code} {_api_error(exc)}"
-                                .rstrip()) from None
+            raise RegistryError(
+                f"token for {repository} from {params['realm']}: HTTP {exc.code} {_api_error(exc)}".rstrip()
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             raise RegistryUnreachable(f"token for {repository} from {params['realm']}: {_reason(exc)}") from None
         except ValueError:
@@ -447,8 +483,11 @@ def _index_entries(body: bytes, where: str) -> list[dict[str, Any]]:
         entries = json.loads(body).get("manifests") or []
     except (ValueError, AttributeError):
         raise RegistryError(f"{where}: not an image index") from None
-    if len(body) > MAX_MANIFEST or not isinstance(entries, list) or not all(
-            isinstance(d, dict) and isinstance(d.get("digest"), str) for d in entries):
+    if (
+        len(body) > MAX_MANIFEST
+        or not isinstance(entries, list)
+        or not all(isinstance(d, dict) and isinstance(d.get("digest"), str) for d in entries)
+    ):
         raise RegistryError(f"{where}: not an image index of descriptors")
     return entries
 
@@ -499,4 +538,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-

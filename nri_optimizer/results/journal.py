@@ -23,8 +23,11 @@ class Journal:
     def begin(self, container_id: str, image: str) -> None:
         try:
             os.makedirs(self._dir, 0o755, exist_ok=True)
-            fd = os.open(os.path.join(self._dir, container_id),
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = os.open(
+                os.path.join(self._dir, container_id),
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+            )
             with os.fdopen(fd, "w", encoding="utf-8") as note:
                 note.write(image)
         except OSError as exc:
@@ -49,6 +52,7 @@ class Journal:
                     image = note.read(512)
             except OSError:
                 image = "?"
-            log.error("%s trace lost: the plugin stopped before finishing it (image %s); nothing was written",
-                      name, image)
+            log.error(
+                "%s trace lost: the plugin stopped before finishing it (image %s); nothing was written", name, image
+            )
             self.end(name)

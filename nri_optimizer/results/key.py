@@ -43,8 +43,10 @@ def result_key(image: Reference, *, timeout: int = 0, workload: str = "") -> Res
     name = image.result_name + (f".timeout{timeout}s" if timeout else "")
     if workload:
         if not valid_workload(workload):
-            raise ReferenceError(f"not a valid workload name (a label value: letters, digits, '-', '_', '.', "
-                                 f"at most 63): {workload[:100]!r}")
+            raise ReferenceError(
+                f"not a valid workload name (a label value: letters, digits, '-', '_', '.', "
+                f"at most 63): {workload[:100]!r}"
+            )
         name += WORKLOAD_SEPARATOR + workload
     if len(name.encode()) + _LONGEST_SUFFIX > _NAME_MAX:
         raise ReferenceError(f"image name, tag and workload too long for a result file name: {name[:300]!r}")

@@ -97,8 +97,11 @@ def parse_run(plain: bytes, table: bytes | None, *, where: str) -> Run:
     # Paths only: the list's "# incomplete: ..." line, if any, is not one.
     paths = [line for line in plain.split(b"\n") if line.startswith(b"/")]
     details = _parse_csv(table, where + ".csv") if table is not None else {}
-    return Run([Entry(path, *details.get(path, (0, 0))) for path in paths], detailed=bool(details),
-               incomplete=incompleteness(plain))
+    return Run(
+        [Entry(path, *details.get(path, (0, 0))) for path in paths],
+        detailed=bool(details),
+        incomplete=incompleteness(plain),
+    )
 
 
 def _parse_csv(table: bytes, where: str) -> dict[bytes, tuple[int, int]]:

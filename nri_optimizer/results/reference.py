@@ -31,7 +31,6 @@ MAX_NAME_LENGTH = 255  # distribution/reference's NameTotalLengthMax
 _MAX_SUFFIX = len(".timeout9999999999s.json")
 
 
-
 @dataclass(frozen=True)
 class Reference:
     domain: str

@@ -56,8 +56,16 @@ def complete_result(persist_dir: str, key: ResultKey) -> bool:
     return "" in head and incompleteness(head[""]) is None
 
 
-def record(persist_dir: str, key: ResultKey, entries: Sequence[Entry], *, readable: bool, on_repeat: OnRepeat,
-           window: int, incomplete: str | None = None) -> Recorded:
+def record(
+    persist_dir: str,
+    key: ResultKey,
+    entries: Sequence[Entry],
+    *,
+    readable: bool,
+    on_repeat: OnRepeat,
+    window: int,
+    incomplete: str | None = None,
+) -> Recorded:
     """Put a run's list into its result as ``on_repeat`` says, in one step under the result's lock."""
     with ResultSet(persist_dir, key.directory, key.name) as result:
         if on_repeat == "merge":
@@ -67,19 +75,23 @@ def record(persist_dir: str, key: ResultKey, entries: Sequence[Entry], *, readab
         if on_repeat == "keep":
             existing = result.read(LIST)
             if existing is not None and (incompleteness(existing) is None or incomplete is not None):
-                return Recorded(result.path, listed, plain,
-                                unwritten="was recorded meanwhile and is kept (on_repeat = keep)")
+                return Recorded(
+                    result.path, listed, plain, unwritten="was recorded meanwhile and is kept (on_repeat = keep)"
+                )
         result.commit({LIST: plain, f"{LIST}.csv": table, f"{LIST}.json": prefetch})
         return Recorded(result.path, listed, plain, result_listed=listed)
 
 
-def _merge_into(result: ResultSet, entries: Sequence[Entry], *, readable: bool, window: int,
-                incomplete: str | None) -> Recorded:
+def _merge_into(
+    result: ResultSet, entries: Sequence[Entry], *, readable: bool, window: int, incomplete: str | None
+) -> Recorded:
     plain, table, _, left_out = render(entries, readable=False, incomplete=incomplete)
     listed = len(entries) - left_out
     numbers = sorted(int(name) for name in result.listing(RUNS) if name.isdigit())
-    runs = [_Run(f"{RUNS}/{n}", result.read(f"{RUNS}/{n}") or b"", result.read(f"{RUNS}/{n}.csv"), stored=True)
-            for n in numbers]
+    runs = [
+        _Run(f"{RUNS}/{n}", result.read(f"{RUNS}/{n}") or b"", result.read(f"{RUNS}/{n}.csv"), stored=True)
+        for n in numbers
+    ]
     if not runs and (earlier := result.read(LIST)) is not None:
         numbers = [1]
         runs.append(_Run(f"{RUNS}/1", earlier, result.read(f"{LIST}.csv"), stored=False))
@@ -87,8 +99,13 @@ def _merge_into(result: ResultSet, entries: Sequence[Entry], *, readable: bool, 
     runs.append(run)
     complete = [r for r in runs if r.complete]
     if complete and not run.complete:
-        return Recorded(result.path, listed, plain, unwritten=f"its list is incomplete and {len(complete)} complete "
-                        "runs are merged: left out (on_repeat = merge)")
+        return Recorded(
+            result.path,
+            listed,
+            plain,
+            unwritten=f"its list is incomplete and {len(complete)} complete "
+            "runs are merged: left out (on_repeat = merge)",
+        )
     merged_runs = (complete or runs)[-window:]
     merged = merge([parse_run(r.plain, r.table, where=f"{result.path} ({r.name})") for r in merged_runs])
     why = None

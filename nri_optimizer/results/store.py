@@ -268,8 +268,13 @@ class ResultSet:
                     else:
                         if previous is None:
                             raise PersistError(f"{self._where(self._own)}: no current set to keep {name} from")
-                        os.link(f"{previous}/{name}", base, src_dir_fd=self._own_fd, dst_dir_fd=target_fd,
-                                follow_symlinks=False)
+                        os.link(
+                            f"{previous}/{name}",
+                            base,
+                            src_dir_fd=self._own_fd,
+                            dst_dir_fd=target_fd,
+                            follow_symlinks=False,
+                        )
                 for fd in subdirs.values():
                     os.fsync(fd)
                 os.fsync(set_fd)
@@ -323,8 +328,9 @@ class ResultSet:
         set_fd = os.open(adopted, _DIR_FLAGS, dir_fd=self._own_fd)
         try:
             for suffix in present:
-                os.link(self.name + suffix, LIST + suffix, src_dir_fd=self._dir_fd, dst_dir_fd=set_fd,
-                        follow_symlinks=False)
+                os.link(
+                    self.name + suffix, LIST + suffix, src_dir_fd=self._dir_fd, dst_dir_fd=set_fd, follow_symlinks=False
+                )
             os.fsync(set_fd)
         finally:
             os.close(set_fd)

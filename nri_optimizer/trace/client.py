@@ -40,7 +40,6 @@ class EventSink(Protocol):
         """Take a batch in access order; must not block or raise."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class StopResult:
     files: int  # file records handed to the sink
@@ -196,8 +195,9 @@ class TraceClient:
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
         log.info("trace server started (pid %d)", self._proc.pid)
 
-    async def trace(self, pid: int, sink: EventSink, *, timeout: float, mode: str = "auto",
-                    residency: bool = False) -> Session:
+    async def trace(
+        self, pid: int, sink: EventSink, *, timeout: float, mode: str = "auto", residency: bool = False
+    ) -> Session:
         """Start watching pid's root mount; returns once the server has placed the mark.
 
         mode: one of EVENT_MODES; residency: have stop() report each file's bytes in the page cache. Raises
@@ -364,8 +364,10 @@ class TraceClient:
         if version == protocol.PROTOCOL_VERSION:
             self._hello.set_result(None)
             return
-        self._hello.set_result(f"the trace server {self._cmd[0]} speaks protocol version {version}, this plugin "
-                               f"{protocol.PROTOCOL_VERSION}: install the two together (make install-optimizer)")
+        self._hello.set_result(
+            f"the trace server {self._cmd[0]} speaks protocol version {version}, this plugin "
+            f"{protocol.PROTOCOL_VERSION}: install the two together (make install-optimizer)"
+        )
         self._server_gone("wrong protocol version")
 
     def _server_gone(self, reason: str) -> None:
@@ -388,8 +390,10 @@ class TraceClient:
             self._watchdog.cancel()
             self._watchdog = None
         if self._hello is not None and not self._hello.done():
-            self._hello.set_result(f"the trace server {self._cmd[0]} ended ({reason}) before it said HELLO: is "
-                                   "server_path nri-optimizer's optimizer-server?")
+            self._hello.set_result(
+                f"the trace server {self._cmd[0]} ended ({reason}) before it said HELLO: is "
+                "server_path nri-optimizer's optimizer-server?"
+            )
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             session._finish(reason)
@@ -414,9 +418,11 @@ async def _relay_log(stream: asyncio.StreamReader) -> None:
         text = line.decode("utf-8", "replace").rstrip()
         _, _, rest = text.partition("optimizer-server: ")
         level, _, message = rest.partition(" ")
-        log.log(logging.getLevelName(level) if level in _LEVELS else logging.WARNING, "optimizer-server: %s",
-                message if level in _LEVELS else text)
+        log.log(
+            logging.getLevelName(level) if level in _LEVELS else logging.WARNING,
+            "optimizer-server: %s",
+            message if level in _LEVELS else text,
+        )
 
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-

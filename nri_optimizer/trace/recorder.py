@@ -63,5 +63,7 @@ class Recorder:
         values: list[int | None] = [None if value == UNKNOWN_RESIDENT else value for value in resident]
         values += [None] * (self._records - len(values))  # a report cut short: the rest unknown
         new = tuple.__new__
-        self.entries = [new(Entry, (path, size, elapsed, values[number]))
-                        for (path, size, elapsed, _), number in zip(self.entries, self._sources, strict=True)]
+        self.entries = [
+            new(Entry, (path, size, elapsed, values[number]))
+            for (path, size, elapsed, _), number in zip(self.entries, self._sources, strict=True)
+        ]

@@ -112,8 +112,10 @@ class UpperLayer:
         """Every path in the upper layer, as container-absolute paths; None if there are more than limit,
         or if the layer cannot be listed (then the caller looks paths up one by one)."""
         found: set[bytes] = set()
-        walk = cast(Generator[tuple[bytes, list[bytes], list[bytes], int], None, None],
-                    os.fwalk(b".", dir_fd=self._fd, follow_symlinks=False, onerror=_raise))
+        walk = cast(
+            Generator[tuple[bytes, list[bytes], list[bytes], int], None, None],
+            os.fwalk(b".", dir_fd=self._fd, follow_symlinks=False, onerror=_raise),
+        )
         try:
             for top, dirs, files, _ in walk:
                 prefix = top[1:] + b"/"  # b"." -> b"/", b"./etc" -> b"/etc/"

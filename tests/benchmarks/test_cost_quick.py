@@ -26,10 +26,12 @@ EXPECTED = {
     "stop_pod_ratio": ["ours"],
     "watching": ["ours"],
     # (c): three workloads, unloaded and loaded
-    **{f"{what}_{case}_{load}": ["ours"]
-       for what in ("recall", "precision", "inversions")
-       for case in ("c200", "cexec", "c50")
-       for load in ("unloaded", "loaded")},
+    **{
+        f"{what}_{case}_{load}": ["ours"]
+        for what in ("recall", "precision", "inversions")
+        for case in ("c200", "cexec", "c50")
+        for load in ("unloaded", "loaded")
+    },
     # (d)
     "time_many": ["none", "ours"],
     "time_few": ["none", "ours"],
@@ -67,7 +69,11 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     out = tmp_path_factory.mktemp("bench")
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.cost", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     return result, out
 
@@ -83,8 +89,16 @@ def test_every_scenario_produced_numbers_for_every_variant(quick_run) -> None:
     _, out = quick_run
     data = json.loads((out / "bench.json").read_text())
     assert data["meta"]["quick"] is True
-    assert set(data["durations_s"]) == {"start_stop", "stop_pod", "completeness", "scale", "memory", "event_cost",
-                                        "syscalls", "instructions"}
+    assert set(data["durations_s"]) == {
+        "start_stop",
+        "stop_pod",
+        "completeness",
+        "scale",
+        "memory",
+        "event_cost",
+        "syscalls",
+        "instructions",
+    }
     missing = []
     for key, variants in EXPECTED.items():
         metric = data["metrics"].get(key)

@@ -31,6 +31,7 @@ def bench_image(argv: list[str]) -> int:
     """`nri-optimizer bench-image ARGV`, as a user runs it."""
     return cli(["bench-image", *argv])
 
+
 LAYOUT = nydus.Layout(Path("/tmp/nriopt-nydus-list-x"))
 
 SNAPSHOTTER_TOML = """\
@@ -87,21 +88,29 @@ def test_snapshotter_config_is_private_and_fusedev() -> None:
     assert nydus.snapshotter_config(LAYOUT, Path("/opt/nydus/nydusd")) == SNAPSHOTTER_TOML
 
 
-@pytest.mark.parametrize(("mode", "enable", "prefetch_all"), [("off", False, False), ("all", True, True),
-                                                             ("list", True, False)])
+@pytest.mark.parametrize(
+    ("mode", "enable", "prefetch_all"), [("off", False, False), ("all", True, True), ("list", True, False)]
+)
 def test_nydusd_config_per_prefetch_mode(mode: nydus.PrefetchMode, enable: bool, prefetch_all: bool) -> None:
     assert nydus.nydusd_config(mode, nydus.Backend("http"), Path("/c"), threads=8) == {
         "device": {
-            "backend": {"type": "registry",
-                        "config": {"scheme": "http", "timeout": 30, "connect_timeout": 10, "retry_limit": 2}},
+            "backend": {
+                "type": "registry",
+                "config": {"scheme": "http", "timeout": 30, "connect_timeout": 10, "retry_limit": 2},
+            },
             "cache": {"type": "blobcache", "config": {"work_dir": "/c"}},
         },
         "mode": "direct",
         "digest_validate": False,
         "iostats_files": False,
         "enable_xattr": True,
-        "fs_prefetch": {"enable": enable, "prefetch_all": prefetch_all, "threads_count": 8, "merging_size": 0,
-                        "bandwidth_rate": 0},
+        "fs_prefetch": {
+            "enable": enable,
+            "prefetch_all": prefetch_all,
+            "threads_count": 8,
+            "merging_size": 0,
+            "bandwidth_rate": 0,
+        },
     }
 
 
@@ -110,14 +119,18 @@ def test_nydusd_backend_follows_the_registry(tmp_path: Path) -> None:
     insecure = load(tmp_path, "registry: r.example:5000\ninsecure_registry: true\nimages: [{name: a:1, ready: exit}]\n")
     secure = load(tmp_path, "registry: r.example\nimages: [{name: a:1, ready: exit}]\n")
     assert [nydus_backend(c) for c in (local, insecure, secure)] == [
-        nydus.Backend("http"), nydus.Backend("https", skip_verify=True), nydus.Backend("https")]
+        nydus.Backend("http"),
+        nydus.Backend("https", skip_verify=True),
+        nydus.Backend("https"),
+    ]
     registry = nydus.nydusd_config("off", nydus_backend(insecure), Path("/c"))["device"]["backend"]["config"]
     assert (registry["scheme"], registry["skip_verify"]) == ("https", True)
 
 
 def test_snapshotter_files_written_at_construction(tmp_path: Path) -> None:
-    snapshotter = nydus.NydusSnapshotter(Path("/no/such/grpc"), Path("/opt/nydus/nydusd"), "all",
-                                         nydus.Backend("http"), threads=2)
+    snapshotter = nydus.NydusSnapshotter(
+        Path("/no/such/grpc"), Path("/opt/nydus/nydusd"), "all", nydus.Backend("http"), threads=2
+    )
     try:
         assert snapshotter.name == "nydus-all"
         assert snapshotter.dir.name.startswith("nriopt-nydus-all-") and snapshotter.dir.parent == Path("/tmp")
@@ -125,7 +138,8 @@ def test_snapshotter_files_written_at_construction(tmp_path: Path) -> None:
         assert snapshotter.layout.config.read_text() == expected
         # The snapshotter runs nydusd through a wrapper that keeps nydusd from raising RLIMIT_NOFILE.
         assert (snapshotter.dir / "nydusd").read_text() == (
-            '#!/bin/sh\nsubcommand="$1"\nshift\nexec /opt/nydus/nydusd "$subcommand" --rlimit-nofile 0 "$@"\n')
+            '#!/bin/sh\nsubcommand="$1"\nshift\nexec /opt/nydus/nydusd "$subcommand" --rlimit-nofile 0 "$@"\n'
+        )
         written = json.loads(snapshotter.layout.nydusd_config.read_text())
         assert written == nydus.nydusd_config("all", nydus.Backend("http"), snapshotter.layout.cache, threads=2)
         with pytest.raises(TestbedError) as caught:
@@ -203,8 +217,14 @@ CTD17_TAIL = """
 
 def render(major: int, snapshotters: dict[str, Path] | None) -> str:
     nri = ctd_config.Nri(False, Path("/n/sock"), Path("/n/p"), Path("/n/c"))
-    return ctd_config.render(major, ctd_config.Layout(Path("/b")), nri=nri, sandbox_image="pause:1",
-                             runc=Path("/r/runc"), snapshotters=snapshotters)
+    return ctd_config.render(
+        major,
+        ctd_config.Layout(Path("/b")),
+        nri=nri,
+        sandbox_image="pause:1",
+        runc=Path("/r/runc"),
+        snapshotters=snapshotters,
+    )
 
 
 def test_containerd_2_gets_proxy_plugins_and_runtime_handlers() -> None:
@@ -241,8 +261,11 @@ def test_tools_from_the_config_relative_to_it(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))
     grpc, nydusd = tool(tmp_path / "tools" / "grpc"), tool(tmp_path / "nydusd")
-    config = load(tmp_path, f"images: [{{name: a:1, build: db, ready: exit}}]\n"
-                            f"nydus: {{snapshotter: tools/grpc, nydusd: {nydusd}, prefetch_threads: 2}}\n")
+    config = load(
+        tmp_path,
+        f"images: [{{name: a:1, build: db, ready: exit}}]\n"
+        f"nydus: {{snapshotter: tools/grpc, nydusd: {nydusd}, prefetch_threads: 2}}\n",
+    )
     assert config.nydus == cfg.NydusTools(str(grpc), str(nydusd), None, 2)
     found = find(config)
     assert (found.tools.snapshotter, found.tools.nydusd, found.tools.missing) == (grpc, nydusd, None)
@@ -250,34 +273,47 @@ def test_tools_from_the_config_relative_to_it(tmp_path: Path, monkeypatch: pytes
     assert skip_reason(NYDUS_LIST, found, local=True) == (
         "no nydus image to pull: registry: local gets its nydus images from nydus-image (nydus-image is not "
         f"installed (not on PATH, not in {tmp_path}/cache/tools/nydus-rs-2.2.0/bin); install nydus-rs 2.2.0 with "
-        "`make nydus` (in a source checkout) or `cargo install --locked nydus-rs --version 2.2.0`)")
+        "`make nydus` (in a source checkout) or `cargo install --locked nydus-rs --version 2.2.0`)"
+    )
 
 
 def test_a_configured_path_that_is_not_a_tool_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setenv("NRI_OPTIMIZER_CACHE", str(tmp_path / "cache"))
     (tmp_path / "plain").write_text("not executable\n")
-    config = load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n"
-                            "nydus: {nydusd: plain, nydus_image: /no/nydus-image}\n")
+    config = load(
+        tmp_path,
+        "images: [{name: a:1, build: db, ready: exit}]\nnydus: {nydusd: plain, nydus_image: /no/nydus-image}\n",
+    )
     found = find(config)
     assert skip_reason(NYDUS_LIST, found, local=False) == (
         f"nydus not installed (containerd-nydus-grpc not on PATH nor installed by make nydus; nydusd: "
-        f"{tmp_path / 'plain'} is not an executable file)")
-    assert found.nydus_image_problem == ("/no/nydus-image is not an executable; install nydus-rs 2.2.0 with "
-                                         "`make nydus` (in a source checkout) or `cargo install --locked "
-                                         "nydus-rs --version 2.2.0` or name another")
+        f"{tmp_path / 'plain'} is not an executable file)"
+    )
+    assert found.nydus_image_problem == (
+        "/no/nydus-image is not an executable; install nydus-rs 2.2.0 with "
+        "`make nydus` (in a source checkout) or `cargo install --locked "
+        "nydus-rs --version 2.2.0` or name another"
+    )
     assert skip_reason(cfg.Variant("oci", "overlayfs"), found, local=True) is None
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("nydus: [x]", "nydus: got ['x']; expected a mapping {snapshotter, nydusd, nydus_image, prefetch_threads}"),
-    ("nydus: {nydusd: 3}", "nydus.nydusd: got 3; expected the path of the executable, or no key "
-                           "(then: from PATH)"),
-    ("nydus: {nydusd: /x, colour: red}", "nydus.colour: unknown key; known: nydus_image, nydusd, prefetch_threads, "
-                                         "snapshotter"),
-    ("nydus: {prefetch_threads: 0}", "nydus.prefetch_threads: got 0; expected a whole number > 0, e.g. prefetch_threads: 4"),
-    ("nydus: {prefetch_threads: 2000}", "nydus.prefetch_threads: got 2000; expected at most 1024 (nydusd's limit)"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nydus: [x]", "nydus: got ['x']; expected a mapping {snapshotter, nydusd, nydus_image, prefetch_threads}"),
+        ("nydus: {nydusd: 3}", "nydus.nydusd: got 3; expected the path of the executable, or no key (then: from PATH)"),
+        (
+            "nydus: {nydusd: /x, colour: red}",
+            "nydus.colour: unknown key; known: nydus_image, nydusd, prefetch_threads, snapshotter",
+        ),
+        (
+            "nydus: {prefetch_threads: 0}",
+            "nydus.prefetch_threads: got 0; expected a whole number > 0, e.g. prefetch_threads: 4",
+        ),
+        ("nydus: {prefetch_threads: 2000}", "nydus.prefetch_threads: got 2000; expected at most 1024 (nydusd's limit)"),
+    ],
+)
 def test_nydus_section_errors(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(cfg.ConfigError) as caught:
         load(tmp_path, f"images: [{{name: a:1, build: db, ready: exit}}]\n{text}\n")
@@ -288,10 +324,10 @@ def test_flags_override_the_config_section(tmp_path: Path, monkeypatch: pytest.M
     from benchmarks.prefetch import command
 
     seen: list[cfg.BenchConfig] = []
-    monkeypatch.setattr("benchmarks.prefetch.bench.bench",
-                        lambda config, *a, **k: seen.append(config) or 0)
-    (tmp_path / "bench.yaml").write_text("images: [{name: a:1, build: db, ready: exit}]\n"
-                                         "nydus: {snapshotter: /cfg/grpc, nydusd: /cfg/nydusd}\n")
+    monkeypatch.setattr("benchmarks.prefetch.bench.bench", lambda config, *a, **k: seen.append(config) or 0)
+    (tmp_path / "bench.yaml").write_text(
+        "images: [{name: a:1, build: db, ready: exit}]\nnydus: {snapshotter: /cfg/grpc, nydusd: /cfg/nydusd}\n"
+    )
     monkeypatch.chdir(tmp_path)
     assert command.main(["run", "bench.yaml", "--nydusd", "bin/nydusd", "--nydus-image", "/x/nydus-image"]) == 0
     assert seen[0].nydus == cfg.NydusTools("/cfg/grpc", str(tmp_path / "bin/nydusd"), "/x/nydus-image", 4)
@@ -309,6 +345,7 @@ class Recorder:
         def call(request: Any, timeout: float) -> Any:
             self.requests.append((method, request))
             return self.response
+
         return call
 
 
@@ -330,7 +367,10 @@ def test_pods_and_pulls_name_the_handler() -> None:
         assert cri.pull_image_on("nydus-list", "r/a:1_nydus_prefetch") == "sha256:1"
         ((method, request),) = cri._images.requests
         assert (method, request.image.image, request.image.runtime_handler) == (
-            "PullImage", "r/a:1_nydus_prefetch", "nydus-list")
+            "PullImage",
+            "r/a:1_nydus_prefetch",
+            "nydus-list",
+        )
         assert dict(request.sandbox_config.annotations) == {RUNTIME_HANDLER_ANNOTATION: "nydus-list"}
 
         # The default handler sends what CriClient always sent.
@@ -387,9 +427,17 @@ def test_backend_bytes_of_the_daemons_serving_the_image(snapshotter: nydus.Nydus
     root = snapshotter.layout.root
     servers = [
         serve(snapshotter.layout.system_address, {"/api/v1/daemons": daemons}),
-        serve(root / "socket" / "d1" / "api.sock",
-              {"/api/v1/metrics/backend": {"backend_type": "registry", "read_count": 3, "read_amount_total": 123456,
-                                           "read_errors": 0}}),
+        serve(
+            root / "socket" / "d1" / "api.sock",
+            {
+                "/api/v1/metrics/backend": {
+                    "backend_type": "registry",
+                    "read_count": 3,
+                    "read_amount_total": 123456,
+                    "read_errors": 0,
+                }
+            },
+        ),
         serve(root / "socket" / "d2" / "api.sock", {"/api/v1/metrics/backend": {"read_amount_total": 7}}),
     ]
     try:
@@ -431,8 +479,9 @@ NYDUS_ALL = cfg.Variant("nydus-prefetch-all", "nydus", "_nydus_prefetchall", "al
 
 def test_nydus_bytes_in_rows_summary_and_table() -> None:
     def sample(rep: int, nydusd: int) -> Sample:
-        return Sample("web:1", NYDUS_ALL, "r/web:1_nydus_prefetchall", rep, f"t{rep}", "ok", 10, 20, 30, 60,
-                      1000 + nydusd, nydusd)
+        return Sample(
+            "web:1", NYDUS_ALL, "r/web:1_nydus_prefetchall", rep, f"t{rep}", "ok", 10, 20, 30, 60, 1000 + nydusd, nydusd
+        )
 
     samples = [sample(1, 5000), sample(2, 9000), sample(3, 7000)]
     rows = run_rows(samples, "r")
@@ -440,14 +489,23 @@ def test_nydus_bytes_in_rows_summary_and_table() -> None:
     (summary,) = summarize(samples)
     (row,) = summary_rows([summary], "r", {})
     assert (row["bytes_fetched"], row["nydusd_bytes"], row["prefetch"]) == (8000, 7000, "all")
-    assert table([summary], {}).splitlines()[4].startswith(
-        "| nydus-prefetch-all | 3/3 | 0.000 (0.000-0.000) | 0.000 (0.000-0.000) | 0.000 (0.000-0.000) | "
-        "0.000 (0.000-0.000) |  | 7.8 KiB |")
+    assert (
+        table([summary], {})
+        .splitlines()[4]
+        .startswith(
+            "| nydus-prefetch-all | 3/3 | 0.000 (0.000-0.000) | 0.000 (0.000-0.000) | 0.000 (0.000-0.000) | "
+            "0.000 (0.000-0.000) |  | 7.8 KiB |"
+        )
+    )
 
 
 def test_example_config_loads() -> None:
     example = Path(__file__).parents[2] / "examples" / "bench-image.yaml"
     config = cfg.load(example)
     assert [(v.name, v.prefetch) for v in config.variants] == [
-        ("oci", None), ("nydus", "off"), ("nydus-prefetch-all", "all"), ("nydus-prefetch-list", "list"),
-        ("nydus-runtime-list", "runtime")]
+        ("oci", None),
+        ("nydus", "off"),
+        ("nydus-prefetch-all", "all"),
+        ("nydus-prefetch-list", "list"),
+        ("nydus-runtime-list", "runtime"),
+    ]

@@ -15,14 +15,17 @@ import pytest
 from benchmarks.prefetch.shaping import DelayLine, Link, ShapingError, measure_rtt
 
 
-@pytest.mark.parametrize(("text", "rate", "rtt", "shown"), [
-    ("100mbit/10ms", 100_000_000, 0.010, "100mbit/10ms"),
-    ("20mbit/40ms", 20_000_000, 0.040, "20mbit/40ms"),
-    ("1.5gbit/0.1s", 1_500_000_000, 0.1, "1.5gbit/100ms"),
-    ("500kbit/250us", 500_000, 0.00025, "500kbit/0.25ms"),
-    ("25MBit", 25_000_000, 0.0, "25mbit/0ms"),
-    ("2500bit/2s", 2500, 2.0, "2.5kbit/2s"),
-])
+@pytest.mark.parametrize(
+    ("text", "rate", "rtt", "shown"),
+    [
+        ("100mbit/10ms", 100_000_000, 0.010, "100mbit/10ms"),
+        ("20mbit/40ms", 20_000_000, 0.040, "20mbit/40ms"),
+        ("1.5gbit/0.1s", 1_500_000_000, 0.1, "1.5gbit/100ms"),
+        ("500kbit/250us", 500_000, 0.00025, "500kbit/0.25ms"),
+        ("25MBit", 25_000_000, 0.0, "25mbit/0ms"),
+        ("2500bit/2s", 2500, 2.0, "2.5kbit/2s"),
+    ],
+)
 def test_a_link_is_rate_slash_rtt(text: str, rate: int, rtt: float, shown: str) -> None:
     link = Link.parse(text)
     assert (link.rate, str(link)) == (rate, shown)
@@ -30,8 +33,9 @@ def test_a_link_is_rate_slash_rtt(text: str, rate: int, rtt: float, shown: str) 
     assert Link.parse(str(link)) == link
 
 
-@pytest.mark.parametrize("text", ["fast", "100mbit/10", "0mbit/10ms", "100mb/10ms", "100mbit/-1ms", "/10ms",
-                                  "100mbit/10ms/1", ""])
+@pytest.mark.parametrize(
+    "text", ["fast", "100mbit/10", "0mbit/10ms", "100mb/10ms", "100mbit/-1ms", "/10ms", "100mbit/10ms/1", ""]
+)
 def test_a_wrong_link_says_what_is_expected(text: str) -> None:
     with pytest.raises(ShapingError, match=r"expected RATE/RTT, e\.g\. 100mbit/10ms"):
         Link.parse(text)
@@ -97,8 +101,10 @@ def test_bytes_arrive_whole_and_in_order_and_are_counted(upstream: Upstream) -> 
         clients = [socket.create_connection(("127.0.0.1", line.port)) for _ in range(3)]
         try:
             for client in clients:
-                assert hashlib.sha256(ask(client, len(Upstream.PAYLOAD))).digest() == \
-                    hashlib.sha256(Upstream.PAYLOAD).digest()
+                assert (
+                    hashlib.sha256(ask(client, len(Upstream.PAYLOAD))).digest()
+                    == hashlib.sha256(Upstream.PAYLOAD).digest()
+                )
         finally:
             for client in clients:
                 client.close()

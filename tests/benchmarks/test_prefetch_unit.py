@@ -22,6 +22,7 @@ def bench_image(argv: list[str]) -> int:
     """`nri-optimizer bench-image ARGV`, as a user runs it."""
     return cli(["bench-image", *argv])
 
+
 # --- the clock ------------------------------------------------------------------------------------------------
 
 
@@ -31,7 +32,11 @@ def test_phases_add_up_to_the_total_exactly() -> None:
     assert [timer.lap("pull"), timer.lap("create"), timer.lap("run")] == [1_250_000, 500_500, 2_750_499]
     assert timer.total_us == 4_500_999  # 1.25 + 0.5005 + 2.750499: the fractions are counted once
     assert [seconds(us) for us in (1_250_000, 500_500, 2_750_499, 4_500_999)] == [
-        "1.250000", "0.500500", "2.750499", "4.500999"]
+        "1.250000",
+        "0.500500",
+        "2.750499",
+        "4.500999",
+    ]
 
 
 def test_sub_second_parts_are_not_counted_twice() -> None:
@@ -74,12 +79,23 @@ def load(tmp_path: Path, text: str) -> cfg.BenchConfig:
 def test_a_config_in_the_seeds_shape(tmp_path: Path) -> None:
     config = load(tmp_path, GOOD)
     assert (config.registry, config.insecure, config.repetitions, config.links, config.settle) == (
-        "local", True, 2, (), 20.0)
+        "local",
+        True,
+        2,
+        (),
+        20.0,
+    )
     web, db = config.images
-    assert web == cfg.Image("web:latest", cfg.Ready("url", "http://127.0.0.1:8081/"), 5.0,
-                            {"PORT": "8081", "MODE": "fast", "GREETING": "hello world"}, build="web")
-    assert db == cfg.Image("db:2", cfg.Ready("line", "ready"), 120.0, archive=tmp_path / "db.tar",
-                           list_file=tmp_path / "lists/db")
+    assert web == cfg.Image(
+        "web:latest",
+        cfg.Ready("url", "http://127.0.0.1:8081/"),
+        5.0,
+        {"PORT": "8081", "MODE": "fast", "GREETING": "hello world"},
+        build="web",
+    )
+    assert db == cfg.Image(
+        "db:2", cfg.Ready("line", "ready"), 120.0, archive=tmp_path / "db.tar", list_file=tmp_path / "lists/db"
+    )
     # a bare `off` is YAML 1.1's false: still prefetch off
     assert config.variants == (cfg.Variant("oci", "overlayfs"), cfg.Variant("n", "nydus", "_nydus", "off"))
     assert config.reference("127.0.0.1:5000", db, config.variants[1]) == "127.0.0.1:5000/db:2_nydus"
@@ -88,56 +104,110 @@ def test_a_config_in_the_seeds_shape(tmp_path: Path) -> None:
 def test_default_variants_are_the_seeds_four_and_the_runtime_list(tmp_path: Path) -> None:
     config = load(tmp_path, "images: [{name: a:1, build: db, ready: start}]\n")
     assert [(v.name, v.tag_suffix, v.prefetch) for v in config.variants] == [
-        ("oci", "", None), ("nydus", "_nydus", "off"), ("nydus-prefetch-all", "_nydus_prefetchall", "all"),
-        ("nydus-prefetch-list", "_nydus_prefetch", "list"), ("nydus-runtime-list", "_nydus", "runtime")]
+        ("oci", "", None),
+        ("nydus", "_nydus", "off"),
+        ("nydus-prefetch-all", "_nydus_prefetchall", "all"),
+        ("nydus-prefetch-list", "_nydus_prefetch", "list"),
+        ("nydus-runtime-list", "_nydus", "runtime"),
+    ]
     # The runtime list runs the image converted without a list: the same tag as prefetch off.
     assert [(v.conversion, v.lists) for v in config.variants[1:]] == [
-        (None, None), (None, None), (("ours", True), "ours"), (None, "ours")]
+        (None, None),
+        (None, None),
+        (("ours", True), "ours"),
+        (None, "ours"),
+    ]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("images: [{name: a:1, build: db}]",
-     "images[0].ready: got None; expected {url: URL}, {line: TEXT}, exit or start"),
-    ("images: [{name: a:1, build: db, ready: {url: 'ftp://x'}}]", "images[0].ready: got {'url': 'ftp://x'}"),
-    ("images: [{name: a:1, ready: exit}]",
-     "images[0]: got 'a:1'; expected build: (web, db, wordpress, python-web, node-web) or archive:"),
-    ("registry: reg.example:5000\nimages: [{name: a:1, build: web, ready: exit}]",
-     "images[0].build: got 'web'; expected only with registry: local"),
-    ("images: [{name: a:1, build: db, ready: exit, arg: '-v /x:/y'}]",
-     "images[0].arg: got '-v /x:/y'; expected only -e/--env KEY=VALUE options (not '-v')"),
-    ("images: [{name: a:1, build: db, ready: exit, arg: '-e NOVALUE'}]", "expected KEY=VALUE after -e (not 'NOVALUE')"),
-    ("repetitions: 0\nimages: [{name: a:1, build: db, ready: exit}]",
-     "repetitions: got 0; expected a whole number > 0, e.g. repetitions: 3"),
-    ("throttle: fast\nimages: [{name: a:1, build: db, ready: exit}]",
-     "throttle: got 'fast'; expected RATE/RTT or a list of them, e.g. throttle: [100mbit/10ms, 20mbit/40ms], or no key"),
-    ("throttle: [20mbit/40ms, 20mbit/40ms]\nimages: [{name: a:1, build: db, ready: exit}]",
-     "throttle: got ['20mbit/40ms', '20mbit/40ms']; expected each setting once"),
-    ("registry: reg.example\nthrottle: 20mbit/40ms\nimages: [{name: a:1, ready: exit}]",
-     "throttle: got '20mbit/40ms'; expected only with registry: local"),
-    ("registry: reg.example\nimages: [{name: a:1, ready: exit, list: record}]",
-     "images[0].list: got 'record'; expected a recorded list's path: `record` needs registry: local"),
-    ("settle: 0\nimages: [{name: a:1, build: db, ready: exit}]", "settle: got 0; expected a number > 0"),
-    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: all, list: ours}]",
-     "variants[0].list: got 'ours'; expected no list key: only prefetch list and runtime take a list"),
-    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, list: mine}]",
-     "variants[0].list: got 'mine'; expected ours (the plugin's recorded list) or nydusd"),
-    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: runtime, reorder: false}]",
-     "variants[0].reorder: got False; expected no reorder key: only prefetch list converts with a list"),
-    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, reorder: 1}]",
-     "variants[0].reorder: got 1; expected true (the listed files lead the blob) or false"),
-    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, tag_suffix: _n, prefetch: off},"
-     " {name: y, snapshotter: nydus, tag_suffix: _n, prefetch: list}]",
-     "variants: got ['x', 'y']; expected tag suffixes of their own: their images differ, and '_n' can name one"),
-    ("images: [{name: a:1, build: db, ready: exit, colour: red}]", "images[0].colour: unknown key; known: archive, arg, build, list, name, ready, timeout"),
-    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: overlayfs, prefetch: all}]",
-     "variants[0].prefetch: got 'all'; expected no prefetch key: only nydus variants prefetch"),
-    ("images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus}]",
-     "variants[0].prefetch: got None; expected off, all, list or runtime"),
-    ("images: [{name: 'A:1', build: db, ready: exit}]", "images: got 'A:1'; expected names that make valid references"),
-    ("images: [{name: a:1, build: db, ready: exit}, {name: a:1, build: web, ready: exit}]",
-     "images: got ['a:1', 'a:1']; expected each name once"),
-    ("images: [", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "images: [{name: a:1, build: db}]",
+            "images[0].ready: got None; expected {url: URL}, {line: TEXT}, exit or start",
+        ),
+        ("images: [{name: a:1, build: db, ready: {url: 'ftp://x'}}]", "images[0].ready: got {'url': 'ftp://x'}"),
+        (
+            "images: [{name: a:1, ready: exit}]",
+            "images[0]: got 'a:1'; expected build: (web, db, wordpress, python-web, node-web) or archive:",
+        ),
+        (
+            "registry: reg.example:5000\nimages: [{name: a:1, build: web, ready: exit}]",
+            "images[0].build: got 'web'; expected only with registry: local",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit, arg: '-v /x:/y'}]",
+            "images[0].arg: got '-v /x:/y'; expected only -e/--env KEY=VALUE options (not '-v')",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit, arg: '-e NOVALUE'}]",
+            "expected KEY=VALUE after -e (not 'NOVALUE')",
+        ),
+        (
+            "repetitions: 0\nimages: [{name: a:1, build: db, ready: exit}]",
+            "repetitions: got 0; expected a whole number > 0, e.g. repetitions: 3",
+        ),
+        (
+            "throttle: fast\nimages: [{name: a:1, build: db, ready: exit}]",
+            "throttle: got 'fast'; expected RATE/RTT or a list of them, e.g. throttle: [100mbit/10ms, 20mbit/40ms], or no key",
+        ),
+        (
+            "throttle: [20mbit/40ms, 20mbit/40ms]\nimages: [{name: a:1, build: db, ready: exit}]",
+            "throttle: got ['20mbit/40ms', '20mbit/40ms']; expected each setting once",
+        ),
+        (
+            "registry: reg.example\nthrottle: 20mbit/40ms\nimages: [{name: a:1, ready: exit}]",
+            "throttle: got '20mbit/40ms'; expected only with registry: local",
+        ),
+        (
+            "registry: reg.example\nimages: [{name: a:1, ready: exit, list: record}]",
+            "images[0].list: got 'record'; expected a recorded list's path: `record` needs registry: local",
+        ),
+        ("settle: 0\nimages: [{name: a:1, build: db, ready: exit}]", "settle: got 0; expected a number > 0"),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: all, list: ours}]",
+            "variants[0].list: got 'ours'; expected no list key: only prefetch list and runtime take a list",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, list: mine}]",
+            "variants[0].list: got 'mine'; expected ours (the plugin's recorded list) or nydusd",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: runtime, reorder: false}]",
+            "variants[0].reorder: got False; expected no reorder key: only prefetch list converts with a list",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, reorder: 1}]",
+            "variants[0].reorder: got 1; expected true (the listed files lead the blob) or false",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, tag_suffix: _n, prefetch: off},"
+            " {name: y, snapshotter: nydus, tag_suffix: _n, prefetch: list}]",
+            "variants: got ['x', 'y']; expected tag suffixes of their own: their images differ, and '_n' can name one",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit, colour: red}]",
+            "images[0].colour: unknown key; known: archive, arg, build, list, name, ready, timeout",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: overlayfs, prefetch: all}]",
+            "variants[0].prefetch: got 'all'; expected no prefetch key: only nydus variants prefetch",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus}]",
+            "variants[0].prefetch: got None; expected off, all, list or runtime",
+        ),
+        (
+            "images: [{name: 'A:1', build: db, ready: exit}]",
+            "images: got 'A:1'; expected names that make valid references",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}, {name: a:1, build: web, ready: exit}]",
+            "images: got ['a:1', 'a:1']; expected each name once",
+        ),
+        ("images: [", "not valid YAML"),
+    ],
+)
 def test_config_errors_are_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(cfg.ConfigError) as caught:
         load(tmp_path, text + "\n")
@@ -157,22 +227,34 @@ def sample(rep: int, pull: int, create: int, run: int, status: str = "ok") -> Sa
 
 
 def test_summary_median_and_spread_and_exact_rows() -> None:
-    samples = [sample(1, 300_001, 100_000, 50_000), sample(2, 100_000, 300_000, 70_000),
-               sample(3, 200_000, 200_000, 60_000),
-               Sample("web:1", NYDUS, "r/web:1_nydus", 0, "t4", "skipped", note="nydus not installed (x)")]
+    samples = [
+        sample(1, 300_001, 100_000, 50_000),
+        sample(2, 100_000, 300_000, 70_000),
+        sample(3, 200_000, 200_000, 60_000),
+        Sample("web:1", NYDUS, "r/web:1_nydus", 0, "t4", "skipped", note="nydus not installed (x)"),
+    ]
     (oci, nydus) = summarize(samples)
     assert (oci.status, oci.n, nydus.status, nydus.n) == ("ok", 3, "skipped", 0)
     assert {k: (v.median_us, v.min_us, v.max_us) for k, v in oci.times.items()} == {
-        "pull": (200_000, 100_000, 300_001), "create": (200_000, 100_000, 300_000),
-        "run": (60_000, 50_000, 70_000), "total": (460_000, 450_001, 470_000)}
+        "pull": (200_000, 100_000, 300_001),
+        "create": (200_000, 100_000, 300_000),
+        "run": (60_000, 50_000, 70_000),
+        "total": (460_000, 450_001, 470_000),
+    }
     for row in run_rows(samples[:3], "r"):
         assert Decimal(row["total_s"]) == sum(Decimal(row[f"{p}_s"]) for p in ("pull", "create", "run"))
     lines = table([oci, nydus], {}).splitlines()
-    assert lines[:4] == ["**web:1**, link not shaped: no bound", "",
-                         "| variant | n | pull (s) | create (s) | run (s) | total (s) | total / bound | fetched by ready "
-                         "| fetched in all | on-demand requests | stalled reads |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    assert lines[4] == ("| oci | 3/3 | 0.200 (0.100-0.300) | 0.200 (0.100-0.300) | 0.060 (0.050-0.070) | "
-                        "0.460 (0.450-0.470) |  | 1000 B |  |  |  |")
+    assert lines[:4] == [
+        "**web:1**, link not shaped: no bound",
+        "",
+        "| variant | n | pull (s) | create (s) | run (s) | total (s) | total / bound | fetched by ready "
+        "| fetched in all | on-demand requests | stalled reads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    assert lines[4] == (
+        "| oci | 3/3 | 0.200 (0.100-0.300) | 0.200 (0.100-0.300) | 0.060 (0.050-0.070) | "
+        "0.460 (0.450-0.470) |  | 1000 B |  |  |  |"
+    )
     assert lines[5] == "| nydus | - | skipped: nydus not installed (x) |  |  |  |  |  |  |  |  |"
 
 
@@ -189,7 +271,7 @@ def fake_tools(directory: Path, *names: str) -> None:
     directory.mkdir(exist_ok=True)
     for name in names:
         tool = directory / name
-        tool.write_text("#!/bin/sh\necho \"$0 $*\" >> \"$(dirname \"$0\")/calls\"; cat > /dev/null\n")
+        tool.write_text('#!/bin/sh\necho "$0 $*" >> "$(dirname "$0")/calls"; cat > /dev/null\n')
         tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
 
 
@@ -207,10 +289,12 @@ def test_nydus_variants_say_why_they_are_skipped(tmp_path: Path, monkeypatch: py
     assert reason() == "nydus not installed (containerd-nydus-grpc not on PATH nor installed by make nydus)"
     fake_tools(tmp_path / "bin", "containerd-nydus-grpc")
     # registry: local has no nydus image until the harness converts one with nydus-image
-    assert reason() == ("no nydus image to pull: registry: local gets its nydus images from nydus-image "
-                        f"(nydus-image is not installed (not on PATH, not in {tmp_path}/cache/tools/nydus-rs-2.2.0/bin); "
-                        "install nydus-rs 2.2.0 with `make nydus` (in a source checkout) or `cargo install --locked nydus-rs "
-                        "--version 2.2.0`)")
+    assert reason() == (
+        "no nydus image to pull: registry: local gets its nydus images from nydus-image "
+        f"(nydus-image is not installed (not on PATH, not in {tmp_path}/cache/tools/nydus-rs-2.2.0/bin); "
+        "install nydus-rs 2.2.0 with `make nydus` (in a source checkout) or `cargo install --locked nydus-rs "
+        "--version 2.2.0`)"
+    )
     assert reason(local=False) is None  # a registry that holds the converted images already
     fake_tools(tmp_path / "bin", "nydus-image")
     assert reason() is None
@@ -225,11 +309,14 @@ def test_nydus_tools_are_found_where_make_nydus_put_them(tmp_path: Path, monkeyp
     fake_tools(tmp_path / "cache" / "tools" / "nydus-rs-2.2.0" / "bin", "nydusd", "nydus-image")
     fake_tools(tmp_path / "unpacked", "containerd-nydus-grpc")
     (tmp_path / "cache" / "nydus-snapshotter_sid.json").write_text(
-        f'{{"version": "0.13.4-7", "path": "{tmp_path / "unpacked" / "containerd-nydus-grpc"}"}}')
+        f'{{"version": "0.13.4-7", "path": "{tmp_path / "unpacked" / "containerd-nydus-grpc"}"}}'
+    )
     found = find(load(tmp_path, "images: [{name: a:1, build: db, ready: exit}]\n"))
     assert (found.tools.snapshotter, found.tools.nydusd, found.nydus_image) == (
-        tmp_path / "unpacked" / "containerd-nydus-grpc", tmp_path / "cache/tools/nydus-rs-2.2.0/bin/nydusd",
-        tmp_path / "cache/tools/nydus-rs-2.2.0/bin/nydus-image")
+        tmp_path / "unpacked" / "containerd-nydus-grpc",
+        tmp_path / "cache/tools/nydus-rs-2.2.0/bin/nydusd",
+        tmp_path / "cache/tools/nydus-rs-2.2.0/bin/nydus-image",
+    )
     assert skip_reason(NYDUS, found, local=True) is None
 
 
@@ -259,8 +346,9 @@ def test_convert_plan_needs_the_recorded_list(tmp_path: Path) -> None:
         plan(config, "127.0.0.1:5000", persist_dir="/results")
 
 
-def test_convert_without_nydus_image_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_without_nydus_image_names_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "app.list").write_text("/bin/sh\n")
     (tmp_path / "bench.yaml").write_text(REMOTE)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -269,11 +357,13 @@ def test_convert_without_nydus_image_names_the_install_command(tmp_path: Path, m
     assert capsys.readouterr().err == (
         f"nri-optimizer bench-image: nydus-image is not installed (not on PATH, not in {tmp_path}/cache/tools/"
         "nydus-rs-2.2.0/bin); install nydus-rs 2.2.0 with `make nydus` (in a source checkout) or `cargo install "
-        "--locked nydus-rs --version 2.2.0`\n")
+        "--locked nydus-rs --version 2.2.0`\n"
+    )
 
 
 def test_convert_of_a_local_registry_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bench.yaml").write_text("images: [{name: a:1, build: db, ready: exit}]\n")
     assert bench_image(["convert", str(tmp_path / "bench.yaml")]) == 1
     assert capsys.readouterr().err.startswith(
-        "nri-optimizer bench-image: registry: local lives only while `run` runs: give --target HOST[:PORT]")
+        "nri-optimizer bench-image: registry: local lives only while `run` runs: give --target HOST[:PORT]"
+    )

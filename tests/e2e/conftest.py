@@ -36,8 +36,6 @@ class TestImages:
     busybox: Path
 
 
-
-
 @pytest.fixture(scope="session")
 def runtime() -> Callable[[str], debs.Runtime]:
     """Flavour -> fetched runtime, once per session; fails (never skips) when that is impossible."""

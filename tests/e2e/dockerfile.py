@@ -78,8 +78,16 @@ def build(dockerfile: Path, context: Path, name: str, out: Path) -> Path:
                     _copy(context / source, root / target.lstrip("/"))
             else:
                 rootfs.run_in(root, f"cd {shlex.quote(workdir)}\n{argument}", what=f"RUN {argument[:60]}")
-        return images.build_image(name, out, entrypoint=recipe.entrypoint, cmd=recipe.cmd, env=recipe.env,
-                                  working_dir=workdir, extra_layers=[root], base=False)
+        return images.build_image(
+            name,
+            out,
+            entrypoint=recipe.entrypoint,
+            cmd=recipe.cmd,
+            env=recipe.env,
+            working_dir=workdir,
+            extra_layers=[root],
+            base=False,
+        )
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -103,6 +111,7 @@ def _instructions(text: str) -> list[tuple[str, str]]:
             continue
         logical, pending = pending + line, ""
         instruction, _, argument = logical.strip().partition(" ")
-        found.append((instruction.upper(), " ".join(argument.split()) if instruction.upper() == "RUN"
-                      else argument.strip()))
+        found.append(
+            (instruction.upper(), " ".join(argument.split()) if instruction.upper() == "RUN" else argument.strip())
+        )
     return found

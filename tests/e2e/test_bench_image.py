@@ -65,9 +65,21 @@ variants:
     out = tmp_path / "out"
     missing = tmp_path / "no-nydusd"  # as for a user without nydus: its variants are skipped, with the reason
     result = subprocess.run(
-        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out),
-         "--nydusd", str(missing)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "nri_optimizer",
+            "bench-image",
+            "run",
+            str(config),
+            "--out",
+            str(out),
+            "--nydusd",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     why = f"nydus not installed (nydusd: {missing} is not an executable file)"
@@ -83,8 +95,11 @@ variants:
     assert registry.startswith("127.0.0.1:")
     ok = [r for r in rows if r["status"] == "ok"]
     assert [(r["repo"], r["variant"], r["repetition"]) for r in ok] == [
-        (image, variant, str(n)) for n in (1, 2, 3) for image in ("e2e-web:1", "e2e-db:1")
-        for variant in ("oci", "oci-warm")]
+        (image, variant, str(n))
+        for n in (1, 2, 3)
+        for image in ("e2e-web:1", "e2e-db:1")
+        for variant in ("oci", "oci-warm")
+    ]
     for row in ok:
         assert row["registry"] == registry and row["snapshotter"] == "overlayfs" and row["note"] == ""
         assert (row["link"], row["settled"]) == ("", "true")
@@ -99,7 +114,8 @@ variants:
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert [(r["repo"], r["variant"], r["repetition"], r["total_s"]) for r in skipped] == [
         ("e2e-web:1_nydus_prefetch", "nydus-prefetch-list", "0", ""),
-        ("e2e-db:1_nydus_prefetch", "nydus-prefetch-list", "0", "")]
+        ("e2e-db:1_nydus_prefetch", "nydus-prefetch-list", "0", ""),
+    ]
     assert {r["note"] for r in skipped} == {why}
     assert len(rows) == 14
 
@@ -109,10 +125,13 @@ variants:
         assert tuple(reader.fieldnames or ()) == SUMMARY_COLUMNS
         summary = list(reader)
     assert [(s["variant"], s["repo"], s["status"], s["n"]) for s in summary] == [
-        ("oci", "e2e-web:1", "ok", "3"), ("oci-warm", "e2e-web:1", "ok", "3"),
+        ("oci", "e2e-web:1", "ok", "3"),
+        ("oci-warm", "e2e-web:1", "ok", "3"),
         ("nydus-prefetch-list", "e2e-web:1_nydus_prefetch", "skipped", "0"),
-        ("oci", "e2e-db:1", "ok", "3"), ("oci-warm", "e2e-db:1", "ok", "3"),
-        ("nydus-prefetch-list", "e2e-db:1_nydus_prefetch", "skipped", "0")]
+        ("oci", "e2e-db:1", "ok", "3"),
+        ("oci-warm", "e2e-db:1", "ok", "3"),
+        ("nydus-prefetch-list", "e2e-db:1_nydus_prefetch", "skipped", "0"),
+    ]
     for s in summary:
         if s["status"] == "skipped":
             continue
@@ -133,11 +152,15 @@ variants:
     # The table on stdout: per image, why there is no bound, a header, a rule and one line per variant.
     table = result.stdout.splitlines()
     for image in ("e2e-web:1", "e2e-db:1"):
-        at = table.index(f"**{image}**, link not shaped: no bound: it needs nydus without prefetch (prefetch: off) "
-                         "measured")
+        at = table.index(
+            f"**{image}**, link not shaped: no bound: it needs nydus without prefetch (prefetch: off) measured"
+        )
         assert table[at + 2].startswith("| variant | n | pull (s) |")
-        assert [line.split(" | ")[0:2] for line in table[at + 4:at + 7]] == [
-            ["| oci", "3/3"], ["| oci-warm", "3/3"], ["| nydus-prefetch-list", "-"]]
+        assert [line.split(" | ")[0:2] for line in table[at + 4 : at + 7]] == [
+            ["| oci", "3/3"],
+            ["| oci-warm", "3/3"],
+            ["| nydus-prefetch-list", "-"],
+        ]
     runs_md = (out / "runs.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in runs_md if line.startswith("| oci")] == ["| oci", "| oci-warm"] * 2
 
@@ -146,8 +169,10 @@ variants:
         width, height = png_size(out / name)
         assert width >= 600 and height >= 400
     wrote = {line.rsplit(" ", 1)[1] for line in result.stderr.splitlines() if " wrote " in line}
-    assert wrote == {str(out / n) for n in ("runs.csv", "summary.csv", "results.json", "table.md", "runs.md",
-                                            "e2e-web_1.png", "e2e-db_1.png")}
+    assert wrote == {
+        str(out / n)
+        for n in ("runs.csv", "summary.csv", "results.json", "table.md", "runs.md", "e2e-web_1.png", "e2e-db_1.png")
+    }
 
     # Nothing left: no registry process, no work, containerd or registry dir.
     made = made_by(result.stderr)
@@ -158,12 +183,17 @@ variants:
 def test_a_config_error_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "bench.yaml"
     config.write_text("images: [{name: web:1, build: web}]\n")
-    result = subprocess.run([sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr == (
         f"nri-optimizer bench-image: {config}: images[0].ready: got None; expected {{url: URL}}, {{line: TEXT}}, "
-        "exit or start, e.g. ready: {url: 'http://127.0.0.1:8080/'} (readiness is never guessed)\n")
+        "exit or start, e.g. ready: {url: 'http://127.0.0.1:8080/'} (readiness is never guessed)\n"
+    )
 
 
 # --- the parts, against one containerd and registry -------------------------------------------------------
@@ -212,8 +242,10 @@ def manifest_blobs(bed: Bed, name: str) -> set[str]:
     import urllib.request
 
     repository, _, tag = name.rpartition(":")
-    request = urllib.request.Request(f"{bed.registry.url}/v2/{repository}/manifests/{tag}",
-                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    request = urllib.request.Request(
+        f"{bed.registry.url}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
     with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request) as response:
         manifest = json.load(response)
     return {manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
@@ -244,8 +276,12 @@ def sample_with(bed: Bed, name: str, image: Image, tarball: Path) -> Sample:
 
 def test_readiness_kinds_and_failures(bed: Bed) -> None:
     def job(script: str, out: str) -> Path:
-        return build_image(f"x/{out}", bed.work / f"{out}.tar", {"/job": f"#!/bin/sh\n{script}\n".encode()},
-                           entrypoint=["/bin/sh", "/job"])
+        return build_image(
+            f"x/{out}",
+            bed.work / f"{out}.tar",
+            {"/job": f"#!/bin/sh\n{script}\n".encode()},
+            entrypoint=["/bin/sh", "/job"],
+        )
 
     ok = sample_with(bed, "job-ok:1", Image("job-ok:1", Ready("exit"), 30), job("cat /etc/passwd", "ok"))
     assert (ok.status, ok.note) == ("ok", "")
@@ -275,8 +311,14 @@ def test_the_shaped_link_slows_only_the_registry(bed: Bed) -> None:
     link = Link.parse("40mbit/20ms")
     with ShapedLink(link, bed.registry.port) as shaped:
         write_hosts(bed.work / "hosts", shaped.address, plain_http=True)
-        runner = Runner(bed.runner.cri, cgroup_parent=bed.ctd.cgroup_parent, logs_dir=bed.work / "logs",
-                        pull_timeout=120, link_bytes=lambda: shaped.down_bytes, link=str(link))
+        runner = Runner(
+            bed.runner.cri,
+            cgroup_parent=bed.ctd.cgroup_parent,
+            logs_dir=bed.work / "logs",
+            pull_timeout=120,
+            link_bytes=lambda: shaped.down_bytes,
+            link=str(link),
+        )
         (slow,) = runner.repetition(image, OCI, f"{shaped.address}/{name}", 2, size)
     assert fast.status == slow.status == "ok", (fast.note, slow.note)
     assert fast.pull_us is not None and slow.pull_us is not None

@@ -23,24 +23,31 @@ from tests.e2e.benchimage import made_by
 
 
 def images(ctd: Containerd) -> list[str]:
-    out = subprocess.run([str(ctd.runtime.bin_dir / "ctr"), "-a", ctd.address, "-n", "k8s.io", "images", "ls", "-q"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(ctd.runtime.bin_dir / "ctr"), "-a", ctd.address, "-n", "k8s.io", "images", "ls", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sorted(out.split())
 
 
 @pytest.mark.parametrize("flavour", ["2.1", "1.7"])
 def test_the_benchmark_runs_on_a_nodes_own_containerd_and_snapshotter(
-        flavour: str, tmp_path: Path, runtime: Callable[[str], debs.Runtime]) -> None:
+    flavour: str, tmp_path: Path, runtime: Callable[[str], debs.Runtime]
+) -> None:
     try:
         tools = toolchain.install()
     except TestbedError as error:
         pytest.fail(f"the nydus tool chain cannot be installed (make nydus): {error}")
     rt = runtime(flavour)
     with contextlib.ExitStack() as node:
-        snapshotter = node.enter_context(nydus.NydusSnapshotter(tools.snapshotter, tools.nydusd, "list",
-                                                                nydus.Backend("http")))
-        ctd = node.enter_context(Containerd(rt, registry_config_dir=tmp_path / "hosts",
-                                            snapshotters={snapshotter.name: snapshotter.address}))
+        snapshotter = node.enter_context(
+            nydus.NydusSnapshotter(tools.snapshotter, tools.nydusd, "list", nydus.Backend("http"))
+        )
+        ctd = node.enter_context(
+            Containerd(rt, registry_config_dir=tmp_path / "hosts", snapshotters={snapshotter.name: snapshotter.address})
+        )
         pause = build_pause_image(tmp_path / "pause.tar")
         ctd.import_image(pause)
         nydus.import_image(rt.bin_dir / "ctr", ctd.address, pause, snapshotter.name)
@@ -64,25 +71,55 @@ variants:
 """)
         out = tmp_path / "out"
         result = subprocess.run(
-            [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out),
-             "--runtime-endpoint", ctd.address, "--nri-socket", str(ctd.nri_socket), "--cgroup-parent",
-             ctd.cgroup_parent, "--snapshotter", snapshotter.name, "--snapshotter-prefetch", "list",
-             "--nydus-root", str(snapshotter.layout.root), "--nydus-system-socket", str(snapshotter.system_address)],
-            capture_output=True, text=True, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "nri_optimizer",
+                "bench-image",
+                "run",
+                str(config),
+                "--out",
+                str(out),
+                "--runtime-endpoint",
+                ctd.address,
+                "--nri-socket",
+                str(ctd.nri_socket),
+                "--cgroup-parent",
+                ctd.cgroup_parent,
+                "--snapshotter",
+                snapshotter.name,
+                "--snapshotter-prefetch",
+                "list",
+                "--nydus-root",
+                str(snapshotter.layout.root),
+                "--nydus-system-socket",
+                str(snapshotter.system_address),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr
         lines = result.stderr.splitlines()
         # The node's: no private containerd or snapshotter was started, only the registry and the work dir.
         assert "running privately" not in result.stderr
         (where,) = [line.split("] ", 1)[1] for line in lines if f" at {ctd.address}" in line]
-        assert where.startswith("containerd ") and where.endswith(f" at {ctd.address}, nydus-snapshotter "
-                                                                  f"{snapshotter.name}"), where
-        assert ("nri-optimizer bench-image: nydus: skipped: needs a nydus-snapshotter whose nydusd prefetches off; "
-                f"{snapshotter.name}'s prefetches list (--snapshotter-prefetch)") in lines
+        assert where.startswith("containerd ") and where.endswith(
+            f" at {ctd.address}, nydus-snapshotter {snapshotter.name}"
+        ), where
+        assert (
+            "nri-optimizer bench-image: nydus: skipped: needs a nydus-snapshotter whose nydusd prefetches off; "
+            f"{snapshotter.name}'s prefetches list (--snapshotter-prefetch)"
+        ) in lines
         data = json.loads((out / "results.json").read_text())
         runs = {r["variant"]: r for r in data["runs"]}
         assert [(name, r["status"]) for name, r in runs.items()] == [
-            ("nydus", "skipped"), ("oci", "ok"), ("oci-warm", "ok"), ("nydus-prefetch-list", "ok"),
-            ("nydus-runtime-list", "ok")]
+            ("nydus", "skipped"),
+            ("oci", "ok"),
+            ("oci-warm", "ok"),
+            ("nydus-prefetch-list", "ok"),
+            ("nydus-runtime-list", "ok"),
+        ]
         # The runtime list reached the node's snapshotter: nydusd prefetched the listed files of an image without
         # a prefetch table, as much as the converted list did.
         assert runs["nydus-runtime-list"]["prefetch_bytes"] == runs["nydus-prefetch-list"]["prefetch_bytes"] > 0

@@ -48,18 +48,34 @@ def stand_in_nydusd(directory: Path) -> Path:
 
 
 def snapshot_kinds(ctd: Containerd, snapshotter: str) -> list[str]:
-    result = subprocess.run([str(ctd.runtime.bin_dir / "ctr"), "-a", ctd.address, "-n", "k8s.io", "snapshots",
-                             "--snapshotter", snapshotter, "ls"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [
+            str(ctd.runtime.bin_dir / "ctr"),
+            "-a",
+            ctd.address,
+            "-n",
+            "k8s.io",
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "ls",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return sorted(line.split()[-1] for line in result.stdout.splitlines()[1:])
 
 
 @pytest.mark.parametrize("flavour", ["2.1", "1.7"])
 def test_a_handler_pulls_and_runs_through_the_snapshotter(
-        flavour: str, tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path) -> None:
+    flavour: str, tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path
+) -> None:
     rt = runtime(flavour)
     snapshotter = nydus.NydusSnapshotter(snapshotter_binary, stand_in_nydusd(tmp_path), "off", nydus.Backend("http"))
-    ctd = Containerd(rt, nri=False, registry_config_dir=tmp_path / "hosts",
-                     snapshotters={snapshotter.name: snapshotter.address})
+    ctd = Containerd(
+        rt, nri=False, registry_config_dir=tmp_path / "hosts", snapshotters={snapshotter.name: snapshotter.address}
+    )
     registry = LocalRegistry(registry_binary())
     cri: HandlerCri | None = None
     try:
@@ -70,10 +86,12 @@ def test_a_handler_pulls_and_runs_through_the_snapshotter(
         log = snapshotter.log_tail(50)
         assert "FsDriver: fusedev, DaemonMode: dedicated" in log and "level=error" not in log, log
         ctd.start()
-        plugins = subprocess.run([str(rt.bin_dir / "ctr"), "-a", ctd.address, "plugins", "ls"],
-                                 capture_output=True, text=True, check=True).stdout.splitlines()
+        plugins = subprocess.run(
+            [str(rt.bin_dir / "ctr"), "-a", ctd.address, "plugins", "ls"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
         assert [line.split() for line in plugins if " nydus-off " in line] == [
-            ["io.containerd.snapshotter.v1", "nydus-off", "linux/amd64", "ok"]]
+            ["io.containerd.snapshotter.v1", "nydus-off", "linux/amd64", "ok"]
+        ]
 
         pause = build_pause_image(tmp_path / "pause.tar")
         ctd.import_image(pause)
@@ -81,7 +99,9 @@ def test_a_handler_pulls_and_runs_through_the_snapshotter(
         assert snapshot_kinds(ctd, "nydus-off") == ["Committed"]
         registry.start()
         write_hosts(tmp_path / "hosts", registry.address, plain_http=True)
-        push_layout(workloads.build("db", "x/nydus-db:1", tmp_path / "db.tar"), registry.client(), "nydus-db", "1_nydus")
+        push_layout(
+            workloads.build("db", "x/nydus-db:1", tmp_path / "db.tar"), registry.client(), "nydus-db", "1_nydus"
+        )
         reference = f"{registry.address}/nydus-db:1_nydus"
 
         cri = HandlerCri(ctd.address)
@@ -91,14 +111,18 @@ def test_a_handler_pulls_and_runs_through_the_snapshotter(
             if phase == "cleanup":  # the container and its image are still there
                 seen.append(snapshot_kinds(ctd, "nydus-off"))
 
-        runner = Runner(cri, cgroup_parent=ctd.cgroup_parent, logs_dir=tmp_path / "logs", pull_timeout=60,
-                        on_phase=on_phase)
+        runner = Runner(
+            cri, cgroup_parent=ctd.cgroup_parent, logs_dir=tmp_path / "logs", pull_timeout=60, on_phase=on_phase
+        )
         image = Image("nydus-db:1", Ready("line", "ready to accept connections"), 30)
         (sample,) = runner.repetition(image, NYDUS_OFF, reference, 1, 1234, snapshotter)
         # An OCI image on nydus-snapshotter runs (as on overlayfs), but no nydusd served it: not a nydus measurement.
         assert (sample.status, sample.note, sample.bytes_fetched, sample.nydusd_bytes) == (
-            "failed", f"no nydusd serves {reference}: not a nydus image? (convert it with bench-image convert)",
-            None, None)
+            "failed",
+            f"no nydusd serves {reference}: not a nydus image? (convert it with bench-image convert)",
+            None,
+            None,
+        )
         # Pulled into the snapshotter (the image's two layers), the pod's and the container's rootfs prepared there.
         assert seen == [["Active", "Active", "Committed", "Committed", "Committed"]]
         assert not (tmp_path / "nydusd.calls").exists()
@@ -117,7 +141,8 @@ def test_a_handler_pulls_and_runs_through_the_snapshotter(
 
 
 def test_a_run_without_nydusd_skips_the_nydus_variants(
-        tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path) -> None:
+    tmp_path: Path, runtime: Callable[[str], debs.Runtime], snapshotter_binary: Path
+) -> None:
     runtime("2.1")
     config = tmp_path / "bench.yaml"
     config.write_text("""
@@ -133,9 +158,24 @@ variants:
 """)
     missing = tmp_path / "no-nydusd"
     result = subprocess.run(
-        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(tmp_path / "out"),
-         "--nydus-snapshotter", str(snapshotter_binary), "--nydusd", str(missing)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "nri_optimizer",
+            "bench-image",
+            "run",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+            "--nydus-snapshotter",
+            str(snapshotter_binary),
+            "--nydusd",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     why = f"nydus not installed (nydusd: {missing} is not an executable file)"
@@ -143,8 +183,10 @@ variants:
         assert f"nri-optimizer bench-image: {variant}: skipped: {why}" in lines
     table = result.stdout.splitlines()
     assert [line.split(" | ")[:3] for line in table[4:7]] == [
-        ["| oci", "1/1", table[4].split(" | ")[2]], ["| oci-warm", "1/1", table[5].split(" | ")[2]],
-        ["| nydus", "-", f"skipped: {why}"]]
+        ["| oci", "1/1", table[4].split(" | ")[2]],
+        ["| oci-warm", "1/1", table[5].split(" | ")[2]],
+        ["| nydus", "-", f"skipped: {why}"],
+    ]
     assert table[7].startswith(f"| nydus-prefetch-list | - | skipped: {why} |")
     assert "nydus-snapshotter" not in result.stderr  # none was started for skipped variants
     made = made_by(result.stderr)
@@ -153,8 +195,15 @@ variants:
 
 DB_READS = ["/app/start.sh", "/bin/busybox", "/app/db.conf", "/app/data/schema.sql", "/app/data/table-0.bin"]
 MiB = 1 << 20
-VARIANTS = ("oci", "nydus", "nydus-prefetch-all", "nydus-prefetch-list", "nydus-runtime-list", "nydus-list-unordered",
-            "nydus-nydusd-list")
+VARIANTS = (
+    "oci",
+    "nydus",
+    "nydus-prefetch-all",
+    "nydus-prefetch-list",
+    "nydus-runtime-list",
+    "nydus-list-unordered",
+    "nydus-nydusd-list",
+)
 
 
 def shaped_ports() -> set[int]:
@@ -163,7 +212,8 @@ def shaped_ports() -> set[int]:
 
 
 def test_the_quick_benchmark_runs_every_variant_against_the_bound(
-        tmp_path: Path, runtime: Callable[[str], debs.Runtime]) -> None:
+    tmp_path: Path, runtime: Callable[[str], debs.Runtime]
+) -> None:
     """What make test runs of the benchmark: one small workload, two rounds, every variant, on a shaped link, with
     the real tools (nydus-image converting, nydus-snapshotter and nydusd running it lazily, the plugin recording our
     list, nydusd recording its own). Nothing is skipped; the figures are checked for what they must be, never for
@@ -195,7 +245,10 @@ nydus: {{snapshotter: {tools.snapshotter}, nydusd: {tools.nydusd}, nydus_image: 
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out)],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr
     assert "skipped" not in result.stderr
     data = json.loads((out / "results.json").read_text())
@@ -212,12 +265,17 @@ nydus: {{snapshotter: {tools.snapshotter}, nydusd: {tools.nydusd}, nydus_image: 
     assert (lists["missing"], lists["extra"]) == ([], ["/etc/group", "/etc/passwd"])
     notes = [line.split("converting: ")[1] for line in result.stderr.splitlines() if "converting: " in line]
     assert [n.split(" --target ")[1].split()[0].rsplit(":", 1)[1] for n in notes] == [
-        "1_nydus", "1_nydus_prefetch", "1_nydus_unordered", "1_nydus_nydusdlist"]
+        "1_nydus",
+        "1_nydus_prefetch",
+        "1_nydus_unordered",
+        "1_nydus_nydusdlist",
+    ]
     assert "--no-reorder" in notes[2] and notes[1].endswith("e2e-db_1.ours --source-insecure --target-insecure")
     assert notes[3].split(" --list ")[1].startswith(str(made_by(result.stderr)[0]))
     # prefetch all's image is prefetch off's (no table): made once, tagged twice
-    assert f"tagged {data['registry']}/e2e-db:1_nydus as :1_nydus_prefetchall as well (the same conversion)" in \
-        [line.split("] ", 1)[-1] for line in result.stderr.splitlines()]
+    assert f"tagged {data['registry']}/e2e-db:1_nydus as :1_nydus_prefetchall as well (the same conversion)" in [
+        line.split("] ", 1)[-1] for line in result.stderr.splitlines()
+    ]
 
     # Every variant twice, the warm start after each OCI start; rounds interleaved, the order rotated.
     runs = [r for r in data["runs"] if r["status"] == "ok"]
@@ -250,10 +308,14 @@ nydus: {{snapshotter: {tools.snapshotter}, nydusd: {tools.nydusd}, nydus_image: 
     off = next(s for s in data["summary"] if s["variant"] == "nydus")
     warm = next(s for s in data["summary"] if s["variant"] == "oci-warm")
     assert (bound["metadata_pull_s"], bound["create_s"], bound["warm_run_s"]) == (
-        off["pull_median_s"], off["create_median_s"], warm["run_median_s"])
+        off["pull_median_s"],
+        off["create_median_s"],
+        warm["run_median_s"],
+    )
     assert bound["needed_bytes"] == needed and bound["transfer_s"] == round(needed * 8 / 100e6, 6)
-    assert bound["bound_s"] == pytest.approx(bound["metadata_pull_s"] + bound["create_s"]
-                                             + max(bound["warm_run_s"], bound["transfer_s"]), abs=2e-6)
+    assert bound["bound_s"] == pytest.approx(
+        bound["metadata_pull_s"] + bound["create_s"] + max(bound["warm_run_s"], bound["transfer_s"]), abs=2e-6
+    )
     for summary in data["summary"]:
         assert summary["n"] == 2 and summary["status"] == "ok"
         if summary["variant"] != "oci-warm":

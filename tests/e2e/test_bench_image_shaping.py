@@ -155,8 +155,11 @@ def test_a_root_qdisc_that_is_not_ours_is_left_alone(own_device: str) -> None:
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname=own_device)
         ipr.tc("add", "htb", index, 0x20000, default=0)  # someone else's: handle 2:
-        with pytest.raises(ShapingError, match=rf"^{own_device} already has a root queueing discipline \(htb\) "
-                           "that is not ours; not replacing it"):
+        with pytest.raises(
+            ShapingError,
+            match=rf"^{own_device} already has a root queueing discipline \(htb\) "
+            "that is not ours; not replacing it",
+        ):
             RateLimit(10_000_000, 5000, device=own_device).__enter__()
         assert [(q.get_attr("TCA_KIND"), q["handle"]) for q in ipr.get_qdiscs(index)] == [("htb", 0x20000)]
         assert ipr.get_classes(index) == ()
@@ -176,8 +179,7 @@ def test_the_last_one_out_removes_the_root(own_device: str) -> None:
         (index,) = ipr.link_lookup(ifname=own_device)
 
         def state() -> tuple[list[tuple[str, int]], list[int]]:
-            qdiscs = [(q.get_attr("TCA_KIND"), q["handle"]) for q in ipr.get_qdiscs(index)
-                      if q["parent"] == 0xFFFFFFFF]
+            qdiscs = [(q.get_attr("TCA_KIND"), q["handle"]) for q in ipr.get_qdiscs(index) if q["parent"] == 0xFFFFFFFF]
             return qdiscs, sorted(c["handle"] for c in ipr.get_classes(index))
 
         before = state()
@@ -194,8 +196,12 @@ def test_ctrl_c_in_a_process_removes_the_shaping(sender: Sender) -> None:
             print("shaped", flush=True)
             time.sleep(60)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "shaped\n"
         assert sender.port in shaped_ports()

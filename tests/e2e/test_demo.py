@@ -12,8 +12,7 @@ from testbed.demo import EXPECTED
 
 
 def test_demo_prints_the_exact_list_and_leaves_nothing_behind() -> None:
-    result = subprocess.run([sys.executable, "-m", "testbed", "demo"], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-m", "testbed", "demo"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == EXPECTED
     assert "nri-optimizer profile: 8 files, saved to " in result.stderr

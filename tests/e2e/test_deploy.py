@@ -55,8 +55,20 @@ def plugin_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """(name, OCI tarball) of deploy/Dockerfile, built from a context holding what make optimizer makes."""
     context = tmp_path_factory.mktemp("context")
     # make optimizer's wheelhouse: the project with its [metrics] extra, and every dependency, as wheels.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(context / "build" / "wheelhouse"),
-                    f"{ROOT}[metrics]"], check=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(context / "build" / "wheelhouse"),
+            f"{ROOT}[metrics]",
+        ],
+        check=True,
+        timeout=600,
+    )
     (container,) = manifest_objects()["DaemonSet"]["spec"]["template"]["spec"]["containers"]
     name = container["image"]
     full = name if "/" in name else f"docker.io/library/{name}"
@@ -72,8 +84,9 @@ def security_context(spec: dict[str, Any]) -> pb.LinuxContainerSecurityContext:
     """The container's securityContext as kubelet hands it to the runtime."""
     seccomp = {"RuntimeDefault": pb.SecurityProfile.RuntimeDefault, "Unconfined": pb.SecurityProfile.Unconfined}
     return pb.LinuxContainerSecurityContext(
-        capabilities=pb.Capability(add_capabilities=spec["capabilities"]["add"],
-                                   drop_capabilities=spec["capabilities"]["drop"]),
+        capabilities=pb.Capability(
+            add_capabilities=spec["capabilities"]["add"], drop_capabilities=spec["capabilities"]["drop"]
+        ),
         privileged=spec["privileged"],
         run_as_user=pb.Int64Value(value=spec["runAsUser"]),
         readonly_rootfs=spec["readOnlyRootFilesystem"],
@@ -102,8 +115,7 @@ def wait_for_line(log: Path, pattern: str, timeout: float = 20.0) -> str:
         time.sleep(0.1)
 
 
-def test_the_daemonset_pod_traces_another_pod(make_containerd, flavour, tmp_path, plugin_image,
-                                              workload_image) -> None:
+def test_the_daemonset_pod_traces_another_pod(make_containerd, flavour, tmp_path, plugin_image, workload_image) -> None:
     objects = manifest_objects()
     pod_spec = objects["DaemonSet"]["spec"]["template"]["spec"]
     (container,) = pod_spec["containers"]
@@ -119,8 +131,11 @@ def test_the_daemonset_pod_traces_another_pod(make_containerd, flavour, tmp_path
     results = tmp_path / "results"
     results.mkdir()
     ctd_root = bed.ctd.dir / "root"
-    node_paths = {"/var/run/nri": str(bed.ctd.nri_socket.parent), "/opt/nri/optimizer/results": str(results),
-                  "/var/lib/containerd": str(ctd_root)}
+    node_paths = {
+        "/var/run/nri": str(bed.ctd.nri_socket.parent),
+        "/opt/nri/optimizer/results": str(results),
+        "/var/lib/containerd": str(ctd_root),
+    }
     assert bed.ctd.nri_socket.name == "nri.sock"  # the name the manifest's --socket gives
     # The ConfigMap, projected as kubelet does: its keys as files. This test bed's pods share the host's network (no
     # CNI), so the metrics address the pod would bind in its own network namespace becomes a loopback port here.
@@ -144,12 +159,22 @@ def test_the_daemonset_pod_traces_another_pod(make_containerd, flavour, tmp_path
 
     log_dir = bed.ctd.logs_dir / "daemonset"
     log_dir.mkdir()
-    pod = bed.cri.run_pod("nri-optimizer-node1", namespace=objects["DaemonSet"]["metadata"]["namespace"],
-                          cgroup_parent=bed.ctd.cgroup_parent, log_directory=str(log_dir),
-                          pid_namespace="node" if pod_spec["hostPID"] else "container",
-                          annotations=objects["DaemonSet"]["spec"]["template"]["metadata"]["annotations"])
-    cid = bed.cri.create_container(pod, container["name"], image_name, args=container["args"], mounts=mounts,
-                                   security_context=security_context(container["securityContext"]))
+    pod = bed.cri.run_pod(
+        "nri-optimizer-node1",
+        namespace=objects["DaemonSet"]["metadata"]["namespace"],
+        cgroup_parent=bed.ctd.cgroup_parent,
+        log_directory=str(log_dir),
+        pid_namespace="node" if pod_spec["hostPID"] else "container",
+        annotations=objects["DaemonSet"]["spec"]["template"]["metadata"]["annotations"],
+    )
+    cid = bed.cri.create_container(
+        pod,
+        container["name"],
+        image_name,
+        args=container["args"],
+        mounts=mounts,
+        security_context=security_context(container["securityContext"]),
+    )
     bed.cri.start_container(cid)
     plugin_log = log_dir / f"{container['name']}.log"
     wait_for_line(plugin_log, r"registered as 02-optimizer-nri-plugin")
@@ -163,8 +188,9 @@ def test_the_daemonset_pod_traces_another_pod(make_containerd, flavour, tmp_path
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2"  # a filter: the runtime's default profile
     assert status["Uid"].split()[0] == "0"
-    root_mount = next(line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-                      if line.split()[4] == "/")
+    root_mount = next(
+        line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines() if line.split()[4] == "/"
+    )
     assert "ro" in root_mount.split()[5].split(",")
     assert Path(f"/proc/{pid}/ns/pid").readlink() == Path("/proc/self/ns/pid").readlink()  # hostPID
 
@@ -173,8 +199,12 @@ def test_the_daemonset_pod_traces_another_pod(make_containerd, flavour, tmp_path
     bed.cri.stop_container(run.container_id)
     line = wait_for_line(plugin_log, rf"{run.container_id} recorded")
     assert "recorded 4 files (stopped;" in line
-    assert (results / "workload:1").read_text().splitlines() == ["/bin/busybox", "/data/f010", "/data/f003",
-                                                                 "/data/f007"]
+    assert (results / "workload:1").read_text().splitlines() == [
+        "/bin/busybox",
+        "/data/f010",
+        "/data/f003",
+        "/data/f007",
+    ]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
         scraped = answer.read().decode()
     assert "nri_optimizer_traces_completed_total 1.0" in scraped.splitlines()

@@ -33,8 +33,9 @@ def server_of(plugin_pid: int) -> host.Proc:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
-def test_prelaunched_plugin_killed_or_stopped_mid_trace(make_containerd, flavour, tmp_path, workload_image,
-                                                        signum: int) -> None:
+def test_prelaunched_plugin_killed_or_stopped_mid_trace(
+    make_containerd, flavour, tmp_path, workload_image, signum: int
+) -> None:
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra="overwrite = true\n")
     traced.finish(traced.run(["/bin/cat", "/data/f001"]))
     before = snapshot(traced.results)
@@ -65,8 +66,10 @@ def test_prelaunched_plugin_killed_or_stopped_mid_trace(make_containerd, flavour
     else:
         # Killed: the next plugin (containerd restarted) says what its predecessor lost, and clears the note.
         assert note == WORKLOAD_IMAGE.encode()
-        traced.log.wait_for(rf"{running.container_id} trace lost: the plugin stopped before finishing it "
-                            rf"\(image {WORKLOAD_IMAGE}\)")
+        traced.log.wait_for(
+            rf"{running.container_id} trace lost: the plugin stopped before finishing it "
+            rf"\(image {WORKLOAD_IMAGE}\)"
+        )
     assert snapshot(traced.results) == before
 
 
@@ -80,8 +83,9 @@ def external_plugin(make_containerd, flavour: str, tmp_path: Path, workload_imag
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
-def test_external_plugin_killed_or_stopped_mid_trace(make_containerd, flavour, tmp_path, workload_image,
-                                                     signum: int) -> None:
+def test_external_plugin_killed_or_stopped_mid_trace(
+    make_containerd, flavour, tmp_path, workload_image, signum: int
+) -> None:
     bed, config, plugin = external_plugin(make_containerd, flavour, tmp_path, workload_image)
     results = tmp_path / "results"
     try:
@@ -118,8 +122,7 @@ def test_containerd_restart_mid_trace_external(make_containerd, flavour, tmp_pat
     try:
         plugin.log.wait_for(REGISTERED)
         traced = Traced(bed, plugin.log, results)
-        running = traced.run(["/bin/sh", "-c", "cat /data/f002; sleep 1; cat /data/f003; exec sleep 1000"],
-                             wait=False)
+        running = traced.run(["/bin/sh", "-c", "cat /data/f002; sleep 1; cat /data/f003; exec sleep 1000"], wait=False)
         plugin.log.wait_for(rf"{running.container_id} tracing pid")
         bed.ctd.restart()  # the container keeps running; the trace goes on across the restart
         plugin.log.wait_for(REGISTERED, count=2)
@@ -130,8 +133,9 @@ def test_containerd_restart_mid_trace_external(make_containerd, flavour, tmp_pat
         plugin.close()
 
 
-def test_full_persist_dir_keeps_the_earlier_result_and_leaves_no_temp_file(make_containerd, flavour, tmp_path,
-                                                                            workload_image) -> None:
+def test_full_persist_dir_keeps_the_earlier_result_and_leaves_no_temp_file(
+    make_containerd, flavour, tmp_path, workload_image
+) -> None:
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra="overwrite = true\n")
     traced.finish(traced.run(["/bin/cat", "/data/f001"]))
     before = snapshot(traced.results)
@@ -156,12 +160,20 @@ def test_full_persist_dir_keeps_the_earlier_result_and_leaves_no_temp_file(make_
 
 
 @pytest.mark.stress  # 100,000 opens from a shell loop: about a minute per runtime
-def test_a_burst_beyond_a_bounded_queue_is_reported_and_the_list_says_incomplete(make_containerd, flavour, tmp_path,
-                                                                                   workload_image) -> None:
+def test_a_burst_beyond_a_bounded_queue_is_reported_and_the_list_says_incomplete(
+    make_containerd, flavour, tmp_path, workload_image
+) -> None:
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra="unlimited_queue = false\n")
-    run = traced.run(["/bin/sh", "-c", "cat /data/f001; while [ ! -e /tmp/go ]; do sleep 0.05; done; "
-                      "i=0; while [ $i -lt 100000 ]; do : > /tmp/f$i; i=$((i+1)); done; echo burst done; "
-                      "exec sleep 1000"], wait=False)
+    run = traced.run(
+        [
+            "/bin/sh",
+            "-c",
+            "cat /data/f001; while [ ! -e /tmp/go ]; do sleep 0.05; done; "
+            "i=0; while [ $i -lt 100000 ]; do : > /tmp/f$i; i=$((i+1)); done; echo burst done; "
+            "exec sleep 1000",
+        ],
+        wait=False,
+    )
     traced.log.wait_for(rf"{run.container_id} tracing pid")
     server = server_of(prelaunched_pid(traced.bed))
     server.kill(signal.SIGSTOP)  # the server lags: the kernel queue (16384 events) fills up
@@ -177,6 +189,11 @@ def test_a_burst_beyond_a_bounded_queue_is_reported_and_the_list_says_incomplete
         server.kill(signal.SIGCONT)
     line = traced.finish(run, timeout=60)
     assert "list is incomplete" not in line  # that is its own line, before
-    traced.log.wait_for(rf"{run.container_id} list is incomplete: the kernel's event queue overflowed, files are missing")
-    assert traced.result() == ["# incomplete: the kernel's event queue overflowed, files are missing",
-                               "/bin/busybox", "/data/f001"]
+    traced.log.wait_for(
+        rf"{run.container_id} list is incomplete: the kernel's event queue overflowed, files are missing"
+    )
+    assert traced.result() == [
+        "# incomplete: the kernel's event queue overflowed, files are missing",
+        "/bin/busybox",
+        "/data/f001",
+    ]

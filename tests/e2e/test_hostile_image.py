@@ -57,11 +57,22 @@ def hostile_files(tmp: Path) -> dict[str, bytes | FileSpec]:
     # Every place this interpreter (and a distribution's) looks for modules and startup hooks.
     python_dirs = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    python_dirs |= {f"/usr/lib/{version}", f"/usr/local/lib/{version}", f"/usr/local/lib/{version}/site-packages",
-                    "/usr/lib/python3/dist-packages"}
+    python_dirs |= {
+        f"/usr/lib/{version}",
+        f"/usr/local/lib/{version}",
+        f"/usr/local/lib/{version}/site-packages",
+        "/usr/lib/python3/dist-packages",
+    }
     for directory in python_dirs:
-        for module in ("sitecustomize.py", "usercustomize.py", "encodings/__init__.py", "asyncio/__init__.py",
-                       "cffi/__init__.py", "optimizer_server/__init__.py", "nri_optimizer/__init__.py"):
+        for module in (
+            "sitecustomize.py",
+            "usercustomize.py",
+            "encodings/__init__.py",
+            "asyncio/__init__.py",
+            "cffi/__init__.py",
+            "optimizer_server/__init__.py",
+            "nri_optimizer/__init__.py",
+        ):
             files[f"{directory}/{module}"] = PY_PAYLOAD
         files[f"{directory}/payload.pth"] = b"import sitecustomize\n"
     return files
@@ -71,8 +82,9 @@ def assert_payloads_would_be_seen(tmp_path: Path) -> None:
     """The detector works: each payload, run on the host, leaves the marker."""
     subprocess.run([sys.executable, "-c", PY_PAYLOAD.decode()], check=True)
     if (tmp_path / "payload.so").exists():
-        subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(tmp_path / 'payload.so')!r})"],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(tmp_path / 'payload.so')!r})"], check=True
+        )
     expected = "python payload ran\n" + ("shared object payload ran\n" if (tmp_path / "payload.so").exists() else "")
     assert Path(MARKER).read_text() == expected
     Path(MARKER).unlink()
@@ -83,8 +95,15 @@ def test_hostile_image_loads_nothing_and_is_listed_right(make_containerd, flavou
     image = build_image(HOSTILE_IMAGE, tmp_path / "hostile.tar", hostile_files(tmp_path))
     assert_payloads_would_be_seen(tmp_path)
     traced = start_traced(make_containerd, flavour, tmp_path / "bed", image)
-    run = traced.run(["/bin/sh", "-c", f"cat /etc/ld.so.preload /etc/nsswitch.conf >/dev/null; "
-                      f"if [ -e {MARKER} ]; then echo marker found; else echo no marker; fi"], image=HOSTILE_IMAGE)
+    run = traced.run(
+        [
+            "/bin/sh",
+            "-c",
+            f"cat /etc/ld.so.preload /etc/nsswitch.conf >/dev/null; "
+            f"if [ -e {MARKER} ]; then echo marker found; else echo no marker; fi",
+        ],
+        image=HOSTILE_IMAGE,
+    )
     traced.finish(run, timeout=10)
     assert run.log_lines() == ["no marker"]  # no payload ran inside the container either
     assert not Path(MARKER).exists(), Path(MARKER).read_text()

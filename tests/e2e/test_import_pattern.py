@@ -78,19 +78,40 @@ def mount(image: Path, tmp_path: Path) -> Iterator[Mount]:
         mountpoint.mkdir()
         cache.mkdir()
         config = {
-            "device": {"backend": {"type": "localfs", "config": {"dir": str(image / "blobs")}},
-                       "cache": {"type": "blobcache", "config": {"work_dir": str(cache)}}},
-            "mode": "direct", "digest_validate": False, "iostats_files": False, "enable_xattr": True,
-            "access_pattern": access_pattern, "fs_prefetch": {"enable": False},
+            "device": {
+                "backend": {"type": "localfs", "config": {"dir": str(image / "blobs")}},
+                "cache": {"type": "blobcache", "config": {"work_dir": str(cache)}},
+            },
+            "mode": "direct",
+            "digest_validate": False,
+            "iostats_files": False,
+            "enable_xattr": True,
+            "access_pattern": access_pattern,
+            "fs_prefetch": {"enable": False},
         }
         (tmp_path / f"config{n}.json").write_text(json.dumps(config))
         log = tmp_path / f"nydusd{n}.log"
         with open(log, "wb") as stderr:  # --rlimit-nofile 0: root here may not raise the limit (NYDUS.md)
             proc = subprocess.Popen(
-                [str(toolchain.install().nydusd), "fuse", "--rlimit-nofile", "0", "--config",
-                 str(tmp_path / f"config{n}.json"), "--bootstrap", str(image / "image.boot"), "--mountpoint",
-                 str(mountpoint), "--apisock", str(sock), "--log-level", "warn"],
-                stdout=subprocess.DEVNULL, stderr=stderr)
+                [
+                    str(toolchain.install().nydusd),
+                    "fuse",
+                    "--rlimit-nofile",
+                    "0",
+                    "--config",
+                    str(tmp_path / f"config{n}.json"),
+                    "--bootstrap",
+                    str(image / "image.boot"),
+                    "--mountpoint",
+                    str(mountpoint),
+                    "--apisock",
+                    str(sock),
+                    "--log-level",
+                    "warn",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         started.append((proc, mountpoint))
         deadline = time.monotonic() + 20
         while True:
@@ -116,8 +137,9 @@ def mount(image: Path, tmp_path: Path) -> Iterator[Mount]:
 
 
 def import_pattern(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nri_optimizer", "import-pattern", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "nri_optimizer", "import-pattern", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_list_is_the_files_read_in_the_order_first_read(mount: Mount, image: Path, tmp_path: Path) -> None:
@@ -149,8 +171,11 @@ def test_a_nydusd_that_records_no_pattern_is_a_one_line_error(mount: Mount, tmp_
     (mountpoint / "etc/app.conf").read_bytes()
     result = import_pattern("--api-sock", str(sock))
     assert (result.returncode, result.stdout, result.stderr) == (
-        1, "", f'nri-optimizer import-pattern: nydusd at {sock} records no access pattern: its RAFS config needs '
-        '"access_pattern": true\n')
+        1,
+        "",
+        f"nri-optimizer import-pattern: nydusd at {sock} records no access pattern: its RAFS config needs "
+        '"access_pattern": true\n',
+    )
     gone = tmp_path / "gone.sock"
     result = import_pattern("--api-sock", str(gone))
     assert result.returncode == 1

@@ -26,9 +26,20 @@ def make(target: str, dest: Path) -> str:
     # The installed venv is based on the interpreter this one was made from. pytest runs from VENV: -o keeps
     # make from reinstalling it underneath.
     result = subprocess.run(
-        ["make", "-C", str(REPO), "-o", f"{venv}/.installed", target, f"DESTDIR={dest}", f"VENV={venv}",
-         f"PYTHON={sys._base_executable}"],
-        capture_output=True, text=True, timeout=300,
+        [
+            "make",
+            "-C",
+            str(REPO),
+            "-o",
+            f"{venv}/.installed",
+            target,
+            f"DESTDIR={dest}",
+            f"VENV={venv}",
+            f"PYTHON={sys._base_executable}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"make {target} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -42,10 +53,17 @@ DAEMON_DISTRIBUTIONS = ["cffi", "nri-optimizer", "pip", "prometheus-client", "pr
 def installed_distributions(python: Path) -> list[str]:
     """The distributions python sees, by their normalized names (PEP 503: prometheus_client is prometheus-client)."""
     listing = subprocess.run(
-        [python, "-I", "-c", "import importlib.metadata as m\n"
-         "import re\n"
-         "print(*sorted({re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in m.distributions()}), sep='\\n')"],
-        capture_output=True, text=True, check=True,
+        [
+            python,
+            "-I",
+            "-c",
+            "import importlib.metadata as m\n"
+            "import re\n"
+            "print(*sorted({re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in m.distributions()}), sep='\\n')",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return listing.stdout.split()
 
@@ -60,7 +78,8 @@ def workload_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_installed_plugin_traces_a_pod_and_uninstall_keeps_only_results_and_the_edited_config(
-        make_containerd, flavour, tmp_path, workload_image) -> None:
+    make_containerd, flavour, tmp_path, workload_image
+) -> None:
     dest = tmp_path / "root"
     make("install-optimizer", dest)
     assert installed_distributions(dest / VENV_PYTHON) == DAEMON_DISTRIBUTIONS  # the daemon runs on exactly these
@@ -81,8 +100,18 @@ def test_installed_plugin_traces_a_pod_and_uninstall_keeps_only_results_and_the_
     assert f"kept {conf}: changed since install" in out
     own = f"{RESULTS}/.workload:1"  # the result's own directory: the set its names point through
     assert [path for path in tree(dest) if not path.startswith(own)] == [
-        "etc", "etc/nri", "etc/nri/conf.d", CONF, "opt", "opt/nri", "opt/nri/optimizer", RESULTS,
-        f"{RESULTS}/workload:1", f"{RESULTS}/workload:1.csv", f"{RESULTS}/workload:1.json"]
+        "etc",
+        "etc/nri",
+        "etc/nri/conf.d",
+        CONF,
+        "opt",
+        "opt/nri",
+        "opt/nri/optimizer",
+        RESULTS,
+        f"{RESULTS}/workload:1",
+        f"{RESULTS}/workload:1.csv",
+        f"{RESULTS}/workload:1.json",
+    ]
     assert (dest / own / "current").is_symlink()
 
 
@@ -133,7 +162,8 @@ def test_install_keeps_an_edited_config_and_puts_the_new_default_beside_it(tmp_p
 
 
 def test_the_daemon_wheel_without_extras_runs_as_containerd_plugin_and_traces_a_pod(
-        make_containerd, flavour, tmp_path, workload_image) -> None:
+    make_containerd, flavour, tmp_path, workload_image
+) -> None:
     """What the daemon's wheel needs is what it declares: installed alone (no extra) into a clean venv from the
     wheelhouse, with no index, it is containerd's pre-launched plugin and its server, and traces a pod exactly."""
     make("optimizer", tmp_path / "unused")
@@ -141,14 +171,27 @@ def test_the_daemon_wheel_without_extras_runs_as_containerd_plugin_and_traces_a_
     subprocess.run([sys._base_executable, "-m", "venv", venv], check=True)
     python = venv / "bin/python"
     seeded = installed_distributions(python)  # what venv puts in (pip; setuptools before Python 3.12)
-    subprocess.run([venv / "bin/pip", "install", "--quiet", "--no-index", "--find-links", REPO / "build/wheelhouse",
-                    "nri-optimizer"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            venv / "bin/pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            REPO / "build/wheelhouse",
+            "nri-optimizer",
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert installed_distributions(python) == sorted([*seeded, "cffi", "nri-optimizer", "protobuf", "pycparser"])
 
     log = PluginLog(tmp_path / "plugin.log")
-    plugins, confs = install_prelaunched(tmp_path, config_text(log.path, tmp_path / "results",
-                                                               f'server_path = "{venv / "bin/optimizer-server"}"\n'),
-                                         python=str(python))
+    plugins, confs = install_prelaunched(
+        tmp_path,
+        config_text(log.path, tmp_path / "results", f'server_path = "{venv / "bin/optimizer-server"}"\n'),
+        python=str(python),
+    )
     bed = make_containerd(flavour, plugin_path=plugins, plugin_config_path=confs)
     bed.ctd.import_image(workload_image)
     log.wait_for(REGISTERED)

@@ -33,8 +33,10 @@ from testbed.tracing import DATA_FILES, SERVER, WORKLOAD_IMAGE, Traced, build_wo
 
 QUICK_ROUNDS = 3
 FULL_ROUNDS = 30
-ROUNDS = [pytest.param(QUICK_ROUNDS, id=f"{QUICK_ROUNDS}-rounds"),
-          pytest.param(FULL_ROUNDS, id=f"{FULL_ROUNDS}-rounds", marks=pytest.mark.stress)]
+ROUNDS = [
+    pytest.param(QUICK_ROUNDS, id=f"{QUICK_ROUNDS}-rounds"),
+    pytest.param(FULL_ROUNDS, id=f"{FULL_ROUNDS}-rounds", marks=pytest.mark.stress),
+]
 RESULT = "workload:1"
 KEPT = "was recorded meanwhile and is kept (on_repeat = keep)"
 WORKLOAD_LABEL = "app.kubernetes.io/name"
@@ -48,7 +50,7 @@ def workload_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def files_of(round_: int, index: int) -> list[str]:
     """What container ``index`` reads in a round: 2 to 5 files of its own (no other container of the round reads
     them), in an order of its own."""
-    block = DATA_FILES[(round_ * 40 + index * 5) % 200:][:5]
+    block = DATA_FILES[(round_ * 40 + index * 5) % 200 :][:5]
     return random.Random(round_ * 100 + index).sample(block, 2 + (round_ + index) % 4)
 
 
@@ -81,8 +83,7 @@ def one_round(traced: Traced, barrier: Path, round_: int, n: int) -> dict[str, t
     runs = {}
     for index in range(n):
         files = files_of(round_, index)
-        run = traced.run(after_barrier(go, files), mounts=[Mount(str(barrier), "/barrier", readonly=True)],
-                         wait=False)
+        run = traced.run(after_barrier(go, files), mounts=[Mount(str(barrier), "/barrier", readonly=True)], wait=False)
         runs[run.container_id] = (run, files)
     for cid in runs:
         traced.log.wait_for(rf"{cid} tracing pid", timeout=30)
@@ -117,8 +118,9 @@ def one_round(traced: Traced, barrier: Path, round_: int, n: int) -> dict[str, t
 
 @pytest.mark.parametrize("rounds", ROUNDS)
 @pytest.mark.parametrize("n", [2, 4, 8])
-def test_keep_n_containers_at_once_exactly_the_first_set_survives_whole(make_containerd, flavour, tmp_path,
-                                                                       workload_image, n: int, rounds: int) -> None:
+def test_keep_n_containers_at_once_exactly_the_first_set_survives_whole(
+    make_containerd, flavour, tmp_path, workload_image, n: int, rounds: int
+) -> None:
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra='on_repeat = "keep"\n')
     barrier = tmp_path / "barrier"
     barrier.mkdir()
@@ -134,10 +136,12 @@ def test_keep_n_containers_at_once_exactly_the_first_set_survives_whole(make_con
 
 @pytest.mark.parametrize("rounds", ROUNDS)
 @pytest.mark.parametrize("n", [2, 4, 8])
-def test_merge_n_containers_at_once_the_list_is_the_merge_of_every_run(make_containerd, flavour, tmp_path,
-                                                                      workload_image, n: int, rounds: int) -> None:
-    traced = start_traced(make_containerd, flavour, tmp_path, workload_image,
-                          extra='on_repeat = "merge"\nmerge_window = 8\n')
+def test_merge_n_containers_at_once_the_list_is_the_merge_of_every_run(
+    make_containerd, flavour, tmp_path, workload_image, n: int, rounds: int
+) -> None:
+    traced = start_traced(
+        make_containerd, flavour, tmp_path, workload_image, extra='on_repeat = "merge"\nmerge_window = 8\n'
+    )
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     runs_dir = traced.results / f".{RESULT}" / "current" / "runs"
@@ -148,11 +152,13 @@ def test_merge_n_containers_at_once_the_list_is_the_merge_of_every_run(make_cont
             merged_with = sorted(int(line.split("; merged with ")[1].split()[0]) for _, line in outcome.values())
             assert merged_with == list(range(n)), (round_, outcome)  # each run joined the ones written before it
             stored = [(runs_dir / str(k)).read_bytes() for k in range(1, n + 1)]
-            assert sorted(p.name for p in runs_dir.iterdir()) == sorted(f"{k}{s}" for k in range(1, n + 1)
-                                                                         for s in ("", ".csv"))
+            assert sorted(p.name for p in runs_dir.iterdir()) == sorted(
+                f"{k}{s}" for k in range(1, n + 1) for s in ("", ".csv")
+            )
             assert sorted(run.decode().splitlines() for run in stored) == sorted(e for e, _ in outcome.values())
-            window = [parse_run(run, (runs_dir / f"{k}.csv").read_bytes(), where=str(k))
-                      for k, run in enumerate(stored, 1)]
+            window = [
+                parse_run(run, (runs_dir / f"{k}.csv").read_bytes(), where=str(k)) for k, run in enumerate(stored, 1)
+            ]
             expected = [entry.path.decode() for entry in merge(window).entries]
             assert result_set(traced.result_path()) == expected, f"round {round_ + 1} of {rounds}"
 
@@ -161,16 +167,38 @@ def profile(traced: Traced, barrier: Path, go: str, files: list[str]) -> subproc
     """``nri-optimizer profile`` of a container that reads ``files`` after the barrier and exits."""
     command = shlex.join(after_barrier(go, files, then="exit 0"))
     return subprocess.Popen(
-        [sys.executable, "-m", "nri_optimizer", "profile", WORKLOAD_IMAGE, "--runtime-endpoint",
-         traced.bed.ctd.address, "--nri-socket", str(traced.bed.ctd.nri_socket), "--persist-dir", str(traced.results),
-         "--server-path", SERVER, "--config", "/dev/null", "--quiet", "--cmd", command,
-         "--mount", f"{barrier}:/barrier:ro"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "nri_optimizer",
+            "profile",
+            WORKLOAD_IMAGE,
+            "--runtime-endpoint",
+            traced.bed.ctd.address,
+            "--nri-socket",
+            str(traced.bed.ctd.nri_socket),
+            "--persist-dir",
+            str(traced.results),
+            "--server-path",
+            SERVER,
+            "--config",
+            "/dev/null",
+            "--quiet",
+            "--cmd",
+            command,
+            "--mount",
+            f"{barrier}:/barrier:ro",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("rounds", ROUNDS)
-def test_the_daemon_and_profile_writing_one_image_at_once_leave_one_whole_set(make_containerd, flavour, tmp_path,
-                                                                             workload_image, rounds: int) -> None:
+def test_the_daemon_and_profile_writing_one_image_at_once_leave_one_whole_set(
+    make_containerd, flavour, tmp_path, workload_image, rounds: int
+) -> None:
     # Two profile processes each trace their own container and save its list; the daemon traces both containers too
     # and saves each list (replace): four writes of one result from three processes, as the two containers end.
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra='on_repeat = "replace"\n')
@@ -198,10 +226,12 @@ def test_the_daemon_and_profile_writing_one_image_at_once_leave_one_whole_set(ma
             assert result_set(traced.result_path()) in (["/bin/busybox", *files] for files in lists), round_
 
 
-def test_two_pods_of_one_image_with_different_labels_keep_two_lists(make_containerd, flavour, tmp_path,
-                                                                   workload_image) -> None:
-    traced = start_traced(make_containerd, flavour, tmp_path, workload_image,
-                          extra=f'workload_key = "label:{WORKLOAD_LABEL}"\n')
+def test_two_pods_of_one_image_with_different_labels_keep_two_lists(
+    make_containerd, flavour, tmp_path, workload_image
+) -> None:
+    traced = start_traced(
+        make_containerd, flavour, tmp_path, workload_image, extra=f'workload_key = "label:{WORKLOAD_LABEL}"\n'
+    )
     reads = {"web": DATA_FILES[:3], "worker": DATA_FILES[10:12], "": DATA_FILES[20:21]}
     for workload, files in reads.items():
         labels = {WORKLOAD_LABEL: workload} if workload else {"tier": "backend"}
@@ -211,8 +241,16 @@ def test_two_pods_of_one_image_with_different_labels_keep_two_lists(make_contain
     odd = traced.run(["/bin/cat", DATA_FILES[198]], labels={WORKLOAD_LABEL: "-not a label value-"})
     traced.log.wait_for(rf"{odd.container_id} not traced: not a valid workload name")
     assert sorted(p.name for p in traced.results.iterdir() if not p.name.startswith(".")) == [
-        RESULT, f"{RESULT}+web", f"{RESULT}+web.csv", f"{RESULT}+web.json", f"{RESULT}+worker",
-        f"{RESULT}+worker.csv", f"{RESULT}+worker.json", f"{RESULT}.csv", f"{RESULT}.json"]
+        RESULT,
+        f"{RESULT}+web",
+        f"{RESULT}+web.csv",
+        f"{RESULT}+web.json",
+        f"{RESULT}+worker",
+        f"{RESULT}+worker.csv",
+        f"{RESULT}+worker.json",
+        f"{RESULT}.csv",
+        f"{RESULT}.json",
+    ]
     for workload, files in reads.items():
         where = default_list(str(traced.results), WORKLOAD_IMAGE, workload)  # where convert looks
         assert result_set(Path(where)) == ["/bin/busybox", *files], workload

@@ -52,8 +52,9 @@ def free_port() -> int:
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
 def test_scraped_numbers_match_the_log(make_containerd, flavour, tmp_path, workload_image, kind) -> None:
     address = str(tmp_path / "metrics.sock") if kind == "unix" else f"127.0.0.1:{free_port()}"
-    traced: Traced = start_traced(make_containerd, flavour, tmp_path, workload_image,
-                                  extra=f'metrics_address = "{address}"\n')
+    traced: Traced = start_traced(
+        make_containerd, flavour, tmp_path, workload_image, extra=f'metrics_address = "{address}"\n'
+    )
     traced.log.wait_for(re.escape(f"metrics on {address} (GET /metrics)"))
     before = scrape(address)
     assert before["nri_optimizer_traces_started_total"] == 0

@@ -46,8 +46,9 @@ def external(make_containerd: MakeContainerd, flavour: str, tmp_path: Path) -> I
         plugin.close()
 
 
-def test_prelaunched_plugin_registers_and_logs_one_start_and_one_stop(make_containerd: MakeContainerd, flavour: str,
-                                                                      tmp_path: Path) -> None:
+def test_prelaunched_plugin_registers_and_logs_one_start_and_one_stop(
+    make_containerd: MakeContainerd, flavour: str, tmp_path: Path
+) -> None:
     bed, log = start_prelaunched(make_containerd, flavour, tmp_path)
     assert log.matching(r"starting 02-optimizer-nri-plugin \(pre-launched mode")
     assert_start_and_stop_logged_once(log, bed)
@@ -92,19 +93,23 @@ def test_a_stopped_external_plugin_comes_back_when_continued(external) -> None:
     assert_start_and_stop_logged_once(plugin.log, bed)
 
 
-def test_pods_start_with_the_prelaunched_plugin_killed(make_containerd: MakeContainerd, flavour: str,
-                                                      tmp_path: Path) -> None:
+def test_pods_start_with_the_prelaunched_plugin_killed(
+    make_containerd: MakeContainerd, flavour: str, tmp_path: Path
+) -> None:
     bed, _ = start_prelaunched(make_containerd, flavour, tmp_path)
     os.kill(prelaunched_pid(bed), signal.SIGKILL)
     run = bed.run_busybox(["echo", "fine"])
     assert run.log_lines() == ["fine"]
 
 
-def test_prelaunched_bad_config_is_a_configure_error_and_pods_still_start(make_containerd: MakeContainerd,
-                                                                         flavour: str, tmp_path: Path) -> None:
+def test_prelaunched_bad_config_is_a_configure_error_and_pods_still_start(
+    make_containerd: MakeContainerd, flavour: str, tmp_path: Path
+) -> None:
     bed, log = start_prelaunched(make_containerd, flavour, tmp_path, 'timeout = "soon"\n', registered=False)
-    message = ("Configure: timeout: got 'soon' (string); expected a whole number of seconds >= 0 "
-               "(0 traces until the container stops), e.g. timeout = 0")
+    message = (
+        "Configure: timeout: got 'soon' (string); expected a whole number of seconds >= 0 "
+        "(0 traces until the container stops), e.g. timeout = 0"
+    )
     log.wait_for(re.escape(f"configuration rejected: {message}"))
     if flavour == "1.7":
         # containerd 1.7 would stop its CRI service on a Configure error: the plugin stays inert instead.

@@ -82,15 +82,20 @@ def registry(tools: toolchain.Toolchain) -> Iterator[LocalRegistry]:
 def workload(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """(reference, image-layout tarball) of the workload, pushed to the registry as REPOSITORY:1."""
     reference = f"{registry.address}/{REPOSITORY}:1"
-    tarball = build_image(reference, tmp_path_factory.mktemp("workload") / "workload.tar", WORKLOAD_FILES,
-                          entrypoint=["/app/run.sh"])
+    tarball = build_image(
+        reference, tmp_path_factory.mktemp("workload") / "workload.tar", WORKLOAD_FILES, entrypoint=["/app/run.sh"]
+    )
     push_layout(tarball, registry.client(), REPOSITORY, "1")
     return reference, tarball
 
 
 def convert(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nri_optimizer", "convert", "--source-insecure", "--target-insecure",
-                           *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nri_optimizer", "convert", "--source-insecure", "--target-insecure", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def pushed_bootstrap(client: Registry, tag: str, out: Path) -> Path:
@@ -107,8 +112,11 @@ def pushed_bootstrap(client: Registry, tag: str, out: Path) -> Path:
 def chunk_bytes(boot: Path, paths: list[str] | None, nydus_image: str) -> int:
     """The bytes in the blobs of the chunks of `paths` (None: every file); a chunk stored once counts once."""
     layout = bootstrap.inodes(boot, nydus_image=nydus_image)
-    chunks = {(c.blob_index, c.compressed_offset): c.compressed_size
-              for path in (layout if paths is None else paths) for c in layout[path].chunks}
+    chunks = {
+        (c.blob_index, c.compressed_offset): c.compressed_size
+        for path in (layout if paths is None else paths)
+        for c in layout[path].chunks
+    }
     return sum(chunks.values())
 
 
@@ -119,18 +127,23 @@ class Metrics:
     prefetch_requests: int
 
 
-def settled_metrics(snapshotter: nydus.NydusSnapshotter, reference: str, at_least: int = 0,
-                    timeout: float = 60.0) -> Metrics:
+def settled_metrics(
+    snapshotter: nydus.NydusSnapshotter, reference: str, at_least: int = 0, timeout: float = 60.0
+) -> Metrics:
     """nydusd's metrics once it has read `at_least` bytes from the registry and its reads have stopped for a second
     (prefetch runs in the background from the mount on; nydusd has no "prefetch done" to ask for: its
     prefetch_end_time is set while it still reads)."""
     deadline = time.monotonic() + timeout
     last: Metrics | None = None
     while True:
-        ((backend,), (blobcache,)) = (snapshotter.nydusd_api(reference, f"/api/v1/metrics/{what}")
-                                      for what in ("backend", "blobcache"))
-        now = Metrics(int(backend["read_amount_total"]), int(blobcache["prefetch_data_amount"]),
-                      int(blobcache["prefetch_requests_count"]))
+        ((backend,), (blobcache,)) = (
+            snapshotter.nydusd_api(reference, f"/api/v1/metrics/{what}") for what in ("backend", "blobcache")
+        )
+        now = Metrics(
+            int(backend["read_amount_total"]),
+            int(blobcache["prefetch_data_amount"]),
+            int(blobcache["prefetch_requests_count"]),
+        )
         if now == last and now.registry_bytes >= at_least:
             return now
         if time.monotonic() > deadline:
@@ -140,8 +153,12 @@ def settled_metrics(snapshotter: nydus.NydusSnapshotter, reference: str, at_leas
 
 
 def content_digests(ctd: Containerd) -> set[str]:
-    out = subprocess.run([str(ctd.runtime.bin_dir / "ctr"), "-a", ctd.address, "-n", NAMESPACE, "content", "ls", "-q"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(ctd.runtime.bin_dir / "ctr"), "-a", ctd.address, "-n", NAMESPACE, "content", "ls", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return set(out.split())
 
 
@@ -153,8 +170,9 @@ class LazyRun:
     after: Metrics  # once the workload has run
 
 
-def run_lazily(cri: HandlerCri, ctd: Containerd, snapshotter: nydus.NydusSnapshotter, reference: str,
-               logs: Path, prefetched: int) -> LazyRun:
+def run_lazily(
+    cri: HandlerCri, ctd: Containerd, snapshotter: nydus.NydusSnapshotter, reference: str, logs: Path, prefetched: int
+) -> LazyRun:
     """Pull `reference` on `snapshotter`'s handler, create its container (nydusd mounts the image and starts its
     prefetch), wait for nydusd to have read `prefetched` bytes and stopped, then run the workload to its end; then
     remove it all. The workload starting after the prefetch keeps the two from fetching a chunk both."""
@@ -177,21 +195,36 @@ def run_lazily(cri: HandlerCri, ctd: Containerd, snapshotter: nydus.NydusSnapsho
 
 
 def test_the_recorded_list_is_the_prefetch_table_and_what_nydusd_prefetches(
-        flavour: str, tools: toolchain.Toolchain, registry: LocalRegistry, workload: tuple[str, Path],
-        runtime: Callable[[str], debs.Runtime], tmp_path: Path) -> None:
+    flavour: str,
+    tools: toolchain.Toolchain,
+    registry: LocalRegistry,
+    workload: tuple[str, Path],
+    runtime: Callable[[str], debs.Runtime],
+    tmp_path: Path,
+) -> None:
     reference, tarball = workload
     client = registry.client()
     log = PluginLog(tmp_path / "plugin.log")
-    plugins, confs = install_prelaunched(tmp_path / "nri", config_text(log.path, tmp_path / "results",
-                                                                       f'server_path = "{SERVER}"\n'))
+    plugins, confs = install_prelaunched(
+        tmp_path / "nri", config_text(log.path, tmp_path / "results", f'server_path = "{SERVER}"\n')
+    )
     with contextlib.ExitStack() as stack:
-        snapshotters = {mode: stack.enter_context(nydus.NydusSnapshotter(tools.snapshotter, tools.nydusd, mode,
-                                                                           nydus.Backend("http")))
-                        for mode in nydus.PREFETCH_MODES}
+        snapshotters = {
+            mode: stack.enter_context(
+                nydus.NydusSnapshotter(tools.snapshotter, tools.nydusd, mode, nydus.Backend("http"))
+            )
+            for mode in nydus.PREFETCH_MODES
+        }
         write_hosts(tmp_path / "hosts", registry.address, plain_http=True)
-        ctd = stack.enter_context(Containerd(runtime(flavour), nri_plugin_path=plugins, nri_plugin_config_path=confs,
-                                             registry_config_dir=tmp_path / "hosts",
-                                             snapshotters={s.name: s.address for s in snapshotters.values()}))
+        ctd = stack.enter_context(
+            Containerd(
+                runtime(flavour),
+                nri_plugin_path=plugins,
+                nri_plugin_config_path=confs,
+                registry_config_dir=tmp_path / "hosts",
+                snapshotters={s.name: s.address for s in snapshotters.values()},
+            )
+        )
         pause = build_pause_image(tmp_path / "pause.tar")
         ctd.import_image(pause)
         for snapshotter in snapshotters.values():
@@ -208,8 +241,16 @@ def test_the_recorded_list_is_the_prefetch_table_and_what_nydusd_prefetches(
         assert recorded == READ_SET
 
         # Convert with the list the daemon saved (convert finds it under persist_dir) and push.
-        result = convert("--source", reference, "--target", f"{registry.address}/{REPOSITORY}:nydus",
-                         "--persist-dir", str(tmp_path / "results"), "--config", "/dev/null")
+        result = convert(
+            "--source",
+            reference,
+            "--target",
+            f"{registry.address}/{REPOSITORY}:nydus",
+            "--persist-dir",
+            str(tmp_path / "results"),
+            "--config",
+            "/dev/null",
+        )
         assert result.returncode == 0, result.stderr
         digest = client.manifest(REPOSITORY, "nydus").digest
         assert result.stdout == f"{registry.address}/{REPOSITORY}@{digest}\n"
@@ -233,12 +274,22 @@ def test_the_recorded_list_is_the_prefetch_table_and_what_nydusd_prefetches(
         # (a) and (c): run it lazily in each prefetch mode.
         cri = HandlerCri(ctd.address)
         stack.callback(cri.close)
-        runs = {mode: run_lazily(cri, ctd, snapshotters[mode], f"{registry.address}/{REPOSITORY}:nydus-{mode}",
-                                 tmp_path / f"logs-{mode}", {"off": 0, "all": blob_bytes, "list": listed_bytes}[mode])
-                for mode in nydus.PREFETCH_MODES}
+        runs = {
+            mode: run_lazily(
+                cri,
+                ctd,
+                snapshotters[mode],
+                f"{registry.address}/{REPOSITORY}:nydus-{mode}",
+                tmp_path / f"logs-{mode}",
+                {"off": 0, "all": blob_bytes, "list": listed_bytes}[mode],
+            )
+            for mode in nydus.PREFETCH_MODES
+        }
     figures = {mode: (run.before, run.after) for mode, run in runs.items()}
-    print(f"containerd {flavour}: listed chunks {listed_bytes} B, blobs {blob_bytes} B (chunk tables "
-          f"{blob_tables} B), nydusd before / after the workload: {figures}")
+    print(
+        f"containerd {flavour}: listed chunks {listed_bytes} B, blobs {blob_bytes} B (chunk tables "
+        f"{blob_tables} B), nydusd before / after the workload: {figures}"
+    )
     for mode, lazy in runs.items():
         assert lazy.output == OUTPUT, mode
         # Lazy: the pull fetched the bootstrap layer, not one data blob.
@@ -260,22 +311,29 @@ def test_the_recorded_list_is_the_prefetch_table_and_what_nydusd_prefetches(
     assert every.before.registry_bytes == blob_bytes > 10 * listed.after.registry_bytes
     assert every.after == every.before
 
+
 # --- what convert makes of odd lists, against the real registry and nydus-image ------------------------------------
 
 
 def test_listed_paths_not_in_the_image_are_counted_and_left_out_of_the_table(
-        tools: toolchain.Toolchain, registry: LocalRegistry, workload: tuple[str, Path], tmp_path: Path) -> None:
+    tools: toolchain.Toolchain, registry: LocalRegistry, workload: tuple[str, Path], tmp_path: Path
+) -> None:
     reference, _ = workload
     listing = tmp_path / "list"
     listing.write_text("# incomplete: 2 events lost\n/app/greeting.txt\n/no/such/file\n/bin/busybox\n/etc/gone\n")
-    result = convert("--source", reference, "--target", f"{registry.address}/{REPOSITORY}:partial",
-                     "--list", str(listing))
+    result = convert(
+        "--source", reference, "--target", f"{registry.address}/{REPOSITORY}:partial", "--list", str(listing)
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert lines[0] == (f"nri-optimizer convert: warning: {listing} is incomplete (2 events lost): the prefetch "
-                        "table gets the files it has")
-    assert ("nri-optimizer convert: warning: nydus build: 2 listed paths are not in the image, left out of the "
-            "prefetch table (first: /no/such/file)") in lines
+    assert lines[0] == (
+        f"nri-optimizer convert: warning: {listing} is incomplete (2 events lost): the prefetch "
+        "table gets the files it has"
+    )
+    assert (
+        "nri-optimizer convert: warning: nydus build: 2 listed paths are not in the image, left out of the "
+        "prefetch table (first: /no/such/file)"
+    ) in lines
     assert lines[-1].endswith("; prefetch table of 2 files, 2 listed paths not in the image left out)")
     boot = pushed_bootstrap(registry.client(), "partial", tmp_path / "image.boot")
     table = bootstrap.prefetch_table(boot, nydus_image=str(tools.nydus_image))
@@ -285,21 +343,26 @@ def test_listed_paths_not_in_the_image_are_counted_and_left_out_of_the_table(
 
 @pytest.mark.parametrize("text", ["", "# incomplete: the trace server died\n"], ids=["empty", "marker-only"])
 def test_a_list_naming_no_file_converts_nothing_and_pushes_nothing(
-        registry: LocalRegistry, workload: tuple[str, Path], tmp_path: Path, text: str) -> None:
+    registry: LocalRegistry, workload: tuple[str, Path], tmp_path: Path, text: str
+) -> None:
     reference, _ = workload
     listing = tmp_path / "list"
     listing.write_text(text)
-    result = convert("--source", reference, "--target", f"{registry.address}/{REPOSITORY}:empty",
-                     "--list", str(listing))
+    result = convert(
+        "--source", reference, "--target", f"{registry.address}/{REPOSITORY}:empty", "--list", str(listing)
+    )
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == (f"nri-optimizer convert: {listing} names no file: nothing to prefetch (record the image "
-                             "again, or convert without a prefetch table with --no-list)\n")
+    assert result.stderr == (
+        f"nri-optimizer convert: {listing} names no file: nothing to prefetch (record the image "
+        "again, or convert without a prefetch table with --no-list)\n"
+    )
     with pytest.raises(RegistryError, match="HTTP 404 MANIFEST_UNKNOWN"):
         registry.client().manifest(REPOSITORY, "empty")
 
 
 def test_no_list_converts_without_a_prefetch_table(
-        tools: toolchain.Toolchain, registry: LocalRegistry, workload: tuple[str, Path], tmp_path: Path) -> None:
+    tools: toolchain.Toolchain, registry: LocalRegistry, workload: tuple[str, Path], tmp_path: Path
+) -> None:
     reference, _ = workload
     result = convert("--source", reference, "--target", f"{registry.address}/{REPOSITORY}:plain", "--no-list")
     assert result.returncode == 0, result.stderr

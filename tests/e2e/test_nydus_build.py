@@ -59,7 +59,9 @@ def data(size: int) -> bytes:
     return _rng.randbytes(size)
 
 
-def entry(name: str, kind: bytes = tarfile.REGTYPE, content: bytes = b"", **attrs: Any) -> tuple[tarfile.TarInfo, bytes]:
+def entry(
+    name: str, kind: bytes = tarfile.REGTYPE, content: bytes = b"", **attrs: Any
+) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type, info.size, info.mtime, info.mode = kind, len(content), 1_700_000_000, 0o644
     if kind == tarfile.DIRTYPE:
@@ -79,8 +81,13 @@ def layer_tar(entries: Sequence[tuple[tarfile.TarInfo, bytes]]) -> bytes:
 
 D = tarfile.DIRTYPE
 BASE = [
-    entry("etc/", D), entry("usr/", D), entry("usr/bin/", D), entry("usr/lib/", D), entry("var/", D),
-    entry("opt/", D), entry("opt/old/", D),
+    entry("etc/", D),
+    entry("usr/", D),
+    entry("usr/bin/", D),
+    entry("usr/lib/", D),
+    entry("var/", D),
+    entry("opt/", D),
+    entry("opt/old/", D),
     entry("usr/bin/app", content=data(300_000), mode=0o755, uid=1000, gid=1000),
     entry("usr/bin/app-link", tarfile.LNKTYPE, linkname="usr/bin/app", mode=0o755, uid=1000, gid=1000),
     entry("usr/bin/sh", tarfile.SYMTYPE, linkname="app", mode=0o777),
@@ -94,10 +101,17 @@ BASE = [
     entry("opt/old/file", content=data(30_000)),
 ]
 UPPER = [
-    entry("etc/", D), entry("etc/replaced", content=data(70_000), mode=0o640),
-    entry("var/", D), entry("var/.wh.gone"),
-    entry("opt/", D), entry("opt/old/", D), entry("opt/old/.wh..wh..opq"), entry("opt/old/new", content=data(5_000)),
-    entry("usr/", D), entry("usr/lib/", D), entry("usr/lib/libnew.so", content=data(MiB + 200_000)),
+    entry("etc/", D),
+    entry("etc/replaced", content=data(70_000), mode=0o640),
+    entry("var/", D),
+    entry("var/.wh.gone"),
+    entry("opt/", D),
+    entry("opt/old/", D),
+    entry("opt/old/.wh..wh..opq"),
+    entry("opt/old/new", content=data(5_000)),
+    entry("usr/", D),
+    entry("usr/lib/", D),
+    entry("usr/lib/libnew.so", content=data(MiB + 200_000)),
 ]
 METADATA_ONLY = [entry("usr/", D), entry("usr/lib/", D), entry("usr/lib/.wh.libsmall.so")]  # no file data: no blob
 
@@ -114,8 +128,7 @@ LISTED = [
     "/opt/old/file",  # hidden by the upper layer's opaque directory
     "/etc/conf",
 ]
-PREFETCH = ("/usr/bin/app-link", "/etc/replaced", "/usr/lib/libnew.so", "/var/data", "/usr/lib/libbig.so",
-            "/etc/conf")
+PREFETCH = ("/usr/bin/app-link", "/etc/replaced", "/usr/lib/libnew.so", "/var/data", "/usr/lib/libbig.so", "/etc/conf")
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +151,16 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def builds(layers: list[Path], nydus_image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, build.ImageBuild]:
+def builds(
+    layers: list[Path], nydus_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, build.ImageBuild]:
     """The image built with the list, its layers reordered ("ordered") and as they were ("unordered")."""
-    return {name: build.build_image(layers, tmp_path_factory.mktemp(name), listed=LISTED, nydus_image=nydus_image,
-                                    reorder=name == "ordered")
-            for name in ("ordered", "unordered")}
+    return {
+        name: build.build_image(
+            layers, tmp_path_factory.mktemp(name), listed=LISTED, nydus_image=nydus_image, reorder=name == "ordered"
+        )
+        for name in ("ordered", "unordered")
+    }
 
 
 def test_the_list_is_sorted_out_as_the_image_has_it(builds: dict[str, build.ImageBuild]) -> None:
@@ -162,8 +180,9 @@ def test_the_list_is_sorted_out_as_the_image_has_it(builds: dict[str, build.Imag
 
 def test_each_blob_is_named_by_its_sha256(builds: dict[str, build.ImageBuild]) -> None:
     for blob in builds["ordered"].blobs + builds["unordered"].blobs:
-        assert blob.digest == "sha256:" + hashlib.sha256(blob.path.read_bytes()).hexdigest() == \
-            "sha256:" + blob.path.name
+        assert (
+            blob.digest == "sha256:" + hashlib.sha256(blob.path.read_bytes()).hexdigest() == "sha256:" + blob.path.name
+        )
         assert blob.size == blob.path.stat().st_size
     assert builds["ordered"].blobs[0].digest != builds["unordered"].blobs[0].digest  # the order is in the bytes
 
@@ -176,12 +195,12 @@ def test_the_prefetch_table_is_the_list_in_list_order(builds: dict[str, build.Im
         assert bootstrap.prefetch_paths(table) == ["/usr/bin/app", *PREFETCH[1:]]  # app-link's inode, first name
 
 
-def test_ordered_blobs_hold_the_listed_files_first_in_list_order(builds: dict[str, build.ImageBuild],
-                                                                 nydus_image: str) -> None:
+def test_ordered_blobs_hold_the_listed_files_first_in_list_order(
+    builds: dict[str, build.ImageBuild], nydus_image: str
+) -> None:
     ordered = bootstrap.inodes(builds["ordered"].bootstrap, nydus_image=nydus_image)
     assert bootstrap.listed_chunks_contiguous_in_order(ordered, PREFETCH)
-    heads = {path: [(chunk.blob_index, chunk.compressed_offset) for chunk in ordered[path].chunks]
-             for path in PREFETCH}
+    heads = {path: [(chunk.blob_index, chunk.compressed_offset) for chunk in ordered[path].chunks] for path in PREFETCH}
     app, data_, big = 300_000, MiB + 300_000, 2 * MiB + 500_000  # stored as they are: random data does not shrink
     assert heads == {
         "/usr/bin/app-link": [(0, 0)],
@@ -199,17 +218,20 @@ def test_ordered_blobs_hold_the_listed_files_first_in_list_order(builds: dict[st
     conf = unordered["/etc/conf"].chunks[0].compressed_size
     assert bootstrap.layout_breaks(unordered, PREFETCH) == [
         f"/usr/lib/libnew.so: chunk at file offset 0 is at blob 1 offset {70_000 + new}, expected 70000",
-        f"/var/data: chunk at file offset 0 is at blob 0 offset {app + small + big + conf + replaced}, "
-        f"expected {app}",
+        f"/var/data: chunk at file offset 0 is at blob 0 offset {app + small + big + conf + replaced}, expected {app}",
         f"/usr/lib/libbig.so: chunk at file offset 0 is at blob 0 offset {app + small}, "
         f"expected {app + small + big + conf + replaced + data_}",
     ]  # (conf follows libbig there as in the list)
 
 
 def test_both_images_have_the_same_tree(builds: dict[str, build.ImageBuild], nydus_image: str) -> None:
-    trees = {name: {path: _without_offsets(inode)
-                    for path, inode in bootstrap.inodes(built.bootstrap, nydus_image=nydus_image).items()}
-             for name, built in builds.items()}
+    trees = {
+        name: {
+            path: _without_offsets(inode)
+            for path, inode in bootstrap.inodes(built.bootstrap, nydus_image=nydus_image).items()
+        }
+        for name, built in builds.items()
+    }
     assert trees["ordered"] == trees["unordered"]
     tree = trees["ordered"]
     assert {"/usr/lib/libsmall.so", "/var/gone", "/opt/old/file", "/missing"}.isdisjoint(tree)
@@ -217,14 +239,27 @@ def test_both_images_have_the_same_tree(builds: dict[str, build.ImageBuild], nyd
     assert tree["/usr/bin/app-link"][:4] == ("/usr/bin/app-link", "hardlink", 2, 300_000)
 
 
-ODD_NAMES = ['dir with space/"quoted" \\ back', "nl\nname", "tab\tname", "日本語", "emoji \U0001f389", "it's",
-             "ctl\x01\x7f", "comb\u0301ining", "zw\u200bsp", b"\xff\xfe-not-utf-8".decode(errors="surrogateescape")]
+ODD_NAMES = [
+    'dir with space/"quoted" \\ back',
+    "nl\nname",
+    "tab\tname",
+    "日本語",
+    "emoji \U0001f389",
+    "it's",
+    "ctl\x01\x7f",
+    "comb\u0301ining",
+    "zw\u200bsp",
+    b"\xff\xfe-not-utf-8".decode(errors="surrogateescape"),
+]
 
 
 def test_odd_names_read_back_as_they_are(nydus_image: str, tmp_path: Path) -> None:
-    entries = [entry("dir with space/", D), entry("null", tarfile.CHRTYPE, devmajor=1, devminor=3),
-               entry("link", tarfile.SYMTYPE, linkname='to "odd"\n\\ \xff'),
-               *(entry(name, content=data(1000)) for name in ODD_NAMES)]
+    entries = [
+        entry("dir with space/", D),
+        entry("null", tarfile.CHRTYPE, devmajor=1, devminor=3),
+        entry("link", tarfile.SYMTYPE, linkname='to "odd"\n\\ \xff'),
+        *(entry(name, content=data(1000)) for name in ODD_NAMES),
+    ]
     layer = tmp_path / "odd.tar"
     with tarfile.open(layer, "w", format=tarfile.GNU_FORMAT, errors="surrogateescape") as tar:
         for info, content in entries:
@@ -238,8 +273,9 @@ def test_odd_names_read_back_as_they_are(nydus_image: str, tmp_path: Path) -> No
     assert bootstrap.listed_chunks_contiguous_in_order(inodes, listed)
 
 
-def test_each_layer_has_the_same_files_as_its_tar(builds: dict[str, build.ImageBuild], layers: list[Path],
-                                                  nydus_image: str, tmp_path: Path) -> None:
+def test_each_layer_has_the_same_files_as_its_tar(
+    builds: dict[str, build.ImageBuild], layers: list[Path], nydus_image: str, tmp_path: Path
+) -> None:
     for number, source in enumerate(layers):
         unpacked = {}
         for name, built in builds.items():
@@ -255,13 +291,19 @@ def test_each_layer_has_the_same_files_as_its_tar(builds: dict[str, build.ImageB
 def converted(layers: list[Path], nydus_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The nydus image of an OCI layout of `layers`, as an OCI layout."""
     out = tmp_path_factory.mktemp("oci")
-    done = image.convert_layout(_source_layout(out / "source", layers), out / "nydus", listed=LISTED,
-                                nydus_image=nydus_image)
+    done = image.convert_layout(
+        _source_layout(out / "source", layers), out / "nydus", listed=LISTED, nydus_image=nydus_image
+    )
     assert (done.build.prefetch, done.build.absent, done.build.empty) == (
-        PREFETCH, ("/missing", "/var/gone", "/opt/old/file"), ("/etc/empty",))
+        PREFETCH,
+        ("/missing", "/var/gone", "/opt/old/file"),
+        ("/etc/empty",),
+    )
     assert [layer.order.moved if layer.order else None for layer in done.build.layers] == [
-        ("/usr/bin/app-link", "/var/data", "/usr/lib/libbig.so", "/etc/conf"), ("/etc/replaced", "/usr/lib/libnew.so"),
-        ()]
+        ("/usr/bin/app-link", "/var/data", "/usr/lib/libbig.so", "/etc/conf"),
+        ("/etc/replaced", "/usr/lib/libnew.so"),
+        (),
+    ]
     assert json.loads((out / "nydus" / "index.json").read_bytes())["manifests"] == [done.manifest]
     return out / "nydus"
 
@@ -271,35 +313,48 @@ def test_the_oci_image_is_what_nydus_snapshotter_runs(converted: Path, nydus_ima
     index = json.loads((converted / "index.json").read_bytes())
     [descriptor] = index["manifests"]
     assert (descriptor["mediaType"], descriptor["annotations"]) == (
-        OCI_MANIFEST, {"org.opencontainers.image.ref.name": "sample"})
+        OCI_MANIFEST,
+        {"org.opencontainers.image.ref.name": "sample"},
+    )
     manifest = json.loads((blobs / descriptor["digest"].removeprefix("sha256:")).read_bytes())
     config = json.loads((blobs / manifest["config"]["digest"].removeprefix("sha256:")).read_bytes())
     data_layers, bootstrap_layer = manifest["layers"][:-1], manifest["layers"][-1]
     assert [(layer["mediaType"], layer["annotations"]) for layer in data_layers] == [
-        ("application/vnd.oci.image.layer.nydus.blob.v1", {"containerd.io/snapshot/nydus-blob": "true"})] * 2
+        ("application/vnd.oci.image.layer.nydus.blob.v1", {"containerd.io/snapshot/nydus-blob": "true"})
+    ] * 2
     assert (bootstrap_layer["mediaType"], bootstrap_layer["annotations"]) == (
         "application/vnd.oci.image.layer.v1.tar+gzip",
-        {"containerd.io/snapshot/nydus-bootstrap": "true", "containerd.io/snapshot/nydus-fs-version": "6"})
+        {"containerd.io/snapshot/nydus-bootstrap": "true", "containerd.io/snapshot/nydus-fs-version": "6"},
+    )
     for layer in [manifest["config"], *manifest["layers"]]:
         content = (blobs / layer["digest"].removeprefix("sha256:")).read_bytes()
         assert ("sha256:" + hashlib.sha256(content).hexdigest(), len(content)) == (layer["digest"], layer["size"])
     boot_tar = gzip.decompress((blobs / bootstrap_layer["digest"].removeprefix("sha256:")).read_bytes())
     with tarfile.open(fileobj=io.BytesIO(boot_tar)) as tar:
         assert [(member.name, member.type, member.mode) for member in tar] == [
-            ("image", tarfile.DIRTYPE, 0o755), ("image/image.boot", tarfile.REGTYPE, 0o444)]
+            ("image", tarfile.DIRTYPE, 0o755),
+            ("image/image.boot", tarfile.REGTYPE, 0o444),
+        ]
         (tmp_path / "image.boot").write_bytes(tar.extractfile("image/image.boot").read())  # type: ignore[union-attr]
-    assert config["rootfs"] == {"type": "layers", "diff_ids": [
-        *(layer["digest"] for layer in data_layers), "sha256:" + hashlib.sha256(boot_tar).hexdigest()]}
+    assert config["rootfs"] == {
+        "type": "layers",
+        "diff_ids": [*(layer["digest"] for layer in data_layers), "sha256:" + hashlib.sha256(boot_tar).hexdigest()],
+    }
     assert config["config"] == {"Entrypoint": ["/usr/bin/app"], "Env": ["A=1"]}
-    assert config["history"] == [{"created_by": "base"}, {"created_by": "upper"},
-                                 {"created_by": "metadata", "empty_layer": True},
-                                 {"created_by": "nri-optimizer convert", "comment": "Nydus Bootstrap Layer"}]
+    assert config["history"] == [
+        {"created_by": "base"},
+        {"created_by": "upper"},
+        {"created_by": "metadata", "empty_layer": True},
+        {"created_by": "nri-optimizer convert", "comment": "Nydus Bootstrap Layer"},
+    ]
     inodes = bootstrap.inodes(tmp_path / "image.boot", nydus_image=nydus_image)
-    assert [entry.inode for entry in bootstrap.prefetch_table(tmp_path / "image.boot", nydus_image=nydus_image)] \
-        == [inodes[path].ino for path in PREFETCH]
+    assert [entry.inode for entry in bootstrap.prefetch_table(tmp_path / "image.boot", nydus_image=nydus_image)] == [
+        inodes[path].ino for path in PREFETCH
+    ]
     assert bootstrap.listed_chunks_contiguous_in_order(inodes, PREFETCH)
     assert sorted(path.name for path in blobs.iterdir()) == sorted(  # nothing else left behind
-        layer["digest"].removeprefix("sha256:") for layer in [descriptor, manifest["config"], *manifest["layers"]])
+        layer["digest"].removeprefix("sha256:") for layer in [descriptor, manifest["config"], *manifest["layers"]]
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting with nydusd (FUSE) needs root")
@@ -316,8 +371,9 @@ def test_the_oci_image_mounts_from_its_blobs_by_their_digests(converted: Path, n
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting with nydusd (FUSE) needs root")
-def test_mounted_by_nydusd_both_images_read_the_same(builds: dict[str, build.ImageBuild], nydusd: str,
-                                                     tmp_path: Path) -> None:
+def test_mounted_by_nydusd_both_images_read_the_same(
+    builds: dict[str, build.ImageBuild], nydusd: str, tmp_path: Path
+) -> None:
     trees = {}
     for name, built in builds.items():
         with _mounted(nydusd, built.bootstrap, built.blobs[0].path.parent, tmp_path / name) as root:
@@ -332,8 +388,15 @@ def test_mounted_by_nydusd_both_images_read_the_same(builds: dict[str, build.Ima
 
 def _without_offsets(inode: bootstrap.Inode) -> tuple[object, ...]:
     """An inode of `check --verbose` without what the order changes: inode numbers and where chunks are."""
-    return (inode.path, inode.kind, inode.nlink, inode.size, inode.mtime, inode.symlink,
-            tuple(chunk.digest for chunk in inode.chunks))
+    return (
+        inode.path,
+        inode.kind,
+        inode.nlink,
+        inode.size,
+        inode.mtime,
+        inode.symlink,
+        tuple(chunk.digest for chunk in inode.chunks),
+    )
 
 
 def _tree(tar_path: Path) -> dict[str, tuple[object, ...]]:
@@ -343,9 +406,17 @@ def _tree(tar_path: Path) -> dict[str, tuple[object, ...]]:
             path = normalise(member.name)
             content = tar.extractfile(member).read() if member.isreg() else b""  # type: ignore[union-attr]
             xattrs = {k: v for k, v in member.pax_headers.items() if k.startswith("SCHILY.xattr.")}
-            tree[path] = (member.type, stat.S_IMODE(member.mode), member.uid, member.gid, member.size, member.mtime,
-                          normalise(member.linkname) if member.islnk() else member.linkname, xattrs,
-                          hashlib.sha256(content).hexdigest())
+            tree[path] = (
+                member.type,
+                stat.S_IMODE(member.mode),
+                member.uid,
+                member.gid,
+                member.size,
+                member.mtime,
+                normalise(member.linkname) if member.islnk() else member.linkname,
+                xattrs,
+                hashlib.sha256(content).hexdigest(),
+            )
     return tree
 
 
@@ -356,11 +427,19 @@ def _walk(root: Path) -> dict[str, tuple[object, ...]]:
             path = Path(directory) / name
             info = path.lstat()
             content = path.read_bytes() if stat.S_ISREG(info.st_mode) else b""
-            xattrs = {key: os.getxattr(path, key, follow_symlinks=False)
-                      for key in os.listxattr(path, follow_symlinks=False)}
+            xattrs = {
+                key: os.getxattr(path, key, follow_symlinks=False) for key in os.listxattr(path, follow_symlinks=False)
+            }
             tree["/" + str(path.relative_to(root))] = (
-                info.st_mode, info.st_uid, info.st_gid, info.st_size, info.st_nlink,
-                os.readlink(path) if path.is_symlink() else None, hashlib.sha256(content).hexdigest(), xattrs)
+                info.st_mode,
+                info.st_uid,
+                info.st_gid,
+                info.st_size,
+                info.st_nlink,
+                os.readlink(path) if path.is_symlink() else None,
+                hashlib.sha256(content).hexdigest(),
+                xattrs,
+            )
     return tree
 
 
@@ -380,9 +459,23 @@ def _mounted(nydusd: str, boot: Path, blob_dir: Path, mountpoint: Path) -> Itera
     with open(log, "wb") as out:
         # --rlimit-nofile 0: nydusd raises RLIMIT_NOFILE to 1,000,000 by default, which root without
         # CAP_SYS_RESOURCE may not (NYDUS.md).
-        proc = subprocess.Popen([nydusd, "--rlimit-nofile", "0", "--log-level", "warn", "--bootstrap", str(boot),
-                                 "--localfs-dir", str(blob_dir), "--mountpoint", str(mountpoint)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                nydusd,
+                "--rlimit-nofile",
+                "0",
+                "--log-level",
+                "warn",
+                "--bootstrap",
+                str(boot),
+                "--localfs-dir",
+                str(blob_dir),
+                "--mountpoint",
+                str(mountpoint),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 10
         while not os.path.ismount(mountpoint):
@@ -420,12 +513,19 @@ def _source_layout(out: Path, layers: Sequence[Path]) -> Path:
         return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(content)}
 
     tars = [layer.read_bytes() for layer in layers]
-    config = {"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/usr/bin/app"], "Env": ["A=1"]},
-              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]},
-              "history": [{"created_by": "base"}, {"created_by": "upper"}, {"created_by": "metadata"}]}
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": put(json.dumps(config).encode(), image.OCI_CONFIG),
-                "layers": [put(gzip.compress(t, mtime=0), image.OCI_LAYER_GZIP) for t in tars]}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": ["/usr/bin/app"], "Env": ["A=1"]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]},
+        "history": [{"created_by": "base"}, {"created_by": "upper"}, {"created_by": "metadata"}],
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": put(json.dumps(config).encode(), image.OCI_CONFIG),
+        "layers": [put(gzip.compress(t, mtime=0), image.OCI_LAYER_GZIP) for t in tars],
+    }
     descriptor = put(json.dumps(manifest).encode(), OCI_MANIFEST)
     descriptor["annotations"] = {image.REF_NAME: "sample"}
     (out / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))
@@ -440,7 +540,8 @@ DB_LIST = ["/bin/busybox", "/app/start.sh", "/app/db.conf", "/app/data/schema.sq
 
 @pytest.mark.parametrize("flavour", ["2.1", "1.7"])
 def test_nydus_snapshotter_runs_the_converted_image_prefetching_the_list(
-        flavour: str, tmp_path: Path, runtime: Callable[[str], debs.Runtime], nydus_image: str, nydusd: str) -> None:
+    flavour: str, tmp_path: Path, runtime: Callable[[str], debs.Runtime], nydus_image: str, nydusd: str
+) -> None:
     """Pushed to a plain-HTTP registry, pulled lazily through CRI on nydus-snapshotter (list mode, the real nydusd),
     the converted `db` workload starts; nydusd reads the image's blob from the registry and prefetches the list."""
     try:
@@ -453,10 +554,12 @@ def test_nydus_snapshotter_runs_the_converted_image_prefetching_the_list(
     done = image.convert_layout(source, tmp_path / "nydus", listed=DB_LIST, nydus_image=nydus_image)
     assert done.build.prefetch == tuple(DB_LIST) and done.build.absent == ()
     rt = runtime(flavour)
-    snapshotter = testbed_nydus.NydusSnapshotter(snapshotter_binary, Path(nydusd), "list",
-                                                 testbed_nydus.Backend("http"))
-    ctd = Containerd(rt, nri=False, registry_config_dir=tmp_path / "hosts",
-                     snapshotters={snapshotter.name: snapshotter.address})
+    snapshotter = testbed_nydus.NydusSnapshotter(
+        snapshotter_binary, Path(nydusd), "list", testbed_nydus.Backend("http")
+    )
+    ctd = Containerd(
+        rt, nri=False, registry_config_dir=tmp_path / "hosts", snapshotters={snapshotter.name: snapshotter.address}
+    )
     registry = LocalRegistry(registry_binary())
     cri: HandlerCri | None = None
     try:
@@ -471,16 +574,24 @@ def test_nydus_snapshotter_runs_the_converted_image_prefetching_the_list(
         reference = f"{registry.address}/nydus-db:1_nydus"
         cri = HandlerCri(ctd.address)
         runner = Runner(cri, cgroup_parent=ctd.cgroup_parent, logs_dir=tmp_path / "logs", pull_timeout=60)
-        sample = runner.repetition(Image("nydus-db:1", Ready("line", "ready to accept connections"), 60),
-                                   Variant("nydus-prefetch-list", "nydus", "_nydus", "list"), reference, 1, None,
-                                   snapshotter)
+        sample = runner.repetition(
+            Image("nydus-db:1", Ready("line", "ready to accept connections"), 60),
+            Variant("nydus-prefetch-list", "nydus", "_nydus", "list"),
+            reference,
+            1,
+            None,
+            snapshotter,
+        )
         assert sample.status == "ok", (sample.note, snapshotter.log_tail(40))
         # nydusd read from the registry the listed files (the start reads them all), about nothing else (measured:
         # 8 KiB more, small files read on demand), and far from the whole image.
         inodes = bootstrap.inodes(_image_boot(tmp_path / "nydus", tmp_path / "image.boot"), nydus_image=nydus_image)
         listed = sum(chunk.compressed_size for path in DB_LIST for chunk in inodes[path].chunks)
         assert sample.nydusd_bytes is not None and listed <= sample.nydusd_bytes <= listed + MiB, (
-            sample.nydusd_bytes, listed, [blob.size for blob in done.build.blobs])
+            sample.nydusd_bytes,
+            listed,
+            [blob.size for blob in done.build.blobs],
+        )
     finally:
         if cri is not None:
             cri.close()

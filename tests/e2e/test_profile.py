@@ -31,9 +31,25 @@ def bed(make_containerd, flavour, workload_image) -> Testbed:
 
 def profile(bed: Testbed, results: Path, *args: str, image: str = WORKLOAD_IMAGE, timeout: float = 60):
     return subprocess.run(
-        [sys.executable, "-m", "nri_optimizer", "profile", image, "--runtime-endpoint", bed.ctd.address,
-         "--nri-socket", str(bed.ctd.nri_socket), "--persist-dir", str(results), "--server-path", SERVER, *args],
-        capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "nri_optimizer",
+            "profile",
+            image,
+            "--runtime-endpoint",
+            bed.ctd.address,
+            "--nri-socket",
+            str(bed.ctd.nri_socket),
+            "--persist-dir",
+            str(results),
+            "--server-path",
+            SERVER,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -70,8 +86,9 @@ def test_wait_on_line(bed: Testbed, tmp_path: Path) -> None:
 def test_wait_on_url(bed: Testbed, tmp_path: Path) -> None:
     port = free_port()
     script = f"cat /data/f001 >/dev/null; sleep 0.5; exec httpd -f -p 127.0.0.1:{port} -h /data"
-    result = profile(bed, tmp_path, "--wait-on-url", f"http://127.0.0.1:{port}/f002",
-                     "--cmd", shlex.join(["/bin/sh", "-c", script]))
+    result = profile(
+        bed, tmp_path, "--wait-on-url", f"http://127.0.0.1:{port}/f002", "--cmd", shlex.join(["/bin/sh", "-c", script])
+    )
     assert result.returncode == 0, result.stderr
     # httpd served /data/f002 to the probe before the container was stopped.
     assert result.stdout.splitlines() == ["/bin/busybox", "/data/f001", "/data/f002"]
@@ -80,19 +97,33 @@ def test_wait_on_url(bed: Testbed, tmp_path: Path) -> None:
 def test_image_not_present(bed: Testbed, tmp_path: Path) -> None:
     result = profile(bed, tmp_path, image="nri-optimizer.test/absent:1")
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == ("nri-optimizer profile: image nri-optimizer.test/absent:1 is not present; pull it first "
-                             "(e.g. ctr -n k8s.io images pull nri-optimizer.test/absent:1)\n")
+    assert result.stderr == (
+        "nri-optimizer profile: image nri-optimizer.test/absent:1 is not present; pull it first "
+        "(e.g. ctr -n k8s.io images pull nri-optimizer.test/absent:1)\n"
+    )
 
 
 def test_runtime_unreachable(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "nri_optimizer", "profile", BUSYBOX_IMAGE, "--runtime-endpoint",
-         f"unix://{tmp_path}/none.sock", "--persist-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "nri_optimizer",
+            "profile",
+            BUSYBOX_IMAGE,
+            "--runtime-endpoint",
+            f"unix://{tmp_path}/none.sock",
+            "--persist-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
-    assert result.stderr.startswith(f"nri-optimizer profile: cannot reach the container runtime at unix://{tmp_path}"
-                                    "/none.sock: ")
+    assert result.stderr.startswith(
+        f"nri-optimizer profile: cannot reach the container runtime at unix://{tmp_path}/none.sock: "
+    )
     assert result.stderr.endswith("; is containerd running? (--runtime-endpoint)\n")
 
 
@@ -102,5 +133,6 @@ def test_nri_disabled(make_containerd, flavour, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr == (
         f"nri-optimizer profile: cannot connect to the NRI socket {bed.ctd.nri_socket}: No such file or directory; "
-        "enable NRI and external plugins in containerd's config ([plugins.\"io.containerd.nri.v1.nri\"] "
-        "disable = false, disable_connections = false) or pass --nri-socket\n")
+        'enable NRI and external plugins in containerd\'s config ([plugins."io.containerd.nri.v1.nri"] '
+        "disable = false, disable_connections = false) or pass --nri-socket\n"
+    )

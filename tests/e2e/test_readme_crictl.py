@@ -36,8 +36,11 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Record a list: the seed's walk-through"
 STAND_IN_LOG = Path("/tmp/nginx.0.log")  # where the walk-through's pod (log_directory: /tmp) logs
 NGINX_FILES: dict[str, bytes | FileSpec] = {
-    "/docker-entrypoint.sh": FileSpec(b"#!/bin/sh\ncat /etc/nginx/nginx.conf /usr/share/nginx/html/index.html "
-                                      b">/dev/null\necho serving\nexec sleep 3600\n", mode=0o755),
+    "/docker-entrypoint.sh": FileSpec(
+        b"#!/bin/sh\ncat /etc/nginx/nginx.conf /usr/share/nginx/html/index.html "
+        b">/dev/null\necho serving\nexec sleep 3600\n",
+        mode=0o755,
+    ),
     "/etc/nginx/nginx.conf": b"events {}\nhttp { server { listen 80; root /usr/share/nginx/html; } }\n",
     "/usr/share/nginx/html/index.html": b"<h1>Welcome to nginx!</h1>\n",
     "/usr/share/nginx/html/50x.html": b"<h1>An error occurred.</h1>\n",  # never read: not listed
@@ -48,7 +51,7 @@ NGINX_READS = ["/docker-entrypoint.sh", "/bin/busybox", "/etc/nginx/nginx.conf",
 def walk_through() -> tuple[str, str]:
     """The README's walk-through, split after its `crictl run` line: (up to and with it, the rest)."""
     text = README.read_text()
-    block = re.search(r"```console\n(.*?)```", text[text.index(SECTION):], re.S)
+    block = re.search(r"```console\n(.*?)```", text[text.index(SECTION) :], re.S)
     assert block is not None, f"no console block under {SECTION!r} in the README"
     lines = block[1].splitlines(keepends=True)
     (run,) = [n for n, line in enumerate(lines) if line.startswith("sudo crictl run ")]
@@ -59,17 +62,25 @@ def mirror_for_docker_hub(hosts: Path, registry: str) -> None:
     """containerd's hosts.toml sending docker.io pulls to the plain-HTTP registry on loopback."""
     (hosts / "docker.io").mkdir(parents=True)
     (hosts / "docker.io" / "hosts.toml").write_text(
-        f'server = "https://registry-1.docker.io"\n\n[host."http://{registry}"]\n  capabilities = ["pull", "resolve"]\n')
+        f'server = "https://registry-1.docker.io"\n\n[host."http://{registry}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
 
 
 def bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     # We are root already, and sudo's env_reset would drop CONTAINER_RUNTIME_ENDPOINT.
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", f'sudo() {{ "$@"; }}\n{script}'], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", f'sudo() {{ "$@"; }}\n{script}'],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_readme_crictl_walk_through_records_the_list(
-        flavour: str, runtime: Callable[[str], debs.Runtime], tmp_path: Path) -> None:
+    flavour: str, runtime: Callable[[str], debs.Runtime], tmp_path: Path
+) -> None:
     assert not STAND_IN_LOG.exists(), f"{STAND_IN_LOG} is in the way (another run of this test?)"
     try:
         tools = toolchain.install()
@@ -82,19 +93,31 @@ def test_the_readme_crictl_walk_through_records_the_list(
     log = PluginLog(tmp_path / "plugin.log")
     conf.write_text(f'{conf.read_text()}log_file = "{log.path}"\n')
     hosts = tmp_path / "hosts"
-    image = build_image("docker.io/library/nginx:latest", tmp_path / "nginx.tar", NGINX_FILES,
-                        entrypoint=["/docker-entrypoint.sh"])
-    with LocalRegistry(tools.registry) as registry, Containerd(
-            runtime(flavour), nri_plugin_path=(dest / PLUGIN).parent, nri_plugin_config_path=conf.parent,
-            registry_config_dir=hosts, pod_network=True) as ctd:
+    image = build_image(
+        "docker.io/library/nginx:latest", tmp_path / "nginx.tar", NGINX_FILES, entrypoint=["/docker-entrypoint.sh"]
+    )
+    with (
+        LocalRegistry(tools.registry) as registry,
+        Containerd(
+            runtime(flavour),
+            nri_plugin_path=(dest / PLUGIN).parent,
+            nri_plugin_config_path=conf.parent,
+            registry_config_dir=hosts,
+            pod_network=True,
+        ) as ctd,
+    ):
         try:
             push_layout(image, registry.client(), "library/nginx", "latest")
             mirror_for_docker_hub(hosts, registry.address)
             ctd.import_image(build_pause_image(tmp_path / "pause.tar"))
             log.wait_for(REGISTERED)
             endpoint = f"unix://{ctd.address}"
-            env = dict(os.environ, PATH=f"{tools.crictl.bin_dir}:{os.environ['PATH']}",
-                       CONTAINER_RUNTIME_ENDPOINT=endpoint, IMAGE_SERVICE_ENDPOINT=endpoint)
+            env = dict(
+                os.environ,
+                PATH=f"{tools.crictl.bin_dir}:{os.environ['PATH']}",
+                CONTAINER_RUNTIME_ENDPOINT=endpoint,
+                IMAGE_SERVICE_ENDPOINT=endpoint,
+            )
             work = tmp_path / "work"
             work.mkdir()
 

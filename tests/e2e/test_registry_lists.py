@@ -46,8 +46,7 @@ NODE_B = [Entry(b"/bin/busybox", 1000, 14), Entry(b"/app/c", 2, 24), Entry(b"/ap
 # c ranks 1 and 3, b ranks 2 and 2: both median 2, both in two lists, and c comes first in node-b's, the first list;
 # d 3. Sizes from the first list that has the file, elapsed the median (rounded down).
 MERGED = ["/bin/busybox", "/app/a", "/app/c", "/app/b", "/app/d"]
-MERGED_CSV = ["path,size,elapsed", "/bin/busybox,1000,12", "/app/a,2,20", "/app/c,2,32", "/app/b,2,32",
-              "/app/d,2,44"]
+MERGED_CSV = ["path,size,elapsed", "/bin/busybox,1000,12", "/app/a,2,20", "/app/c,2,32", "/app/b,2,32", "/app/d,2,44"]
 
 
 @dataclass
@@ -63,8 +62,9 @@ class Bed:
     def image(self, repository: str = "app", tag: str = "v1", extra: dict[str, bytes] | None = None) -> str:
         """An image with IMAGE_FILES (and `extra`) pushed as repository:tag; its reference."""
         name = f"{self.address}/{repository}:{tag}"
-        tarball = build_image(name, self.tmp / "images" / f"{repository}-{tag}.tar", IMAGE_FILES | (extra or {}),
-                              entrypoint=["/bin/sh"])
+        tarball = build_image(
+            name, self.tmp / "images" / f"{repository}-{tag}.tar", IMAGE_FILES | (extra or {}), entrypoint=["/bin/sh"]
+        )
         push_layout(tarball, self.client(), repository, tag)
         return name
 
@@ -79,8 +79,14 @@ class Bed:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {key: value for key, value in os.environ.items() if key != "NODE_NAME"}
         env["DOCKER_CONFIG"] = str(self.docker_config.parent)  # not root's own
-        return subprocess.run([sys.executable, "-m", "nri_optimizer", *args], capture_output=True, text=True,
-                              env=env, timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "nri_optimizer", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
 
     def node(self, name: str) -> Path:
         return self.tmp / name
@@ -88,8 +94,11 @@ class Bed:
     def record(self, node: str, image: str, entries: list[Entry], incomplete: str | None = None) -> Path:
         """What the daemon leaves on `node` after tracing `image`."""
         key = result_key(reference.parse(image))
-        return Path(runs.record(str(self.node(node)), key, entries, readable=False, on_repeat="replace", window=1,
-                                incomplete=incomplete).path)
+        return Path(
+            runs.record(
+                str(self.node(node)), key, entries, readable=False, on_repeat="replace", window=1, incomplete=incomplete
+            ).path
+        )
 
     def push(self, node: str, image: str) -> str:
         done = self.cli("push-list", image, "--insecure", "--node", node, "--persist-dir", str(self.node(node)))
@@ -111,8 +120,11 @@ class Bed:
 @pytest.fixture(params=KINDS)
 def bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bed]:
     try:
-        registry = (LocalRegistry(registry_binary()) if request.param == "docker-registry"
-                    else ReferrersRegistry(toolchain.referrers_registry().paths[0]))
+        registry = (
+            LocalRegistry(registry_binary())
+            if request.param == "docker-registry"
+            else ReferrersRegistry(toolchain.referrers_registry().paths[0])
+        )
     except TestbedError as error:
         pytest.fail(f"cannot get the {request.param} registry: {error}")
     with registry:
@@ -126,8 +138,9 @@ def subject_of(bed: Bed, image: str) -> artifacts.Subject:
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under a persist dir (links read through), by relative path."""
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
-            if path.is_file()}
+    return {
+        str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()
+    }
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], command: str) -> str:
@@ -163,18 +176,25 @@ def test_two_nodes_lists_pulled_and_merged_exactly(bed: Bed) -> None:
     # The artifact: the node's three files byte for byte, its subject the image's manifest, the annotations.
     manifest = json.loads(bed.registry.client().manifest("app", pushed_a.rpartition("@")[2]).body)
     assert manifest["artifactType"] == artifacts.ARTIFACT_TYPE
-    assert manifest["subject"] == {"mediaType": OCI_MANIFEST, "digest": subject.digest,
-                                   "size": len(subject.manifest.body)}
+    assert manifest["subject"] == {
+        "mediaType": OCI_MANIFEST,
+        "digest": subject.digest,
+        "size": len(subject.manifest.body),
+    }
     local = {suffix: Path(f"{a_list}{suffix}").read_bytes() for suffix in ("", ".csv", ".json")}
-    assert [(layer["mediaType"], layer["digest"], layer["annotations"][artifacts.TITLE])
-            for layer in manifest["layers"]] == [
+    assert [
+        (layer["mediaType"], layer["digest"], layer["annotations"][artifacts.TITLE]) for layer in manifest["layers"]
+    ] == [
         (artifacts.PATHS_TYPE, digest_of(local[""]), "app:v1"),
         (artifacts.CSV_TYPE, digest_of(local[".csv"]), "app:v1.csv"),
         (artifacts.NYDUS_TYPE, digest_of(local[".json"]), "app:v1.json"),
     ]
     annotations = manifest["annotations"]
     assert {k: v for k, v in annotations.items() if k not in (artifacts.CREATED, artifacts.VERSION)} == {
-        artifacts.NODE: "node-a", artifacts.FILES: "4", artifacts.INCOMPLETE: "false"}
+        artifacts.NODE: "node-a",
+        artifacts.FILES: "4",
+        artifacts.INCOMPLETE: "false",
+    }
     assert datetime.fromisoformat(annotations[artifacts.CREATED]).tzinfo == UTC
     assert annotations[artifacts.VERSION] == "0.1.0"
 
@@ -184,8 +204,9 @@ def test_two_nodes_lists_pulled_and_merged_exactly(bed: Bed) -> None:
     assert done.stdout == f"{result}\n"
     assert result_set(result) == MERGED
     assert Path(f"{result}.csv").read_text().splitlines() == MERGED_CSV
-    assert done.stderr.splitlines()[-1] == (f"nri-optimizer pull-list: merged 2 nodes' lists of {subject}: 5 files in "
-                                            f"{result}")
+    assert done.stderr.splitlines()[-1] == (
+        f"nri-optimizer pull-list: merged 2 nodes' lists of {subject}: 5 files in {result}"
+    )
 
     # Without --merge: the newest list; with --node, that node's, exactly as it was pushed.
     done = bed.pull("node-c", image, "--node", "node-a", "-o", str(bed.tmp / "from-a"))
@@ -201,8 +222,10 @@ def test_a_nodes_newer_list_replaces_its_older_one(bed: Bed) -> None:
     from_b = bed.push("node-b", image)
     again = bed.cli("push-list", image, "--insecure", "--node", "node-a", "--persist-dir", str(bed.node("node-a")))
     assert again.returncode == 0 and again.stdout.strip() == first
-    assert again.stderr == (f"nri-optimizer push-list: {first} is node node-a's newest list of {image} there, and it "
-                            "is this list: nothing pushed\n")
+    assert again.stderr == (
+        f"nri-optimizer push-list: {first} is node node-a's newest list of {image} there, and it "
+        "is this list: nothing pushed\n"
+    )
     bed.record("node-a", image, [Entry(b"/app/e", 2, 1), *NODE_A])
     newer = bed.push("node-a", image)
     assert newer != first
@@ -216,8 +239,14 @@ def test_a_nodes_newer_list_replaces_its_older_one(bed: Bed) -> None:
     assert done.returncode == 0, done.stderr
     # node-a's newer list (the newest, first): e 0, busybox 1, a 2, b 3, c 4; node-b's: busybox 0, c 1, b 2, d 3.
     # Medians: e 0, busybox 0.5, a 2, b and c 2.5 (b first in node-a's), d 3.
-    assert result_set(bed.node("node-c") / "app:v1") == ["/app/e", "/bin/busybox", "/app/a", "/app/b", "/app/c",
-                                                          "/app/d"]
+    assert result_set(bed.node("node-c") / "app:v1") == [
+        "/app/e",
+        "/bin/busybox",
+        "/app/a",
+        "/app/b",
+        "/app/c",
+        "/app/d",
+    ]
     older = " (1 older lists left alone)" if bed.kind == "referrers-api" else ""
     assert done.stderr.splitlines()[-1].endswith(f": 6 files in {bed.node('node-c') / 'app:v1'}{older}")
 
@@ -234,19 +263,30 @@ def test_referrers_of_other_types_are_left_alone(bed: Bed) -> None:
     assert done.stderr.splitlines()[-1].endswith("(1 referrers of other types left alone)")
 
 
-def push_foreign(client: Registry, subject: artifacts.Subject, artifact_type: str, content: bytes,
-                 layer_type: str = "application/octet-stream", annotations: dict[str, str] | None = None,
-                 subject_digest: str | None = None) -> str:
+def push_foreign(
+    client: Registry,
+    subject: artifacts.Subject,
+    artifact_type: str,
+    content: bytes,
+    layer_type: str = "application/octet-stream",
+    annotations: dict[str, str] | None = None,
+    subject_digest: str | None = None,
+) -> str:
     """A referrer of `subject` that push-list did not make (its config of the artifact's type, as ours: so that
     go-containerregistry's registry, which reports a referrer's type from its config, reports it)."""
     client.push_blob("app", digest_of(content), content)
     client.push_blob("app", digest_of(b"{}"), b"{}")
     manifest = {
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
         "config": {"mediaType": artifact_type, "digest": digest_of(b"{}"), "size": 2},
         "layers": [{"mediaType": layer_type, "digest": digest_of(content), "size": len(content)}],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest or subject.digest,
-                    "size": len(subject.manifest.body)},
+        "subject": {
+            "mediaType": OCI_MANIFEST,
+            "digest": subject_digest or subject.digest,
+            "size": len(subject.manifest.body),
+        },
         "annotations": annotations or {},
     }
     return client.push_referrer("app", json.dumps(manifest).encode(), OCI_MANIFEST)
@@ -265,24 +305,45 @@ def test_bad_input_is_one_line_and_overwrites_nothing(bed: Bed, case: str) -> No
     subject = subject_of(bed, image)
     client = bed.registry.client()
     if case == "not-a-list":
-        bad = push_foreign(client, subject, artifacts.ARTIFACT_TYPE, b"/etc/passwd\nrm -rf /\n",
-                           layer_type=artifacts.PATHS_TYPE, annotations=MALLORY)
+        bad = push_foreign(
+            client,
+            subject,
+            artifacts.ARTIFACT_TYPE,
+            b"/etc/passwd\nrm -rf /\n",
+            layer_type=artifacts.PATHS_TYPE,
+            annotations=MALLORY,
+        )
         expected = f"{bed.address}/app@{bad}: line 2 is not an absolute path: not a list"
     elif case == "not-utf8":
-        bad = push_foreign(client, subject, artifacts.ARTIFACT_TYPE, b"/bin/\xff\n",
-                           layer_type=artifacts.PATHS_TYPE, annotations=MALLORY)
+        bad = push_foreign(
+            client,
+            subject,
+            artifacts.ARTIFACT_TYPE,
+            b"/bin/\xff\n",
+            layer_type=artifacts.PATHS_TYPE,
+            annotations=MALLORY,
+        )
         expected = f"{bed.address}/app@{bad}: not UTF-8 text: not a list"
     elif case == "no-paths-layer":
-        bad = push_foreign(client, subject, artifacts.ARTIFACT_TYPE, b"path,size,elapsed\n",
-                           layer_type=artifacts.CSV_TYPE, annotations=MALLORY)
+        bad = push_foreign(
+            client,
+            subject,
+            artifacts.ARTIFACT_TYPE,
+            b"path,size,elapsed\n",
+            layer_type=artifacts.CSV_TYPE,
+            annotations=MALLORY,
+        )
         expected = f"{bed.address}/app@{bad}: no {artifacts.PATHS_TYPE} layer: not a list"
     else:
         blob = digest_of(Path(a_list).read_bytes())
         stored = bed.registry.blob_file(blob)
         stored.write_bytes(stored.read_bytes().replace(b"/app/a", b"/app/x"))
-        expected = (f"{bed.address}/v2/app/blobs/{blob}: the content does not match its digest"
-                    if bed.kind == "docker-registry" else  # it checks a blob's digest before it serves it
-                    f"GET http://{bed.address}/v2/app/blobs/{blob}: HTTP 404 BLOB_UNKNOWN: Unknown blob")
+        expected = (
+            f"{bed.address}/v2/app/blobs/{blob}: the content does not match its digest"
+            if bed.kind == "docker-registry"
+            # it checks a blob's digest before it serves it
+            else f"GET http://{bed.address}/v2/app/blobs/{blob}: HTTP 404 BLOB_UNKNOWN: Unknown blob"
+        )
     assert one_line_error(bed.pull("node-c", image, "--merge"), "pull-list") == expected
     assert {node: snapshot(bed.node(node)) for node in ("node-a", "node-c")} == before
     assert pushed  # node-a's own list stays where it was, as pushed
@@ -297,15 +358,17 @@ def test_a_fallback_index_entry_of_another_subject_is_refused(bed: Bed) -> None:
     bed.push("node-a", image)
     subject, elsewhere = subject_of(bed, image), subject_of(bed, other)
     client = bed.registry.client()
-    stray = push_foreign(client, elsewhere, artifacts.ARTIFACT_TYPE, b"/app/a\n", layer_type=artifacts.PATHS_TYPE,
-                         annotations=MALLORY)
+    stray = push_foreign(
+        client, elsewhere, artifacts.ARTIFACT_TYPE, b"/app/a\n", layer_type=artifacts.PATHS_TYPE, annotations=MALLORY
+    )
     index = json.loads(client.manifest("app", referrers_tag(subject.digest)).body)
     (entry,) = json.loads(client.manifest("app", referrers_tag(elsewhere.digest)).body)["manifests"]
     index["manifests"].append(entry)
     client.push_manifest("app", referrers_tag(subject.digest), json.dumps(index).encode(), index["mediaType"])
     done = bed.pull("node-c", image, "--merge")
-    assert one_line_error(done, "pull-list") == (f"{bed.address}/app@{stray}: listed as a referrer of {subject.digest}"
-                                                 f" but its subject is {elsewhere.digest}")
+    assert one_line_error(done, "pull-list") == (
+        f"{bed.address}/app@{stray}: listed as a referrer of {subject.digest} but its subject is {elsewhere.digest}"
+    )
     assert not bed.node("node-c").exists()
 
 
@@ -316,9 +379,13 @@ def test_an_unreachable_registry_is_one_line_and_keeps_the_lists(bed: Bed) -> No
     assert bed.pull("node-c", image, "--merge").returncode == 0
     before = {node: snapshot(bed.node(node)) for node in ("node-a", "node-c")}
     bed.registry.close()
-    for done, command in ((bed.cli("push-list", image, "--insecure", "--node", "node-a", "--persist-dir",
-                                   str(bed.node("node-a"))), "push-list"),
-                          (bed.pull("node-c", image, "--merge"), "pull-list")):
+    for done, command in (
+        (
+            bed.cli("push-list", image, "--insecure", "--node", "node-a", "--persist-dir", str(bed.node("node-a"))),
+            "push-list",
+        ),
+        (bed.pull("node-c", image, "--merge"), "pull-list"),
+    ):
         message = one_line_error(done, command)
         assert message.startswith(f"cannot reach registry {bed.address}: "), message
         assert "Connection refused" in message, message
@@ -357,15 +424,18 @@ def test_what_is_missing_is_said_in_one_line(bed: Bed) -> None:
     image = bed.image()
     done = bed.cli("push-list", image, "--insecure", "--persist-dir", str(bed.node("node-a")))
     assert done.returncode == 2
-    assert done.stderr == (f"nri-optimizer push-list: no recorded list at {bed.node('node-a') / 'app:v1'}; record one "
-                           "first (nri-optimizer profile IMAGE) or pass --list\n")
+    assert done.stderr == (
+        f"nri-optimizer push-list: no recorded list at {bed.node('node-a') / 'app:v1'}; record one "
+        "first (nri-optimizer profile IMAGE) or pass --list\n"
+    )
     subject = subject_of(bed, image)
     assert one_line_error(bed.pull("node-c", image), "pull-list") == (
-        f"no list is attached to {subject} (nodes attach theirs with nri-optimizer push-list, or the daemon's "
-        "publish)")
+        f"no list is attached to {subject} (nodes attach theirs with nri-optimizer push-list, or the daemon's publish)"
+    )
     absent = bed.pull("node-c", f"{bed.address}/nothing:here")
-    assert one_line_error(absent, "pull-list").startswith(f"GET http://{bed.address}/v2/nothing/manifests/here: "
-                                                          "HTTP 404 ")
+    assert one_line_error(absent, "pull-list").startswith(
+        f"GET http://{bed.address}/v2/nothing/manifests/here: HTTP 404 "
+    )
     assert not bed.node("node-c").exists()
 
 
@@ -407,9 +477,22 @@ def test_convert_from_registry_builds_with_the_merged_list(bed: Bed) -> None:
     bed.record("node-b", image, NODE_B)
     bed.push("node-a", image)
     bed.push("node-b", image)
-    done = bed.cli("convert", "--source", image, "--target", f"{bed.address}/app:v1-nydus", "--from-registry",
-                   "--source-insecure", "--target-insecure", "--persist-dir", str(bed.node("builder")),
-                   "--nydus-image", str(nydus_image), "--work-dir", str(bed.tmp))
+    done = bed.cli(
+        "convert",
+        "--source",
+        image,
+        "--target",
+        f"{bed.address}/app:v1-nydus",
+        "--from-registry",
+        "--source-insecure",
+        "--target-insecure",
+        "--persist-dir",
+        str(bed.node("builder")),
+        "--nydus-image",
+        str(nydus_image),
+        "--work-dir",
+        str(bed.tmp),
+    )
     assert done.returncode == 0, done.stderr
     assert result_set(bed.node("builder") / "app:v1") == MERGED
     assert "prefetch table of 5 files" in done.stderr, done.stderr
@@ -419,8 +502,9 @@ def test_convert_from_registry_builds_with_the_merged_list(bed: Bed) -> None:
 # --- the daemon's publish, on a real containerd ---------------------------------------------------------------------
 
 
-def test_the_daemon_publishes_its_lists_and_a_registry_outage_costs_nothing(make_containerd, flavour: str,
-                                                                             tmp_path: Path) -> None:
+def test_the_daemon_publishes_its_lists_and_a_registry_outage_costs_nothing(
+    make_containerd, flavour: str, tmp_path: Path
+) -> None:
     """publish on: a traced container's list lands beside its image, exactly as written; with the registry gone, the
     next list is written all the same, its publish tried publish_attempts times in the background and given up,
     and containers start as before meanwhile. The metrics say so."""
@@ -428,25 +512,44 @@ def test_the_daemon_publishes_its_lists_and_a_registry_outage_costs_nothing(make
     with registry:
         first, second = f"{registry.address}/workload:1", f"{registry.address}/workload:2"
         # Two images, not one under two names: CRI would name a container of either by the first.
-        tarballs = {image: build_image(image, tmp_path / f"{image.rpartition(':')[2]}.tar",
-                                       workload_files() | {"/version": image.encode()}, entrypoint=["/bin/sh"])
-                    for image in (first, second)}
+        tarballs = {
+            image: build_image(
+                image,
+                tmp_path / f"{image.rpartition(':')[2]}.tar",
+                workload_files() | {"/version": image.encode()},
+                entrypoint=["/bin/sh"],
+            )
+            for image in (first, second)
+        }
         push_layout(tarballs[first], registry.client(), "workload", "1")
         metrics = tmp_path / "metrics.sock"
-        traced = start_traced(make_containerd, flavour, tmp_path, tarballs[first], extra=(
-            f'publish = ["{registry.address}/*"]\npublish_insecure = ["{registry.address}"]\npublish_attempts = 2\n'
-            f'metrics_address = "{metrics}"\n'))
+        traced = start_traced(
+            make_containerd,
+            flavour,
+            tmp_path,
+            tarballs[first],
+            extra=(
+                f'publish = ["{registry.address}/*"]\npublish_insecure = ["{registry.address}"]\npublish_attempts = 2\n'
+                f'metrics_address = "{metrics}"\n'
+            ),
+        )
         traced.bed.ctd.import_image(tarballs[second])
 
         run = traced.run(["/bin/cat", "/data/f001", "/data/f002"], image=first)
         assert "recorded 3 files" in traced.finish(run)
-        (published,) = traced.log.wait_for(rf"{run.container_id} published the list of {re.escape(first)}: pushed ",
-                                           timeout=60)
+        (published,) = traced.log.wait_for(
+            rf"{run.container_id} published the list of {re.escape(first)}: pushed ", timeout=60
+        )
         local = traced.result_path(first)
         assert result_set(local) == ["/bin/busybox", "/data/f001", "/data/f002"]
         pulled = tmp_path / "pulled"
-        done = subprocess.run([sys.executable, "-m", "nri_optimizer", "pull-list", first, "--insecure", "-o",
-                               str(pulled)], capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "nri_optimizer", "pull-list", first, "--insecure", "-o", str(pulled)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         for suffix in ("", ".csv", ".json"):
             assert Path(f"{pulled}{suffix}").read_bytes() == Path(f"{local}{suffix}").read_bytes()
@@ -454,23 +557,33 @@ def test_the_daemon_publishes_its_lists_and_a_registry_outage_costs_nothing(make
         (listed,) = registry.client().referrers("workload", subject.digest, artifacts.ARTIFACT_TYPE)
         node = os.environ.get("NODE_NAME") or socket.gethostname()
         assert listed["annotations"][artifacts.NODE] == node
-        assert published.endswith(f"pushed {local} from node {node} as {registry.address}/workload@{listed['digest']}"
-                                  f", a referrer of {subject}"), published
+        assert published.endswith(
+            f"pushed {local} from node {node} as {registry.address}/workload@{listed['digest']}"
+            f", a referrer of {subject}"
+        ), published
 
     # The registry is gone (closed above): the next list is written, and its publish given up after two tries.
     run = traced.run(["/bin/cat", "/data/f003"], image=second)
     assert "recorded 2 files" in traced.finish(run)
     assert result_set(traced.result_path(second)) == ["/bin/busybox", "/data/f003"]
-    (retry,) = traced.log.wait_for(rf"{run.container_id} publishing the list of {re.escape(second)} failed \(try 1 of "
-                                   r"2\): cannot reach registry ", timeout=30)
+    (retry,) = traced.log.wait_for(
+        rf"{run.container_id} publishing the list of {re.escape(second)} failed \(try 1 of "
+        r"2\): cannot reach registry ",
+        timeout=30,
+    )
     assert retry.endswith("; trying again in 2 s"), retry
     began = time.monotonic()
     meanwhile = traced.run(["echo", "started"], image=first)  # while the publish waits to try again
     assert meanwhile.log_lines() == ["started"] and time.monotonic() - began < 5
-    (gave_up,) = traced.log.wait_for(rf"{run.container_id} gave up publishing the list of {re.escape(second)} after "
-                                     "2 tries: cannot reach registry ", timeout=30)
-    assert gave_up.endswith(f"; it stays in {traced.result_path(second)} (nri-optimizer push-list {second} --list "
-                            f"{traced.result_path(second)} publishes it)"), gave_up
+    (gave_up,) = traced.log.wait_for(
+        rf"{run.container_id} gave up publishing the list of {re.escape(second)} after "
+        "2 tries: cannot reach registry ",
+        timeout=30,
+    )
+    assert gave_up.endswith(
+        f"; it stays in {traced.result_path(second)} (nri-optimizer push-list {second} --list "
+        f"{traced.result_path(second)} publishes it)"
+    ), gave_up
     assert result_set(traced.result_path(second)) == ["/bin/busybox", "/data/f003"]
     counted = scrape(str(metrics))
     assert counted["nri_optimizer_lists_published_total"] == 1

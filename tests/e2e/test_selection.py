@@ -19,12 +19,15 @@ def workload_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_workload_image(tmp_path_factory.mktemp("workload") / "workload.tar")
 
 
-def start_pod(traced: Traced, name: str, *, namespace: str = "default", annotations: dict[str, str] | None = None) -> Pod:
+def start_pod(
+    traced: Traced, name: str, *, namespace: str = "default", annotations: dict[str, str] | None = None
+) -> Pod:
     ctd = traced.bed.ctd
     log_dir = ctd.logs_dir / name
     log_dir.mkdir(parents=True)
-    return traced.bed.cri.run_pod(name, namespace=namespace, cgroup_parent=ctd.cgroup_parent,
-                                  log_directory=str(log_dir), annotations=annotations)
+    return traced.bed.cri.run_pod(
+        name, namespace=namespace, cgroup_parent=ctd.cgroup_parent, log_directory=str(log_dir), annotations=annotations
+    )
 
 
 def start_container(traced: Traced, pod: Pod, name: str, command: list[str], image: str = WORKLOAD_IMAGE) -> str:
@@ -47,8 +50,7 @@ def not_traced(traced: Traced, cid: str, why: str) -> None:
     assert not traced.log.matching(rf"{cid} tracing pid")
 
 
-def test_a_pod_annotated_false_is_not_traced_and_others_are(make_containerd, flavour, tmp_path,
-                                                            workload_image) -> None:
+def test_a_pod_annotated_false_is_not_traced_and_others_are(make_containerd, flavour, tmp_path, workload_image) -> None:
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra="overwrite = true\n")
     out = start_pod(traced, "opted-out", annotations={POD_KEY: "false"})
     cid = start_container(traced, out, "app", ["/bin/cat", "/data/f001"])
@@ -60,18 +62,25 @@ def test_a_pod_annotated_false_is_not_traced_and_others_are(make_containerd, fla
     assert traced.result() == ["/bin/busybox", "/data/f002"]
 
 
-def test_opt_in_traces_only_the_annotated_container_of_a_pod(make_containerd, flavour, tmp_path,
-                                                             workload_image) -> None:
+def test_opt_in_traces_only_the_annotated_container_of_a_pod(
+    make_containerd, flavour, tmp_path, workload_image
+) -> None:
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra='mode = "opt-in"\n')
     unannotated = start_pod(traced, "unannotated")
     cid = start_container(traced, unannotated, "app", ["/bin/cat", "/data/f001"])
-    not_traced(traced, cid, 'mode = "opt-in" and the pod has neither trace.nri-optimizer.io/container.app nor '
-                            f'{POD_KEY} = "true"')
+    not_traced(
+        traced,
+        cid,
+        f'mode = "opt-in" and the pod has neither trace.nri-optimizer.io/container.app nor {POD_KEY} = "true"',
+    )
     pod = start_pod(traced, "two-containers", annotations={"trace.nri-optimizer.io/container.web": "true"})
     sidecar = start_container(traced, pod, "sidecar", ["/bin/cat", "/data/f003"], image=BUSYBOX_IMAGE)
     web = start_container(traced, pod, "web", ["/bin/cat", "/data/f004", "/data/f005"])
-    not_traced(traced, sidecar, 'mode = "opt-in" and the pod has neither trace.nri-optimizer.io/container.sidecar '
-                                f'nor {POD_KEY} = "true"')
+    not_traced(
+        traced,
+        sidecar,
+        f'mode = "opt-in" and the pod has neither trace.nri-optimizer.io/container.sidecar nor {POD_KEY} = "true"',
+    )
     assert "recorded 3 files" in finished(traced, web)
     assert traced.result() == ["/bin/busybox", "/data/f004", "/data/f005"]
 
@@ -87,9 +96,11 @@ def test_a_container_annotation_overrides_its_pods(make_containerd, flavour, tmp
 
 
 def test_namespace_and_image_patterns(make_containerd, flavour, tmp_path, workload_image) -> None:
-    extra = ('namespace_exclude = ["kube-*"]\nimage_include = ["nri-optimizer.test/work*"]\n'
-             # An annotation cannot lift the operator's limits.
-             'mode = "opt-in"\n')
+    extra = (
+        'namespace_exclude = ["kube-*"]\nimage_include = ["nri-optimizer.test/work*"]\n'
+        # An annotation cannot lift the operator's limits.
+        'mode = "opt-in"\n'
+    )
     traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra=extra)
     system = start_pod(traced, "system", namespace="kube-system", annotations={POD_KEY: "true"})
     cid = start_container(traced, system, "app", ["/bin/cat", "/data/f001"])

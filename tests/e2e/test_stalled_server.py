@@ -35,10 +35,12 @@ def rss_kib(pid: int) -> int:
     return int(line.split()[1])
 
 
-def test_a_stopped_server_is_replaced_and_containers_start_meanwhile(make_containerd, flavour, tmp_path,
-                                                                     workload_image) -> None:
-    traced = start_traced(make_containerd, flavour, tmp_path, workload_image,
-                          extra=f"stall_timeout = {STALL_TIMEOUT}\noverwrite = true\n")
+def test_a_stopped_server_is_replaced_and_containers_start_meanwhile(
+    make_containerd, flavour, tmp_path, workload_image
+) -> None:
+    traced = start_traced(
+        make_containerd, flavour, tmp_path, workload_image, extra=f"stall_timeout = {STALL_TIMEOUT}\noverwrite = true\n"
+    )
     running = traced.run(["/bin/sh", "-c", "cat /data/f002; exec sleep 1000"], wait=False)
     traced.log.wait_for(rf"{running.container_id} tracing pid")
     plugin = prelaunched_pid(traced.bed)
@@ -60,9 +62,11 @@ def test_a_stopped_server_is_replaced_and_containers_start_meanwhile(make_contai
         for took, line in meanwhile:
             assert took < NRI_BUDGET + 1.0, meanwhile  # the pod, its container, its exit: the wait is 1 s of it
             assert re.search(r"not traced: pid [0-9]+: the trace server did not answer within 1.0 s$", line), line
-        traced.log.wait_for(rf"trace server \(pid {stalled.pid}\) stalled: a request unanswered and not a "
-                                       r"word for [0-9]+ s; killing it \(1 traces lost\)",
-                                       timeout=STALL_TIMEOUT + 5)
+        traced.log.wait_for(
+            rf"trace server \(pid {stalled.pid}\) stalled: a request unanswered and not a "
+            r"word for [0-9]+ s; killing it \(1 traces lost\)",
+            timeout=STALL_TIMEOUT + 5,
+        )
         declared = time.monotonic() - stopped_at
         assert STALL_TIMEOUT <= declared < STALL_TIMEOUT + 5 + 3  # counted from the first unanswered request
         assert host.wait_gone([stalled], 5) == []
@@ -72,8 +76,10 @@ def test_a_stopped_server_is_replaced_and_containers_start_meanwhile(make_contai
             stalled.kill(signal.SIGCONT)
     # The trace that was running is lost, and says so when its container stops; nothing is written for it.
     traced.bed.cri.stop_container(running.container_id, 1)
-    traced.log.wait_for(rf"{running.container_id} trace lost \(trace server stalled: no answer for [0-9]+ s\): "
-                        "nothing written, earlier results kept")
+    traced.log.wait_for(
+        rf"{running.container_id} trace lost \(trace server stalled: no answer for [0-9]+ s\): "
+        "nothing written, earlier results kept"
+    )
     assert not traced.result_path().exists()
     # A fresh server traces the next container, exactly.
     fresh = server_of(plugin)

@@ -63,8 +63,9 @@ def service(unit: Path) -> configparser.SectionProxy:
 
 
 def test_the_installed_unit_passes_systemd_analyze_verify(installed: Path) -> None:
-    verify = subprocess.run([*systemd_analyze(), "verify", str(installed / UNIT)], capture_output=True, text=True,
-                            timeout=60)
+    verify = subprocess.run(
+        [*systemd_analyze(), "verify", str(installed / UNIT)], capture_output=True, text=True, timeout=60
+    )
     assert (verify.returncode, verify.stdout, verify.stderr) == (0, "", "")
 
 
@@ -107,8 +108,9 @@ def cap_mask(names: str) -> int:
     return sum(1 << bits[name] for name in names.split())
 
 
-def test_the_units_execstart_with_its_sandboxing_traces_a_pod(make_containerd, flavour, installed, workload_image,
-                                                              tmp_path) -> None:
+def test_the_units_execstart_with_its_sandboxing_traces_a_pod(
+    make_containerd, flavour, installed, workload_image, tmp_path
+) -> None:
     settings = service(installed / UNIT)
     # The NRI socket where the unit can reach it (not under the /tmp PrivateTmp hides); the config's own key for it.
     nri_dir = Path(tempfile.mkdtemp(prefix="nri-", dir=installed))
@@ -120,8 +122,9 @@ def test_the_units_execstart_with_its_sandboxing_traces_a_pod(make_containerd, f
     results = Path(tempfile.mkdtemp(prefix=f"{flavour}-", dir=installed / RESULTS))
     installed_results = f'persist_dir = "{installed / RESULTS}"'
     assert installed_results in original
-    conf.write_text(f'{original.replace(installed_results, f"persist_dir = {str(results)!r}")}'
-                    f'socket = "{bed.ctd.nri_socket}"\n')
+    conf.write_text(
+        f'{original.replace(installed_results, f"persist_dir = {str(results)!r}")}socket = "{bed.ctd.nri_socket}"\n'
+    )
     stderr = tmp_path / "journal"
     with open(stderr, "wb") as journal:
         daemon = subprocess.Popen(sandboxed(settings), stdout=journal, stderr=subprocess.STDOUT)

@@ -21,8 +21,14 @@ def test_a_second_run_needs_no_cargo_go_or_apt(tmp_path: Path) -> None:
     bare = tmp_path / "bin"  # only the interpreter: no cargo, go, apt-get or dpkg-deb to reach for
     bare.mkdir()
     (bare / "python3").symlink_to(sys.executable)
-    result = subprocess.run([str(bare / "python3"), "-m", "testbed", "tools"], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "PATH": str(bare)}, cwd=Path(__file__).parents[2])
+    result = subprocess.run(
+        [str(bare / "python3"), "-m", "testbed", "tools"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": str(bare)},
+        cwd=Path(__file__).parents[2],
+    )
     assert result.returncode == 0, result.stderr
     names = [line.split(":")[0] for line in result.stdout.splitlines()]
     assert names[:2] == [f"nydus-rs {toolchain.NYDUS_RS_VERSION}", f"crictl {toolchain.CRICTL_VERSION}"]
@@ -61,14 +67,16 @@ def test_a_failed_build_leaves_nothing_but_its_log(tmp_path: Path) -> None:
     def failing(staging: Path, cache: Path, log: Path, say: object) -> None:
         (staging / "bin").mkdir()
         (staging / "bin" / "a").write_text("half\n")
-        toolchain._run_logged(["sh", "-c", "echo compiling; echo broken >&2; exit 7"], dict(os.environ), log,
-                              "thing", print, None)
+        toolchain._run_logged(
+            ["sh", "-c", "echo compiling; echo broken >&2; exit 7"], dict(os.environ), log, "thing", print, None
+        )
 
     with pytest.raises(TestbedError) as caught:
         toolchain._installed_once("thing 1", root, ("a",), failing, tmp_path, print)
     log = root.with_name("thing-1.build.log")
-    assert str(caught.value) == (f"sh -c 'echo compiling; echo broken >&2; exit 7' failed (exit status 7); full log "
-                                 f"in {log}:\ncompiling\nbroken")
+    assert str(caught.value) == (
+        f"sh -c 'echo compiling; echo broken >&2; exit 7' failed (exit status 7); full log in {log}:\ncompiling\nbroken"
+    )
     assert sorted(p.name for p in (tmp_path / "tools").iterdir()) == ["lock", "thing-1.build.log"]
 
 
@@ -76,8 +84,14 @@ def test_a_long_build_says_how_far_it_got_while_it_is_quiet(tmp_path: Path, monk
     monkeypatch.setattr(toolchain, "PROGRESS_EVERY", 0.5)
     said: list[str] = []
     script = 'echo "   Compiling one v1"; echo "   Compiling two v2"; sleep 1.2; echo done'
-    toolchain._run_logged(["sh", "-c", script], dict(os.environ), tmp_path / "log", "thing", said.append,
-                          ("Compiling ", "crates compiled"))
+    toolchain._run_logged(
+        ["sh", "-c", script],
+        dict(os.environ),
+        tmp_path / "log",
+        "thing",
+        said.append,
+        ("Compiling ", "crates compiled"),
+    )
     assert len(said) >= 2 and all(line.startswith("thing: 2 crates compiled, ") for line in said), said
     assert said[-1].endswith(" so far (Compiling two v2)")
     assert not (tmp_path / "log").exists()  # kept only when the build fails

@@ -49,8 +49,15 @@ def test_entrypoint_then_200_files_in_read_order(traced: Traced) -> None:
 def test_exec_first_binary_and_its_five_files_come_first_in_order(traced: Traced) -> None:
     run = traced.run(["/entry.sh"])
     traced.finish(run)
-    assert traced.result() == ["/entry.sh", "/bin/busybox", "/data/f010", "/data/f011", "/data/f012", "/data/f013",
-                               "/data/f014"]
+    assert traced.result() == [
+        "/entry.sh",
+        "/bin/busybox",
+        "/data/f010",
+        "/data/f011",
+        "/data/f012",
+        "/data/f013",
+        "/data/f014",
+    ]
 
 
 def test_fifty_files_then_exit_at_once_is_complete(traced: Traced) -> None:
@@ -63,23 +70,33 @@ def test_fifty_files_then_exit_at_once_is_complete(traced: Traced) -> None:
 
 def test_odd_names_are_left_out_and_counted(traced: Traced) -> None:
     # A shell glob reaches the name that is not UTF-8 (CRI strings must be).
-    run = traced.run(["/bin/sh", "-c", "cat /data/f001 /data/new?line '/data/trailing ' /data/tab? /data/bad? "
-                      "/data/f002"])
+    run = traced.run(
+        ["/bin/sh", "-c", "cat /data/f001 /data/new?line '/data/trailing ' /data/tab? /data/bad? /data/f002"]
+    )
     line = traced.finish(run)
     assert traced.result() == ["/bin/busybox", "/data/f001", "/data/f002"]
     assert "recorded 3 files" in line and "4 unlistable" in line
 
 
-def test_written_and_created_files_are_absent_on_overlayfs_and_bind_mounted_ones_always(traced: Traced,
-                                                                                        tmp_path: Path) -> None:
+def test_written_and_created_files_are_absent_on_overlayfs_and_bind_mounted_ones_always(
+    traced: Traced, tmp_path: Path
+) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "file").write_text("from the host\n")
-    script = ("echo new > /tmp/created; cat /tmp/created /data/f001; echo more >> /data/rewritten; "
-              "cat /data/rewritten /mnt/volume/file /data/f002")
+    script = (
+        "echo new > /tmp/created; cat /tmp/created /data/f001; echo more >> /data/rewritten; "
+        "cat /data/rewritten /mnt/volume/file /data/f002"
+    )
     run = traced.run(["/bin/sh", "-c", script], mounts=[Mount(str(volume), "/mnt/volume", readonly=True)])
-    assert run.log_lines() == ["new", "content of /data/f001", "image version", "more", "from the host",
-                               "content of /data/f002"]
+    assert run.log_lines() == [
+        "new",
+        "content of /data/f001",
+        "image version",
+        "more",
+        "from the host",
+        "content of /data/f002",
+    ]
     line = traced.finish(run)
     if traced.bed.ctd.snapshotter == "overlayfs":
         assert traced.result() == ["/bin/busybox", "/data/f001", "/data/f002"]
@@ -91,8 +108,10 @@ def test_written_and_created_files_are_absent_on_overlayfs_and_bind_mounted_ones
 
 def test_two_containers_of_one_image_at_once_are_both_traced(traced: Traced) -> None:
     first, second = DATA_FILES[:60], DATA_FILES[100:140]
-    runs = [traced.run(["/bin/sh", "-c", f"cat {' '.join(files)}; exec sleep 1000"], wait=False)
-            for files in (first, second)]
+    runs = [
+        traced.run(["/bin/sh", "-c", f"cat {' '.join(files)}; exec sleep 1000"], wait=False)
+        for files in (first, second)
+    ]
     lines = [traced.finish(run) for run in runs]
     # Each trace is its own; the one result is one of them whole (overwrite = false: the first to finish).
     assert "recorded 61 files" in lines[0]
@@ -113,8 +132,9 @@ def test_overwrite_false_keeps_the_result_and_does_not_trace_again(traced: Trace
 
 @pytest.fixture
 def overwriting(make_containerd, flavour, tmp_path, workload_image, event_mode) -> Traced:
-    return start_traced(make_containerd, flavour, tmp_path, workload_image, extra="overwrite = true\n",
-                        event_mode=event_mode)
+    return start_traced(
+        make_containerd, flavour, tmp_path, workload_image, extra="overwrite = true\n", event_mode=event_mode
+    )
 
 
 def test_overwrite_true_replaces_the_result_wholly(overwriting: Traced) -> None:
@@ -123,7 +143,9 @@ def test_overwrite_true_replaces_the_result_wholly(overwriting: Traced) -> None:
     assert overwriting.result() == ["/bin/busybox", "/data/f199"]
     assert len(overwriting.result(suffix=".csv")) == 3
     assert json.loads(overwriting.result_path(suffix=".json").read_text()) == {
-        "version": "v1", "files": [{"path": "/bin/busybox"}, {"path": "/data/f199"}]}
+        "version": "v1",
+        "files": [{"path": "/bin/busybox"}, {"path": "/data/f199"}],
+    }
 
 
 def test_200_files_in_order_20_of_20_runs(overwriting: Traced) -> None:
@@ -133,23 +155,36 @@ def test_200_files_in_order_20_of_20_runs(overwriting: Traced) -> None:
         assert overwriting.result() == ["/bin/busybox", *order], f"run {seed + 1} of 20"
 
 
-def test_timeout_stops_tracing_on_time_and_names_the_file(make_containerd, flavour, tmp_path, workload_image,
-                                                          event_mode) -> None:
-    traced = start_traced(make_containerd, flavour, tmp_path, workload_image, extra="timeout = 1\n",
-                          event_mode=event_mode)
+def test_timeout_stops_tracing_on_time_and_names_the_file(
+    make_containerd, flavour, tmp_path, workload_image, event_mode
+) -> None:
+    traced = start_traced(
+        make_containerd, flavour, tmp_path, workload_image, extra="timeout = 1\n", event_mode=event_mode
+    )
     run = traced.run(["/bin/sh", "-c", "cat /data/f001; sleep 2; cat /data/f002; exec sleep 1000"], wait=False)
     (line,) = traced.log.wait_for(rf"{run.container_id} recorded", timeout=5)
     assert "(timeout;" in line
     assert traced.result(suffix=".timeout1s") == ["/bin/busybox", "/data/f001"]
-    assert sorted(p.name for p in traced.results.iterdir()) == [".workload:1.timeout1s", "workload:1.timeout1s",
-                                                                 "workload:1.timeout1s.csv", "workload:1.timeout1s.json"]
+    assert sorted(p.name for p in traced.results.iterdir()) == [
+        ".workload:1.timeout1s",
+        "workload:1.timeout1s",
+        "workload:1.timeout1s.csv",
+        "workload:1.timeout1s.json",
+    ]
     traced.bed.cri.stop_container(run.container_id, 1)
 
 
-def test_missing_server_logs_and_the_container_still_runs(make_containerd, flavour, tmp_path, workload_image,
-                                                         event_mode) -> None:
-    traced = start_traced(make_containerd, flavour, tmp_path, workload_image,
-                          extra='server_path = "/nonexistent/optimizer-server"\n', event_mode=event_mode)
+def test_missing_server_logs_and_the_container_still_runs(
+    make_containerd, flavour, tmp_path, workload_image, event_mode
+) -> None:
+    traced = start_traced(
+        make_containerd,
+        flavour,
+        tmp_path,
+        workload_image,
+        extra='server_path = "/nonexistent/optimizer-server"\n',
+        event_mode=event_mode,
+    )
     run = traced.run(["/bin/cat", "/data/f001"])
     assert run.status is not None and run.status.exit_code == 0
     assert run.log_lines() == ["content of /data/f001"]
@@ -176,12 +211,19 @@ def test_server_killed_mid_trace_keeps_the_earlier_result(overwriting: Traced) -
 
 
 def test_files_read_by_an_exec_process_are_absent(traced: Traced) -> None:
-    run = traced.run(["/bin/sh", "-c", "cat /data/f001; while [ ! -e /tmp/go ]; do sleep 0.05; done; "
-                      "cat /data/f002; exec sleep 1000"], wait=False)
+    run = traced.run(
+        [
+            "/bin/sh",
+            "-c",
+            "cat /data/f001; while [ ! -e /tmp/go ]; do sleep 0.05; done; cat /data/f002; exec sleep 1000",
+        ],
+        wait=False,
+    )
     traced.log.wait_for(rf"{run.container_id} tracing pid")
     # An exec probe reads f002 (which the workload reads later) and f003 (which it never reads).
-    assert traced.bed.cri.exec_sync(run.container_id, ["/bin/sh", "-c", "cat /data/f002 /data/f003; touch /tmp/go"]) \
-        == (0, b"content of /data/f002\ncontent of /data/f003\n", b"")
+    assert traced.bed.cri.exec_sync(
+        run.container_id, ["/bin/sh", "-c", "cat /data/f002 /data/f003; touch /tmp/go"]
+    ) == (0, b"content of /data/f002\ncontent of /data/f003\n", b"")
     deadline = time.monotonic() + 10
     while run.log_lines() != ["content of /data/f001", "content of /data/f002"]:  # the workload went on
         assert time.monotonic() < deadline, run.log_lines()
@@ -194,8 +236,9 @@ def test_files_read_by_an_exec_process_are_absent(traced: Traced) -> None:
 def test_a_sparse_5_gib_file_is_listed_with_its_size(make_containerd, tmp_path, event_mode) -> None:
     # One flavour only: the size comes from our fstat, whatever the runtime; and containerd writes the
     # hole out in full when it unpacks the layer (5 GiB of disk for the test's lifetime, ~20 s).
-    image = build_image(SPARSE_IMAGE, tmp_path / "sparse.tar",
-                        {SPARSE: FileSpec(b"sparse head\n", sparse_size=5 << 30)})
+    image = build_image(
+        SPARSE_IMAGE, tmp_path / "sparse.tar", {SPARSE: FileSpec(b"sparse head\n", sparse_size=5 << 30)}
+    )
     traced = start_traced(make_containerd, "2.1", tmp_path / "bed", image, import_timeout=180, event_mode=event_mode)
     traced.bed.cri.timeout = 180  # fid mode's native snapshotter copies the 5 GiB, hole and all, at CreateContainer
     run = traced.run(["/bin/head", "-n", "1", SPARSE], image=SPARSE_IMAGE)
@@ -221,8 +264,9 @@ def test_a_path_near_path_max_is_listed_whole(make_containerd, flavour, tmp_path
 BURST = [f"/burst/d{i % 20:02d}/f{i:04d}" for i in range(2000)]  # 20 directories, 100 files each
 
 
-def test_a_burst_of_2000_files_across_20_directories_is_listed_in_read_order(make_containerd, flavour, tmp_path,
-                                                                             event_mode) -> None:
+def test_a_burst_of_2000_files_across_20_directories_is_listed_in_read_order(
+    make_containerd, flavour, tmp_path, event_mode
+) -> None:
     order = shuffled(BURST, seed=3)  # each read in another directory than the last, mostly
     image = build_image("nri-optimizer.test/burst:1", tmp_path / "burst.tar", {path: b"b\n" for path in BURST})
     traced = start_traced(make_containerd, flavour, tmp_path / "bed", image, event_mode=event_mode)
@@ -238,7 +282,9 @@ def dynamic_program() -> tuple[str, dict[str, bytes | FileSpec], list[str]]:
     image, the image's files, what it reads as it starts, in order: itself, the loader, the libraries)."""
     program = "/usr/local/bin/true"
     loaded = []
-    for line in subprocess.run(["ldd", "/usr/bin/true"], capture_output=True, text=True, check=True).stdout.splitlines():
+    for line in subprocess.run(
+        ["ldd", "/usr/bin/true"], capture_output=True, text=True, check=True
+    ).stdout.splitlines():
         path = line.split("=>")[-1].split("(")[0].strip()
         if path.startswith("/"):
             loaded.append(path)
@@ -251,8 +297,9 @@ def dynamic_program() -> tuple[str, dict[str, bytes | FileSpec], list[str]]:
     return program, files, [program, *interpreter, *libraries]
 
 
-def test_a_dynamically_linked_program_lists_itself_its_loader_and_its_libraries_in_order(make_containerd, flavour,
-                                                                                         tmp_path, event_mode) -> None:
+def test_a_dynamically_linked_program_lists_itself_its_loader_and_its_libraries_in_order(
+    make_containerd, flavour, tmp_path, event_mode
+) -> None:
     program, files, reads = dynamic_program()
     image = build_image("nri-optimizer.test/dynamic:1", tmp_path / "dynamic.tar", files)
     traced = start_traced(make_containerd, flavour, tmp_path / "bed", image, event_mode=event_mode)
@@ -265,16 +312,27 @@ def test_a_dynamically_linked_program_lists_itself_its_loader_and_its_libraries_
 RESIDENT_IMAGE = "nri-optimizer.test/resident:1"
 
 
-def test_the_csv_says_how_much_of_each_large_file_the_start_read(make_containerd, flavour, tmp_path,
-                                                                  event_mode) -> None:
+def test_the_csv_says_how_much_of_each_large_file_the_start_read(
+    make_containerd, flavour, tmp_path, event_mode
+) -> None:
     # Two 1 MiB files, the first 4 KiB of one read and all of the other, and a small file. containerd wrote the
     # files into the page cache when it unpacked them: they are dropped from it before the workload reads.
-    image = build_image(RESIDENT_IMAGE, tmp_path / "resident.tar", {
-        "/data/part": os.urandom(1 << 20), "/data/whole": os.urandom(1 << 20), "/data/small": b"small\n"})
+    image = build_image(
+        RESIDENT_IMAGE,
+        tmp_path / "resident.tar",
+        {"/data/part": os.urandom(1 << 20), "/data/whole": os.urandom(1 << 20), "/data/small": b"small\n"},
+    )
     traced = start_traced(make_containerd, flavour, tmp_path / "bed", image, event_mode=event_mode)
-    run = traced.run(["/bin/sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.05; done; head -c 4096 /data/part >/dev/null; "
-                      "cat /data/whole /data/small >/dev/null; echo read; exec sleep 1000"], image=RESIDENT_IMAGE,
-                     wait=False)
+    run = traced.run(
+        [
+            "/bin/sh",
+            "-c",
+            "while [ ! -e /tmp/go ]; do sleep 0.05; done; head -c 4096 /data/part >/dev/null; "
+            "cat /data/whole /data/small >/dev/null; echo read; exec sleep 1000",
+        ],
+        image=RESIDENT_IMAGE,
+        wait=False,
+    )
     traced.log.wait_for(rf"{run.container_id} tracing pid")
     root = Path(f"/proc/{traced.bed.cri.container_status(run.container_id).pid}/root")
     os.sync()  # the unpacked pages are clean, and so can be dropped

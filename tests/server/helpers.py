@@ -31,18 +31,26 @@ class FakeContainer:
     upper layer, on the tmpfs), whose file handles do not decode: the kernel refuses fid mode there.
     """
 
-    def __init__(self, workdir: Path, files: Sequence[str], workload: str, setup: str = ":", *,
-                 overlay: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, files: Sequence[str], workload: str, setup: str = ":", *, overlay: bool = False
+    ) -> None:
         """setup: shell run in the root before the pivot, while host binaries are still reachable."""
         self.workdir = workdir
         root = workdir / "root"
         root.mkdir()
         dirs = sorted({str(Path(name).parent).lstrip("/") for name in files} - {""})
         script = workdir / "container.sh"
-        layers = ("mkdir -p .layers/lower .layers/upper .layers/work .layers/root && cd .layers/lower || exit 1\n"
-                  if overlay else "")
-        into_overlay = ("cd .. && mount -t overlay overlay -o lowerdir=lower,upperdir=upper,workdir=work,index=off root "
-                        "&& cd root || exit 1\n" if overlay else "")
+        layers = (
+            "mkdir -p .layers/lower .layers/upper .layers/work .layers/root && cd .layers/lower || exit 1\n"
+            if overlay
+            else ""
+        )
+        into_overlay = (
+            "cd .. && mount -t overlay overlay -o lowerdir=lower,upperdir=upper,workdir=work,index=off root "
+            "&& cd root || exit 1\n"
+            if overlay
+            else ""
+        )
         script.write_text(
             f"mount -t tmpfs rootfs {shlex.quote(str(root))} && cd {shlex.quote(str(root))} || exit 1\n"
             f"{layers}"

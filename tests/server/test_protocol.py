@@ -32,8 +32,11 @@ u32 = st.integers(0, 2**32 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
 u64 = st.integers(0, 2**64 - 1)
 records = st.builds(FileRecord, u64, i32, u64, u64, u64, u64, st.binary(max_size=300))
-commands = st.one_of(st.builds(Trace, u32, i32, st.sampled_from([MODE_AUTO, MODE_FID, MODE_FD]), st.integers(0, 255)),
-                     st.builds(Stop, u32), st.builds(Cancel, u32))
+commands = st.one_of(
+    st.builds(Trace, u32, i32, st.sampled_from([MODE_AUTO, MODE_FID, MODE_FD]), st.integers(0, 255)),
+    st.builds(Stop, u32),
+    st.builds(Cancel, u32),
+)
 replies = st.one_of(
     st.builds(Hello, u32, st.integers(0, 2**16 - 1)),
     st.builds(Ready, u32, st.sampled_from([MODE_FID, MODE_FD])),
@@ -46,13 +49,16 @@ replies = st.one_of(
 
 def test_layout_is_little_endian_kind_session_then_body() -> None:
     assert protocol.encode(Trace(7, 1234)) == bytes([0x01]) + struct.pack("<I", 7) + struct.pack("<i", 1234) + b"\0\0"
-    assert protocol.encode(Trace(7, 1234, MODE_FD, RESIDENCY)) == b"\x01\x07\x00\x00\x00" + struct.pack("<iBB", 1234, 2, 1)
+    assert protocol.encode(Trace(7, 1234, MODE_FD, RESIDENCY)) == b"\x01\x07\x00\x00\x00" + struct.pack(
+        "<iBB", 1234, 2, 1
+    )
     assert protocol.encode(Stop(7)) == b"\x02\x07\x00\x00\x00"
     assert protocol.encode(Cancel(7)) == b"\x03\x07\x00\x00\x00"
     assert protocol.encode(Hello(0, 3)) == b"\x85\x00\x00\x00\x00\x03\x00"
     assert protocol.encode(Ready(7, MODE_FID)) == b"\x81\x07\x00\x00\x00\x01"
     assert protocol.encode(Resident(7, 5, (4096, 2**64 - 1))) == (
-        b"\x86\x07\x00\x00\x00" + struct.pack("<IH", 5, 2) + struct.pack("<QQ", 4096, 2**64 - 1))
+        b"\x86\x07\x00\x00\x00" + struct.pack("<IH", 5, 2) + struct.pack("<QQ", 4096, 2**64 - 1)
+    )
     assert protocol.encode(Failed(7, "pid 1: é")) == b"\x82\x07\x00\x00\x00" + "pid 1: é".encode()
     assert protocol.encode(Files(7, (FileRecord(0x20, 42, 99, 5, 6, 7, b"/etc/x"),))) == (
         b"\x83\x07\x00\x00\x00" + struct.pack("<H", 1) + struct.pack("<QiQQQQH", 0x20, 42, 99, 5, 6, 7, 6) + b"/etc/x"
@@ -70,9 +76,15 @@ def test_replies_round_trip(msg: protocol.Reply) -> None:
     assert protocol.decode_reply(protocol.encode(msg)) == msg
 
 
-@given(st.binary(max_size=64) | st.binary(min_size=5, max_size=5200).map(lambda b: b"\x83" + b[1:])
-       | st.builds(lambda n, body: b"\x83\x01\x00\x00\x00" + struct.pack("<H", n) + body,
-                   st.integers(0, 3), st.binary(max_size=200)))
+@given(
+    st.binary(max_size=64)
+    | st.binary(min_size=5, max_size=5200).map(lambda b: b"\x83" + b[1:])
+    | st.builds(
+        lambda n, body: b"\x83\x01\x00\x00\x00" + struct.pack("<H", n) + body,
+        st.integers(0, 3),
+        st.binary(max_size=200),
+    )
+)
 def test_any_datagram_decodes_canonically_or_raises_protocol_error(data: bytes) -> None:
     for decode in (protocol.decode_command, protocol.decode_reply):
         try:

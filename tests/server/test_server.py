@@ -70,7 +70,9 @@ def server(tmp_path: Path) -> Iterator[RawServer]:
         server.proc.kill()
 
 
-def test_ready_comes_after_the_mark_so_the_first_read_is_seen(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
+def test_ready_comes_after_the_mark_so_the_first_read_is_seen(
+    server: RawServer, make_container: MakeContainer, event_mode: str
+) -> None:
     container = make_container(["/f1", "/f2"], read_each(["/f1", "/f2"]))
     server.send(Trace(1, container.pid, MODES[event_mode]))
     assert server.recv() == Ready(1, MODES[event_mode])
@@ -95,7 +97,9 @@ def test_nonexistent_pid_fails_with_exact_message(server: RawServer) -> None:
     assert server.proc.poll() is None
 
 
-def test_big_reads_are_split_into_datagrams_that_fit(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
+def test_big_reads_are_split_into_datagrams_that_fit(
+    server: RawServer, make_container: MakeContainer, event_mode: str
+) -> None:
     # 200-byte paths make 246-byte records: 266 fit in a 64 KiB datagram after its 7-byte header.
     files = [f"/{i:03d}{'x' * 196}" for i in range(600)]
     container = make_container(files, read_each(files))
@@ -130,7 +134,9 @@ def test_a_session_id_cannot_trace_twice(server: RawServer, make_container: Make
     assert server.recv() == Failed(1, "session 1 is already tracing")
 
 
-def test_cancel_drops_the_session_without_a_reply(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
+def test_cancel_drops_the_session_without_a_reply(
+    server: RawServer, make_container: MakeContainer, event_mode: str
+) -> None:
     container = make_container(["/f1"], read_each(["/f1"]))
     server.send(Trace(1, container.pid, MODES[event_mode]))
     assert server.recv() == Ready(1, MODES[event_mode])
@@ -141,7 +147,9 @@ def test_cancel_drops_the_session_without_a_reply(server: RawServer, make_contai
     assert server.recv() == Failed(1, "session 1 is not tracing")
 
 
-def test_server_exits_0_when_the_plugin_closes_its_end(server: RawServer, make_container: MakeContainer, event_mode: str) -> None:
+def test_server_exits_0_when_the_plugin_closes_its_end(
+    server: RawServer, make_container: MakeContainer, event_mode: str
+) -> None:
     container = make_container([], ":")
     server.send(Trace(1, container.pid, MODES[event_mode]))
     assert server.recv() == Ready(1, MODES[event_mode])

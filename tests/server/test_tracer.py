@@ -113,7 +113,9 @@ def ignore_marked_inodes(server: TraceClient) -> list[int]:
     return [int(line.split("ino:")[1].split()[0], 16) for line in lines if line.startswith("fanotify ino:")]
 
 
-def test_a_file_read_again_gets_an_ignore_mark_and_a_file_read_once_none(make_container: MakeContainer, event_mode: str) -> None:
+def test_a_file_read_again_gets_an_ignore_mark_and_a_file_read_once_none(
+    make_container: MakeContainer, event_mode: str
+) -> None:
     # Phase 1 reads /f1 and /f3 once: no mark. Phase 2 reads /f1 again: its one repeat event makes the server
     # mark it. Phase 3 reads /f1 fifty times and /f2 once: the kernel reports /f2 only.
     container = make_container(
@@ -145,7 +147,9 @@ def test_a_file_read_again_gets_an_ignore_mark_and_a_file_read_once_none(make_co
     run(body)
 
 
-def test_stop_after_the_workload_exited_still_delivers_everything(make_container: MakeContainer, event_mode: str) -> None:
+def test_stop_after_the_workload_exited_still_delivers_everything(
+    make_container: MakeContainer, event_mode: str
+) -> None:
     files = [f"/f{i}" for i in range(50)]
     container = make_container(files, read_each(files))
 
@@ -273,8 +277,10 @@ def test_a_server_of_another_protocol_version_is_refused_and_nothing_is_sent_to_
         server = TraceClient([sys.executable, "-c", MUTE_SERVER, str(seen), "1"])
         with pytest.raises(TraceError) as info:
             await server.trace(1, CollectingSink(), timeout=TIMEOUT)
-        assert str(info.value) == (f"the trace server {sys.executable} speaks protocol version 1, this plugin "
-                                   f"{PROTOCOL_VERSION}: install the two together (make install-optimizer)")
+        assert str(info.value) == (
+            f"the trace server {sys.executable} speaks protocol version 1, this plugin "
+            f"{PROTOCOL_VERSION}: install the two together (make install-optimizer)"
+        )
         await until(lambda: server.pid is None, "the server to be let go")
         await server.close()
         assert seen.read_text() == ""
@@ -287,8 +293,10 @@ def test_a_program_that_never_says_hello_is_refused_with_what_to_check(tmp_path:
         server = TraceClient([sys.executable, "-c", "import sys; sys.exit(3)"])
         with pytest.raises(TraceError) as info:
             await server.trace(1, CollectingSink(), timeout=TIMEOUT)
-        assert str(info.value) == (f"the trace server {sys.executable} ended (server died) before it said HELLO: "
-                                   "is server_path nri-optimizer's optimizer-server?")
+        assert str(info.value) == (
+            f"the trace server {sys.executable} ended (server died) before it said HELLO: "
+            "is server_path nri-optimizer's optimizer-server?"
+        )
         await server.close()
 
     run(body)
@@ -372,7 +380,9 @@ def test_a_missing_server_binary_is_a_trace_error(tmp_path: Path) -> None:
     run(body)
 
 
-def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_container: MakeContainer, event_mode: str) -> None:
+def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(
+    make_container: MakeContainer, event_mode: str
+) -> None:
     # f2 is read by a short-lived child (gone before its event is read: only fork-time tracking knows it
     # was the workload's); f3 by a process from outside, through /proc/PID/root, as runc exec's would.
     container = make_container(["/f1", "/f2", "/f3"], "read -r x < /f1; (read -r y < /f2); echo read; read wait")
@@ -383,8 +393,9 @@ def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_cont
         session = await server.trace(container.pid, sink, timeout=TIMEOUT, mode=event_mode)
         container.go()
         container.expect("read")
-        outsider = await asyncio.create_subprocess_exec("cat", f"/proc/{container.pid}/root/f3",
-                                                        stdout=asyncio.subprocess.DEVNULL)
+        outsider = await asyncio.create_subprocess_exec(
+            "cat", f"/proc/{container.pid}/root/f3", stdout=asyncio.subprocess.DEVNULL
+        )
         assert await outsider.wait() == 0
         await asyncio.sleep(0.2)
         container.go()
@@ -398,12 +409,14 @@ def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(make_cont
 
 
 def test_the_server_keeps_only_the_capabilities_it_uses_and_still_reads_root_only_files(
-    make_container: MakeContainer, event_mode: str,
+    make_container: MakeContainer,
+    event_mode: str,
 ) -> None:
     # A file only its owner (another user) may read: the kernel opens event fds for the server, which has
     # no CAP_DAC_OVERRIDE any more.
-    container = make_container(["/secret", "/f1"], read_each(["/secret", "/f1"]),
-                               setup="chown 4321:4321 secret && chmod 000 secret")
+    container = make_container(
+        ["/secret", "/f1"], read_each(["/secret", "/f1"]), setup="chown 4321:4321 secret && chmod 000 secret"
+    )
 
     async def body() -> None:
         server = TraceClient(SERVER_CMD)
@@ -413,7 +426,12 @@ def test_the_server_keeps_only_the_capabilities_it_uses_and_still_reads_root_onl
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
         kept = privileges.kept_mask()
         assert {name: int(fields[name], 16) for name in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb")} == {
-            "CapEff": kept, "CapPrm": kept, "CapInh": 0, "CapBnd": kept, "CapAmb": 0}
+            "CapEff": kept,
+            "CapPrm": kept,
+            "CapInh": 0,
+            "CapBnd": kept,
+            "CapAmb": 0,
+        }
         assert fields["NoNewPrivs"].strip() == "1"
         container.go()
         container.expect("done")
@@ -442,8 +460,10 @@ def test_auto_takes_fd_mode_where_the_kernel_refuses_fid_and_says_why(
             result = await session.stop(timeout=TIMEOUT)
             await server.close()
         assert sink.paths() == files and result.complete and result.files == 3
-        assert (f"optimizer-server: session {session.id}: watching the root mount of pid {container.pid} (fd events; "
-                "fid refused: fanotify_mark: Operation not supported)") in caplog.messages
+        assert (
+            f"optimizer-server: session {session.id}: watching the root mount of pid {container.pid} (fd events; "
+            "fid refused: fanotify_mark: Operation not supported)"
+        ) in caplog.messages
 
     run(body)
 
@@ -481,13 +501,17 @@ def test_files_in_many_directories_come_in_order_whatever_the_directories_kept_o
     run(body)
 
 
-def test_a_file_removed_before_the_server_looks_is_sent_as_deleted(make_container: MakeContainer,
-                                                                   event_mode: str) -> None:
+def test_a_file_removed_before_the_server_looks_is_sent_as_deleted(
+    make_container: MakeContainer, event_mode: str
+) -> None:
     # The workload makes /tmp/made, reads it and removes it (with a static busybox: no binaries exist after the
     # pivot); the paused server sees its events only after.
     busybox = debs.busybox_path()
-    container = make_container(["/f1", "/tmp/keep"], "echo x > /tmp/made; read -r x < /tmp/made; /rm /tmp/made; "
-                               "read -r x < /f1", setup=f"cp {busybox} rm")
+    container = make_container(
+        ["/f1", "/tmp/keep"],
+        "echo x > /tmp/made; read -r x < /tmp/made; /rm /tmp/made; read -r x < /f1",
+        setup=f"cp {busybox} rm",
+    )
 
     async def body() -> None:
         server = TraceClient(SERVER_CMD)
@@ -499,18 +523,25 @@ def test_a_file_removed_before_the_server_looks_is_sent_as_deleted(make_containe
         result = await session.stop(timeout=TIMEOUT)
         await server.close()
         assert [(a.path.removesuffix(" (deleted)"), bool(a.mask & DELETED)) for a in sink.accesses] == [
-            ("/tmp/made", True), ("/rm", False), ("/f1", False)]
+            ("/tmp/made", True),
+            ("/rm", False),
+            ("/f1", False),
+        ]
         assert result.complete
 
     run(body)
 
 
-def test_residency_says_each_files_bytes_in_the_page_cache_and_leaves_no_fd(make_container: MakeContainer,
-                                                                          event_mode: str) -> None:
+def test_residency_says_each_files_bytes_in_the_page_cache_and_leaves_no_fd(
+    make_container: MakeContainer, event_mode: str
+) -> None:
     # A tmpfs keeps every page written to it in memory: a file's resident bytes are the bytes written to it, and
     # a sparse file's hole is not resident (nor mapped in by asking). Files of 128 KiB or less are not looked at.
-    container = make_container(["/f1"], read_each(["/f1", "/mid", "/empty", "/big"]),
-                               setup="head -c 300000 /dev/zero > mid && : > empty && echo x > big && truncate -s 5G big")
+    container = make_container(
+        ["/f1"],
+        read_each(["/f1", "/mid", "/empty", "/big"]),
+        setup="head -c 300000 /dev/zero > mid && : > empty && echo x > big && truncate -s 5G big",
+    )
 
     async def body() -> None:
         server = TraceClient(SERVER_CMD)

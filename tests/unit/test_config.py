@@ -24,28 +24,58 @@ def test_upstream_config_file_is_accepted_as_is():
 
 def test_defaults_are_upstreams():
     config = cfg.Config()
-    assert (config.persist_dir, config.readable, config.server_path, config.timeout, config.overwrite, config.events) == (
-        "/opt/nri/optimizer/results", False, "/usr/local/bin/optimizer-server", 0, False, ("StartContainer", "StopContainer"))
+    assert (
+        config.persist_dir,
+        config.readable,
+        config.server_path,
+        config.timeout,
+        config.overwrite,
+        config.events,
+    ) == (
+        "/opt/nri/optimizer/results",
+        False,
+        "/usr/local/bin/optimizer-server",
+        0,
+        False,
+        ("StartContainer", "StopContainer"),
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("timeout = \"30\"", "F: timeout: got '30' (string); expected a whole number of seconds >= 0 "
-         "(0 traces until the container stops), e.g. timeout = 0"),
-        ("timeout = -1", "F: timeout: got -1 (integer); expected a whole number of seconds >= 0 "
-         "(0 traces until the container stops), e.g. timeout = 0"),
-        ("readable = \"yes\"", "F: readable: got 'yes' (string); expected true or false, e.g. readable = false"),
-        ("persist_dir = \"results\"", "F: persist_dir: got 'results' (string), which is not an absolute path; "
-         "expected an absolute directory path, e.g. persist_dir = \"/opt/nri/optimizer/results\""),
-        ("events = [\"StartContainer\", \"Bogus\"]", "F: events: unknown event 'Bogus'; expected a list of event "
-         "names, e.g. events = [\"StartContainer\", \"StopContainer\"]"),
-        ("persist = \"/x\"", "F: persist: unknown key; remove it, or use one of: persist_dir, readable, server_path, "
-         "timeout, overwrite, events, include_exec, unlimited_queue, event_mode, socket, log_level, log_file, mode, namespace_include, namespace_exclude, image_include, "
-         "image_exclude, metrics_address, stall_timeout, on_repeat, merge_window, workload_key, publish, "
-         "publish_insecure, publish_attempts"),
-        ("log_level = \"loud\"", "F: log_level: got 'loud' (string); expected one of debug, info, warning, error, "
-         "e.g. log_level = \"info\""),
+        (
+            'timeout = "30"',
+            "F: timeout: got '30' (string); expected a whole number of seconds >= 0 "
+            "(0 traces until the container stops), e.g. timeout = 0",
+        ),
+        (
+            "timeout = -1",
+            "F: timeout: got -1 (integer); expected a whole number of seconds >= 0 "
+            "(0 traces until the container stops), e.g. timeout = 0",
+        ),
+        ('readable = "yes"', "F: readable: got 'yes' (string); expected true or false, e.g. readable = false"),
+        (
+            'persist_dir = "results"',
+            "F: persist_dir: got 'results' (string), which is not an absolute path; "
+            'expected an absolute directory path, e.g. persist_dir = "/opt/nri/optimizer/results"',
+        ),
+        (
+            'events = ["StartContainer", "Bogus"]',
+            "F: events: unknown event 'Bogus'; expected a list of event "
+            'names, e.g. events = ["StartContainer", "StopContainer"]',
+        ),
+        (
+            'persist = "/x"',
+            "F: persist: unknown key; remove it, or use one of: persist_dir, readable, server_path, "
+            "timeout, overwrite, events, include_exec, unlimited_queue, event_mode, socket, log_level, log_file, mode, namespace_include, namespace_exclude, image_include, "
+            "image_exclude, metrics_address, stall_timeout, on_repeat, merge_window, workload_key, publish, "
+            "publish_insecure, publish_attempts",
+        ),
+        (
+            'log_level = "loud"',
+            "F: log_level: got 'loud' (string); expected one of debug, info, warning, error, e.g. log_level = \"info\"",
+        ),
     ],
 )
 def test_bad_values_name_the_source_the_key_and_the_fix(text, message):
@@ -91,7 +121,10 @@ def test_flags_override_the_file(tmp_path):
 def run_cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "nri_optimizer", *args],
-        capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -108,14 +141,18 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path):
 def test_cli_bad_flag_value_exits_2_naming_the_flag(tmp_path):
     result = run_cli("--config", str(tmp_path / "none"), "--persist-dir", "rel")
     assert result.returncode == 2
-    assert result.stderr == f"nri-optimizer: {tmp_path / 'none'}: cannot read the config file: No such file or " \
+    assert (
+        result.stderr == f"nri-optimizer: {tmp_path / 'none'}: cannot read the config file: No such file or "
         "directory; fix its permissions or point --config elsewhere\n"
+    )
     conf = tmp_path / "empty.conf"
     conf.write_text("")
     result = run_cli("--config", str(conf), "-persist-dir", "rel")  # upstream's one-dash spelling works too
     assert result.returncode == 2
-    assert result.stderr == ("nri-optimizer: --persist-dir: got 'rel' (string), which is not an absolute path; "
-                             "expected an absolute directory path, e.g. persist_dir = \"/opt/nri/optimizer/results\"\n")
+    assert result.stderr == (
+        "nri-optimizer: --persist-dir: got 'rel' (string), which is not an absolute path; "
+        'expected an absolute directory path, e.g. persist_dir = "/opt/nri/optimizer/results"\n'
+    )
 
 
 def test_cli_readable_takes_go_bool_syntax(tmp_path):
@@ -143,23 +180,40 @@ def test_on_repeat_defaults_to_keep_and_overwrite_is_its_upstream_spelling():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('overwrite = false\non_repeat = "merge"', 'F: overwrite: false disagrees with on_repeat = "merge"; remove '
-         "overwrite (on_repeat replaces it)"),
-        ('overwrite = true\non_repeat = "keep"', 'F: overwrite: true disagrees with on_repeat = "keep"; remove '
-         "overwrite (on_repeat replaces it)"),
-        ('on_repeat = "append"', "F: on_repeat: got 'append' (string); expected one of \"keep\" (the first complete "
-         'run stays), "replace" (each run replaces it) or "merge" (the list merges the latest merge_window runs), '
-         'e.g. on_repeat = "keep"'),
-        ("merge_window = 0", "F: merge_window: got 0 (integer); expected a whole number of runs from 1 to 100, "
-         "e.g. merge_window = 5"),
-        ("merge_window = 101", "F: merge_window: got 101 (integer); expected a whole number of runs from 1 to 100, "
-         "e.g. merge_window = 5"),
-        ('workload_key = "app"', "F: workload_key: got 'app' (string); expected \"\" (one list per image), "
-         "\"container-name\", or \"label:\" and a pod label's key, e.g. workload_key = "
-         '"label:app.kubernetes.io/name"'),
-        ('workload_key = "label:a/b/c"', "F: workload_key: got 'label:a/b/c' (string); expected \"\" (one list per "
-         "image), \"container-name\", or \"label:\" and a pod label's key, e.g. workload_key = "
-         '"label:app.kubernetes.io/name"'),
+        (
+            'overwrite = false\non_repeat = "merge"',
+            'F: overwrite: false disagrees with on_repeat = "merge"; remove overwrite (on_repeat replaces it)',
+        ),
+        (
+            'overwrite = true\non_repeat = "keep"',
+            'F: overwrite: true disagrees with on_repeat = "keep"; remove overwrite (on_repeat replaces it)',
+        ),
+        (
+            'on_repeat = "append"',
+            "F: on_repeat: got 'append' (string); expected one of \"keep\" (the first complete "
+            'run stays), "replace" (each run replaces it) or "merge" (the list merges the latest merge_window runs), '
+            'e.g. on_repeat = "keep"',
+        ),
+        (
+            "merge_window = 0",
+            "F: merge_window: got 0 (integer); expected a whole number of runs from 1 to 100, e.g. merge_window = 5",
+        ),
+        (
+            "merge_window = 101",
+            "F: merge_window: got 101 (integer); expected a whole number of runs from 1 to 100, e.g. merge_window = 5",
+        ),
+        (
+            'workload_key = "app"',
+            "F: workload_key: got 'app' (string); expected \"\" (one list per image), "
+            '"container-name", or "label:" and a pod label\'s key, e.g. workload_key = '
+            '"label:app.kubernetes.io/name"',
+        ),
+        (
+            'workload_key = "label:a/b/c"',
+            "F: workload_key: got 'label:a/b/c' (string); expected \"\" (one list per "
+            'image), "container-name", or "label:" and a pod label\'s key, e.g. workload_key = '
+            '"label:app.kubernetes.io/name"',
+        ),
     ],
 )
 def test_repeat_and_workload_keys_are_checked(text, message):
@@ -168,8 +222,9 @@ def test_repeat_and_workload_keys_are_checked(text, message):
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize("key", ["", "container-name", "label:app", "label:app.kubernetes.io/name",
-                                 "label:example.com/Tier_1"])
+@pytest.mark.parametrize(
+    "key", ["", "container-name", "label:app", "label:app.kubernetes.io/name", "label:example.com/Tier_1"]
+)
 def test_workload_keys_that_name_a_label_or_the_container(key):
     assert cfg.parse_toml(f'workload_key = "{key}"', "F") == {"workload_key": key}
 
@@ -177,6 +232,13 @@ def test_workload_keys_that_name_a_label_or_the_container(key):
 def test_repeat_flags_that_disagree_are_an_error(tmp_path):
     with pytest.raises(cfg.ConfigError, match='--overwrite: true disagrees with on_repeat = "keep"'):
         load_config({"config": os.devnull, "overwrite": True, "on_repeat": "keep", "persist_dir": str(tmp_path)})
-    config = load_config({"config": os.devnull, "on_repeat": "merge", "merge_window": 2, "workload_key":
-                          "container-name", "persist_dir": str(tmp_path)})
+    config = load_config(
+        {
+            "config": os.devnull,
+            "on_repeat": "merge",
+            "merge_window": 2,
+            "workload_key": "container-name",
+            "persist_dir": str(tmp_path),
+        }
+    )
     assert (config.on_repeat, config.merge_window, config.workload_key) == ("merge", 2, "container-name")

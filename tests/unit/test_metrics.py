@@ -32,8 +32,11 @@ async def get(address: str, request: bytes) -> tuple[str, dict[str, str], bytes]
 
 
 def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
 
 
 async def test_counts_are_served_in_the_prometheus_text_format_on_a_unix_socket(tmp_path: Path) -> None:
@@ -68,7 +71,8 @@ async def test_counts_are_served_in_the_prometheus_text_format_on_a_unix_socket(
         assert values[("nri_optimizer_start_container_seconds_count", ())] == 1
         assert values[("process_resident_memory_bytes", ())] > 0
         status, headers, body = await get(
-            address, b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n")
+            address, b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n"
+        )
         assert headers["content-type"].startswith("application/openmetrics-text")
         assert body.endswith(b"# EOF\n")
         assert (await get(address, b"GET /other HTTP/1.1\r\n\r\n"))[0] == "HTTP/1.1 404 Not Found"
@@ -111,9 +115,13 @@ async def test_a_stale_socket_is_replaced_and_anything_else_is_refused(tmp_path:
 def test_metrics_address_without_the_library_is_one_line_naming_the_pip_command(tmp_path: Path) -> None:
     config = tmp_path / "plugin.conf"
     config.write_text(f'persist_dir = "{tmp_path}/results"\nmetrics_address = "127.0.0.1:9464"\n')
-    hide = ("import sys; sys.modules['prometheus_client'] = None; from nri_optimizer.cli import main; "
-            f"sys.exit(main(['--config', '{config}']))")
+    hide = (
+        "import sys; sys.modules['prometheus_client'] = None; from nri_optimizer.cli import main; "
+        f"sys.exit(main(['--config', '{config}']))"
+    )
     done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == (f"nri-optimizer: {config}: metrics_address: needs prometheus-client, which comes with an "
-                           "extra: pip install 'nri-optimizer[metrics]' (or leave metrics_address unset)\n")
+    assert done.stderr == (
+        f"nri-optimizer: {config}: metrics_address: needs prometheus-client, which comes with an "
+        "extra: pip install 'nri-optimizer[metrics]' (or leave metrics_address unset)\n"
+    )

@@ -19,7 +19,7 @@ from nri_optimizer.metrics import Metrics
 from nri_optimizer.publish import Job, Publisher
 
 # Answers, one a line, taken in turn (the last one repeats): "<exit status> <seconds to take> <last stderr line>".
-FAKE = textwrap.dedent('''\
+FAKE = textwrap.dedent("""\
     import os, sys, time
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, "calls"), "a") as calls:
@@ -32,7 +32,7 @@ FAKE = textwrap.dedent('''\
     time.sleep(float(seconds))
     print("nri-optimizer push-list: " + line, file=sys.stderr)
     sys.exit(int(status))
-''')
+""")
 
 
 class Counted(Metrics):
@@ -60,8 +60,15 @@ class Fake:
         self.metrics = Counted()
 
     def publisher(self, attempts: int = 3, **kwargs: float) -> Publisher:
-        return Publisher(["registry.test/*"], ["registry.test"], attempts, metrics=lambda: self.metrics,
-                         command=[sys.executable, str(self.dir / "push_list.py")], first_pause=0.05, **kwargs)
+        return Publisher(
+            ["registry.test/*"],
+            ["registry.test"],
+            attempts,
+            metrics=lambda: self.metrics,
+            command=[sys.executable, str(self.dir / "push_list.py")],
+            first_pause=0.05,
+            **kwargs,
+        )
 
     def calls(self) -> list[str]:
         path = self.dir / "calls"
@@ -81,8 +88,9 @@ async def settle(publisher: Publisher) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_a_list_is_pushed_once_with_what_push_list_needs(tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                                              ) -> None:
+async def test_a_list_is_pushed_once_with_what_push_list_needs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fake = Fake(tmp_path, ["0 0 pushed /results/app:v1 from node n as registry.test/app@sha256:1"])
     publisher = fake.publisher()
     assert publisher.wants("registry.test/app:v1") and not publisher.wants("docker.io/library/app:v1")
@@ -91,12 +99,15 @@ async def test_a_list_is_pushed_once_with_what_push_list_needs(tmp_path: Path, c
         await settle(publisher)
     assert fake.calls() == ["push-list registry.test/app:v1 --list /results/app:v1 --insecure --workload web"]
     assert fake.metrics.counts == {"published": 1}
-    assert caplog.messages == ["c1 published the list of registry.test/app:v1: pushed /results/app:v1 from node n as "
-                               "registry.test/app@sha256:1"]
+    assert caplog.messages == [
+        "c1 published the list of registry.test/app:v1: pushed /results/app:v1 from node n as "
+        "registry.test/app@sha256:1"
+    ]
 
 
-async def test_failures_are_tried_again_a_bounded_number_of_times(tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                                                 ) -> None:
+async def test_failures_are_tried_again_a_bounded_number_of_times(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fake = Fake(tmp_path, ["1 0 cannot reach registry registry.test: Connection refused"])
     publisher = fake.publisher(attempts=3)
     with caplog.at_level(logging.INFO, logger="nri_optimizer.publish"):
@@ -157,8 +168,9 @@ async def test_a_push_that_hangs_is_killed(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
-async def test_stopping_kills_the_push_and_says_what_was_not_published(tmp_path: Path,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_stopping_kills_the_push_and_says_what_was_not_published(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fake = Fake(tmp_path, ["0 30 pushed"])
     publisher = fake.publisher()
     publisher.submit(job("/results/a", "c1"))
@@ -174,9 +186,11 @@ async def test_stopping_kills_the_push_and_says_what_was_not_published(tmp_path:
         os.kill(pid, 0)
     assert fake.metrics.counts == {"failed:shutdown": 2}
     assert [m.split(" ")[0] for m in caplog.messages] == ["c1", "c2"]
-    assert caplog.messages[1] == ("c2 the list of registry.test/app:v1 is not published: the plugin is stopping; it "
-                                  "stays in /results/b (nri-optimizer push-list registry.test/app:v1 --list /results/b "
-                                  "publishes it)")
+    assert caplog.messages[1] == (
+        "c2 the list of registry.test/app:v1 is not published: the plugin is stopping; it "
+        "stays in /results/b (nri-optimizer push-list registry.test/app:v1 --list /results/b "
+        "publishes it)"
+    )
 
 
 async def test_a_full_queue_drops_and_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,30 +206,54 @@ async def test_a_full_queue_drops_and_counts(tmp_path: Path, monkeypatch: pytest
 
 
 def test_the_child_runs_this_interpreter_as_isolated_as_the_daemon() -> None:
-    assert publish.push_list_command() == [sys.executable, *(["-I"] if sys.flags.isolated else []), "-m",
-                                           "nri_optimizer"]
+    assert publish.push_list_command() == [
+        sys.executable,
+        *(["-I"] if sys.flags.isolated else []),
+        "-m",
+        "nri_optimizer",
+    ]
 
 
 def test_publish_keys() -> None:
     assert (cfg.Config().publish, cfg.Config().publish_insecure, cfg.Config().publish_attempts) == ((), (), 4)
-    assert cfg.parse_toml('publish = ["registry.example/*"]\npublish_insecure = ["127.0.0.1:5000", "[::1]:5000", '
-                          '"registry.local"]\npublish_attempts = 10', "F") == {
-        "publish": ("registry.example/*",), "publish_insecure": ("127.0.0.1:5000", "[::1]:5000", "registry.local"),
-        "publish_attempts": 10}
+    assert cfg.parse_toml(
+        'publish = ["registry.example/*"]\npublish_insecure = ["127.0.0.1:5000", "[::1]:5000", '
+        '"registry.local"]\npublish_attempts = 10',
+        "F",
+    ) == {
+        "publish": ("registry.example/*",),
+        "publish_insecure": ("127.0.0.1:5000", "[::1]:5000", "registry.local"),
+        "publish_attempts": 10,
+    }
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("publish = true", "F: publish: got True (boolean); expected a list of image name patterns whose lists are pushed "
-     "to the image's registry ([] for none, [\"*\"] for every image), e.g. publish = [\"registry.example/apps/*\"]"),
-    ('publish = ["a b"]', "F: publish: pattern 'a b' contains white space, which no name has; expected a list of "
-     "image name patterns whose lists are pushed to the image's registry ([] for none, [\"*\"] for every image), "
-     "e.g. publish = [\"registry.example/apps/*\"]"),
-    ('publish_insecure = ["http://registry.local"]', "F: publish_insecure: 'http://registry.local' is not a "
-     "registry's host or host:port; expected a list of registries (host or host:port) reached over plain HTTP or TLS "
-     "that is not verified, e.g. publish_insecure = [\"registry.local:5000\"]"),
-    ("publish_attempts = 0", "F: publish_attempts: got 0 (integer); expected a whole number of tries from 1 to 10, "
-     "e.g. publish_attempts = 4"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "publish = true",
+            "F: publish: got True (boolean); expected a list of image name patterns whose lists are pushed "
+            'to the image\'s registry ([] for none, ["*"] for every image), e.g. publish = ["registry.example/apps/*"]',
+        ),
+        (
+            'publish = ["a b"]',
+            "F: publish: pattern 'a b' contains white space, which no name has; expected a list of "
+            'image name patterns whose lists are pushed to the image\'s registry ([] for none, ["*"] for every image), '
+            'e.g. publish = ["registry.example/apps/*"]',
+        ),
+        (
+            'publish_insecure = ["http://registry.local"]',
+            "F: publish_insecure: 'http://registry.local' is not a "
+            "registry's host or host:port; expected a list of registries (host or host:port) reached over plain HTTP or TLS "
+            'that is not verified, e.g. publish_insecure = ["registry.local:5000"]',
+        ),
+        (
+            "publish_attempts = 0",
+            "F: publish_attempts: got 0 (integer); expected a whole number of tries from 1 to 10, "
+            "e.g. publish_attempts = 4",
+        ),
+    ],
+)
 def test_bad_publish_keys_name_the_fix(text: str, message: str) -> None:
     with pytest.raises(cfg.ConfigError) as caught:
         cfg.parse_toml(text, "F")

@@ -69,8 +69,9 @@ def _build(app: App, cache: Path) -> Path:
         rootfs.unpack(rootfs.download(packages, cache=cache), root)
         rootfs.configure(root, alternatives=app.alternatives, users=app.users, groups=app.groups)
         app.setup(root)
-        built = images.build_image(app.image, Path(tmp) / "image.tar", entrypoint=app.entrypoint, env=app.env,
-                                   extra_layers=[root], base=False)
+        built = images.build_image(
+            app.image, Path(tmp) / "image.tar", entrypoint=app.entrypoint, env=app.env, extra_layers=[root], base=False
+        )
         for stale in out.parent.glob(f"{app.name}-*.tar"):
             stale.unlink()
         built.rename(out)
@@ -86,4 +87,3 @@ def _key(app: App, packages: list[rootfs.Package]) -> str:
     for module in modules:
         digest.update(Path(str(sys.modules[module].__file__)).read_bytes())
     return digest.hexdigest()[:16]
-

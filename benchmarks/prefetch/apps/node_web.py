@@ -26,11 +26,29 @@ TITLE = "nri-optimizer Express"
 PACKAGES = ("nodejs", "ca-certificates")
 # Direct dependencies, pinned; versions that still run on node 18 (the newest @aws-sdk, for one, needs 20).
 DEPENDENCIES = {
-    "date-fns": "4.4.0", "ejs": "3.1.10", "express": "4.22.3", "lodash": "4.18.1", "moment": "2.31.0",
-    "rxjs": "7.8.2", "sql.js": "1.17.0", "typescript": "5.9.3",
+    "date-fns": "4.4.0",
+    "ejs": "3.1.10",
+    "express": "4.22.3",
+    "lodash": "4.18.1",
+    "moment": "2.31.0",
+    "rxjs": "7.8.2",
+    "sql.js": "1.17.0",
+    "typescript": "5.9.3",
 }
-_PACKAGE_JSON = json.dumps({"name": "nri-optimizer-node-web", "version": "1.0.0", "private": True,
-                            "main": "server.js", "dependencies": DEPENDENCIES}, indent=2, sort_keys=True) + "\n"
+_PACKAGE_JSON = (
+    json.dumps(
+        {
+            "name": "nri-optimizer-node-web",
+            "version": "1.0.0",
+            "private": True,
+            "main": "server.js",
+            "dependencies": DEPENDENCIES,
+        },
+        indent=2,
+        sort_keys=True,
+    )
+    + "\n"
+)
 
 _SERVER = """'use strict';
 const fs = require('fs');
@@ -119,11 +137,26 @@ def node_modules(cache: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         (tmp / "package.json").write_text(_PACKAGE_JSON)
-        proc = subprocess.run([npm, "install", "--omit=dev", "--ignore-scripts", "--no-package-lock", "--no-audit",
-                               "--no-fund", "--loglevel=error"], cwd=tmp, capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [
+                npm,
+                "install",
+                "--omit=dev",
+                "--ignore-scripts",
+                "--no-package-lock",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
-            raise TestbedError(f"npm install failed: {proc.stderr.strip()[-500:]}; check that npm's registry is "
-                               "reachable")
+            raise TestbedError(
+                f"npm install failed: {proc.stderr.strip()[-500:]}; check that npm's registry is reachable"
+            )
         os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,9 +22,21 @@ PYTHON = "3.11"  # bookworm's python3, the ABI the wheels are chosen for
 PACKAGES = ("python3", "python3-pip", "ca-certificates")
 # Every distribution installed, pinned, so that the image is the same wherever it is built.
 REQUIREMENTS = (
-    "blinker==1.9.0", "click==8.5.1", "flask==3.1.3", "gunicorn==27.0.1", "itsdangerous==2.2.0", "jinja2==3.1.6",
-    "markupsafe==3.0.4", "numpy==2.4.6", "pandas==3.1.1", "python-dateutil==4.0.0", "scipy==1.17.1",
-    "sqlalchemy==2.1.9", "typing-extensions==4.16.0", "tzdata==2026.6", "werkzeug==3.1.9",
+    "blinker==1.9.0",
+    "click==8.5.1",
+    "flask==3.1.3",
+    "gunicorn==27.0.1",
+    "itsdangerous==2.2.0",
+    "jinja2==3.1.6",
+    "markupsafe==3.0.4",
+    "numpy==2.4.6",
+    "pandas==3.1.1",
+    "python-dateutil==4.0.0",
+    "scipy==1.17.1",
+    "sqlalchemy==2.1.9",
+    "typing-extensions==4.16.0",
+    "tzdata==2026.6",
+    "werkzeug==3.1.9",
 )
 # Wheels for Debian 12's glibc 2.36 on x86-64, whatever the build machine runs.
 _PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
@@ -73,7 +85,7 @@ exec python3 -m gunicorn --bind "127.0.0.1:${PORT:-8080}" --workers 2 --chdir /a
 # timestamps recorded in them match in the container and Python uses them instead of compiling again.
 _BUILD_SCRIPT = f"""
 python3 -m pip install --quiet --no-index --find-links /tmp/wheels --no-compile --break-system-packages \\
-    --root-user-action=ignore {' '.join(REQUIREMENTS)}
+    --root-user-action=ignore {" ".join(REQUIREMENTS)}
 python3 /tmp/initdb.py
 rm /tmp/initdb.py
 """
@@ -88,17 +100,32 @@ def wheels(cache: Path | None = None) -> Path:
     """The folder holding every wheel of REQUIREMENTS, downloading the missing ones."""
     folder = (cache or apps_cache()) / "wheels"
     present = {path.name.lower() for path in folder.glob("*.whl")}
-    missing = [req for req in REQUIREMENTS
-               if not any(name.startswith(_wheel_prefix(req)) for name in present)]
+    missing = [req for req in REQUIREMENTS if not any(name.startswith(_wheel_prefix(req)) for name in present)]
     if missing:
         folder.mkdir(parents=True, exist_ok=True)
         platforms = [arg for platform in _PLATFORMS for arg in ("--platform", platform)]
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               *platforms, "--python-version", PYTHON, "--implementation", "cp", "-d", str(folder), *missing]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            *platforms,
+            "--python-version",
+            PYTHON,
+            "--implementation",
+            "cp",
+            "-d",
+            str(folder),
+            *missing,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise TestbedError(f"pip download {' '.join(missing)} failed: {proc.stderr.strip()[-500:]}; "
-                               "check that PyPI is reachable")
+            raise TestbedError(
+                f"pip download {' '.join(missing)} failed: {proc.stderr.strip()[-500:]}; check that PyPI is reachable"
+            )
     return folder
 
 

@@ -14,13 +14,39 @@ from .app import App
 from .rootfs import run_in
 
 TITLE = "nri-optimizer WordPress"
-PACKAGES = ("apache2", "libapache2-mod-php", "php-mysql", "mariadb-server", "wordpress",
-            "wordpress-theme-twentytwentythree")
+PACKAGES = (
+    "apache2",
+    "libapache2-mod-php",
+    "php-mysql",
+    "mariadb-server",
+    "wordpress",
+    "wordpress-theme-twentytwentythree",
+)
 PHP = "8.2"
 # What apache2's postinst enables on a fresh install, plus what WordPress's permalinks and mod_php need.
-APACHE_MODULES = ("access_compat", "alias", "auth_basic", "authn_core", "authn_file", "authz_core", "authz_host",
-                  "authz_user", "autoindex", "deflate", "dir", "env", "filter", "mime", "mpm_prefork",
-                  "negotiation", f"php{PHP}", "reqtimeout", "rewrite", "setenvif", "status")
+APACHE_MODULES = (
+    "access_compat",
+    "alias",
+    "auth_basic",
+    "authn_core",
+    "authn_file",
+    "authz_core",
+    "authz_host",
+    "authz_user",
+    "autoindex",
+    "deflate",
+    "dir",
+    "env",
+    "filter",
+    "mime",
+    "mpm_prefork",
+    "negotiation",
+    f"php{PHP}",
+    "reqtimeout",
+    "rewrite",
+    "setenvif",
+    "status",
+)
 APACHE_CONFS = ("charset", "localized-error-pages", "other-vhosts-access-log", "security")
 # mariadb-server's postinst creates this account with adduser --system; fixed ids keep the image reproducible.
 USERS = ("mysql:x:101:101:MariaDB Server:/nonexistent:/usr/sbin/nologin",)
@@ -75,9 +101,19 @@ define('WP_SITEURL', 'http://' . $_SERVER['HTTP_HOST']);
 // No network: no update checks, no cron requests to itself.
 define('WP_HTTP_BLOCK_EXTERNAL', true);
 define('DISABLE_WP_CRON', true);
-""" + "".join(f"define('{key}', 'nri-optimizer {key.lower()}');\n" for key in (
-    "AUTH_KEY", "SECURE_AUTH_KEY", "LOGGED_IN_KEY", "NONCE_KEY",
-    "AUTH_SALT", "SECURE_AUTH_SALT", "LOGGED_IN_SALT", "NONCE_SALT"))
+""" + "".join(
+    f"define('{key}', 'nri-optimizer {key.lower()}');\n"
+    for key in (
+        "AUTH_KEY",
+        "SECURE_AUTH_KEY",
+        "LOGGED_IN_KEY",
+        "NONCE_KEY",
+        "AUTH_SALT",
+        "SECURE_AUTH_SALT",
+        "LOGGED_IN_SALT",
+        "NONCE_SALT",
+    )
+)
 _INSTALL_PHP = f"""<?php
 $_SERVER['HTTP_HOST'] = '127.0.0.1';
 define('WP_INSTALLING', true);
@@ -89,8 +125,8 @@ if (empty($result['user_id'])) {{ fwrite(STDERR, "wp_install failed\\n"); exit(1
 # Run chrooted in the image at build time: the packages' own tools enable Apache's and PHP's modules (as their
 # postinsts would), then the database is made and WordPress installed into it, and mariadbd shut down cleanly.
 _BUILD_SCRIPT = f"""
-a2enmod -q {' '.join(APACHE_MODULES)}
-a2enconf -q {' '.join(APACHE_CONFS)}
+a2enmod -q {" ".join(APACHE_MODULES)}
+a2enconf -q {" ".join(APACHE_CONFS)}
 a2ensite -q wordpress
 wp-setup --sync-wp-content
 install -d -o mysql -g mysql /run/mysqld
@@ -133,8 +169,10 @@ def _configure_php(root: Path) -> None:
     available.mkdir(exist_ok=True)
     for ini in sorted(root.glob(f"usr/share/php{PHP}-*/*/*.ini")):
         (available / ini.name).write_bytes(ini.read_bytes())
-        priority = next((line.split("=", 1)[1].strip() for line in ini.read_text().splitlines()
-                         if line.startswith("; priority=")), "20")
+        priority = next(
+            (line.split("=", 1)[1].strip() for line in ini.read_text().splitlines() if line.startswith("; priority=")),
+            "20",
+        )
         for sapi in ("apache2", "cli"):
             (etc / sapi / "conf.d" / f"{priority}-{ini.name}").symlink_to(f"/etc/php/{PHP}/mods-available/{ini.name}")
 

@@ -4,87 +4,82 @@
 # source: nri.proto
 # Protobuf Python Version: 6.33.5
 """Generated protocol buffer code."""
+
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-_runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC,
-    6,
-    33,
-    5,
-    '',
-    'nri.proto'
-)
+
+_runtime_version.ValidateProtobufRuntimeVersion(_runtime_version.Domain.PUBLIC, 6, 33, 5, "", "nri.proto")
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-
-
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\tnri.proto\x12\x14nri.pkg.api.v1alpha1\"\x07\n\x05\x45mpty\"U\n\x15RegisterPluginRequest\x12\x13\n\x0bplugin_name\x18\x01 \x01(\t\x12\x12\n\nplugin_idx\x18\x02 \x01(\t\x12\x13\n\x0bNRI_version\x18\x03 \x01(\t\"\x9d\x01\n\x10\x43onfigureRequest\x12\x0e\n\x06\x63onfig\x18\x01 \x01(\t\x12\x14\n\x0cruntime_name\x18\x02 \x01(\t\x12\x17\n\x0fruntime_version\x18\x03 \x01(\t\x12\x1c\n\x14registration_timeout\x18\x04 \x01(\x03\x12\x17\n\x0frequest_timeout\x18\x05 \x01(\x03\x12\x13\n\x0bNRI_version\x18\x06 \x01(\t\"<\n\x11\x43onfigureResponse\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x05\x12\x17\n\x0frequest_timeout\x18\x03 \x01(\x03\"\x87\x01\n\x12SynchronizeRequest\x12.\n\x04pods\x18\x01 \x03(\x0b\x32 .nri.pkg.api.v1alpha1.PodSandbox\x12\x33\n\ncontainers\x18\x02 \x03(\x0b\x32\x1f.nri.pkg.api.v1alpha1.Container\x12\x0c\n\x04more\x18\x03 \x01(\x08\"Z\n\x13SynchronizeResponse\x12\x35\n\x06update\x18\x01 \x03(\x0b\x32%.nri.pkg.api.v1alpha1.ContainerUpdate\x12\x0c\n\x04more\x18\x02 \x01(\x08\"\'\n\x0f\x43ontainerUpdate\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"\xa1\x01\n\x10StateChangeEvent\x12*\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x1b.nri.pkg.api.v1alpha1.Event\x12-\n\x03pod\x18\x02 \x01(\x0b\x32 .nri.pkg.api.v1alpha1.PodSandbox\x12\x32\n\tcontainer\x18\x03 \x01(\x0b\x32\x1f.nri.pkg.api.v1alpha1.Container\"z\n\x15StartContainerRequest\x12-\n\x03pod\x18\x01 \x01(\x0b\x32 .nri.pkg.api.v1alpha1.PodSandbox\x12\x32\n\tcontainer\x18\x02 \x01(\x0b\x32\x1f.nri.pkg.api.v1alpha1.Container\"\x18\n\x16StartContainerResponse\"y\n\x14StopContainerRequest\x12-\n\x03pod\x18\x01 \x01(\x0b\x32 .nri.pkg.api.v1alpha1.PodSandbox\x12\x32\n\tcontainer\x18\x02 \x01(\x0b\x32\x1f.nri.pkg.api.v1alpha1.Container\"N\n\x15StopContainerResponse\x12\x35\n\x06update\x18\x01 \x03(\x0b\x32%.nri.pkg.api.v1alpha1.ContainerUpdate\"\xe2\x02\n\nPodSandbox\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12<\n\x06labels\x18\x05 \x03(\x0b\x32,.nri.pkg.api.v1alpha1.PodSandbox.LabelsEntry\x12\x46\n\x0b\x61nnotations\x18\x06 \x03(\x0b\x32\x31.nri.pkg.api.v1alpha1.PodSandbox.AnnotationsEntry\x12\x17\n\x0fruntime_handler\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\t \x01(\r\x12\x0b\n\x03ips\x18\n \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x05Mount\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07options\x18\x04 \x03(\t\",\n\x0eLinuxNamespace\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"`\n\x0eLinuxContainer\x12\x38\n\nnamespaces\x18\x01 \x03(\x0b\x32$.nri.pkg.api.v1alpha1.LinuxNamespace\x12\x14\n\x0c\x63groups_path\x18\x05 \x01(\t\"<\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x15\n\rconfig_digest\x18\x03 \x01(\t\"\xdf\x04\n\tContainer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0epod_sandbox_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32$.nri.pkg.api.v1alpha1.ContainerState\x12;\n\x06labels\x18\x05 \x03(\x0b\x32+.nri.pkg.api.v1alpha1.Container.LabelsEntry\x12\x45\n\x0b\x61nnotations\x18\x06 \x03(\x0b\x32\x30.nri.pkg.api.v1alpha1.Container.AnnotationsEntry\x12\x0c\n\x04\x61rgs\x18\x07 \x03(\t\x12\x0b\n\x03\x65nv\x18\x08 \x03(\t\x12+\n\x06mounts\x18\t \x03(\x0b\x32\x1b.nri.pkg.api.v1alpha1.Mount\x12\x33\n\x05linux\x18\x0b \x01(\x0b\x32$.nri.pkg.api.v1alpha1.LinuxContainer\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x12\n\ncreated_at\x18\x0e \x01(\x03\x12\x12\n\nstarted_at\x18\x0f \x01(\x03\x12\x13\n\x0b\x66inished_at\x18\x10 \x01(\x03\x12\x11\n\texit_code\x18\x11 \x01(\x05\x12*\n\x05image\x18\x16 \x01(\x0b\x32\x1b.nri.pkg.api.v1alpha1.Image\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xea\x02\n\x05\x45vent\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x13\n\x0fRUN_POD_SANDBOX\x10\x01\x12\x14\n\x10STOP_POD_SANDBOX\x10\x02\x12\x16\n\x12REMOVE_POD_SANDBOX\x10\x03\x12\x14\n\x10\x43REATE_CONTAINER\x10\x04\x12\x19\n\x15POST_CREATE_CONTAINER\x10\x05\x12\x13\n\x0fSTART_CONTAINER\x10\x06\x12\x18\n\x14POST_START_CONTAINER\x10\x07\x12\x14\n\x10UPDATE_CONTAINER\x10\x08\x12\x19\n\x15POST_UPDATE_CONTAINER\x10\t\x12\x12\n\x0eSTOP_CONTAINER\x10\n\x12\x14\n\x10REMOVE_CONTAINER\x10\x0b\x12\x16\n\x12UPDATE_POD_SANDBOX\x10\x0c\x12\x1b\n\x17POST_UPDATE_POD_SANDBOX\x10\r\x12!\n\x1dVALIDATE_CONTAINER_ADJUSTMENT\x10\x0e*\x82\x01\n\x0e\x43ontainerState\x12\x15\n\x11\x43ONTAINER_UNKNOWN\x10\x00\x12\x15\n\x11\x43ONTAINER_CREATED\x10\x01\x12\x14\n\x10\x43ONTAINER_PAUSED\x10\x02\x12\x15\n\x11\x43ONTAINER_RUNNING\x10\x03\x12\x15\n\x11\x43ONTAINER_STOPPED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
+    b'\n\tnri.proto\x12\x14nri.pkg.api.v1alpha1"\x07\n\x05\x45mpty"U\n\x15RegisterPluginRequest\x12\x13\n\x0bplugin_name\x18\x01 \x01(\t\x12\x12\n\nplugin_idx\x18\x02 \x01(\t\x12\x13\n\x0bNRI_version\x18\x03 \x01(\t"\x9d\x01\n\x10\x43onfigureRequest\x12\x0e\n\x06\x63onfig\x18\x01 \x01(\t\x12\x14\n\x0cruntime_name\x18\x02 \x01(\t\x12\x17\n\x0fruntime_version\x18\x03 \x01(\t\x12\x1c\n\x14registration_timeout\x18\x04 \x01(\x03\x12\x17\n\x0frequest_timeout\x18\x05 \x01(\x03\x12\x13\n\x0bNRI_version\x18\x06 \x01(\t"<\n\x11\x43onfigureResponse\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x05\x12\x17\n\x0frequest_timeout\x18\x03 \x01(\x03"\x87\x01\n\x12SynchronizeRequest\x12.\n\x04pods\x18\x01 \x03(\x0b\x32 .nri.pkg.api.v1alpha1.PodSandbox\x12\x33\n\ncontainers\x18\x02 \x03(\x0b\x32\x1f.nri.pkg.api.v1alpha1.Container\x12\x0c\n\x04more\x18\x03 \x01(\x08"Z\n\x13SynchronizeResponse\x12\x35\n\x06update\x18\x01 \x03(\x0b\x32%.nri.pkg.api.v1alpha1.ContainerUpdate\x12\x0c\n\x04more\x18\x02 \x01(\x08"\'\n\x0f\x43ontainerUpdate\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t"\xa1\x01\n\x10StateChangeEvent\x12*\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x1b.nri.pkg.api.v1alpha1.Event\x12-\n\x03pod\x18\x02 \x01(\x0b\x32 .nri.pkg.api.v1alpha1.PodSandbox\x12\x32\n\tcontainer\x18\x03 \x01(\x0b\x32\x1f.nri.pkg.api.v1alpha1.Container"z\n\x15StartContainerRequest\x12-\n\x03pod\x18\x01 \x01(\x0b\x32 .nri.pkg.api.v1alpha1.PodSandbox\x12\x32\n\tcontainer\x18\x02 \x01(\x0b\x32\x1f.nri.pkg.api.v1alpha1.Container"\x18\n\x16StartContainerResponse"y\n\x14StopContainerRequest\x12-\n\x03pod\x18\x01 \x01(\x0b\x32 .nri.pkg.api.v1alpha1.PodSandbox\x12\x32\n\tcontainer\x18\x02 \x01(\x0b\x32\x1f.nri.pkg.api.v1alpha1.Container"N\n\x15StopContainerResponse\x12\x35\n\x06update\x18\x01 \x03(\x0b\x32%.nri.pkg.api.v1alpha1.ContainerUpdate"\xe2\x02\n\nPodSandbox\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12<\n\x06labels\x18\x05 \x03(\x0b\x32,.nri.pkg.api.v1alpha1.PodSandbox.LabelsEntry\x12\x46\n\x0b\x61nnotations\x18\x06 \x03(\x0b\x32\x31.nri.pkg.api.v1alpha1.PodSandbox.AnnotationsEntry\x12\x17\n\x0fruntime_handler\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\t \x01(\r\x12\x0b\n\x03ips\x18\n \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01"K\n\x05Mount\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07options\x18\x04 \x03(\t",\n\x0eLinuxNamespace\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t"`\n\x0eLinuxContainer\x12\x38\n\nnamespaces\x18\x01 \x03(\x0b\x32$.nri.pkg.api.v1alpha1.LinuxNamespace\x12\x14\n\x0c\x63groups_path\x18\x05 \x01(\t"<\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x15\n\rconfig_digest\x18\x03 \x01(\t"\xdf\x04\n\tContainer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0epod_sandbox_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32$.nri.pkg.api.v1alpha1.ContainerState\x12;\n\x06labels\x18\x05 \x03(\x0b\x32+.nri.pkg.api.v1alpha1.Container.LabelsEntry\x12\x45\n\x0b\x61nnotations\x18\x06 \x03(\x0b\x32\x30.nri.pkg.api.v1alpha1.Container.AnnotationsEntry\x12\x0c\n\x04\x61rgs\x18\x07 \x03(\t\x12\x0b\n\x03\x65nv\x18\x08 \x03(\t\x12+\n\x06mounts\x18\t \x03(\x0b\x32\x1b.nri.pkg.api.v1alpha1.Mount\x12\x33\n\x05linux\x18\x0b \x01(\x0b\x32$.nri.pkg.api.v1alpha1.LinuxContainer\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x12\n\ncreated_at\x18\x0e \x01(\x03\x12\x12\n\nstarted_at\x18\x0f \x01(\x03\x12\x13\n\x0b\x66inished_at\x18\x10 \x01(\x03\x12\x11\n\texit_code\x18\x11 \x01(\x05\x12*\n\x05image\x18\x16 \x01(\x0b\x32\x1b.nri.pkg.api.v1alpha1.Image\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xea\x02\n\x05\x45vent\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x13\n\x0fRUN_POD_SANDBOX\x10\x01\x12\x14\n\x10STOP_POD_SANDBOX\x10\x02\x12\x16\n\x12REMOVE_POD_SANDBOX\x10\x03\x12\x14\n\x10\x43REATE_CONTAINER\x10\x04\x12\x19\n\x15POST_CREATE_CONTAINER\x10\x05\x12\x13\n\x0fSTART_CONTAINER\x10\x06\x12\x18\n\x14POST_START_CONTAINER\x10\x07\x12\x14\n\x10UPDATE_CONTAINER\x10\x08\x12\x19\n\x15POST_UPDATE_CONTAINER\x10\t\x12\x12\n\x0eSTOP_CONTAINER\x10\n\x12\x14\n\x10REMOVE_CONTAINER\x10\x0b\x12\x16\n\x12UPDATE_POD_SANDBOX\x10\x0c\x12\x1b\n\x17POST_UPDATE_POD_SANDBOX\x10\r\x12!\n\x1dVALIDATE_CONTAINER_ADJUSTMENT\x10\x0e*\x82\x01\n\x0e\x43ontainerState\x12\x15\n\x11\x43ONTAINER_UNKNOWN\x10\x00\x12\x15\n\x11\x43ONTAINER_CREATED\x10\x01\x12\x14\n\x10\x43ONTAINER_PAUSED\x10\x02\x12\x15\n\x11\x43ONTAINER_RUNNING\x10\x03\x12\x15\n\x11\x43ONTAINER_STOPPED\x10\x04\x62\x06proto3'
+)
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nri_pb2', _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "nri_pb2", _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_PODSANDBOX_LABELSENTRY']._loaded_options = None
-  _globals['_PODSANDBOX_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PODSANDBOX_ANNOTATIONSENTRY']._loaded_options = None
-  _globals['_PODSANDBOX_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_CONTAINER_LABELSENTRY']._loaded_options = None
-  _globals['_CONTAINER_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_CONTAINER_ANNOTATIONSENTRY']._loaded_options = None
-  _globals['_CONTAINER_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENT']._serialized_start=2392
-  _globals['_EVENT']._serialized_end=2754
-  _globals['_CONTAINERSTATE']._serialized_start=2757
-  _globals['_CONTAINERSTATE']._serialized_end=2887
-  _globals['_EMPTY']._serialized_start=35
-  _globals['_EMPTY']._serialized_end=42
-  _globals['_REGISTERPLUGINREQUEST']._serialized_start=44
-  _globals['_REGISTERPLUGINREQUEST']._serialized_end=129
-  _globals['_CONFIGUREREQUEST']._serialized_start=132
-  _globals['_CONFIGUREREQUEST']._serialized_end=289
-  _globals['_CONFIGURERESPONSE']._serialized_start=291
-  _globals['_CONFIGURERESPONSE']._serialized_end=351
-  _globals['_SYNCHRONIZEREQUEST']._serialized_start=354
-  _globals['_SYNCHRONIZEREQUEST']._serialized_end=489
-  _globals['_SYNCHRONIZERESPONSE']._serialized_start=491
-  _globals['_SYNCHRONIZERESPONSE']._serialized_end=581
-  _globals['_CONTAINERUPDATE']._serialized_start=583
-  _globals['_CONTAINERUPDATE']._serialized_end=622
-  _globals['_STATECHANGEEVENT']._serialized_start=625
-  _globals['_STATECHANGEEVENT']._serialized_end=786
-  _globals['_STARTCONTAINERREQUEST']._serialized_start=788
-  _globals['_STARTCONTAINERREQUEST']._serialized_end=910
-  _globals['_STARTCONTAINERRESPONSE']._serialized_start=912
-  _globals['_STARTCONTAINERRESPONSE']._serialized_end=936
-  _globals['_STOPCONTAINERREQUEST']._serialized_start=938
-  _globals['_STOPCONTAINERREQUEST']._serialized_end=1059
-  _globals['_STOPCONTAINERRESPONSE']._serialized_start=1061
-  _globals['_STOPCONTAINERRESPONSE']._serialized_end=1139
-  _globals['_PODSANDBOX']._serialized_start=1142
-  _globals['_PODSANDBOX']._serialized_end=1496
-  _globals['_PODSANDBOX_LABELSENTRY']._serialized_start=1399
-  _globals['_PODSANDBOX_LABELSENTRY']._serialized_end=1444
-  _globals['_PODSANDBOX_ANNOTATIONSENTRY']._serialized_start=1446
-  _globals['_PODSANDBOX_ANNOTATIONSENTRY']._serialized_end=1496
-  _globals['_MOUNT']._serialized_start=1498
-  _globals['_MOUNT']._serialized_end=1573
-  _globals['_LINUXNAMESPACE']._serialized_start=1575
-  _globals['_LINUXNAMESPACE']._serialized_end=1619
-  _globals['_LINUXCONTAINER']._serialized_start=1621
-  _globals['_LINUXCONTAINER']._serialized_end=1717
-  _globals['_IMAGE']._serialized_start=1719
-  _globals['_IMAGE']._serialized_end=1779
-  _globals['_CONTAINER']._serialized_start=1782
-  _globals['_CONTAINER']._serialized_end=2389
-  _globals['_CONTAINER_LABELSENTRY']._serialized_start=1399
-  _globals['_CONTAINER_LABELSENTRY']._serialized_end=1444
-  _globals['_CONTAINER_ANNOTATIONSENTRY']._serialized_start=1446
-  _globals['_CONTAINER_ANNOTATIONSENTRY']._serialized_end=1496
+    DESCRIPTOR._loaded_options = None
+    _globals["_PODSANDBOX_LABELSENTRY"]._loaded_options = None
+    _globals["_PODSANDBOX_LABELSENTRY"]._serialized_options = b"8\001"
+    _globals["_PODSANDBOX_ANNOTATIONSENTRY"]._loaded_options = None
+    _globals["_PODSANDBOX_ANNOTATIONSENTRY"]._serialized_options = b"8\001"
+    _globals["_CONTAINER_LABELSENTRY"]._loaded_options = None
+    _globals["_CONTAINER_LABELSENTRY"]._serialized_options = b"8\001"
+    _globals["_CONTAINER_ANNOTATIONSENTRY"]._loaded_options = None
+    _globals["_CONTAINER_ANNOTATIONSENTRY"]._serialized_options = b"8\001"
+    _globals["_EVENT"]._serialized_start = 2392
+    _globals["_EVENT"]._serialized_end = 2754
+    _globals["_CONTAINERSTATE"]._serialized_start = 2757
+    _globals["_CONTAINERSTATE"]._serialized_end = 2887
+    _globals["_EMPTY"]._serialized_start = 35
+    _globals["_EMPTY"]._serialized_end = 42
+    _globals["_REGISTERPLUGINREQUEST"]._serialized_start = 44
+    _globals["_REGISTERPLUGINREQUEST"]._serialized_end = 129
+    _globals["_CONFIGUREREQUEST"]._serialized_start = 132
+    _globals["_CONFIGUREREQUEST"]._serialized_end = 289
+    _globals["_CONFIGURERESPONSE"]._serialized_start = 291
+    _globals["_CONFIGURERESPONSE"]._serialized_end = 351
+    _globals["_SYNCHRONIZEREQUEST"]._serialized_start = 354
+    _globals["_SYNCHRONIZEREQUEST"]._serialized_end = 489
+    _globals["_SYNCHRONIZERESPONSE"]._serialized_start = 491
+    _globals["_SYNCHRONIZERESPONSE"]._serialized_end = 581
+    _globals["_CONTAINERUPDATE"]._serialized_start = 583
+    _globals["_CONTAINERUPDATE"]._serialized_end = 622
+    _globals["_STATECHANGEEVENT"]._serialized_start = 625
+    _globals["_STATECHANGEEVENT"]._serialized_end = 786
+    _globals["_STARTCONTAINERREQUEST"]._serialized_start = 788
+    _globals["_STARTCONTAINERREQUEST"]._serialized_end = 910
+    _globals["_STARTCONTAINERRESPONSE"]._serialized_start = 912
+    _globals["_STARTCONTAINERRESPONSE"]._serialized_end = 936
+    _globals["_STOPCONTAINERREQUEST"]._serialized_start = 938
+    _globals["_STOPCONTAINERREQUEST"]._serialized_end = 1059
+    _globals["_STOPCONTAINERRESPONSE"]._serialized_start = 1061
+    _globals["_STOPCONTAINERRESPONSE"]._serialized_end = 1139
+    _globals["_PODSANDBOX"]._serialized_start = 1142
+    _globals["_PODSANDBOX"]._serialized_end = 1496
+    _globals["_PODSANDBOX_LABELSENTRY"]._serialized_start = 1399
+    _globals["_PODSANDBOX_LABELSENTRY"]._serialized_end = 1444
+    _globals["_PODSANDBOX_ANNOTATIONSENTRY"]._serialized_start = 1446
+    _globals["_PODSANDBOX_ANNOTATIONSENTRY"]._serialized_end = 1496
+    _globals["_MOUNT"]._serialized_start = 1498
+    _globals["_MOUNT"]._serialized_end = 1573
+    _globals["_LINUXNAMESPACE"]._serialized_start = 1575
+    _globals["_LINUXNAMESPACE"]._serialized_end = 1619
+    _globals["_LINUXCONTAINER"]._serialized_start = 1621
+    _globals["_LINUXCONTAINER"]._serialized_end = 1717
+    _globals["_IMAGE"]._serialized_start = 1719
+    _globals["_IMAGE"]._serialized_end = 1779
+    _globals["_CONTAINER"]._serialized_start = 1782
+    _globals["_CONTAINER"]._serialized_end = 2389
+    _globals["_CONTAINER_LABELSENTRY"]._serialized_start = 1399
+    _globals["_CONTAINER_LABELSENTRY"]._serialized_end = 1444
+    _globals["_CONTAINER_ANNOTATIONSENTRY"]._serialized_start = 1446
+    _globals["_CONTAINER_ANNOTATIONSENTRY"]._serialized_end = 1496
 # @@protoc_insertion_point(module_scope)

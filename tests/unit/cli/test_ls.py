@@ -26,12 +26,24 @@ def put(persist_dir: Path, name: str, plain: str, table: str | None) -> None:
 @pytest.fixture
 def persist_dir(tmp_path: Path) -> Path:
     results = tmp_path / "results"
-    put(results, "library/nginx:latest", "/bin/sh\n/etc/nginx.conf\n",
-        "path,size,elapsed\n/bin/sh,1000,10\n/etc/nginx.conf,24,20\n")
-    put(results, "team/app@sha256:" + "a" * 64, "# incomplete: the kernel's event queue overflowed, files are missing\n"
-        "/app\n", "path,size,elapsed\n/app,5,1\n")
-    put(results, "redis:7.timeout30s", "/usr/bin/redis-server\n",
-        "path,size,elapsed\n/usr/bin/redis-server,1.2 KiB,850 us\n")  # readable = true: no byte count
+    put(
+        results,
+        "library/nginx:latest",
+        "/bin/sh\n/etc/nginx.conf\n",
+        "path,size,elapsed\n/bin/sh,1000,10\n/etc/nginx.conf,24,20\n",
+    )
+    put(
+        results,
+        "team/app@sha256:" + "a" * 64,
+        "# incomplete: the kernel's event queue overflowed, files are missing\n/app\n",
+        "path,size,elapsed\n/app,5,1\n",
+    )
+    put(
+        results,
+        "redis:7.timeout30s",
+        "/usr/bin/redis-server\n",
+        "path,size,elapsed\n/usr/bin/redis-server,1.2 KiB,850 us\n",
+    )  # readable = true: no byte count
     (results / ".inflight").mkdir()
     (results / ".inflight" / "abc").write_text("docker.io/library/busybox:1")  # a trace running: not a list
     return results
@@ -43,12 +55,33 @@ def test_json_lists_every_recorded_list(persist_dir: Path, capsys: pytest.Captur
     assert err == ""
     when = "2026-09-21T14:13:20Z"
     assert json.loads(out) == [
-        {"image": "library/nginx:latest", "workload": None, "path": f"{persist_dir}/library/nginx:latest", "files": 2, "bytes": 1024,
-         "recorded": when, "incomplete": None},
-        {"image": "redis:7.timeout30s", "workload": None, "path": f"{persist_dir}/redis:7.timeout30s", "files": 1, "bytes": None,
-         "recorded": when, "incomplete": None},
-        {"image": "team/app@sha256:" + "a" * 64, "workload": None, "path": f"{persist_dir}/team/app@sha256:" + "a" * 64, "files": 1,
-         "bytes": 5, "recorded": when, "incomplete": "the kernel's event queue overflowed, files are missing"},
+        {
+            "image": "library/nginx:latest",
+            "workload": None,
+            "path": f"{persist_dir}/library/nginx:latest",
+            "files": 2,
+            "bytes": 1024,
+            "recorded": when,
+            "incomplete": None,
+        },
+        {
+            "image": "redis:7.timeout30s",
+            "workload": None,
+            "path": f"{persist_dir}/redis:7.timeout30s",
+            "files": 1,
+            "bytes": None,
+            "recorded": when,
+            "incomplete": None,
+        },
+        {
+            "image": "team/app@sha256:" + "a" * 64,
+            "workload": None,
+            "path": f"{persist_dir}/team/app@sha256:" + "a" * 64,
+            "files": 1,
+            "bytes": 5,
+            "recorded": when,
+            "incomplete": "the kernel's event queue overflowed, files are missing",
+        },
     ]
 
 
@@ -74,18 +107,34 @@ def test_an_empty_or_missing_persist_dir_says_so(tmp_path: Path, capsys: pytest.
 def test_a_persist_dir_that_is_a_file_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("")
     assert main(["ls", "--persist-dir", str(tmp_path / "file")]) == 2
-    assert capsys.readouterr().err == (f"nri-optimizer ls: --persist-dir: persist_dir: {tmp_path / 'file'} exists and "
-                                       "is not a directory; remove it or choose another path\n")
+    assert capsys.readouterr().err == (
+        f"nri-optimizer ls: --persist-dir: persist_dir: {tmp_path / 'file'} exists and "
+        "is not a directory; remove it or choose another path\n"
+    )
 
 
-def test_a_workloads_list_names_its_workload_and_can_be_asked_for(persist_dir: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    put(persist_dir, "library/nginx:latest+web", "/bin/sh\n/etc/web.conf\n",
-        "path,size,elapsed\n/bin/sh,1000,10\n/etc/web.conf,1,20\n")
+def test_a_workloads_list_names_its_workload_and_can_be_asked_for(
+    persist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put(
+        persist_dir,
+        "library/nginx:latest+web",
+        "/bin/sh\n/etc/web.conf\n",
+        "path,size,elapsed\n/bin/sh,1000,10\n/etc/web.conf,1,20\n",
+    )
     assert main(["ls", "--persist-dir", str(persist_dir), "--json", "--workload", "web"]) == 0
     (only,) = json.loads(capsys.readouterr().out)
     assert (only["image"], only["workload"], only["path"], only["files"]) == (
-        "library/nginx:latest", "web", f"{persist_dir}/library/nginx:latest+web", 2)
+        "library/nginx:latest",
+        "web",
+        f"{persist_dir}/library/nginx:latest+web",
+        2,
+    )
     assert main(["ls", "--persist-dir", str(persist_dir)]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [
-        "IMAGE", "library/nginx:latest", "library/nginx:latest+web", "redis:7.timeout30s", "team/app@sha256:" + "a" * 64]
+        "IMAGE",
+        "library/nginx:latest",
+        "library/nginx:latest+web",
+        "redis:7.timeout30s",
+        "team/app@sha256:" + "a" * 64,
+    ]

@@ -65,12 +65,16 @@ def test_event_mask_comes_from_handlers():
 
 
 def test_event_mask_refuses_an_event_the_plugin_cannot_handle():
-    with pytest.raises(ValueError, match="event 'StartContainer' is not one this plugin handles; choose from StopContainer"):
+    with pytest.raises(
+        ValueError, match="event 'StartContainer' is not one this plugin handles; choose from StopContainer"
+    ):
         event_mask(StopOnly(), ["StartContainer"])
 
 
 def test_identity_from_executable_name():
-    assert identity_from_executable("/opt/nri/plugins/02-optimizer-nri-plugin") == Identity("optimizer-nri-plugin", "02")
+    assert identity_from_executable("/opt/nri/plugins/02-optimizer-nri-plugin") == Identity(
+        "optimizer-nri-plugin", "02"
+    )
     assert identity_from_executable("/usr/bin/nri-optimizer") is None
     with pytest.raises(ValueError, match="exactly two digits"):
         Identity("x", "2")
@@ -122,7 +126,10 @@ async def test_start_arrives_as_state_change_and_as_v012_rpc():
     plugin = Recorder()
     _stub, runtime, task = await connected(plugin)
     await runtime.configure()
-    assert await runtime.call("StateChange", api.StateChangeEvent(event=api.START_CONTAINER, container=container("a"))) == b""
+    assert (
+        await runtime.call("StateChange", api.StateChangeEvent(event=api.START_CONTAINER, container=container("a")))
+        == b""
+    )
     assert await runtime.call("StartContainer", api.StartContainerRequest(container=container("b"))) == b""
     assert await runtime.call("StopContainer", api.StopContainerRequest(container=container("b"))) == b""
     # Events the plugin did not subscribe to are ignored, not answered with an error.
@@ -142,7 +149,9 @@ async def test_v012_start_rpc_without_handler_is_unimplemented_so_the_runtime_fa
     await task
 
 
-@pytest.mark.parametrize(("service", "method"), [("nri.pkg.api.v1alpha1.Plugin", "Frobnicate"), ("other.Service", "Configure")])
+@pytest.mark.parametrize(
+    ("service", "method"), [("nri.pkg.api.v1alpha1.Plugin", "Frobnicate"), ("other.Service", "Configure")]
+)
 async def test_unknown_service_or_method_is_code_12(service, method):
     _stub, runtime, task = await connected(Recorder())
     with pytest.raises(connection.RpcError) as info:
@@ -199,8 +208,15 @@ async def test_external_mode_reconnects_and_registers_again(tmp_path):
         await runtime.close()
 
 
-@pytest.mark.parametrize(("name", "version", "tolerant"), [("containerd", "2.1.9+unknown", True), ("containerd", "v2.0.0", True),
-                                                          ("containerd", "1.7.24", False), ("cri-o", "1.30", False)])
+@pytest.mark.parametrize(
+    ("name", "version", "tolerant"),
+    [
+        ("containerd", "2.1.9+unknown", True),
+        ("containerd", "v2.0.0", True),
+        ("containerd", "1.7.24", False),
+        ("cri-o", "1.30", False),
+    ],
+)
 def test_only_runtimes_known_to_survive_a_configure_error_are_sent_one(name, version, tolerant):
     assert tolerates_configure_errors(name, version) is tolerant
 

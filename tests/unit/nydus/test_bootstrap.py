@@ -36,8 +36,18 @@ C0 = Chunk("d737e920ad297553a783087f75c933a7258b98613754f4f664da4a56037ff2ca", 0
 
 def test_check_verbose_gives_every_inode_with_its_chunks() -> None:
     inodes = bootstrap.parse_check(CHECK)
-    assert list(inodes) == ["/", "/usr/a", "/usr/c", "/usr/e", "/usr/hl", '/dir with space/file "q" \\ back',
-                            "/nl\nname\ttab\u200b\x01", "/\udcff\udcfe-bytes 日本", "/null", "/sl"]
+    assert list(inodes) == [
+        "/",
+        "/usr/a",
+        "/usr/c",
+        "/usr/e",
+        "/usr/hl",
+        '/dir with space/file "q" \\ back',
+        "/nl\nname\ttab\u200b\x01",
+        "/\udcff\udcfe-bytes 日本",
+        "/null",
+        "/sl",
+    ]
     assert inodes["/usr/a"] == Inode("/usr/a", "file", 137, 1, 3145728, 12345, None, (A0, A1))
     assert inodes["/usr/c"] == Inode("/usr/c", "hardlink", 143, 2, 100000, 0, None, (C0,))
     assert inodes["/usr/hl"].chunks == (C0,)
@@ -61,9 +71,19 @@ def test_the_prefetch_table_as_a_list_leaves_out_what_matched_nothing() -> None:
 
 def inode(path: str, *chunks: tuple[int, int, int]) -> Inode:
     """A file whose chunks are (blob index, compressed offset, compressed size)."""
-    return Inode(path, "file", 1, 1, 0, 0, None, tuple(
-        Chunk(f"{blob}-{offset}", blob, number << 20, offset, size, size)
-        for number, (blob, offset, size) in enumerate(chunks)))
+    return Inode(
+        path,
+        "file",
+        1,
+        1,
+        0,
+        0,
+        None,
+        tuple(
+            Chunk(f"{blob}-{offset}", blob, number << 20, offset, size, size)
+            for number, (blob, offset, size) in enumerate(chunks)
+        ),
+    )
 
 
 def test_listed_chunks_in_order_from_each_blobs_head_are_contiguous() -> None:

@@ -36,8 +36,19 @@ TOP = layer("var/", "var/log/", "var/log/g+")  # /var again, after the upper lay
 
 
 def test_a_path_lives_in_the_highest_layer_that_has_it_unless_one_above_removes_it() -> None:
-    paths = ["/etc/a", "/etc/b", "/etc/c", "/opt/x/old", "/opt/x/new", "/opt/x", "/var/log/f", "/var/log/g",
-             "/var", "/nowhere", "/"]
+    paths = [
+        "/etc/a",
+        "/etc/b",
+        "/etc/c",
+        "/opt/x/old",
+        "/opt/x/new",
+        "/opt/x",
+        "/var/log/f",
+        "/var/log/g",
+        "/var",
+        "/nowhere",
+        "/",
+    ]
     assert build.locate([BASE, UPPER, TOP], paths) == {
         "/etc/a": 0,  # only the base has it
         "/etc/b": 1,  # replaced by the upper layer
@@ -51,9 +62,20 @@ def test_a_path_lives_in_the_highest_layer_that_has_it_unless_one_above_removes_
 
 def test_the_prefetch_table_keeps_list_order_and_what_the_image_has_with_data() -> None:
     base = layer("usr/", "usr/bin+", "usr/empty", "usr/link=usr/empty", "usr/data-link=usr/bin")
-    prefetch, absent, empty = build.prefetch_list([base], [
-        "/usr/data-link", "# incomplete: lost events", "/usr/missing", "usr/bin", "/usr/empty", "/usr/link",
-        "/usr/bin", "/usr//bin", "/usr/"])
+    prefetch, absent, empty = build.prefetch_list(
+        [base],
+        [
+            "/usr/data-link",
+            "# incomplete: lost events",
+            "/usr/missing",
+            "usr/bin",
+            "/usr/empty",
+            "/usr/link",
+            "/usr/bin",
+            "/usr//bin",
+            "/usr/",
+        ],
+    )
     assert prefetch == ["/usr/data-link", "/usr/bin", "/usr"]  # once each, normalised
     assert absent == ["/usr/missing"]
     assert empty == ["/usr/empty", "/usr/link"]  # a hard link to an empty file is one too

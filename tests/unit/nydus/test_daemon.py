@@ -27,8 +27,11 @@ def record(ino: int, secs: int, nanos: int, reads: int = 1) -> dict[str, int]:
 def test_the_pattern_is_ordered_by_first_read_then_inode() -> None:
     records = [record(9, 100, 5), record(3, 99, 999_999_999), record(7, 100, 5, reads=4), record(1, 100, 0)]
     assert daemon.parse_pattern(records) == [
-        Access(99_999_999_999, 3, 1), Access(100_000_000_000, 1, 1), Access(100_000_000_005, 7, 4),
-        Access(100_000_000_005, 9, 1)]
+        Access(99_999_999_999, 3, 1),
+        Access(100_000_000_000, 1, 1),
+        Access(100_000_000_005, 7, 4),
+        Access(100_000_000_005, 9, 1),
+    ]
 
 
 @pytest.mark.parametrize("records", [{"ino": 1}, [{"ino": 1}], [record(1, 2, 3) | {"nr_read": "x"}], None])
@@ -89,8 +92,11 @@ def test_a_daemon_that_records_no_pattern_says_what_to_set(api: tuple[Path, dict
     path, answers = api
     answers["/api/v1/metrics"] = (200, json.dumps({"access_pattern_enabled": False}).encode())
     answers["/api/v1/metrics/pattern"] = (200, b"[]")
-    with pytest.raises(DaemonError, match=rf'^nydusd at {path} records no access pattern: its RAFS config needs '
-                       '"access_pattern": true$'):
+    with pytest.raises(
+        DaemonError,
+        match=rf"^nydusd at {path} records no access pattern: its RAFS config needs "
+        '"access_pattern": true$',
+    ):
         daemon.access_pattern(path)
 
 
@@ -108,15 +114,17 @@ def test_api_errors_are_one_line(api: tuple[Path, dict[str, tuple[int, bytes]]],
 def test_the_bootstrap_is_the_one_on_the_listeners_command_line(tmp_path: Path) -> None:
     """The process listening on the socket (found by SO_PEERCRED) names its bootstrap as nydusd does."""
     sock = tmp_path / "api.sock"
-    script = ("import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); "
-              "print('up', flush=True); time.sleep(60)")
-    for args, expected in (([str(sock), "fuse", "--bootstrap", "/snap/1/fs/image/image.boot"],
-                            Path("/snap/1/fs/image/image.boot")),
-                           ([str(sock), "--bootstrap=/b.boot"], Path("/b.boot")),
-                           ([str(sock), "--bootstrap", "rel.boot"], tmp_path / "rel.boot")):
+    script = (
+        "import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); "
+        "print('up', flush=True); time.sleep(60)"
+    )
+    for args, expected in (
+        ([str(sock), "fuse", "--bootstrap", "/snap/1/fs/image/image.boot"], Path("/snap/1/fs/image/image.boot")),
+        ([str(sock), "--bootstrap=/b.boot"], Path("/b.boot")),
+        ([str(sock), "--bootstrap", "rel.boot"], tmp_path / "rel.boot"),
+    ):
         sock.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True,
-                                cwd=tmp_path)
+        proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
         try:
             assert proc.stdout is not None and proc.stdout.readline() == "up\n"
             assert daemon.serving_bootstrap(sock) == expected
@@ -127,8 +135,11 @@ def test_the_bootstrap_is_the_one_on_the_listeners_command_line(tmp_path: Path) 
     proc = subprocess.Popen([sys.executable, "-c", script, str(sock)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-        with pytest.raises(DaemonError, match=rf"^the nydusd on {sock} \(pid {proc.pid}\) was started without "
-                           "--bootstrap: name it$"):
+        with pytest.raises(
+            DaemonError,
+            match=rf"^the nydusd on {sock} \(pid {proc.pid}\) was started without "
+            "--bootstrap: name it$",
+        ):
             daemon.serving_bootstrap(sock)
     finally:
         proc.kill()

@@ -65,8 +65,17 @@ def members(layer: bytes) -> dict[str, tuple[object, ...]]:
     with tarfile.open(fileobj=io.BytesIO(layer), mode="r:") as tar:
         for member in tar:
             data = tar.extractfile(member).read() if member.isreg() else b""  # type: ignore[union-attr]
-            found[member.name] = (member.type, member.mode, member.uid, member.gid, member.mtime, member.size,
-                                  member.linkname, dict(member.pax_headers), hashlib.sha256(data).hexdigest())
+            found[member.name] = (
+                member.type,
+                member.mode,
+                member.uid,
+                member.gid,
+                member.mtime,
+                member.size,
+                member.linkname,
+                dict(member.pax_headers),
+                hashlib.sha256(data).hexdigest(),
+            )
     return found
 
 
@@ -104,10 +113,18 @@ def test_listed_files_come_first_in_list_order_with_their_directories_before_the
     layer = make_tar(TREE)
     out, report = reorder(layer, ["/usr/lib/libm.so", "/etc/hosts", "/usr/bin/env"])
     assert names(out) == [
-        ".", "./usr", "./usr/lib", "./usr/lib/libm.so",  # the root and parents once, outermost first
-        "./etc", "./etc/hosts",
-        "./usr/bin", "./usr/bin/env",
-        "./usr/bin/sh", "./usr/lib/libc.so", "./var", "./var/log",  # the rest in its original order
+        ".",
+        "./usr",
+        "./usr/lib",
+        "./usr/lib/libm.so",  # the root and parents once, outermost first
+        "./etc",
+        "./etc/hosts",
+        "./usr/bin",
+        "./usr/bin/env",
+        "./usr/bin/sh",
+        "./usr/lib/libc.so",
+        "./var",
+        "./var/log",  # the rest in its original order
     ]
     assert report == tarorder.Report(moved=("/usr/lib/libm.so", "/etc/hosts", "/usr/bin/env"), absent=(), kept=())
     assert_same_content(layer, out)
@@ -136,8 +153,20 @@ def test_a_listed_path_absent_from_the_layer_is_reported_and_changes_nothing() -
 def test_a_listed_directory_moves_its_own_entry_not_its_children() -> None:
     layer = make_tar(TREE)
     out, report = reorder(layer, ["/usr/lib", "/var/log"])
-    assert names(out) == [".", "./usr", "./usr/lib", "./var", "./var/log", "./etc", "./etc/hosts", "./usr/bin",
-                          "./usr/bin/env", "./usr/bin/sh", "./usr/lib/libc.so", "./usr/lib/libm.so"]
+    assert names(out) == [
+        ".",
+        "./usr",
+        "./usr/lib",
+        "./var",
+        "./var/log",
+        "./etc",
+        "./etc/hosts",
+        "./usr/bin",
+        "./usr/bin/env",
+        "./usr/bin/sh",
+        "./usr/lib/libc.so",
+        "./usr/lib/libm.so",
+    ]
     assert report.moved == ("/usr/lib", "/var/log")
 
 
@@ -148,8 +177,15 @@ def test_a_file_without_a_directory_entry_moves_alone() -> None:
 
 
 def test_symlinks_move_as_entries_and_stay_put_when_unlisted() -> None:
-    layer = make_tar([d("usr"), f("usr/real"), Spec("usr/alias", tarfile.SYMTYPE, link="real"),
-                      Spec("usr/other", tarfile.SYMTYPE, link="/usr/real"), f("usr/z")])
+    layer = make_tar(
+        [
+            d("usr"),
+            f("usr/real"),
+            Spec("usr/alias", tarfile.SYMTYPE, link="real"),
+            Spec("usr/other", tarfile.SYMTYPE, link="/usr/real"),
+            f("usr/z"),
+        ]
+    )
     out, _ = reorder(layer, ["/usr/z", "/usr/alias"])
     assert names(out) == ["usr", "usr/z", "usr/alias", "usr/real", "usr/other"]
     assert_same_content(layer, out)
@@ -197,8 +233,9 @@ def test_a_hard_link_to_a_hard_link_brings_the_whole_chain() -> None:
 
 
 def test_whiteouts_and_opaque_markers_stay_in_place() -> None:
-    layer = make_tar([d("etc"), f("etc/.wh.passwd", b""), d("opt"), f("opt/.wh..wh..opq", b""), f("opt/new"),
-                      f("etc/shadow")])
+    layer = make_tar(
+        [d("etc"), f("etc/.wh.passwd", b""), d("opt"), f("opt/.wh..wh..opq", b""), f("opt/new"), f("etc/shadow")]
+    )
     out, _ = reorder(layer, ["/etc/shadow", "/opt/new"])
     assert names(out) == ["etc", "etc/shadow", "opt", "opt/new", "etc/.wh.passwd", "opt/.wh..wh..opq"]
     assert_same_content(layer, out)
@@ -211,8 +248,16 @@ XATTRS = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02", "SCHILY.xattr.
 def test_extended_headers_move_with_their_entry(fmt: int) -> None:
     long_name = "usr/" + "deep/" * 30 + "file.so"  # over 100 bytes: a pax path or a GNU long-name header
     pax = XATTRS if fmt == tarfile.PAX_FORMAT else {}
-    layer = make_tar([d("usr"), f("usr/first"), f(long_name, b"x" * 700, pax=pax, uid=1000, gid=1000, mode=0o4755),
-                      Spec("usr/long-link", tarfile.SYMTYPE, link="/" + long_name), f("usr/last")], fmt)
+    layer = make_tar(
+        [
+            d("usr"),
+            f("usr/first"),
+            f(long_name, b"x" * 700, pax=pax, uid=1000, gid=1000, mode=0o4755),
+            Spec("usr/long-link", tarfile.SYMTYPE, link="/" + long_name),
+            f("usr/last"),
+        ],
+        fmt,
+    )
     out, _ = reorder(layer, ["/usr/long-link", "/" + long_name])
     assert names(out) == ["usr", "usr/long-link", long_name, "usr/first", "usr/last"]
     assert_same_content(layer, out)
@@ -225,7 +270,12 @@ def test_a_directory_with_several_entries_moves_with_all_of_them_in_order() -> N
     out, report = reorder(layer, ["/usr/y"])
     with tarfile.open(fileobj=io.BytesIO(out)) as tar:
         assert [(member.name, member.mode) for member in tar] == [
-            ("usr", 0o700), ("usr", 0o755), ("usr/y", 0o644), ("usr/x", 0o644), ("a", 0o644)]
+            ("usr", 0o700),
+            ("usr", 0o755),
+            ("usr/y", 0o644),
+            ("usr/x", 0o644),
+            ("a", 0o644),
+        ]
     assert report.moved == ("/usr/y",)
 
 

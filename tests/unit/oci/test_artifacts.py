@@ -16,8 +16,9 @@ from nri_optimizer.results.merge import parse_run
 DIGEST = "sha256:" + "ab" * 32
 
 
-def descriptor(digest: str, node: str, created: str, workload: str = "",
-               artifact_type: str = artifacts.ARTIFACT_TYPE) -> dict[str, Any]:
+def descriptor(
+    digest: str, node: str, created: str, workload: str = "", artifact_type: str = artifacts.ARTIFACT_TYPE
+) -> dict[str, Any]:
     annotations = {artifacts.NODE: node, artifacts.CREATED: created}
     if workload:
         annotations[artifacts.WORKLOAD] = workload
@@ -25,8 +26,9 @@ def descriptor(digest: str, node: str, created: str, workload: str = "",
 
 
 def remote(node: str, plain: bytes, table: bytes | None = None) -> artifacts.RemoteList:
-    return artifacts.RemoteList("sha256:" + node * 64, node, "", parse_run(plain, table, where=node),
-                                artifacts.ListFiles(plain, table))
+    return artifacts.RemoteList(
+        "sha256:" + node * 64, node, "", parse_run(plain, table, where=node), artifacts.ListFiles(plain, table)
+    )
 
 
 def test_a_plain_list_is_absolute_paths_after_an_optional_incomplete_line() -> None:
@@ -35,13 +37,16 @@ def test_a_plain_list_is_absolute_paths_after_an_optional_incomplete_line() -> N
     assert artifacts._paths(b"", "x") == []
 
 
-@pytest.mark.parametrize(("plain", "message"), [
-    (b"/a\nrelative\n", "x: line 2 is not an absolute path: not a list"),
-    (b"/a\n\n/b\n", "x: line 2 is not an absolute path: not a list"),
-    (b"/a\n# incomplete: late\n", "x: line 2 is not an absolute path: not a list"),
-    (b"\x89PNG\r\n", "x: not UTF-8 text: not a list"),
-    (b'{"version": "v1", "files": []}', "x: line 1 is not an absolute path: not a list"),
-])
+@pytest.mark.parametrize(
+    ("plain", "message"),
+    [
+        (b"/a\nrelative\n", "x: line 2 is not an absolute path: not a list"),
+        (b"/a\n\n/b\n", "x: line 2 is not an absolute path: not a list"),
+        (b"/a\n# incomplete: late\n", "x: line 2 is not an absolute path: not a list"),
+        (b"\x89PNG\r\n", "x: not UTF-8 text: not a list"),
+        (b'{"version": "v1", "files": []}', "x: line 1 is not an absolute path: not a list"),
+    ],
+)
 def test_what_is_not_a_list_is_refused_in_one_line(plain: bytes, message: str) -> None:
     with pytest.raises(ListArtifactError) as caught:
         artifacts._paths(plain, "x")
@@ -75,8 +80,9 @@ def test_lists_merge_by_the_merge_rule_incomplete_ones_only_without_a_complete_o
     assert alone.used == [incomplete]
     assert alone.incomplete == "the kernel's event queue overflowed, files are missing"
     both = artifacts.merge_lists([incomplete, remote("d", b"# incomplete: the kernel dropped 1 events\n/r\n")])
-    assert both.incomplete == ("2 nodes' lists merged, each incomplete; newest: the kernel's event queue overflowed, "
-                               "files are missing")
+    assert both.incomplete == (
+        "2 nodes' lists merged, each incomplete; newest: the kernel's event queue overflowed, files are missing"
+    )
     with pytest.raises(ValueError, match="--min-runs must be between 1 and the number of runs"):
         artifacts.merge_lists([complete_a], min_runs=2)
 
@@ -94,5 +100,7 @@ def test_a_list_too_large_to_pull_is_not_pushed() -> None:
     huge = artifacts.ListFiles(b"/a\n", b"x" * (artifacts.MAX_LIST_BLOB + 1))
     with pytest.raises(ListArtifactError) as caught:
         artifacts.push_list(None, huge, name="app:v1", node="n")  # type: ignore[arg-type]  # refused before any request
-    assert str(caught.value) == f"app:v1.csv: {artifacts.MAX_LIST_BLOB + 1} bytes, more than a list artifact carries " \
+    assert (
+        str(caught.value) == f"app:v1.csv: {artifacts.MAX_LIST_BLOB + 1} bytes, more than a list artifact carries "
         f"({artifacts.MAX_LIST_BLOB})"
+    )

@@ -107,12 +107,17 @@ def client(fake: Fake) -> Registry:
 
 
 def referrer(node: str, artifact_type: str = OURS) -> bytes:
-    return json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest_of(b"{}"), "size": 2},
-        "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": SUBJECT, "size": 1},
-        "annotations": {"node": node},
-    }).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest_of(b"{}"), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": SUBJECT, "size": 1},
+            "annotations": {"node": node},
+        }
+    ).encode()
 
 
 def index_of(fake: Fake) -> list[dict[str, Any]]:
@@ -138,13 +143,22 @@ def test_without_the_api_the_tag_schema_index_gets_it_and_drops_what_it_replaces
     for body in (older, others):
         client(fake).push_referrer("app", body, OCI_MANIFEST)
     assert [d["annotations"]["node"] for d in index_of(fake)] == ["a-old", "b"]
-    client(fake).push_referrer("app", mine, OCI_MANIFEST,
-                               replaces=lambda d: d["annotations"]["node"].startswith("a"))
+    client(fake).push_referrer("app", mine, OCI_MANIFEST, replaces=lambda d: d["annotations"]["node"].startswith("a"))
     assert index_of(fake) == [
-        {"mediaType": OCI_MANIFEST, "digest": digest_of(others), "size": len(others), "artifactType": OURS,
-         "annotations": {"node": "b"}},
-        {"mediaType": OCI_MANIFEST, "digest": digest_of(mine), "size": len(mine), "artifactType": OURS,
-         "annotations": {"node": "a"}},
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": digest_of(others),
+            "size": len(others),
+            "artifactType": OURS,
+            "annotations": {"node": "b"},
+        },
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": digest_of(mine),
+            "size": len(mine),
+            "artifactType": OURS,
+            "annotations": {"node": "a"},
+        },
     ]
 
 
@@ -161,17 +175,21 @@ def test_an_index_that_never_keeps_ours_is_one_line(fake: Fake) -> None:
     body = referrer("a")
     with pytest.raises(RegistryError) as caught:
         client(fake).push_referrer("app", body, OCI_MANIFEST)
-    assert str(caught.value) == (f"127.0.0.1:{fake.port}/app:{TAG}: other clients kept rewriting the referrers index; "
-                                 f"{digest_of(body)} was not in it after {registry_module.TAG_SCHEMA_ATTEMPTS} "
-                                 "attempts")
+    assert str(caught.value) == (
+        f"127.0.0.1:{fake.port}/app:{TAG}: other clients kept rewriting the referrers index; "
+        f"{digest_of(body)} was not in it after {registry_module.TAG_SCHEMA_ATTEMPTS} "
+        "attempts"
+    )
 
 
 def test_referrers_follow_every_page_and_keep_the_type_asked_for(fake: Fake) -> None:
     fake.api, fake.page_size = True, 2
     fake.referrers = [{"digest": f"sha256:{n:064d}", "artifactType": OURS if n % 2 else "other"} for n in range(5)]
     assert [d["digest"] for d in client(fake).referrers("app", SUBJECT)] == [d["digest"] for d in fake.referrers]
-    assert [d["digest"] for d in client(fake).referrers("app", SUBJECT, OURS)] == [f"sha256:{1:064d}",
-                                                                                  f"sha256:{3:064d}"]
+    assert [d["digest"] for d in client(fake).referrers("app", SUBJECT, OURS)] == [
+        f"sha256:{1:064d}",
+        f"sha256:{3:064d}",
+    ]
     assert fake.seen.count(f"GET /v2/app/referrers/{SUBJECT}") == 6  # three pages, twice
 
 

@@ -54,8 +54,11 @@ def handler_for(fake: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             given = self.headers.get("Authorization", "")
             if fake.auth == "bearer" and not given.startswith("Bearer token-for-"):
                 realm = f"http://{fake.address}/token"
-                self.answer(401, b'{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}',
-                            {"WWW-Authenticate": f'Bearer realm="{realm}",service="fake",scope="repository:app:pull"'})
+                self.answer(
+                    401,
+                    b'{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}',
+                    {"WWW-Authenticate": f'Bearer realm="{realm}",service="fake",scope="repository:app:pull"'},
+                )
                 return False
             if fake.auth == "basic" and given != "Basic " + base64.b64encode(b"alice:secret").decode():
                 self.answer(401, b"", {"WWW-Authenticate": 'Basic realm="fake"'})
@@ -135,9 +138,14 @@ def fake() -> Iterator[FakeRegistry]:
 def put_image(fake: FakeRegistry, tag: str = "1") -> tuple[bytes, bytes]:
     config, layer = b'{"architecture": "amd64", "os": "linux"}', b"layer bytes" * 100
     fake.blobs |= {digest_of(config): config, digest_of(layer): layer}
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                           "config": {"digest": digest_of(config), "size": len(config)},
-                           "layers": [{"digest": digest_of(layer), "size": len(layer)}]}).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"digest": digest_of(config), "size": len(config)},
+            "layers": [{"digest": digest_of(layer), "size": len(layer)}],
+        }
+    ).encode()
     fake.manifests[tag] = (manifest, OCI_MANIFEST)
     fake.manifests[digest_of(manifest)] = (manifest, OCI_MANIFEST)
     return manifest, layer
@@ -154,12 +162,15 @@ def test_a_plain_http_registry_is_reached_only_when_named_insecure(fake: FakeReg
 def test_nothing_listening_is_one_line() -> None:
     with pytest.raises(RegistryUnreachable) as caught:
         Registry("127.0.0.1:1", insecure=True).base_url  # noqa: B018
-    assert str(caught.value) == ("cannot reach registry 127.0.0.1:1: https://127.0.0.1:1/v2/: Connection refused; "
-                                 "http://127.0.0.1:1/v2/: Connection refused")
+    assert str(caught.value) == (
+        "cannot reach registry 127.0.0.1:1: https://127.0.0.1:1/v2/: Connection refused; "
+        "http://127.0.0.1:1/v2/: Connection refused"
+    )
 
 
-def test_a_bearer_challenge_gets_a_token_for_the_repository_used_from_then_on(fake: FakeRegistry,
-                                                                              tmp_path: Path) -> None:
+def test_a_bearer_challenge_gets_a_token_for_the_repository_used_from_then_on(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
     fake.auth = "bearer"
     manifest, layer = put_image(fake)
     client = Registry(fake.address, insecure=True, docker_config=tmp_path / "none.json")
@@ -176,8 +187,9 @@ def test_a_bearer_challenge_gets_a_token_for_the_repository_used_from_then_on(fa
     ]
 
 
-def test_credentials_of_the_docker_config_go_to_the_realm_and_to_a_basic_registry(fake: FakeRegistry,
-                                                                                 tmp_path: Path) -> None:
+def test_credentials_of_the_docker_config_go_to_the_realm_and_to_a_basic_registry(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"auths": {fake.address: {"auth": base64.b64encode(b"alice:secret").decode()}}}))
     basic = "Basic " + base64.b64encode(b"alice:secret").decode()
@@ -188,14 +200,17 @@ def test_credentials_of_the_docker_config_go_to_the_realm_and_to_a_basic_registr
     fake.auth, fake.seen[:] = "basic", []
     Registry(fake.address, insecure=True, docker_config=config).manifest("app", "1")
     assert [(m, p, a) for m, p, a in fake.seen if p != "/v2/"] == [
-        ("GET", "/v2/app/manifests/1", ""), ("GET", "/v2/app/manifests/1", basic)]
+        ("GET", "/v2/app/manifests/1", ""),
+        ("GET", "/v2/app/manifests/1", basic),
+    ]
     fake.seen[:] = []
     with pytest.raises(RegistryError, match=r"^GET http://127\.0\.0\.1:\d+/v2/app/manifests/1: HTTP 401$"):
         Registry(fake.address, insecure=True, docker_config=tmp_path / "none.json").manifest("app", "1")
 
 
-def test_a_blob_whose_content_does_not_match_its_digest_is_refused_and_not_kept(fake: FakeRegistry,
-                                                                                tmp_path: Path) -> None:
+def test_a_blob_whose_content_does_not_match_its_digest_is_refused_and_not_kept(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
     _, layer = put_image(fake)
     fake.corrupt.add(digest_of(layer))
     client = Registry(fake.address, insecure=True)
@@ -217,18 +232,28 @@ def test_a_push_streams_each_blob_once_then_puts_the_manifest(fake: FakeRegistry
     assert client.push_manifest("app", "v1", manifest, OCI_MANIFEST) == digest_of(manifest)
     assert fake.manifests["v1"] == (manifest, OCI_MANIFEST)
     assert [(m, p.split("?")[0]) for m, p, _ in fake.seen if p != "/v2/"] == [
-        ("HEAD", f"/v2/app/blobs/{digest_of(data)}"), ("POST", "/v2/app/blobs/uploads/"),
-        ("PUT", "/v2/app/blobs/uploads/u1"), ("HEAD", f"/v2/app/blobs/{digest_of(data)}"),
-        ("PUT", "/v2/app/manifests/v1")]
+        ("HEAD", f"/v2/app/blobs/{digest_of(data)}"),
+        ("POST", "/v2/app/blobs/uploads/"),
+        ("PUT", "/v2/app/blobs/uploads/u1"),
+        ("HEAD", f"/v2/app/blobs/{digest_of(data)}"),
+        ("PUT", "/v2/app/manifests/v1"),
+    ]
     with pytest.raises(RegistryError, match=r"HTTP 400 DIGEST_INVALID: digest mismatch$"):
         client.push_blob("app", "sha256:" + "1" * 64, b"other")
 
 
 def test_an_index_resolves_to_the_platform_asked(fake: FakeRegistry) -> None:
     manifest, _ = put_image(fake)
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"digest": "sha256:" + "a" * 64, "platform": {"os": "linux", "architecture": "arm64"}},
-        {"digest": digest_of(manifest), "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"digest": "sha256:" + "a" * 64, "platform": {"os": "linux", "architecture": "arm64"}},
+                {"digest": digest_of(manifest), "platform": {"os": "linux", "architecture": "amd64"}},
+            ],
+        }
+    ).encode()
     fake.manifests["multi"] = (index, OCI_INDEX)
     client = Registry(fake.address, insecure=True)
     assert client.image_manifest("app", "multi", ("linux", "amd64")).digest == digest_of(manifest)
@@ -241,8 +266,16 @@ def test_an_index_resolves_to_the_platform_asked(fake: FakeRegistry) -> None:
 def test_docker_config_entries_and_errors(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     hub = base64.b64encode(b"bob:pw:with:colons").decode()
-    config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": hub},
-                                            "https://reg.example": {"auth": base64.b64encode(b"a:b").decode()}}}))
+    config.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://index.docker.io/v1/": {"auth": hub},
+                    "https://reg.example": {"auth": base64.b64encode(b"a:b").decode()},
+                }
+            }
+        )
+    )
     assert docker_credentials("docker.io", config) == ("bob", "pw:with:colons")
     assert docker_credentials("reg.example", config) == ("a", "b")
     assert docker_credentials("other.example", config) is None

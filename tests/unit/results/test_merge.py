@@ -99,19 +99,28 @@ def write_run(base: Path, paths: list[str], csv_rows: list[str] | None) -> Path:
 
 
 def test_command_writes_the_three_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    one = write_run(tmp_path / "node1/nginx:latest", ["/bin/sh", "/etc/a", "/etc/b"],
-                    ["/bin/sh,100,10", "/etc/a,20,30", "/etc/b,30,50"])
-    two = write_run(tmp_path / "node2/nginx:latest", ["/bin/sh", "/etc/b", "/etc/a", "/only-here"],
-                    ["/bin/sh,100,20", "/etc/b,30,40", "/etc/a,20,60", "/only-here,1,70"])
+    one = write_run(
+        tmp_path / "node1/nginx:latest",
+        ["/bin/sh", "/etc/a", "/etc/b"],
+        ["/bin/sh,100,10", "/etc/a,20,30", "/etc/b,30,50"],
+    )
+    two = write_run(
+        tmp_path / "node2/nginx:latest",
+        ["/bin/sh", "/etc/b", "/etc/a", "/only-here"],
+        ["/bin/sh,100,20", "/etc/b,30,40", "/etc/a,20,60", "/only-here,1,70"],
+    )
     out = tmp_path / "merged/nginx:latest"
     assert cli(["merge", str(one), str(two), "-o", str(out), "--min-runs", "2"]) == 0
     # /etc/a: ranks 1, 2 -> 1.5; /etc/b: 2, 1 -> 1.5; tie, both in 2 runs: /etc/a is first in run 0
     assert out.read_text() == "/bin/sh\n/etc/a\n/etc/b\n"
     assert Path(f"{out}.csv").read_text() == "path,size,elapsed\n/bin/sh,100,15\n/etc/a,20,45\n/etc/b,30,45\n"
     assert json.loads(Path(f"{out}.json").read_text()) == {
-        "version": "v1", "files": [{"path": "/bin/sh"}, {"path": "/etc/a"}, {"path": "/etc/b"}]}
+        "version": "v1",
+        "files": [{"path": "/bin/sh"}, {"path": "/etc/a"}, {"path": "/etc/b"}],
+    }
     assert capsys.readouterr().err == (
-        f"nri-optimizer merge: 2 runs -> 3 files in {out} (1 read by fewer than 2 runs dropped)\n")
+        f"nri-optimizer merge: 2 runs -> 3 files in {out} (1 read by fewer than 2 runs dropped)\n"
+    )
 
 
 def test_command_without_csv_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,7 +132,8 @@ def test_command_without_csv_says_so(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert Path(f"{out}.csv").read_text() == "path,size,elapsed\n/x,0,0\n/y,0,0\n"
     assert capsys.readouterr().err.splitlines()[0] == (
         f"nri-optimizer merge: no plain-units CSV beside {plain}, {readable}: sizes and times from the other "
-        "runs only (0 where none has them)")
+        "runs only (0 where none has them)"
+    )
 
 
 def test_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,12 +142,14 @@ def test_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     one = write_run(tmp_path / "a", ["/x"], None)
     assert cli(["merge", str(one), "-o", str(tmp_path / "m"), "--min-runs", "2"]) == 2
     assert capsys.readouterr().err == (
-        "nri-optimizer merge: --min-runs must be between 1 and the number of runs (1), got 2\n")
+        "nri-optimizer merge: --min-runs must be between 1 and the number of runs (1), got 2\n"
+    )
     assert not (tmp_path / "m").exists()
 
 
 def test_command_writes_an_images_or_a_workloads_result_where_the_daemon_keeps_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     one = write_run(tmp_path / "node1/app:1", ["/a", "/b"], ["/a,1,10", "/b,2,20"])
     two = write_run(tmp_path / "node2/app:1", ["/b", "/a"], ["/b,2,30", "/a,1,40"])
     results = tmp_path / "results"
@@ -148,7 +160,8 @@ def test_command_writes_an_images_or_a_workloads_result_where_the_daemon_keeps_i
         assert (results / "team" / name).read_text() == "/a\n/b\n"
         assert (results / "team" / f"{name}.csv").read_text() == "path,size,elapsed\n/a,1,25\n/b,2,25\n"
     assert capsys.readouterr().err.splitlines()[0] == (
-        f"nri-optimizer merge: 2 runs -> 2 files in {results}/team/app:1+web (0 read by fewer than 1 runs dropped)")
+        f"nri-optimizer merge: 2 runs -> 2 files in {results}/team/app:1+web (0 read by fewer than 1 runs dropped)"
+    )
     # A merged result is one unit too: another merge replaces it in one step, and reads it back from one set.
     assert cli(["merge", str(results / "team/app:1"), "-o", str(tmp_path / "again/app:1")]) == 0
     assert (tmp_path / "again/app:1.csv").read_text() == "path,size,elapsed\n/a,1,25\n/b,2,25\n"
@@ -158,4 +171,5 @@ def test_command_workload_needs_an_image(tmp_path: Path, capsys: pytest.CaptureF
     one = write_run(tmp_path / "a", ["/x"], None)
     assert cli(["merge", str(one), "-o", str(tmp_path / "m"), "--workload", "web"]) == 2
     assert capsys.readouterr().err == (
-        "nri-optimizer merge: --workload names a workload's result in persist_dir: give --image too\n")
+        "nri-optimizer merge: --workload names a workload's result in persist_dir: give --image too\n"
+    )

@@ -25,8 +25,21 @@ def test_result_names_follow_upstream(text, result_dir, result_name, normalized)
 
 @pytest.mark.parametrize(
     "text",
-    ["", "../etc/passwd:x", "a/../b", "a//b", "a/b\0c", "/abs", "a/./b", "UPPER", "a:tag with space", "x" * 300,
-     "a:" + "t" * 129, "a/b:..", "a\nb"],
+    [
+        "",
+        "../etc/passwd:x",
+        "a/../b",
+        "a//b",
+        "a/b\0c",
+        "/abs",
+        "a/./b",
+        "UPPER",
+        "a:tag with space",
+        "x" * 300,
+        "a:" + "t" * 129,
+        "a/b:..",
+        "a\nb",
+    ],
 )
 def test_hostile_or_invalid_references_are_refused(text):
     with pytest.raises(ReferenceError):

@@ -20,7 +20,10 @@ def test_residency_is_a_fourth_column_empty_where_not_measured() -> None:
     # A reader of upstream's three columns reads them as before.
     rows = list(csv.DictReader(io.StringIO(table.decode())))
     assert [(row["path"], row["size"], row["elapsed"]) for row in rows] == [
-        ("/small", "10", "100"), ("/big", "1048576", "200"), ("/odd,name", "5242880", "300")]
+        ("/small", "10", "100"),
+        ("/big", "1048576", "200"),
+        ("/odd,name", "5242880", "300"),
+    ]
 
 
 def test_readable_residency_in_human_units() -> None:

@@ -20,7 +20,13 @@ def test_render_three_formats_in_order():
 
 
 def test_readable_units_match_upstream():
-    assert [readable_size(n) for n in (0, 1023, 1024, 1536, 5 << 30)] == ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 GiB"]
+    assert [readable_size(n) for n in (0, 1023, 1024, 1536, 5 << 30)] == [
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 KiB",
+        "5.0 GiB",
+    ]
     assert [readable_elapsed(n) for n in (850, 1500, 2_000_000)] == ["850 us", "1.500 ms", "2.000 s"]
     _, table, _, _ = render([Entry(b"/big", 5 << 30, 1500)], readable=True)
     assert table == b"path,size,elapsed\n/big,5.0 GiB,1.500 ms\n"

@@ -25,10 +25,23 @@ def entries(*paths: str) -> list[Entry]:
     return [Entry(p.encode(), len(p), 100 * i) for i, p in enumerate(paths)]
 
 
-def run(persist_dir: Path, *paths: str, on_repeat: OnRepeat = "merge", window: int = 3,
-        incomplete: str | None = None, readable: bool = False) -> Recorded:
-    return record(str(persist_dir), KEY, entries(*paths), readable=readable, on_repeat=on_repeat, window=window,
-                  incomplete=incomplete)
+def run(
+    persist_dir: Path,
+    *paths: str,
+    on_repeat: OnRepeat = "merge",
+    window: int = 3,
+    incomplete: str | None = None,
+    readable: bool = False,
+) -> Recorded:
+    return record(
+        str(persist_dir),
+        KEY,
+        entries(*paths),
+        readable=readable,
+        on_repeat=on_repeat,
+        window=window,
+        incomplete=incomplete,
+    )
 
 
 def listed(persist_dir: Path) -> list[str] | None:
@@ -57,10 +70,12 @@ def test_merge_lists_the_merge_of_the_last_window_complete_runs_and_keeps_no_mor
 
 
 def test_the_merged_csv_has_the_runs_sizes_and_median_times(tmp_path: Path) -> None:
-    record(str(tmp_path), KEY, [Entry(b"/a", 7, 100), Entry(b"/b", 9, 300)], readable=False, on_repeat="merge",
-           window=3)
-    record(str(tmp_path), KEY, [Entry(b"/b", 9, 200), Entry(b"/a", 7, 500)], readable=False, on_repeat="merge",
-           window=3)
+    record(
+        str(tmp_path), KEY, [Entry(b"/a", 7, 100), Entry(b"/b", 9, 300)], readable=False, on_repeat="merge", window=3
+    )
+    record(
+        str(tmp_path), KEY, [Entry(b"/b", 9, 200), Entry(b"/a", 7, 500)], readable=False, on_repeat="merge", window=3
+    )
     # /a ranks 0, 1 and /b 1, 0 tie at 0.5: /a is first in the earlier run; times are the medians.
     assert (tmp_path / "library/app:1.csv").read_text() == "path,size,elapsed\n/a,7,300\n/b,9,250\n"
 
@@ -78,7 +93,10 @@ def test_incomplete_runs_are_merged_while_there_is_no_complete_one_then_give_way
     assert (tmp_path / "library/app:1").read_text() == "# incomplete: the kernel dropped 2 events\n/a\n"
     run(tmp_path, "/b", "/a", incomplete="the kernel's event queue overflowed")
     assert (tmp_path / "library/app:1").read_text().splitlines() == [
-        "# incomplete: 2 runs merged, each incomplete; latest: the kernel's event queue overflowed", "/b", "/a"]
+        "# incomplete: 2 runs merged, each incomplete; latest: the kernel's event queue overflowed",
+        "/b",
+        "/a",
+    ]
     assert complete_result(str(tmp_path), KEY) is False
     run(tmp_path, "/c")
     assert (tmp_path / "library/app:1").read_text() == "/c\n"  # the first complete run: the others give way
@@ -133,8 +151,9 @@ def test_the_run_list_is_the_runs_own_whatever_the_result_holds(tmp_path: Path) 
         ("nginx@sha256:" + "a" * 64, 0, "web", "nginx@sha256:" + "a" * 64 + "+web"),
     ],
 )
-def test_a_workloads_result_sits_beside_the_images_under_a_name_upstream_never_writes(image: str, timeout: int,
-                                                                                     workload: str, name: str) -> None:
+def test_a_workloads_result_sits_beside_the_images_under_a_name_upstream_never_writes(
+    image: str, timeout: int, workload: str, name: str
+) -> None:
     key = result_key(reference.parse(image), timeout=timeout, workload=workload)
     assert key == ResultKey("library", name)
     assert split_name(key.name) == (name.partition("+")[0], workload)

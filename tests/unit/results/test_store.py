@@ -39,10 +39,25 @@ def entries(paths: list[str]) -> list[Entry]:
     return [Entry(p.encode(), 10 * i, 100 * i) for i, p in enumerate(paths, 1)]
 
 
-def write(persist_dir: Path, paths: list[str], on_repeat: OnRepeat = "replace", *, name: str = NAME,
-          directory: str = "", window: int = 5, incomplete: str | None = None) -> Recorded:
-    return record(str(persist_dir), ResultKey(directory, name), entries(paths), readable=False, on_repeat=on_repeat,
-                  window=window, incomplete=incomplete)
+def write(
+    persist_dir: Path,
+    paths: list[str],
+    on_repeat: OnRepeat = "replace",
+    *,
+    name: str = NAME,
+    directory: str = "",
+    window: int = 5,
+    incomplete: str | None = None,
+) -> Recorded:
+    return record(
+        str(persist_dir),
+        ResultKey(directory, name),
+        entries(paths),
+        readable=False,
+        on_repeat=on_repeat,
+        window=window,
+        incomplete=incomplete,
+    )
 
 
 def snapshot(directory: Path, name: str = NAME) -> list[str] | None:
@@ -74,6 +89,7 @@ def install_steps(after_step: Callable[[], None], steps: int, applies: Callable[
             if applies() and next(counter) == steps:
                 after_step()
             return result
+
         return step
 
     for name, real in originals.items():
@@ -82,6 +98,7 @@ def install_steps(after_step: Callable[[], None], steps: int, applies: Callable[
     def undo() -> None:
         for name, real in originals.items():
             setattr(os, name, real)
+
     return undo
 
 
@@ -182,7 +199,8 @@ def test_a_directory_at_a_name_fails_cleanly_and_changes_nothing(tmp_path: Path)
         write(tmp_path, ["/x"])
     assert (tmp_path / NAME).read_text().splitlines() == X
     assert [n for n in os.listdir(tmp_path / f".{NAME}") if n.startswith("set.")] == [
-        os.readlink(tmp_path / f".{NAME}" / "current")]
+        os.readlink(tmp_path / f".{NAME}" / "current")
+    ]
     assert not [n for n in os.listdir(tmp_path / f".{NAME}") if n.endswith(".tmp")]
 
 
@@ -228,8 +246,11 @@ def _paused_first_writer(tmp_path: Path, on_repeat: OnRepeat, steps: int, proces
             install_steps(lambda: (paused.set(), resume.wait(30)), steps, lambda: True)
         run("A")
 
-    undo = None if processes else install_steps(lambda: (paused.set(), resume.wait(30)), steps,
-                                                lambda: getattr(writer_a, "active", False))
+    undo = (
+        None
+        if processes
+        else install_steps(lambda: (paused.set(), resume.wait(30)), steps, lambda: getattr(writer_a, "active", False))
+    )
     try:
         make: Any = FORK.Process if processes else threading.Thread
         first = make(target=first_writer)
@@ -269,8 +290,9 @@ def _paused_first_writer(tmp_path: Path, on_repeat: OnRepeat, steps: int, proces
 
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 @pytest.mark.parametrize("on_repeat", ["keep", "replace", "merge"])
-def test_two_writers_one_paused_after_any_step_never_tear_the_set(tmp_path: Path, on_repeat: OnRepeat,
-                                                                  processes: bool) -> None:
+def test_two_writers_one_paused_after_any_step_never_tear_the_set(
+    tmp_path: Path, on_repeat: OnRepeat, processes: bool
+) -> None:
     """Two writers of one result (threads, or processes as the daemon and profile are), the first stopped after
     each of its steps in turn: between its files, before and after it takes the lock, mid-switch."""
     steps = 1
@@ -286,7 +308,9 @@ def _at_once(tmp_path: Path, on_repeat: OnRepeat, n: int) -> list[tuple[int, Rec
 
     def writer(index: int) -> None:
         barrier.wait()
-        outcomes.put((index, write(tmp_path, [f"/w{index}/{k}" for k in range(index % 3 + 1)], on_repeat, window=2 * n)))
+        outcomes.put(
+            (index, write(tmp_path, [f"/w{index}/{k}" for k in range(index % 3 + 1)], on_repeat, window=2 * n))
+        )
 
     # Processes first: forked while this process has no other thread.
     workers: list[Any] = [FORK.Process(target=writer, args=(n + i,)) for i in range(n)]
@@ -360,8 +384,9 @@ def forked(child: Callable[[], None]) -> Iterator[int]:
 
 @pytest.mark.parametrize("before", ["nothing", "a set", "upstream's files"])
 @pytest.mark.parametrize("on_repeat", ["replace", "merge"])
-def test_a_writer_killed_after_any_step_leaves_the_previous_set_or_its_own_whole(tmp_path: Path, before: str,
-                                                                                 on_repeat: OnRepeat) -> None:
+def test_a_writer_killed_after_any_step_leaves_the_previous_set_or_its_own_whole(
+    tmp_path: Path, before: str, on_repeat: OnRepeat
+) -> None:
     killed = 0
     for steps in itertools.count(1):
         directory = tmp_path / str(steps)
