@@ -5,6 +5,9 @@ own `setup` (its code, its PyPI or npm dependencies, its data). The tarball is c
 testbed.debs.cache_dir()/apps/images, keyed by everything that goes into it: the resolved package versions, the
 app's other downloaded inputs, and the source of the modules that build it. A second build with the same key
 is a file lookup; after a change, the downloads are cached too, so that it runs offline.
+
+The same inputs give the same bytes (python-web and node-web, built apart, have one digest), except where a
+program run at build time stamps its output: WordPress's database (InnoDB's and WordPress's own timestamps).
 """
 
 from __future__ import annotations

@@ -79,12 +79,15 @@ def unpack(deb_files: Iterable[Path], root: Path) -> None:
         with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as data:
             untar = subprocess.run(tar, stdin=data.stdout, capture_output=True, text=True, check=False)
         if data.returncode or untar.returncode:
-            raise TestbedError(f"unpacking {deb} failed: {untar.stderr.strip() or 'dpkg-deb failed'}; "
-                               "delete it from the cache and build again")
+            raise TestbedError(
+                f"unpacking {deb} failed: {untar.stderr.strip() or 'dpkg-deb failed'}; "
+                "delete it from the cache and build again"
+            )
 
 
-def configure(root: Path, *, alternatives: Mapping[str, str] | None = None,
-              users: Sequence[str] = (), groups: Sequence[str] = ()) -> None:
+def configure(
+    root: Path, *, alternatives: Mapping[str, str] | None = None, users: Sequence[str] = (), groups: Sequence[str] = ()
+) -> None:
     """What the maintainer scripts of the base system would have done, and that every image relies on.
 
     `alternatives` maps a command (`/usr/bin/awk`) to the program update-alternatives would pick (`mawk`);
@@ -104,10 +107,12 @@ def configure(root: Path, *, alternatives: Mapping[str, str] | None = None,
     os.chmod(root / "run/lock", 0o1777)
     # base-files' and libc-bin's postinsts install these from their defaults; /etc/hosts is debootstrap's,
     # so that `localhost` resolves at build time too (at run time the runtime mounts its own).
-    defaults = {"etc/profile": "usr/share/base-files/profile",
-                "root/.profile": "usr/share/base-files/dot.profile",
-                "root/.bashrc": "usr/share/base-files/dot.bashrc",
-                "etc/nsswitch.conf": "usr/share/libc-bin/nsswitch.conf"}
+    defaults = {
+        "etc/profile": "usr/share/base-files/profile",
+        "root/.profile": "usr/share/base-files/dot.profile",
+        "root/.bashrc": "usr/share/base-files/dot.bashrc",
+        "etc/nsswitch.conf": "usr/share/libc-bin/nsswitch.conf",
+    }
     for path, default in defaults.items():
         shutil.copyfile(root / default, root / path)
     for local in ("bin", "etc", "include", "lib", "sbin", "share", "src"):
@@ -120,8 +125,10 @@ def configure(root: Path, *, alternatives: Mapping[str, str] | None = None,
         link.symlink_to(f"/etc/alternatives/{name}")
         (root / "etc/alternatives").mkdir(exist_ok=True)
         (root / "etc/alternatives" / name).symlink_to(program)
-    # libc-bin's trigger: the linker cache (the loader finds the multiarch dirs without it, but slower).
-    run_in(root, "ldconfig", what="ldconfig in the image")
+    # libc-bin's trigger: the linker cache (the loader finds the multiarch dirs without it, but slower). Not its
+    # aux-cache, which records the build tree's inodes and times: only a later ldconfig reads it, and without it
+    # the same packages give the same image.
+    run_in(root, "ldconfig && rm /var/cache/ldconfig/aux-cache", what="ldconfig in the image")
 
 
 def run_in(root: Path, script: str, *, binds: Mapping[Path, str] | None = None, what: str) -> str:
@@ -134,8 +141,10 @@ def run_in(root: Path, script: str, *, binds: Mapping[Path, str] | None = None, 
         mounts.append(f"mount --bind -o ro {_q(source)} {_q(root / target.lstrip('/'))}")
     outer = "; ".join([*mounts, f"exec chroot {_q(root)} /bin/sh -ec {_q(script)}"])
     try:
-        return _run(["unshare", "--mount", "--pid", "--net", "--fork", "--propagation", "private",
-                     "sh", "-ec", outer], what=what)
+        return _run(
+            ["unshare", "--mount", "--pid", "--net", "--fork", "--propagation", "private", "sh", "-ec", outer],
+            what=what,
+        )
     finally:
         for target in (binds or {}).values():
             # The mount point made above; empty again now that the namespace is gone.
@@ -159,8 +168,7 @@ class _Apt:
         saved = self.state / "resolved" / f"{key}.json"
         if saved.is_file():
             return [Package(*fields) for fields in json.loads(saved.read_text())]
-        out = self._apt("apt-get", "install", "--simulate", "--no-install-recommends",
-                        "?priority(required)", *packages)
+        out = self._apt("apt-get", "install", "--simulate", "--no-install-recommends", "?priority(required)", *packages)
         resolved = sorted(Package(*match) for match in _INST.findall(out))
         saved.parent.mkdir(exist_ok=True)
         tmp = saved.with_name(f".tmp-{saved.name}")
@@ -177,13 +185,17 @@ class _Apt:
                     self._apt("apt-get", "download", *(f"{p.name}={p.version}" for p in missing), cwd=Path(tmp))
                 except TestbedError as error:
                     # The lists are read once and kept: a point release since may have replaced a version.
-                    raise TestbedError(f"{error}; if the archive no longer has these versions, delete "
-                                       f"{self.state} to read its lists anew") from None
+                    raise TestbedError(
+                        f"{error}; if the archive no longer has these versions, delete "
+                        f"{self.state} to read its lists anew"
+                    ) from None
                 for package in missing:
                     got = Path(tmp) / package.filename
                     if not got.is_file():
-                        raise TestbedError(f"apt-get download gave no {package.filename}: the archive's "
-                                           f"naming changed; delete {self.state} and build again")
+                        raise TestbedError(
+                            f"apt-get download gave no {package.filename}: the archive's "
+                            f"naming changed; delete {self.state} and build again"
+                        )
                     os.rename(got, self.debs / package.filename)
         return [self.debs / p.filename for p in packages]
 
@@ -198,16 +210,21 @@ class _Apt:
         self._apt("apt-get", "update", "--error-on=any")
 
     def _apt(self, tool: str, *args: str, cwd: Path | None = None) -> str:
-        return _run([
-            tool, "-q",
-            f"-oDir::Etc::SourceList={self.state / 'sources.list'}",
-            "-oDir::Etc::SourceParts=/dev/null",
-            f"-oDir::State::Lists={self.state / 'lists'}",
-            f"-oDir::State::status={self.state / 'status'}",
-            f"-oDir::Cache={self.state / 'cache'}",
-            "-oAPT::Sandbox::User=root",  # root-owned cache dirs, which apt's _apt user cannot write
-            *args,
-        ], what=f"{tool} {args[0]} ({SUITE})", cwd=cwd)
+        return _run(
+            [
+                tool,
+                "-q",
+                f"-oDir::Etc::SourceList={self.state / 'sources.list'}",
+                "-oDir::Etc::SourceParts=/dev/null",
+                f"-oDir::State::Lists={self.state / 'lists'}",
+                f"-oDir::State::status={self.state / 'status'}",
+                f"-oDir::Cache={self.state / 'cache'}",
+                "-oAPT::Sandbox::User=root",  # root-owned cache dirs, which apt's _apt user cannot write
+                *args,
+            ],
+            what=f"{tool} {args[0]} ({SUITE})",
+            cwd=cwd,
+        )
 
 
 def _q(value: object) -> str:
@@ -215,8 +232,7 @@ def _q(value: object) -> str:
 
 
 def _run(cmd: list[str], *, what: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, LC_ALL="C"), capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, LC_ALL="C"), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "; ".join([ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-5:])
         raise TestbedError(f"{what} failed (exit {proc.returncode}): {tail or 'no output'}")
