@@ -263,8 +263,6 @@ class Server:
         pending = fanotify.queued_events(session.group)
         records: list[bytes] = []
         t_ns = time.monotonic_ns()
-        # Every fork behind these events was reported before the events themselves were queued.
-        self._tree.drain()
         while pending > 0 and (done := self._read_once(session, records, t_ns)) is not None:
             pending -= done
         self._send_files(session, records)
@@ -299,6 +297,9 @@ class Server:
             session.lost += 1
             log.warning("session %d: event dropped by the kernel: %s", session.id, e.strerror)
             return 1
+        # Every fork behind these events was reported before the events themselves were queued: taken in now,
+        # after the read, each of their processes is known to descend from the traced one or not.
+        self._tree.drain()
         try:
             if session.mode == protocol.MODE_FID:
                 return self._resolve_fid_events(session, buf, records, t_ns)

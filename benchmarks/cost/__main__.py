@@ -208,7 +208,7 @@ def _modes_used(results: scenarios.Results) -> dict[str, dict[str, int]]:
     used: dict[str, dict[str, int]] = {}
     for rows in results.details.values():
         for row in rows:
-            if isinstance(row, dict) and row.get("mode"):
+            if isinstance(row, dict) and row.get("mode") and row.get("variant"):
                 counts = used.setdefault(row.get("variant", "?"), {})
                 counts[row["mode"]] = counts.get(row["mode"], 0) + 1
     return used

@@ -560,3 +560,24 @@ def test_residency_says_each_files_bytes_in_the_page_cache_and_leaves_no_fd(
         assert list(result.resident) == [UNKNOWN_RESIDENT, 300000, UNKNOWN_RESIDENT, 4096]
 
     run(body)
+
+
+def test_files_read_by_short_lived_children_as_they_come_are_the_workloads(make_container: MakeContainer,
+                                                                           event_mode: str) -> None:
+    # Each file read by a child of its own, while the server reads events as they queue: a child's fork must be
+    # taken in before its events are classified, or its files would go as FOREIGN.
+    files = [f"/f{i}" for i in range(300)]
+    container = make_container(files, "; ".join(f"(read -r x < {path})" for path in files))
+
+    async def body() -> None:
+        server = TraceClient(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT, mode=event_mode)
+        container.go()
+        container.expect("done")
+        result = await session.stop(timeout=TIMEOUT)
+        await server.close()
+        assert [(a.path, bool(a.mask & FOREIGN)) for a in sink.accesses] == [(path, False) for path in files]
+        assert result.complete
+
+    run(body)
