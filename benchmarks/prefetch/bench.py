@@ -168,8 +168,7 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
                 "nydusd": str(found.tools.nydusd) if found.tools.nydusd else None,
                 "nydus_image": nydus_image,
                 "prefetch_threads": config.nydus.prefetch_threads,
-                "snapshotters": sorted({h.name for h in setup.handlers.values()},
-                                       key=[h.name for h in setup.handlers.values()].index),
+                "snapshotters": list(dict.fromkeys(h.name for h in setup.handlers.values())),
             },
         }
         files = report.write(out_dir, samples, summaries, meta, found_bounds, compared)

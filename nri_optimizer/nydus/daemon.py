@@ -23,13 +23,15 @@ line, found through the socket's peer (the process that listens on it).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import itertools
 import json
 import os
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,9 @@ from nri_optimizer.errors import DaemonError
 
 API_TIMEOUT = 10.0  # seconds: nydusd answers metrics from memory
 _MAX_ANSWER = 64 << 20  # a pattern of a million files is ~100 MB of JSON; we take images of up to ~500k files
+_SEND_BUFFER_MARGIN = 64 << 10  # the headers, and the kernel's overhead per buffer
+_WMEM_DEFAULT = Path("/proc/sys/net/core/wmem_default")
+_LOCK = Path("/run/lock/nri-optimizer-wmem-default.lock")
 
 
 @dataclass(frozen=True, order=True)
@@ -50,17 +55,20 @@ class Access:
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket (nydusd's API, nydus-snapshotter's system controller)."""
+    """HTTP over a unix socket (nydusd's API, nydus-snapshotter's system controller). With `send_buffer`, the
+    server's end of the connection gets a send buffer of that many bytes (see `get`)."""
 
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float, *, send_buffer: int | None = None) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
+        self._send_buffer = send_buffer
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(str(self._path))
+            with _default_send_buffer(self._send_buffer):
+                sock.connect(str(self._path))
         except OSError:
             sock.close()
             raise
@@ -68,16 +76,27 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def get(api_socket: Path, path: str, *, timeout: float = API_TIMEOUT) -> Any:
-    """GET `path` from nydusd's API on `api_socket`: the decoded JSON."""
-    connection = UnixHTTPConnection(api_socket, timeout)
+    """GET `path` from nydusd's API on `api_socket`: the decoded JSON.
+
+    nydusd 2.2's HTTP server (dbs-uhttp 0.3.2) writes an answer once and closes the connection when the socket
+    will not take it all: the client gets the first ~210 KB (the send buffer, ``net.core.wmem_default``) of a longer
+    one, such as the access pattern of a few thousand files. A unix socket's end gets its send buffer when the
+    connection is made, from that sysctl; so when an answer comes cut, it is asked again, as root, with the sysctl
+    raised to the answer's size for the instant of connecting, then put back.
+    """
     try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        body = response.read(_MAX_ANSWER + 1)
-    except (OSError, http.client.HTTPException) as exc:
-        raise DaemonError(f"nydusd at {api_socket}: GET {path}: {exc}") from None
-    finally:
-        connection.close()
+        body, response = _get(api_socket, path, timeout, None)
+    except http.client.IncompleteRead as cut:
+        whole = len(cut.partial) + (cut.expected or 0)
+        if os.geteuid() != 0 or whole > _MAX_ANSWER:
+            raise DaemonError(f"nydusd at {api_socket}: GET {path}: it sent {len(cut.partial)} of {whole} bytes "
+                              "(nydusd 2.2 drops what does not fit its socket's send buffer, net.core.wmem_default; "
+                              "as root the answer is asked for again with a buffer that holds it)") from None
+        try:
+            body, response = _get(api_socket, path, timeout, whole + _SEND_BUFFER_MARGIN)
+        except http.client.IncompleteRead as again:
+            raise DaemonError(f"nydusd at {api_socket}: GET {path}: it sent {len(again.partial)} of {whole} "
+                              "bytes, with a send buffer to hold them all") from None
     if response.status != 200:
         raise DaemonError(
             f"nydusd at {api_socket}: GET {path}: HTTP {response.status} {body[:200].decode(errors='replace')}"
@@ -88,6 +107,47 @@ def get(api_socket: Path, path: str, *, timeout: float = API_TIMEOUT) -> Any:
         return json.loads(body)
     except ValueError:
         raise DaemonError(f"nydusd at {api_socket}: GET {path}: not JSON: {body[:200]!r}") from None
+
+
+def _get(api_socket: Path, path: str, timeout: float,
+         send_buffer: int | None) -> tuple[bytes, http.client.HTTPResponse]:
+    """(the body, the response) of GET `path`; IncompleteRead when the answer came cut."""
+    connection = UnixHTTPConnection(api_socket, timeout, send_buffer=send_buffer)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        length = response.getheader("Content-Length")
+        if length is None:  # to the end of the stream: bounded (nydusd always says how long)
+            return response.read(_MAX_ANSWER + 1), response
+        if int(length) > _MAX_ANSWER:
+            raise DaemonError(f"nydusd at {api_socket}: GET {path}: answer larger than {_MAX_ANSWER} bytes")
+        return response.read(), response  # raises IncompleteRead when the stream ends before `length`
+    except http.client.IncompleteRead:
+        raise
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise DaemonError(f"nydusd at {api_socket}: GET {path}: {exc}") from None
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def _default_send_buffer(size: int | None) -> Iterator[None]:
+    """net.core.wmem_default at least `size` while the block runs (a connection made then keeps it), under a lock so
+    that two of us never restore each other's value."""
+    if size is None:
+        yield
+        return
+    with open(_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = _WMEM_DEFAULT.read_text()
+        if int(before) >= size:
+            yield
+            return
+        _WMEM_DEFAULT.write_text(f"{size}\n")
+        try:
+            yield
+        finally:
+            _WMEM_DEFAULT.write_text(before)
 
 
 def access_pattern(api_socket: Path) -> list[Access]:

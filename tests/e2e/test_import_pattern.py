@@ -10,9 +10,11 @@ config nothing is recorded.
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import tarfile
@@ -36,6 +38,8 @@ FILES = {
     "app/never-read.bin": os.urandom(MiB),
 }
 HARD_LINK = ("app/a-link.txt", "app/data.txt")  # the link sorts first: the bootstrap names the inode by it
+# Enough files that the pattern of reading them all (~90 bytes a record) outgrows a socket's default send buffer.
+MANY = [f"app/many/{n:05d}" for n in range(3000)]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("pattern-image")
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w") as tar:
-        for directory in ("app", "app/lib", "etc"):
+        for directory in ("app", "app/lib", "app/many", "etc"):
             info = tarfile.TarInfo(directory)
             info.type, info.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(info)
@@ -56,6 +60,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
+        for name in MANY:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = 100, 0o644
+            tar.addfile(info, io.BytesIO(name.encode().ljust(100, b".")))
         link = tarfile.TarInfo(HARD_LINK[0])
         link.type, link.linkname = tarfile.LNKTYPE, HARD_LINK[1]
         tar.addfile(link)
@@ -180,3 +188,25 @@ def test_a_nydusd_that_records_no_pattern_is_a_one_line_error(mount: Mount, tmp_
     result = import_pattern("--api-sock", str(gone))
     assert result.returncode == 1
     assert result.stderr.startswith(f"nri-optimizer import-pattern: nydusd at {gone}: GET /api/v1/metrics: ")
+
+
+def test_a_pattern_longer_than_the_socket_buffer_comes_whole(mount: Mount) -> None:
+    """nydusd 2.2 cuts an answer at its socket's send buffer (net.core.wmem_default): the command asks again with
+    one that holds it, and leaves the sysctl as it was."""
+    wmem_default = Path("/proc/sys/net/core/wmem_default").read_text()
+    mountpoint, sock = mount(True)
+    order = random.Random(3).sample(MANY, len(MANY))
+    for name in order:
+        (mountpoint / name).read_bytes()
+    # What nydusd does: the answer's Content-Length is the whole, the stream ends at the socket's buffer.
+    connection = daemon.UnixHTTPConnection(sock, 10)
+    try:
+        connection.request("GET", "/api/v1/metrics/pattern")
+        with pytest.raises(http.client.IncompleteRead):
+            connection.getresponse().read()
+    finally:
+        connection.close()
+    result = import_pattern("--api-sock", str(sock))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"/{name}" for name in order]
+    assert Path("/proc/sys/net/core/wmem_default").read_text() == wmem_default
