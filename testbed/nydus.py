@@ -342,16 +342,22 @@ class NydusSnapshotter:
         return sockets
 
     def clear_cache(self) -> None:
-        """Drop nydusd's blob cache, so the next repetition fetches from the registry again."""
+        """Drop nydusd's blob cache, so the next repetition fetches from the registry again. The snapshotter may be
+        removing a removed image's blobs at the same time: what is already gone is fine."""
         for entry in self.layout.cache.iterdir():
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
+                shutil.rmtree(entry, onerror=_gone_is_fine)
             else:
-                entry.unlink()
+                entry.unlink(missing_ok=True)
 
     def _processes(self) -> list[host.Proc]:
         marker = str(self.dir) + "/"
         return [p for p in host.processes() if p.pid != os.getpid() and any(marker in a for a in p.cmdline)]
+
+
+def _gone_is_fine(function: Any, path: str, error: tuple[type[BaseException], BaseException, Any]) -> None:
+    if not isinstance(error[1], FileNotFoundError):
+        raise error[1]
 
 
 def _same_image(reference: str, images: set[str]) -> bool:

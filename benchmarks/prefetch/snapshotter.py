@@ -152,11 +152,11 @@ class ExistingSnapshotter:
 
     def clear_cache(self) -> None:
         """Remove the benchmark's blobs from the cache (a blob's files all start with its digest)."""
-        for entry in _ours(self.cache_dir, self.blobs):
+        for entry in _ours(self.cache_dir, self.blobs):  # (the snapshotter may be removing them too)
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
+                shutil.rmtree(entry, ignore_errors=True)
             else:
-                entry.unlink()
+                entry.unlink(missing_ok=True)
 
 
 def _ours(cache_dir: Path, blobs: Iterable[str]) -> list[Path]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import socket
 import socketserver
 import subprocess
 import sys
@@ -144,3 +146,38 @@ def test_the_bootstrap_is_the_one_on_the_listeners_command_line(tmp_path: Path) 
     finally:
         proc.kill()
         proc.wait()
+
+
+class _CuttingHandler(_Handler):
+    """As nydusd 2.2's server: an answer that does not fit the connection's send buffer is cut there."""
+
+    def do_GET(self) -> None:
+        status, body = self.answers[self.path]
+        room = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:room])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_an_answer_cut_at_the_send_buffer_is_asked_for_again_with_one_that_holds_it(tmp_path: Path) -> None:
+    records = [record(n, 1, n) for n in range(8000)]  # ~600 KB of JSON
+    body = json.dumps(records).encode()
+    wmem_default = Path("/proc/sys/net/core/wmem_default")
+    before = wmem_default.read_text()
+    assert len(body) > int(before)
+    handler = type("Handler", (_CuttingHandler,), {"answers": {"/api/v1/metrics/pattern": (200, body)}})
+    server = _UnixServer(str(tmp_path / "api.sock"), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        if os.geteuid() == 0:
+            assert daemon.get(tmp_path / "api.sock", "/api/v1/metrics/pattern") == records
+        else:
+            with pytest.raises(DaemonError, match=rf"it sent [0-9]+ of {len(body)} bytes \(nydusd 2\.2 drops"):
+                daemon.get(tmp_path / "api.sock", "/api/v1/metrics/pattern")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert wmem_default.read_text() == before
