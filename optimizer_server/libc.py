@@ -1,5 +1,5 @@
-"""The C library, for the calls Python has no binding for (fanotify, file handles, statx, mincore, prctl,
-capset): loaded once, at import."""
+"""The C library, for the calls Python has no binding for (fanotify, file handles, mincore, prctl, capset):
+loaded once, at import."""
 
 from __future__ import annotations
 

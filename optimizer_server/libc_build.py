@@ -16,7 +16,6 @@ int fanotify_init(unsigned int flags, unsigned int event_f_flags);
 int fanotify_mark(int fanotify_fd, unsigned int flags, uint64_t mask, int dirfd, const char *pathname);
 int name_to_handle_at(int dirfd, const char *pathname, void *handle, int *mount_id, int flags);
 int open_by_handle_at(int mount_fd, void *handle, int flags);
-int statx(int dirfd, const char *pathname, int flags, unsigned int mask, void *statxbuf);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
 int mincore(void *addr, size_t length, unsigned char *vec);

@@ -5,11 +5,11 @@ magic link /proc/PID/root, so the server never enters the container's mount name
 resolves a path inside it; event fds still read back container-relative, because the container's root
 is not reachable from ours.
 
-The server resolves each event itself, in one of two ways (fanotify.py). In fd mode: statx (identity,
+The server resolves each event itself, in one of two ways (fanotify.py). In fd mode: fstat (identity,
 size, type) and readlink of the fd the kernel opened for the event, then close. In fid mode, where the
 kernel and the file system allow it, the event names the file's directory by handle and the file by its
 name there and its own handle: each directory is resolved once (open_by_handle_at on the container's root
-directory, which the session holds, then readlink), and a new file costs one statx of its name in it;
+directory, which the session holds, then readlink), and a new file costs one fstatat of its name in it;
 nothing is opened per event. Each regular file goes to the plugin once, as a record (protocol.FILES): the
 plugin makes no system call per file. A file reported again gets an ignore mark, so the kernel stops
 reporting it; a file read once never needs one, which spares the kernel a mark per file.
@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from optimizer_server import fanotify, handles, protocol, residency, statx
+from optimizer_server import fanotify, handles, protocol, residency
 from optimizer_server.proctree import ProcessTree
 from optimizer_server.residency import Residency
 
@@ -97,7 +97,6 @@ class Server:
         self._keep_limit = max(0, nofile - FD_RESERVE - events_per_read)
         self._kept_fds = 0
         self._residency = Residency()
-        self._statx = statx.Statx()
         self._epoll = select.epoll()
         # Event fds are resolved relative to our fd directory: readlinkat skips looking up /proc/self/fd.
         self._fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -318,7 +317,7 @@ class Server:
         """
         own: dict[int, bool] = {}  # pid -> descends from the traced one; a read's events share few pids
         descends, traced = self._tree.descends, session.pid
-        statx_, readlink, close, fd_dir = self._statx, os.readlink, os.close, self._fd_dir
+        fstat, readlink, close, fd_dir = os.fstat, os.readlink, os.close, self._fd_dir
         is_regular, encode = stat.S_ISREG, protocol.encode_file
         seen_own, seen_foreign = session.seen, session.foreign_seen
         keeping = session.kept is not None
@@ -335,9 +334,10 @@ class Server:
                 kept = False
                 try:
                     try:
-                        mode, nlink, dev, ino, size = statx_(fd, b"", statx.AT_EMPTY_PATH)
+                        info = fstat(fd)
                     except OSError:
                         continue
+                    mode, nlink, dev, ino, size = info.st_mode, info.st_nlink, info.st_dev, info.st_ino, info.st_size
                     if not is_regular(mode):
                         continue
                     key = (dev << 64) | ino
@@ -398,7 +398,7 @@ class Server:
     def _resolve_fid_events(self, session: _Session, buf: bytes, records: list[bytes], t_ns: int) -> int:
         """Add the records of one read's fid-mode events, as _resolve_fd_events does; how many events there were.
 
-        A new file is looked at with one statx of its name in its directory (by an fd the session keeps for a few
+        A new file is looked at with one fstatat of its name in its directory (by an fd the session keeps for a few
         directories, opened by handle), without following a symlink and without opening anything; a file gone by
         then was made and removed by the container (DELETED). Events come mostly a directory at a time: the last
         directory is at hand without a lookup.
@@ -406,7 +406,7 @@ class Server:
         assert session.directories is not None
         own: dict[int, bool] = {}
         descends, traced = self._tree.descends, session.pid
-        statx_, directories, encode = self._statx, session.directories, protocol.encode_file
+        stat_, directories, encode = os.stat, session.directories, protocol.encode_file
         seen_own, seen_foreign = session.seen, session.foreign_seen
         kept = session.kept
         last_directory, dir_fd, dir_path = None, -1, b""
@@ -442,7 +442,7 @@ class Server:
                 if not ours:
                     mask |= protocol.FOREIGN
                 try:
-                    mode, _, dev, ino, size = statx_(dir_fd, name, statx.AT_SYMLINK_NOFOLLOW)
+                    info = stat_(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     if kept is not None:
                         kept.append(None)
@@ -451,6 +451,7 @@ class Server:
                 except OSError as e:
                     log.warning("session %d: cannot look at a file: %s", session.id, e.strerror)
                     continue
+                mode, dev, ino, size = info.st_mode, info.st_dev, info.st_ino, info.st_size
                 if not stat.S_ISREG(mode):
                     continue
                 if dir_path.endswith(handles.DELETED):
