@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -326,3 +327,50 @@ def test_the_shaped_link_slows_only_the_registry(bed: Bed) -> None:
     assert slow.link == "40mbit/20ms" and size <= (slow.bytes_fetched or 0) < size + 64 * 1024
     floor_us = size * 8 / link.rate * 1e6 * 0.9  # HTB lets a packet pass on credit
     assert slow.pull_us >= floor_us > fast.pull_us, (slow.pull_us, floor_us, fast.pull_us)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_removes_everything_it_started(tmp_path: Path, runtime: Callable[[str], debs.Runtime],
+                                                          signum: int) -> None:
+    """Ctrl-C (or SIGTERM) in the middle of a repetition on a shaped link: the run says so and exits 128 + signal,
+    and its shaping of lo, its delay line, registry, containerd and dirs are gone."""
+    runtime("2.1")
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"""
+registry: local
+repetitions: 5
+timeout: 60
+throttle: 10mbit/40ms
+images:
+  - {{name: e2e-web:1, build: web, arg: -e PORT={WEB_PORT + 2}, ready: {{url: "http://127.0.0.1:{WEB_PORT + 2}/"}}}}
+variants:
+  - {{name: oci, snapshotter: overlayfs}}
+""")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(tmp_path / "out")],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal, whatever runs us
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:  # until the first repetition has begun fetching through the link
+            lines.append(line)
+            if "round trip measured" in line:
+                break
+        time.sleep(2)
+        proc.send_signal(signum)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 128 + signum
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = "".join(lines) + rest
+    assert stderr.endswith(f"nri-optimizer bench-image: interrupted by {signal.Signals(signum).name}; what it "
+                           "started was stopped and removed\n"), stderr[-2000:]
+    made = made_by(stderr)
+    assert len(made) == 3 and not any(path.exists() for path in made), made  # work, containerd, registry
+    assert processes_in(made) == []
+    registry_port = int(stderr.split("docker-registry listening on 127.0.0.1:")[1].split()[0])
+    out = subprocess.run(["tc", "filter", "show", "dev", "lo"], capture_output=True, text=True, check=True).stdout
+    assert f"match {registry_port << 16:08x}/ffff0000 at 20" not in out
