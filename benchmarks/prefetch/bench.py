@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.prefetch import bounds as bounding
-from benchmarks.prefetch import lists, plot, report, variants
+from benchmarks.prefetch import lists, plot, report, targets, variants
 from benchmarks.prefetch.config import BenchConfig, Variant
 from benchmarks.prefetch.handlers import HandlerCri
 from benchmarks.prefetch.prepare import Node, Prepared, prepare_image, push
@@ -82,15 +82,26 @@ def skip_reason(variant: Variant, found: variants.Nydus, config: BenchConfig, ex
     if existing.snapshotter is None:
         return "no nydus-snapshotter given (--snapshotter NAME)"
     if MODE_OF[variant.prefetch or "off"] != existing.prefetch:
-        return (f"needs a nydus-snapshotter whose nydusd prefetches {MODE_OF[variant.prefetch or 'off']}; "
-                f"{existing.snapshotter}'s prefetches {existing.prefetch} (--snapshotter-prefetch)")
+        return (
+            f"needs a nydus-snapshotter whose nydusd prefetches {MODE_OF[variant.prefetch or 'off']}; "
+            f"{existing.snapshotter}'s prefetches {existing.prefetch} (--snapshotter-prefetch)"
+        )
     if config.local and found.nydus_image_problem is not None:
         return f"no nydus image to pull: the local registry's come from nydus-image ({found.nydus_image_problem})"
     return None
 
 
-def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path, quiet: bool, prog: str,
-          persist_dir: str, existing: Existing | None = None) -> int:
+def bench(
+    config: BenchConfig,
+    config_path: Path,
+    *,
+    flavour: str,
+    out_dir: Path,
+    quiet: bool,
+    prog: str,
+    persist_dir: str,
+    existing: Existing | None = None,
+) -> int:
     """Measure; `persist_dir` is where the plugin saved its lists (for images without `list`)."""
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     found = variants.find(config)
@@ -121,13 +132,27 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
         for image in config.images:
             if registry is not None:
                 push(image, registry.address, registry.client(), work, progress.note)
-            prepare_image(config, image, registry.address if registry else config.registry, setup.node, prepared,
-                          runnable=runnable, pattern=setup.pattern, registry=registry.client() if registry else None,
-                          work=work, nydus_image=nydus_image, persist_dir=persist_dir, say=progress.note)
+            prepare_image(
+                config,
+                image,
+                registry.address if registry else config.registry,
+                setup.node,
+                prepared,
+                runnable=runnable,
+                pattern=setup.pattern,
+                registry=registry.client() if registry else None,
+                work=work,
+                nydus_image=nydus_image,
+                persist_dir=persist_dir,
+                say=progress.note,
+            )
         _tell_blobs(setup, prepared, config, registry)
         unmade = sum(1 for (_, name) in prepared.unmade if skips.get(name) is None)
-        progress.total -= len(links) * config.repetitions * (unmade + sum(
-            1 for (_, name) in prepared.unmade if warm is not None and name == warm.name))
+        progress.total -= (
+            len(links)
+            * config.repetitions
+            * (unmade + sum(1 for (_, name) in prepared.unmade if warm is not None and name == warm.name))
+        )
         meta_links: list[dict[str, Any]] = []
         for link in links:
             label = str(link) if link else ""
@@ -139,12 +164,21 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
                     if setup.hosts is not None:
                         write_hosts(setup.hosts, address, plain_http=True)
                     about["rtt_measured_ms"] = round(shaped.rtt_measured * 1e3, 2)
-                    progress.note(f"{f'link {link}' if link else 'not shaped'}: the registry at {address} (a delay "
-                                  f"line in front of {registry.address}{', HTB on lo' if link else ''}); round trip "
-                                  f"measured {shaped.rtt_measured * 1e3:.1f} ms")
-                runner = Runner(setup.node.cri, cgroup_parent=setup.node.cgroup_parent, logs_dir=work / "logs",
-                                pull_timeout=config.pull_timeout, on_phase=progress.phase, settle=config.settle,
-                                link_bytes=_counter(shaped), link=label)
+                    progress.note(
+                        f"{f'link {link}' if link else 'not shaped'}: the registry at {address} (a delay "
+                        f"line in front of {registry.address}{', HTB on lo' if link else ''}); round trip "
+                        f"measured {shaped.rtt_measured * 1e3:.1f} ms"
+                    )
+                runner = Runner(
+                    setup.node.cri,
+                    cgroup_parent=setup.node.cgroup_parent,
+                    logs_dir=work / "logs",
+                    pull_timeout=config.pull_timeout,
+                    on_phase=progress.phase,
+                    settle=config.settle,
+                    link_bytes=_counter(shaped),
+                    link=label,
+                )
                 samples += _skipped(config, address, skips, prepared, label)
                 samples += _measure(config, runner, address, runnable, warm, setup, prepared, registry, progress)
                 about["dropped_page_cache"] = runner.dropped
@@ -171,12 +205,14 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
                 "snapshotters": list(dict.fromkeys(h.name for h in setup.handlers.values())),
             },
         }
-        files = report.write(out_dir, samples, summaries, meta, found_bounds, compared)
+        met = targets.checks(summaries, found_bounds, link_of)
+        files = report.write(out_dir, samples, summaries, meta, found_bounds, compared, targets.table(met))
         try:
             files += plot.plot_all(summaries, out_dir, str(meta["registry"]), found_bounds)
         except ImportError:
-            print(f"{prog}: no plots: matplotlib is not installed (pip install 'nri-optimizer[bench]')",
-                  file=sys.stderr)
+            print(
+                f"{prog}: no plots: matplotlib is not installed (pip install 'nri-optimizer[bench]')", file=sys.stderr
+            )
     print(report.table(summaries, found_bounds))
     if compared:
         print("\n" + report.lists_table(compared, summaries))
@@ -185,8 +221,17 @@ def bench(config: BenchConfig, config_path: Path, *, flavour: str, out_dir: Path
     return 0 if all(s.status != "failed" for s in samples) else 1
 
 
-def _measure(config: BenchConfig, runner: Runner, address: str, runnable: Sequence[Variant], warm: Variant | None,
-             setup: Setup, prepared: Prepared, registry: LocalRegistry | None, progress: Progress) -> list[Sample]:
+def _measure(
+    config: BenchConfig,
+    runner: Runner,
+    address: str,
+    runnable: Sequence[Variant],
+    warm: Variant | None,
+    setup: Setup,
+    prepared: Prepared,
+    registry: LocalRegistry | None,
+    progress: Progress,
+) -> list[Sample]:
     """Every repetition of every image and runnable variant at one link setting, interleaved round by round."""
     samples: list[Sample] = []
     pulled = {} if registry is not None else _pull_sizes(config, runnable)
@@ -198,12 +243,19 @@ def _measure(config: BenchConfig, runner: Runner, address: str, runnable: Sequen
                     continue
                 progress.start(f"{image.name} {variant.name} #{repetition}")
                 reference = config.reference(address, image, variant)
-                runtime_list = prepared.lists[image.name].get(variant.list_source) \
-                    if variant.prefetch == "runtime" else None
+                runtime_list = (
+                    prepared.lists[image.name].get(variant.list_source) if variant.prefetch == "runtime" else None
+                )
                 for sample in runner.repetition(
-                        image, variant, reference, repetition, pulled.get((image.name, variant.name)),
-                        setup.handlers.get(MODE_OF[variant.prefetch]) if variant.prefetch else None,
-                        runtime_list=runtime_list, warm=variant == warm):
+                    image,
+                    variant,
+                    reference,
+                    repetition,
+                    pulled.get((image.name, variant.name)),
+                    setup.handlers.get(MODE_OF[variant.prefetch]) if variant.prefetch else None,
+                    runtime_list=runtime_list,
+                    warm=variant == warm,
+                ):
                     samples.append(sample)
                     progress.finished(sample)
     return samples
@@ -222,19 +274,33 @@ def _in_config_order(config: BenchConfig, links: Sequence[Link | None]) -> Calla
     return key
 
 
-def _skipped(config: BenchConfig, address: str, skips: dict[str, str | None], prepared: Prepared,
-             link: str) -> list[Sample]:
+def _skipped(
+    config: BenchConfig, address: str, skips: dict[str, str | None], prepared: Prepared, link: str
+) -> list[Sample]:
     """A sample standing for each variant that does not run, with why."""
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     samples = []
     for image in config.images:
         for variant in config.variants:
             status: Status
-            status, reason = ("skipped", skips[variant.name]) if skips[variant.name] else \
-                prepared.unmade.get((image.name, variant.name), ("ok", ""))
+            status, reason = (
+                ("skipped", skips[variant.name])
+                if skips[variant.name]
+                else prepared.unmade.get((image.name, variant.name), ("ok", ""))
+            )
             if status != "ok":
-                samples.append(Sample(image.name, variant, config.reference(address, image, variant),
-                                      0 if status == "skipped" else 1, now, status, note=str(reason), link=link))
+                samples.append(
+                    Sample(
+                        image.name,
+                        variant,
+                        config.reference(address, image, variant),
+                        0 if status == "skipped" else 1,
+                        now,
+                        status,
+                        note=str(reason),
+                        link=link,
+                    )
+                )
     return samples
 
 
@@ -283,8 +349,15 @@ def _shaped(link: Link | None, registry: LocalRegistry | None) -> Iterator[Shape
 
 
 @contextlib.contextmanager
-def _setup(config: BenchConfig, found: variants.Nydus, runnable: Sequence[Variant], flavour: str,
-           existing: Existing | None, work: Path, progress: Progress) -> Iterator[Setup]:
+def _setup(
+    config: BenchConfig,
+    found: variants.Nydus,
+    runnable: Sequence[Variant],
+    flavour: str,
+    existing: Existing | None,
+    work: Path,
+    progress: Progress,
+) -> Iterator[Setup]:
     if existing is not None:
         setup = _existing(existing)
         try:
@@ -299,37 +372,64 @@ def _setup(config: BenchConfig, found: variants.Nydus, runnable: Sequence[Varian
         snapshotters: list[nydus.NydusSnapshotter] = []
         for mode in modes:
             assert found.tools.snapshotter is not None and found.tools.nydusd is not None
-            snapshotter = stack.enter_context(nydus.NydusSnapshotter(
-                found.tools.snapshotter, found.tools.nydusd, mode, nydus_backend(config),
-                threads=config.nydus.prefetch_threads))
+            snapshotter = stack.enter_context(
+                nydus.NydusSnapshotter(
+                    found.tools.snapshotter,
+                    found.tools.nydusd,
+                    mode,
+                    nydus_backend(config),
+                    threads=config.nydus.prefetch_threads,
+                )
+            )
             handlers[mode] = snapshotter
             snapshotters.append(snapshotter)
         pattern = None
         if modes and any(v.lists == "nydusd" for v in runnable):
             assert found.tools.snapshotter is not None and found.tools.nydusd is not None
-            pattern = stack.enter_context(nydus.NydusSnapshotter(
-                found.tools.snapshotter, found.tools.nydusd, "off", nydus_backend(config),
-                threads=config.nydus.prefetch_threads, access_pattern=True))
+            pattern = stack.enter_context(
+                nydus.NydusSnapshotter(
+                    found.tools.snapshotter,
+                    found.tools.nydusd,
+                    "off",
+                    nydus_backend(config),
+                    threads=config.nydus.prefetch_threads,
+                    access_pattern=True,
+                )
+            )
             snapshotters.append(pattern)
         for snapshotter in snapshotters:
-            progress.note(f"nydus-snapshotter {snapshotter.name} running privately in {snapshotter.dir} "
-                          f"(nydusd {found.tools.nydusd})")
+            progress.note(
+                f"nydus-snapshotter {snapshotter.name} running privately in {snapshotter.dir} "
+                f"(nydusd {found.tools.nydusd})"
+            )
         hosts = work / "hosts"
         # Entered after the snapshotters, so it is closed (its pods removed) before they are. NRI is on for
         # `list: record` (nri-optimizer profile registers with it).
-        ctd = stack.enter_context(Containerd(runtime, nri=any(image.record for image in config.images),
-                                             registry_config_dir=hosts,
-                                             snapshotters={s.name: s.address for s in snapshotters}))
+        ctd = stack.enter_context(
+            Containerd(
+                runtime,
+                nri=any(image.record for image in config.images),
+                registry_config_dir=hosts,
+                snapshotters={s.name: s.address for s in snapshotters},
+            )
+        )
         pause = build_pause_image(work / "pause.tar")
         ctd.import_image(pause)
         for snapshotter in snapshotters:  # a handler's pods run their sandbox from its snapshotter
             nydus.import_image(runtime.bin_dir / "ctr", ctd.address, pause, snapshotter.name)
         cri = HandlerCri(ctd.address, timeout=CRI_TIMEOUT)
         stack.callback(cri.close)
-        node = Node(cri, ctd.address, ctd.nri_socket if any(i.record for i in config.images) else None,
-                    ctd.cgroup_parent)
-        yield Setup(node, handlers, pattern, hosts, runtime.deb_version,
-                    f"containerd {runtime.deb_version} running privately in {ctd.dir}")
+        node = Node(
+            cri, ctd.address, ctd.nri_socket if any(i.record for i in config.images) else None, ctd.cgroup_parent
+        )
+        yield Setup(
+            node,
+            handlers,
+            pattern,
+            hosts,
+            runtime.deb_version,
+            f"containerd {runtime.deb_version} running privately in {ctd.dir}",
+        )
 
 
 def _existing(existing: Existing) -> Setup:
@@ -337,10 +437,16 @@ def _existing(existing: Existing) -> Setup:
     version = cri.version()
     handlers: dict[str, Handler] = {}
     if existing.snapshotter is not None:
-        handlers[existing.prefetch] = ExistingSnapshotter(existing.snapshotter, root=existing.nydus_root,
-                                                          system_address=existing.system_socket)
+        handlers[existing.prefetch] = ExistingSnapshotter(
+            existing.snapshotter, root=existing.nydus_root, system_address=existing.system_socket
+        )
     node = Node(cri, existing.runtime_endpoint, existing.nri_socket, existing.cgroup_parent)
-    return Setup(node, handlers, None, None, f"{version.runtime_name} {version.runtime_version}",
-                 f"{version.runtime_name} {version.runtime_version} at {existing.runtime_endpoint}"
-                 + (f", nydus-snapshotter {existing.snapshotter}" if existing.snapshotter else ""))
-
+    return Setup(
+        node,
+        handlers,
+        None,
+        None,
+        f"{version.runtime_name} {version.runtime_version}",
+        f"{version.runtime_name} {version.runtime_version} at {existing.runtime_endpoint}"
+        + (f", nydus-snapshotter {existing.snapshotter}" if existing.snapshotter else ""),
+    )

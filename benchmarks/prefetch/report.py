@@ -370,8 +370,10 @@ def write(
     meta: dict[str, Any],
     bounds: Mapping[tuple[str, str], Bound | str],
     comparisons: Sequence[Comparison],
+    targets: str,
 ) -> list[Path]:
-    """runs.csv, summary.csv, results.json (seconds, and each run's exact µs too), table.md and runs.md."""
+    """runs.csv, summary.csv, results.json (seconds, and each run's exact µs too), table.md, runs.md and targets.md
+    (`targets`: the issues' targets against this run, targets.py)."""
     registry = str(meta["registry"])
     runs, summary = run_rows(samples, registry), summary_rows(summaries, registry, bounds)
     bound_rows = [
@@ -414,6 +416,7 @@ def write(
         + "\n",
         "table.md": table(summaries, bounds) + ("\n\n" + lists if lists else "") + "\n",
         "runs.md": run_to_run(summaries) + "\n",
+        "targets.md": targets + "\n",
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():

@@ -89,14 +89,18 @@ def get(api_socket: Path, path: str, *, timeout: float = API_TIMEOUT) -> Any:
     except http.client.IncompleteRead as cut:
         whole = len(cut.partial) + (cut.expected or 0)
         if os.geteuid() != 0 or whole > _MAX_ANSWER:
-            raise DaemonError(f"nydusd at {api_socket}: GET {path}: it sent {len(cut.partial)} of {whole} bytes "
-                              "(nydusd 2.2 drops what does not fit its socket's send buffer, net.core.wmem_default; "
-                              "as root the answer is asked for again with a buffer that holds it)") from None
+            raise DaemonError(
+                f"nydusd at {api_socket}: GET {path}: it sent {len(cut.partial)} of {whole} bytes "
+                "(nydusd 2.2 drops what does not fit its socket's send buffer, net.core.wmem_default; "
+                "as root the answer is asked for again with a buffer that holds it)"
+            ) from None
         try:
             body, response = _get(api_socket, path, timeout, whole + _SEND_BUFFER_MARGIN)
         except http.client.IncompleteRead as again:
-            raise DaemonError(f"nydusd at {api_socket}: GET {path}: it sent {len(again.partial)} of {whole} "
-                              "bytes, with a send buffer to hold them all") from None
+            raise DaemonError(
+                f"nydusd at {api_socket}: GET {path}: it sent {len(again.partial)} of {whole} "
+                "bytes, with a send buffer to hold them all"
+            ) from None
     if response.status != 200:
         raise DaemonError(
             f"nydusd at {api_socket}: GET {path}: HTTP {response.status} {body[:200].decode(errors='replace')}"
@@ -109,8 +113,9 @@ def get(api_socket: Path, path: str, *, timeout: float = API_TIMEOUT) -> Any:
         raise DaemonError(f"nydusd at {api_socket}: GET {path}: not JSON: {body[:200]!r}") from None
 
 
-def _get(api_socket: Path, path: str, timeout: float,
-         send_buffer: int | None) -> tuple[bytes, http.client.HTTPResponse]:
+def _get(
+    api_socket: Path, path: str, timeout: float, send_buffer: int | None
+) -> tuple[bytes, http.client.HTTPResponse]:
     """(the body, the response) of GET `path`; IncompleteRead when the answer came cut."""
     connection = UnixHTTPConnection(api_socket, timeout, send_buffer=send_buffer)
     try:

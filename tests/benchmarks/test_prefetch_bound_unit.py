@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.prefetch import bounds, lists, report
+from benchmarks.prefetch import bounds, lists, report, targets
 from benchmarks.prefetch.config import Variant
 from benchmarks.prefetch.runner import Sample, warm_variant
 from benchmarks.prefetch.shaping import Link
@@ -121,3 +121,32 @@ def test_nydusds_list_against_ours(tmp_path: Path) -> None:
     assert report.lists_table([comparison], measured).splitlines()[2] == (
         "| app:1 | 4 | 4 | 0.750 | 0.750 | 1 | 3.00 (20mbit/40ms) | 4.00 (20mbit/40ms) |"
     )
+
+
+def test_the_targets_are_read_off_the_summaries() -> None:
+    runtime = Variant("nydus-runtime-list", "nydus", "_nydus", "runtime")
+    all_ = Variant("nydus-prefetch-all", "nydus", "_nydus_prefetchall", "all")
+    measured = [
+        *samples(),
+        sample(runtime, 1, 450_000, 650_000, 6_000_000, nydusd=11_000_000),
+        sample(all_, 1, 450_000, 650_000, 20_000_000, nydusd=40_000_000),
+    ]
+    summaries = report.summarize(measured)
+    link = {LINK: Link.parse(LINK)}
+    found = {c.target: c for c in targets.checks(summaries, bounds.bounds(summaries, link), link)}
+    # list 6.6 s: bound 5.5 s (1.2), OCI 10.8 s, off 11.1 s (RTT 40 ms: the 0.5 target), all 21.1 s; runtime 7.1 s
+    assert {t: c.describe() for t, c in found.items()} == {
+        "19: list / bound <= 1.3": "met (1.20)",
+        "19: list / OCI <= 0.5": "missed: 0.61, +22% over",
+        "19, 20: list / nydus without prefetch <= 0.5 (RTT >= 40 ms)": "missed: 0.59, +19% over",
+        "19: list below prefetch-all": "met (0.31)",
+        "20: list never slower than nydus without prefetch": "met (0.59)",
+        "20: list / bound <= 1.2": "met (1.20)",
+        "19: runtime list / converted list <= 1.05": "missed: 1.08, +2% over",
+        "19: bytes by ready, list / needed <= 1.5": "not measured",  # the samples have no bytes by ready
+        "20: bytes by ready, list / needed <= 1.2": "not measured",
+        "19: bytes by ready, list / prefetch-all <= 0.5": "not measured",
+    }
+    table = targets.table(list(found.values())).splitlines()
+    assert table[0] == "| target | app:1 20mbit/40ms |"
+    assert table[3] == "| 19: list / OCI <= 0.5 | missed: 0.61, +22% over |"

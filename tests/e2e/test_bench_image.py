@@ -330,8 +330,9 @@ def test_the_shaped_link_slows_only_the_registry(bed: Bed) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_run_removes_everything_it_started(tmp_path: Path, runtime: Callable[[str], debs.Runtime],
-                                                          signum: int) -> None:
+def test_an_interrupted_run_removes_everything_it_started(
+    tmp_path: Path, runtime: Callable[[str], debs.Runtime], signum: int
+) -> None:
     """Ctrl-C (or SIGTERM) in the middle of a repetition on a shaped link: the run says so and exits 128 + signal,
     and its shaping of lo, its delay line, registry, containerd and dirs are gone."""
     runtime("2.1")
@@ -348,8 +349,11 @@ variants:
 """)
     proc = subprocess.Popen(
         [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(tmp_path / "out")],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal, whatever runs us
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # as from a terminal, whatever runs us
     assert proc.stderr is not None
     lines = []
     try:
@@ -366,8 +370,10 @@ variants:
             proc.kill()
             proc.wait()
     stderr = "".join(lines) + rest
-    assert stderr.endswith(f"nri-optimizer bench-image: interrupted by {signal.Signals(signum).name}; what it "
-                           "started was stopped and removed\n"), stderr[-2000:]
+    assert stderr.endswith(
+        f"nri-optimizer bench-image: interrupted by {signal.Signals(signum).name}; what it "
+        "started was stopped and removed\n"
+    ), stderr[-2000:]
     made = made_by(stderr)
     assert len(made) == 3 and not any(path.exists() for path in made), made  # work, containerd, registry
     assert processes_in(made) == []
