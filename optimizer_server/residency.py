@@ -1,5 +1,6 @@
 """How many bytes of a file are in the page cache: what a trace's workload read of it, give or take readahead
-(the kernel reads ahead of a sequential reader, 128 KiB by default) and pages another reader brought in.
+(the kernel reads ahead of a reader: at first four times what it asked, up to the device's read_ahead_kb,
+128 KiB by default) and pages another reader brought in.
 
 Asked of an fd the server holds, never of a path: mincore(2) over a read-only shared mapping of the whole
 file, which maps no page in and reads nothing. cachestat(2) (Linux >= 6.5) would be one call, but on
