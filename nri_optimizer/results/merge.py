@@ -13,8 +13,9 @@ branch not taken, two threads racing). The merged list follows this rule:
 
 Sizes and first-access times come from each list's CSV beside it (``<list>.csv``, as the plugin writes it with
 ``readable = false``): the size from the first such run that has the file, the time as the median over those runs
-(rounded down to whole µs); 0 when no run with a CSV has the file. The three result formats are written as the plugin
-writes them (see nri_optimizer.results.store).
+(rounded down to whole µs); 0 when no run with a CSV has the file. Page-cache residency (the CSV's resident column,
+where a trace measured it) is the median over the runs that measured the file, else unknown. The three result
+formats are written as the plugin writes them (see nri_optimizer.results.store).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def merge(runs: Sequence[Run], *, min_runs: int = 1) -> Merged:
     first: dict[bytes, tuple[int, int]] = {}  # path -> (run index, rank there): the tie-break
     sizes: dict[bytes, int] = {}
     elapsed: dict[bytes, list[int]] = {}
+    resident: dict[bytes, list[int]] = {}
     for run_index, run in enumerate(runs):
         for rank, entry in enumerate(_first_occurrences(run.entries)):
             ranks.setdefault(entry.path, []).append(rank)
@@ -58,10 +60,17 @@ def merge(runs: Sequence[Run], *, min_runs: int = 1) -> Merged:
             if run.detailed:
                 sizes.setdefault(entry.path, entry.size)
                 elapsed.setdefault(entry.path, []).append(entry.elapsed_us)
+                if entry.resident is not None:
+                    resident.setdefault(entry.path, []).append(entry.resident)
     kept = [path for path, seen_at in ranks.items() if len(seen_at) >= min_runs]
     kept.sort(key=lambda path: (statistics.median(ranks[path]), -len(ranks[path]), first[path]))
     entries = [
-        Entry(path, sizes.get(path, 0), int(statistics.median(elapsed[path])) if path in elapsed else 0)
+        Entry(
+            path,
+            sizes.get(path, 0),
+            int(statistics.median(elapsed[path])) if path in elapsed else 0,
+            int(statistics.median(resident[path])) if path in resident else None,
+        )
         for path in kept
     ]
     return Merged(entries, len(ranks) - len(kept))
@@ -98,21 +107,29 @@ def parse_run(plain: bytes, table: bytes | None, *, where: str) -> Run:
     paths = [line for line in plain.split(b"\n") if line.startswith(b"/")]
     details = _parse_csv(table, where + ".csv") if table is not None else {}
     return Run(
-        [Entry(path, *details.get(path, (0, 0))) for path in paths],
+        [Entry(path, *details.get(path, (0, 0, None))) for path in paths],
         detailed=bool(details),
         incomplete=incompleteness(plain),
     )
 
 
-def _parse_csv(table: bytes, where: str) -> dict[bytes, tuple[int, int]]:
-    """path -> (size, elapsed µs); empty when the CSV is in readable units."""
+def _parse_csv(table: bytes, where: str) -> dict[bytes, tuple[int, int, int | None]]:
+    """path -> (size, elapsed µs, resident bytes or None); empty when the CSV is in readable units."""
     try:
         rows = csv.reader(io.StringIO(table.decode("utf-8"), newline=""))  # csv.reader, not DictReader: C per row
         header = next(rows, [])
         if not {"path", "size", "elapsed"} <= set(header):
             return {}
         at_path, at_size, at_elapsed = header.index("path"), header.index("size"), header.index("elapsed")
-        return {row[at_path].encode(): (int(row[at_size]), int(row[at_elapsed])) for row in rows}
+        at_resident = header.index("resident") if "resident" in header else None
+        return {
+            row[at_path].encode(): (
+                int(row[at_size]),
+                int(row[at_elapsed]),
+                int(row[at_resident]) if at_resident is not None and row[at_resident] else None,
+            )
+            for row in rows
+        }
     except (UnicodeDecodeError, csv.Error) as exc:
         raise MergeInputError(f"{where}: {exc}") from exc
     except (IndexError, ValueError):

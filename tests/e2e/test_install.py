@@ -47,7 +47,7 @@ def make(target: str, dest: Path) -> str:
 
 # The daemon's wheel and its runtime dependencies, and the [metrics] extra (imported only when metrics_address is
 # set); nothing of the others (CRI, YAML, plots). pip is the venv's own.
-DAEMON_DISTRIBUTIONS = ["cffi", "nri-optimizer", "pip", "prometheus-client", "protobuf", "pycparser"]
+DAEMON_DISTRIBUTIONS = ["cffi", "nri-optimizer", "prometheus-client", "protobuf", "pycparser"]
 
 
 def installed_distributions(python: Path) -> list[str]:

@@ -574,7 +574,7 @@ def test_nydus_snapshotter_runs_the_converted_image_prefetching_the_list(
         reference = f"{registry.address}/nydus-db:1_nydus"
         cri = HandlerCri(ctd.address)
         runner = Runner(cri, cgroup_parent=ctd.cgroup_parent, logs_dir=tmp_path / "logs", pull_timeout=60)
-        sample = runner.repetition(
+        (sample,) = runner.repetition(  # one sample: no warm second start asked for
             Image("nydus-db:1", Ready("line", "ready to accept connections"), 60),
             Variant("nydus-prefetch-list", "nydus", "_nydus", "list"),
             reference,

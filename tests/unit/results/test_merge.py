@@ -173,3 +173,12 @@ def test_command_workload_needs_an_image(tmp_path: Path, capsys: pytest.CaptureF
     assert capsys.readouterr().err == (
         "nri-optimizer merge: --workload names a workload's result in persist_dir: give --image too\n"
     )
+
+
+def test_residency_is_the_median_over_the_runs_that_measured_it() -> None:
+    runs = [
+        Run([Entry(b"/a", 10, 1, 100), Entry(b"/b", 5, 2, None)]),
+        Run([Entry(b"/a", 10, 3, 300)]),
+        Run([Entry(b"/a", 10, 2, 200), Entry(b"/b", 5, 1)]),
+    ]
+    assert merge(runs).entries == [Entry(b"/a", 10, 2, 200), Entry(b"/b", 5, 1, None)]
