@@ -33,7 +33,7 @@ demo: venv
 	$(PY) -m testbed demo
 
 # Fetch containerd, runc and busybox into the cache first, so that a missing archive fails loudly here.
-test: venv nydus
+test: venv lint nydus
 	$(PY) -m testbed fetch
 	$(PY) -m pytest -m 'not stress' $(PYTEST_ARGS)
 

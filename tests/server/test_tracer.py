@@ -562,8 +562,9 @@ def test_residency_says_each_files_bytes_in_the_page_cache_and_leaves_no_fd(
     run(body)
 
 
-def test_files_read_by_short_lived_children_as_they_come_are_the_workloads(make_container: MakeContainer,
-                                                                           event_mode: str) -> None:
+def test_files_read_by_short_lived_children_as_they_come_are_the_workloads(
+    make_container: MakeContainer, event_mode: str
+) -> None:
     # Each file read by a child of its own, while the server reads events as they queue: a child's fork must be
     # taken in before its events are classified, or its files would go as FOREIGN.
     files = [f"/f{i}" for i in range(300)]
