@@ -172,7 +172,16 @@ variants:
     wrote = {line.rsplit(" ", 1)[1] for line in result.stderr.splitlines() if " wrote " in line}
     assert wrote == {
         str(out / n)
-        for n in ("runs.csv", "summary.csv", "results.json", "table.md", "runs.md", "e2e-web_1.png", "e2e-db_1.png")
+        for n in (
+            "runs.csv",
+            "summary.csv",
+            "results.json",
+            "table.md",
+            "runs.md",
+            "targets.md",
+            "e2e-web_1.png",
+            "e2e-db_1.png",
+        )
     }
 
     # Nothing left: no registry process, no work, containerd or registry dir.
