@@ -76,6 +76,7 @@ class ContainerTrace:
     upper: UpperLayer | None
     timer: asyncio.TimerHandle | None = field(default=None)
     noted: asyncio.Task[None] | None = field(default=None)  # the journal note being written
+    unnoted: bool = field(default=False)  # the journal note has been removed
 
     def release(self) -> None:
         """Let go of what the trace holds open (the container's upper layer)."""
@@ -338,6 +339,7 @@ class Plugin:
                 log.error("%s cannot write the result for %s: %s; earlier results kept", cid, trace.image, exc)
                 self.metrics.write_failed()
                 return
+            await self._end_note(trace)  # before the result is logged: whoever reads the log sees results only
             if recorded.unwritten is not None:
                 workload = split_name(trace.result.name)[1]
                 log.info("%s done; %s %s", cid, _subject(trace.image, workload), recorded.unwritten)
@@ -363,12 +365,18 @@ class Plugin:
             self._queue_publish(trace, recorded.path)
         finally:
             trace.release()
-            if self._journal:
-                if trace.noted is not None:
-                    await trace.noted  # or the note could be written after it was removed
-                await asyncio.to_thread(Journal(self.config.persist_dir).end, cid)
+            await self._end_note(trace)
             if self._on_done is not None:
                 self._on_done(cid, done)
+
+    async def _end_note(self, trace: ContainerTrace) -> None:
+        """Remove the trace's journal note, once: the trace has ended, whatever the ending."""
+        if not self._journal or trace.unnoted:
+            return
+        trace.unnoted = True
+        if trace.noted is not None:
+            await trace.noted  # or the note could be written after it was removed
+        await asyncio.to_thread(Journal(self.config.persist_dir).end, trace.container_id)
 
     def _queue_publish(self, trace: ContainerTrace, list_path: str) -> None:
         """With ``publish``, the result goes to the image's registry too, in the background (nri_optimizer/publish)."""
@@ -418,8 +426,7 @@ class Plugin:
             log.error("%s trace lost: the plugin is shutting down while the container runs", cid)
             self.metrics.trace_lost("shutdown")
             trace.release()
-            if self._journal:
-                Journal(self.config.persist_dir).end(cid)
+            await self._end_note(trace)
         if self._finishing:
             await asyncio.wait(self._finishing, timeout=DRAIN_TIMEOUT)
         if self._publisher is not None:

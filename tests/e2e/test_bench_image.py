@@ -373,7 +373,7 @@ variants:
         time.sleep(2)
         proc.send_signal(signum)
         rest = proc.stderr.read()
-        assert proc.wait(timeout=120) == 128 + signum
+        assert proc.wait(timeout=120) == 128 + signum, rest[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
