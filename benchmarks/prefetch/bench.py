@@ -25,6 +25,7 @@ from typing import Any
 from benchmarks.prefetch import bounds as bounding
 from benchmarks.prefetch import lists, plot, report, targets, variants
 from benchmarks.prefetch.config import BenchConfig, Variant
+from benchmarks.prefetch.convert import runtime_table
 from benchmarks.prefetch.handlers import HandlerCri
 from benchmarks.prefetch.prepare import Node, Prepared, prepare_image, push
 from benchmarks.prefetch.progress import Progress
@@ -207,6 +208,9 @@ def bench(
         }
         met = targets.checks(summaries, found_bounds, link_of)
         files = report.write(out_dir, samples, summaries, meta, found_bounds, compared, targets.table(met))
+        if (work / "lists").is_dir():  # the lists the run recorded, and their CSVs: what was measured with
+            shutil.copytree(work / "lists", out_dir / "lists", dirs_exist_ok=True)
+            files.append(out_dir / "lists")
         try:
             files += plot.plot_all(summaries, out_dir, str(meta["registry"]), found_bounds)
         except ImportError:
@@ -243,9 +247,8 @@ def _measure(
                     continue
                 progress.start(f"{image.name} {variant.name} #{repetition}")
                 reference = config.reference(address, image, variant)
-                runtime_list = (
-                    prepared.lists[image.name].get(variant.list_source) if variant.prefetch == "runtime" else None
-                )
+                listed = prepared.lists[image.name].get(variant.list_source) if variant.prefetch == "runtime" else None
+                runtime_list = runtime_table(listed, variant.unread_budget) if listed is not None else None
                 for sample in runner.repetition(
                     image,
                     variant,

@@ -30,6 +30,10 @@ plus explicit readiness, repetitions and variants. Every mistake is one line nam
       # the list as the prefetch table only, the blob in the layer's order
       - {name: nydus-list-unordered, snapshotter: nydus, tag_suffix: _nydus_unordered, prefetch: list,
          reorder: false}
+      # every listed file prefetched whole, also those the start read only in small part (default: 256KiB,
+      # nri-optimizer convert --unread-budget; for prefetch list and runtime)
+      - {name: nydus-list-every-file, snapshotter: nydus, tag_suffix: _nydus_every, prefetch: list,
+         unread_budget: all}
       # nydusd's own list (its access pattern, recorded in the run) instead of ours
       - {name: nydus-nydusd-list, snapshotter: nydus, tag_suffix: _nydus_nydusdlist, prefetch: list, list: nydusd}
     nydus:                     # optional; each tool defaults to the one on PATH (flags override these)
@@ -50,6 +54,8 @@ from typing import Any, Literal, cast
 from benchmarks.prefetch.apps import APPS
 from benchmarks.prefetch.shaping import Link, ShapingError
 from nri_optimizer.errors import ConfigError as ConfigError
+from nri_optimizer.errors import UsageError
+from nri_optimizer.nydus import partial
 from nri_optimizer.results import reference
 
 LOCAL = "local"
@@ -97,11 +103,14 @@ class Variant:
     prefetch: Prefetch | None = None  # nydus only: what nydusd prefetches
     list_source: ListSource = "ours"  # prefetch list and runtime: which list
     reorder: bool = True  # prefetch list: the listed files lead the blob (else the table only)
+    # prefetch list and runtime: which files read in part are left on demand (nri_optimizer.nydus.partial)
+    unread_budget: int | None = partial.DEFAULT_BUDGET
 
     @property
-    def conversion(self) -> tuple[ListSource, bool] | None:
-        """What the variant's image is converted with: (list, reordered), or None for no prefetch table."""
-        return (self.list_source, self.reorder) if self.prefetch == "list" else None
+    def conversion(self) -> tuple[ListSource, bool, int | None] | None:
+        """What the variant's image is converted with: (list, reordered, unread budget), or None for no prefetch
+        table."""
+        return (self.list_source, self.reorder, self.unread_budget) if self.prefetch == "list" else None
 
     @property
     def lists(self) -> ListSource | None:
@@ -402,7 +411,9 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
         key = f"variants[{i}]"
         if not isinstance(item, dict):
             raise where.error(key, item, "a mapping {name, snapshotter, tag_suffix, prefetch}")
-        where.known(item, f"{key}.", {"name", "snapshotter", "tag_suffix", "prefetch", "list", "reorder"})
+        where.known(
+            item, f"{key}.", {"name", "snapshotter", "tag_suffix", "prefetch", "list", "reorder", "unread_budget"}
+        )
         name, snapshotter = item.get("name"), item.get("snapshotter")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise where.error(f"{key}.name", name, "a short name (letters, digits, . _ -), e.g. name: oci")
@@ -436,8 +447,21 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
             raise where.error(f"{key}.reorder", reorder, "no reorder key: only prefetch list converts with a list")
         if not isinstance(reorder, bool):
             raise where.error(f"{key}.reorder", reorder, "true (the listed files lead the blob) or false")
+        budget = item.get("unread_budget", partial.DEFAULT_BUDGET)
+        if "unread_budget" in item and prefetch not in ("list", "runtime"):
+            raise where.error(
+                f"{key}.unread_budget", budget, "no unread_budget key: only prefetch list and runtime take a list"
+            )
+        try:
+            budget = partial.parse_budget(str(budget)) if "unread_budget" in item else budget
+        except UsageError:
+            raise where.error(
+                f"{key}.unread_budget", budget, "a size (e.g. 256KiB, 1MiB, 0) or all (nri-optimizer convert)"
+            ) from None
         variants.append(
-            Variant(name, snapshotter, suffix, cast(Prefetch | None, prefetch), cast(ListSource, source), reorder)
+            Variant(
+                name, snapshotter, suffix, cast(Prefetch | None, prefetch), cast(ListSource, source), reorder, budget
+            )
         )
     if len({v.name for v in variants}) != len(variants):
         raise where.error("variants", [v.name for v in variants], "each name once")

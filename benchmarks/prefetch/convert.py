@@ -20,6 +20,7 @@ from pathlib import Path
 from benchmarks.prefetch.config import BenchConfig, Image, ListSource, Variant
 from nri_optimizer.cli import convert as single
 from nri_optimizer.errors import OptimizerError
+from nri_optimizer.nydus import partial
 
 
 class ConvertError(OptimizerError):
@@ -33,20 +34,24 @@ class Conversion:
     list_file: Path | None  # None: no prefetch table
     insecure: bool  # both registries may be plain HTTP
     reorder: bool = True  # with a list: its files lead the blob
+    unread_budget: int | None = partial.DEFAULT_BUDGET  # with a list: which files read in part are left on demand
 
     def printable(self) -> str:
         """The same conversion as a command line."""
         flags = ["--list", str(self.list_file)] if self.list_file is not None else ["--no-list"]
         flags += [] if self.reorder or self.list_file is None else ["--no-reorder"]
+        if self.list_file is not None and self.unread_budget != partial.DEFAULT_BUDGET:
+            flags += ["--unread-budget", "all" if self.unread_budget is None else str(self.unread_budget)]
         flags += ["--source-insecure", "--target-insecure"] if self.insecure else []
         return shlex.join(["nri-optimizer", "convert", "--source", self.source, "--target", self.target, *flags])
 
     def run(self, nydus_image: str) -> single.Converted:
-        listed = single.read_list(self.list_file).paths if self.list_file is not None else None
+        recorded = single.read_list(self.list_file, self.unread_budget) if self.list_file is not None else None
         return single.convert(
             self.source,
             self.target,
-            listed,
+            recorded.paths if recorded is not None else None,
+            on_demand=recorded.on_demand if recorded is not None else (),
             nydus_image=nydus_image,
             source_insecure=self.insecure,
             target_insecure=self.insecure,
@@ -101,13 +106,27 @@ def variant_conversion(
     insecure = config.insecure or config.local
     if variant.conversion is None:
         return Conversion(source, out, None, insecure)
-    which, reorder = variant.conversion
+    which, reorder, budget = variant.conversion
     if which not in lists:
         raise ConvertError(
             f"{image.name}: {variant.name} converts with nydusd's list, which only `bench-image run` "
             "records (from nydusd's access pattern)"
         )
-    return Conversion(source, out, lists[which], insecure, reorder)
+    return Conversion(source, out, lists[which], insecure, reorder, budget)
+
+
+def runtime_table(list_file: Path, budget: int | None) -> Path:
+    """The list to hand over at run time: `list_file` without the files left on demand under `budget` (as convert
+    leaves them out of its prefetch table), written beside it once."""
+    if budget is None:
+        return list_file
+    table = list_file.with_name(f"{list_file.name}.table-{budget}")
+    if not table.exists():
+        recorded = single.read_list(list_file, budget)
+        left = set(recorded.on_demand)
+        kept = [path for path in recorded.paths if path not in left]
+        table.write_bytes("".join(f"{path}\n" for path in kept).encode(errors="surrogateescape"))
+    return table
 
 
 def run_plan(conversions: Sequence[Conversion], nydus_image: str, prog: str) -> int:

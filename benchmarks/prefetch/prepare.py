@@ -15,6 +15,8 @@ conversion or a recording that broke), and those variants are not run.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -27,9 +29,10 @@ from benchmarks.prefetch.apps import build as build_app
 from benchmarks.prefetch.config import BenchConfig, Image, ListSource, Variant
 from benchmarks.prefetch.convert import ConvertError, list_for, nydus_tags, variant_conversion
 from benchmarks.prefetch.handlers import HandlerCri
-from benchmarks.prefetch.runner import Status
+from benchmarks.prefetch.runner import Status, drop_page_cache
 from benchmarks.prefetch.snapshotter import Handler
 from benchmarks.prefetch.timing import NotReady, wait_ready
+from nri_optimizer.cli.convert import default_list
 from nri_optimizer.cli.import_pattern import import_pattern
 from nri_optimizer.cri.client import CriError
 from nri_optimizer.errors import OptimizerError
@@ -87,6 +90,9 @@ def our_list(
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = f"{address}/{image.name}"
     node.cri.pull_image_on("", reference)
+    # The pull's unpacking left the image's files in the page cache: without them, the list's resident column
+    # says how much of each file the start read (or readahead brought in) rather than what the pull wrote.
+    drop_page_cache()
     try:
         argv = [
             sys.executable,
@@ -115,6 +121,8 @@ def our_list(
     if done.returncode != 0:
         raise ListError(f"{image.name}: recording our list failed: {done.stderr.strip()[-500:]}")
     out.write_text(done.stdout)
+    with contextlib.suppress(FileNotFoundError):  # the CSV beside it: sizes, times, residency (convert's policy)
+        shutil.copyfile(default_list(str(work / "results"), reference) + ".csv", f"{out}.csv")
     say(f"recorded our list of {image.name}: {len(done.stdout.splitlines())} files (nri-optimizer profile)")
     return out
 
@@ -165,7 +173,7 @@ def convert_tags(
     """Convert `image` into each of `variants`' tags (a tag that would get the same image as one already made, as
     prefetch off's and all's, is that image tagged again); what cannot be made goes to `prepared.unmade` for every
     variant of that tag."""
-    made: dict[tuple[Path | None, bool], str] = {}  # (list, reorder) -> the tag that has it
+    made: dict[tuple[Path | None, bool, int | None], str] = {}  # (list, reorder, budget) -> the tag that has it
     for variant in variants:
         sharing = [v for v in config.variants if v.snapshotter == "nydus" and v.tag_suffix == variant.tag_suffix]
         try:
@@ -180,7 +188,11 @@ def convert_tags(
             prepared.unmade.update({(image.name, v.name): ("skipped", str(exc)) for v in sharing})
             continue
         repository, _, tag = f"{image.name}{variant.tag_suffix}".rpartition(":")
-        key = (conversion.list_file, conversion.reorder or conversion.list_file is None)
+        key = (
+            conversion.list_file,
+            conversion.reorder or conversion.list_file is None,
+            conversion.unread_budget if conversion.list_file is not None else None,
+        )
         if (twin := made.get(key)) is not None:
             manifest = registry.manifest(repository, twin)
             registry.push_manifest(repository, tag, manifest.body, manifest.media_type)

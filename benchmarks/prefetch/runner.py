@@ -293,12 +293,17 @@ class Runner:
             raise CleanupError(f"cannot remove {reference}: {exc}") from None
 
     def _drop_page_cache(self) -> None:
-        """Write out dirty pages, then drop the page cache, dentries and inodes: the next start reads from disk."""
         if not self.drop_caches or self.dropped is False:
             return
-        os.sync()
-        try:
-            DROP_CACHES.write_text("3\n")
-            self.dropped = True
-        except OSError:
-            self.dropped = False  # not root, or a container without /proc/sys write access: say so in the results
+        self.dropped = drop_page_cache()  # False: say so in the results
+
+
+def drop_page_cache() -> bool:
+    """Write out dirty pages, then drop the page cache, dentries and inodes: the next start reads from disk. False
+    where that is not permitted (not root, or a container without /proc/sys write access)."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError:
+        return False
+    return True

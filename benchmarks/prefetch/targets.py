@@ -1,7 +1,7 @@
 """The issues' targets, read off a run's summaries (reported, never asserted: a target is met or missed by so much).
 
 Per link setting and image, with the variants of the default set by their prefetch mode (the converted list is
-the reordered one, our list):
+the reordered one, our list, with convert's default unread budget; the runtime list the same list):
 
 - the list's median total: at most 1.3x the bound; 0.5x OCI's; 0.5x nydus without prefetch's where round trips
   dominate (40 ms or more), 0.8x it on shorter ones; below prefetch-all's (issue 19); never above nydus without
@@ -17,8 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from benchmarks.prefetch.bounds import Bound
+from benchmarks.prefetch.config import Variant
 from benchmarks.prefetch.report import Summary
 from benchmarks.prefetch.shaping import Link
+from nri_optimizer.nydus.partial import DEFAULT_BUDGET
 
 LONG_RTT = 0.040  # seconds: from here on round trips dominate a start without prefetch (issue 19's 40 ms setting)
 
@@ -51,8 +53,7 @@ def checks(
 ) -> list[Check]:
     groups: dict[tuple[str, str], dict[str, Summary]] = {}
     for summary in summaries:
-        variant = summary.first.variant
-        role = _role(variant.snapshotter, variant.prefetch, variant.conversion, variant.lists)
+        role = _role(summary.first.variant)
         if role is not None and summary.times:
             groups.setdefault((summary.first.link, summary.first.image), {}).setdefault(role, summary)
     found: list[Check] = []
@@ -96,17 +97,17 @@ def _of_one(
     return found
 
 
-def _role(snapshotter: str, prefetch: str | None, conversion: tuple[str, bool] | None, lists: str | None) -> str | None:
+def _role(variant: Variant) -> str | None:
     """Which of the default set a variant is, if it is one of them."""
-    if snapshotter == "overlayfs":
+    if variant.snapshotter == "overlayfs":
         return "oci"
-    if prefetch == "off":
+    if variant.prefetch == "off":
         return "off"
-    if prefetch == "all":
+    if variant.prefetch == "all":
         return "all"
-    if prefetch == "list" and conversion == ("ours", True):
+    if variant.prefetch == "list" and variant.conversion == ("ours", True, DEFAULT_BUDGET):
         return "list"
-    if prefetch == "runtime" and lists == "ours":
+    if variant.prefetch == "runtime" and variant.lists == "ours" and variant.unread_budget == DEFAULT_BUDGET:
         return "runtime"
     return None
 

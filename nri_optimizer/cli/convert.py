@@ -14,6 +14,11 @@ Two converters, whichever is there:
   (nri_optimizer.nydus), and the image nydus-snapshotter runs is pushed: blobs, bootstrap layer, config, then the
   manifest under the target's tag. RAFS v6 only.
 
+Files the start read only in small part (the list's CSV, ``<list>.csv``, says how much of each file was in the page
+cache when the trace stopped) are left out of the prefetch table: nydusd would fetch them whole, and on-demand
+reads fetch only the chunks the start touches. ``--unread-budget`` sets the rule (nri_optimizer.nydus.partial);
+the built-in converter places those files right after the prefetched ones in the blob.
+
 The list is the plugin's (one path a line). A first line ``# incomplete: why`` (the trace lost events) is a warning:
 the image gets what the list has. A list naming no file at all is an error (nothing to prefetch; ``--no-list``
 converts without a prefetch table). Listed paths the image does not have are left out of the table and counted
@@ -34,19 +39,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nri_optimizer import config as cfg
 from nri_optimizer.cli import pull_list
 from nri_optimizer.errors import CommandError, UsageError
-from nri_optimizer.nydus import build, image, tool
+from nri_optimizer.nydus import build, image, partial, tool
 from nri_optimizer.oci import layout
 from nri_optimizer.oci.registry import Registry, host_platform_name
 from nri_optimizer.results import reference
-from nri_optimizer.results.formats import incompleteness
 from nri_optimizer.results.key import result_key
+from nri_optimizer.results.merge import parse_run
+from nri_optimizer.results.store import read_result
 
 PROG = "nri-optimizer convert"
 
@@ -56,6 +62,7 @@ class RecordedList:
     path: Path
     paths: tuple[str, ...]
     incomplete: str | None  # why, when the list says it is incomplete
+    on_demand: tuple[str, ...] = ()  # listed files read only in small part (nri_optimizer.nydus.partial)
 
 
 @dataclass(frozen=True)
@@ -65,21 +72,24 @@ class Converted:
     build: build.ImageBuild
 
 
-def read_list(path: Path) -> RecordedList:
-    """A recorded list; an error if it names no file."""
+def read_list(path: Path, budget: int | None = None) -> RecordedList:
+    """A recorded list; an error if it names no file. With a `budget` (nri_optimizer.nydus.partial), the files to
+    leave on demand, from the residency in the CSV beside it (``<list>.csv``, as the plugin writes it)."""
     try:
-        data = path.read_bytes()
+        files = read_result(str(path), ("", ".csv") if budget is not None else ("",))
     except OSError as exc:
         raise UsageError(f"cannot read the list {path}: {exc.strerror}") from None
-    text = data.decode(errors="surrogateescape")
-    incomplete = incompleteness(data)
-    paths = tuple(build.list_paths(text))
+    if "" not in files:
+        raise UsageError(f"cannot read the list {path}: No such file or directory")
+    data = files[""]
+    paths = tuple(build.list_paths(data.decode(errors="surrogateescape")))
     if not paths:
         raise CommandError(
             f"{path} names no file: nothing to prefetch (record the image again, or convert "
             "without a prefetch table with --no-list)"
         )
-    return RecordedList(path, paths, incomplete)
+    run = parse_run(data, files.get(".csv"), where=str(path))
+    return RecordedList(path, paths, run.incomplete, tuple(partial.on_demand(run.entries, budget)))
 
 
 def default_list(persist_dir: str, source: str, workload: str = "", timeout: int = 0) -> str:
@@ -115,10 +125,12 @@ def convert(
     platform: tuple[str, str] | None = None,
     work_dir: Path | None = None,
     reorder: bool = True,
+    on_demand: Collection[str] = (),
     say: Callable[[str], None] = lambda line: None,
 ) -> Converted:
-    """The built-in converter: `source` from its registry, the nydus image (prefetch table `listed`, or none) to
-    `target`; with `reorder` (and a list) the listed files lead each blob, else the blob keeps the layer's order."""
+    """The built-in converter: `source` from its registry, the nydus image (prefetch table `listed` but
+    `on_demand`, or none) to `target`; with `reorder` (and a list) the listed files lead each blob (those on demand
+    after the rest), else the blob keeps the layer's order."""
     source_ref, target_ref = reference.parse(source), reference.parse(target)
     if not target_ref.tag:
         raise UsageError(f"--target {target}: name a tag to push to, not a digest")
@@ -133,7 +145,9 @@ def convert(
         say(f"pulling {source_ref}")
         layout.pull(source_registry, source_ref.path, source_ref.digest or source_ref.tag, pulled, platform)
         say(f"building with {nydus_image}" + (f" ({len(listed)} listed paths)" if listed is not None else ""))
-        converted = image.convert_layout(pulled, built, listed=listed, nydus_image=nydus_image, reorder=reorder)
+        converted = image.convert_layout(
+            pulled, built, listed=listed, nydus_image=nydus_image, reorder=reorder, on_demand=on_demand
+        )
         say(f"pushing {target_ref}")
         digest, size = layout.push(built, target_registry, target_ref.path, target_ref.tag)
     pushed = f"{target_ref.domain}/{target_ref.path}@{digest}"
@@ -162,6 +176,16 @@ def main(argv: Sequence[str]) -> int:
         help="the list as the prefetch table "
         "only: each blob keeps its layer's order (built-in converter; default: the listed files lead "
         "the blob, in list order)",
+    )
+    parser.add_argument(
+        "--unread-budget",
+        type=partial.parse_budget,
+        default=partial.DEFAULT_BUDGET,
+        metavar="SIZE",
+        help="a listed file the start read only in part (the list's resident column) is prefetched whole when the "
+        "bytes it did not read are at most SIZE per MiB it read; otherwise it is left to on-demand reads and "
+        "placed after the prefetched files (default: 256KiB, about a round trip's worth of a 20-100 Mbit/s "
+        "link; 0: only files read entirely; 'all': every listed file, as upstream; built-in converter)",
     )
     which.add_argument(
         "--from-registry",
@@ -211,7 +235,7 @@ def main(argv: Sequence[str]) -> int:
             workload=args.workload,
             flags=flags,
         ).path
-    recorded = None if args.no_list else read_list(Path(_list_file(args)))
+    recorded = None if args.no_list else read_list(Path(_list_file(args)), args.unread_budget)
     if recorded is not None and recorded.incomplete is not None:
         _warn(f"{recorded.path} is incomplete ({recorded.incomplete}): the prefetch table gets the files it has")
     nydusify = _nydusify(args.nydusify) if args.nydus_image is None else None
@@ -233,6 +257,7 @@ def main(argv: Sequence[str]) -> int:
         platform=_platform(args.platform),
         work_dir=args.work_dir,
         reorder=args.reorder,
+        on_demand=recorded.on_demand if recorded else (),
         say=_say,
     )
     table = converted.build
@@ -240,6 +265,8 @@ def main(argv: Sequence[str]) -> int:
         summary = "no prefetch table"
     else:
         summary = f"prefetch table of {len(table.prefetch)} files"
+        if table.on_demand:
+            summary += f", {len(table.on_demand)} read only in part left to on-demand reads"
         if table.absent:
             summary += f", {len(table.absent)} listed paths not in the image left out"
         if table.empty:
@@ -282,7 +309,8 @@ def _run_nydusify(nydusify: str, args: argparse.Namespace, extra: list[str], rec
     if recorded is None:
         command.remove("--prefetch-patterns")
     _say(" ".join(command) + (f" < {recorded.path}" if recorded else ""))
-    stdin = "".join(f"{path}\n" for path in recorded.paths) if recorded else ""
+    left = set(recorded.on_demand) if recorded else set()
+    stdin = "".join(f"{path}\n" for path in recorded.paths if path not in left) if recorded else ""
     return subprocess.run(command, input=stdin.encode(errors="surrogateescape"), check=False).returncode
 
 

@@ -20,7 +20,11 @@ blob in the tar's order and ignores the list for it. A listed path is ordered in
 from (the highest layer that has it, unless a layer above deletes it), so a file replaced by an upper layer does
 not take the lower blob's head.
 
-What goes into the prefetch table: the listed paths the image has, in list order, once each. Lines that are not
+Listed files left to on-demand reads (nri_optimizer.nydus.partial: read only in small part) stay out of the
+prefetch table and, in the blob, come right after the prefetched files, in list order.
+
+What goes into the prefetch table: the listed paths the image has, in list order, once each, but those left on
+demand. Lines that are not
 absolute paths (the ``# incomplete`` marker) are skipped; paths the image does not have are counted and left out
 (nydus-image would leave an empty ``{"inode": 0}`` entry for each), as are empty regular files (no data to fetch;
 nydus-image drops them the same way). A listed directory stays: nydusd prefetches everything under it (the
@@ -34,7 +38,7 @@ import json
 import logging
 import posixpath
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +72,7 @@ class ImageBuild:
     bootstrap: Path  # the merged one: the image's
     layers: tuple[LayerBuild, ...]
     prefetch: tuple[str, ...]  # the prefetch table's paths, in order, as given to merge
+    on_demand: tuple[str, ...]  # listed paths the image has, left out of the table (after it in the blob)
     absent: tuple[str, ...]  # listed paths the image does not have
     empty: tuple[str, ...]  # listed empty regular files
 
@@ -89,12 +94,13 @@ def build_image(
     listed: Sequence[str] | None,
     nydus_image: str,
     reorder: bool = True,
+    on_demand: Collection[str] = (),
     blob_dir: Path | None = None,
 ) -> ImageBuild:
     """Build the image of `layers` (uncompressed tars, lowest first): ``layer-N.boot`` and ``image.boot`` into
     `out_dir`, the blobs into `blob_dir` (default ``out_dir/blobs``; an OCI layout's ``blobs/sha256`` takes them
-    as they are). With `listed`, the prefetch table is the list (the module's rule) and, with `reorder`, each
-    blob holds its listed files first, in list order."""
+    as they are). With `listed`, the prefetch table is the list but `on_demand` (the module's rule) and, with
+    `reorder`, each blob holds its listed files first: the table's in list order, then those left on demand."""
     blob_dir = blob_dir or out_dir / "blobs"
     blob_dir.mkdir(parents=True, exist_ok=True)
     indexes = [_scan(layer) for layer in layers]
@@ -105,18 +111,21 @@ def build_image(
             len(absent),
             absent[0],
         )
+    left = {tarorder.normalise(path) for path in on_demand}
+    table = [path for path in prefetch if path not in left]
+    later = [path for path in prefetch if path in left]
     home = locate(indexes, prefetch)
     built = []
     for number, (layer, index) in enumerate(zip(layers, indexes, strict=True)):
-        mine = [path for path in prefetch if home[path] == number] if listed is not None and reorder else None
+        mine = [path for path in table + later if home[path] == number] if listed is not None and reorder else None
         built.append(
             build_layer(
                 layer, out_dir / f"layer-{number}.boot", blob_dir, listed=mine, index=index, nydus_image=nydus_image
             )
         )
     bootstrap = out_dir / "image.boot"
-    merge(built, bootstrap, prefetch=prefetch if listed is not None else None, nydus_image=nydus_image)
-    return ImageBuild(bootstrap, tuple(built), tuple(prefetch), tuple(absent), tuple(empty))
+    merge(built, bootstrap, prefetch=table if listed is not None else None, nydus_image=nydus_image)
+    return ImageBuild(bootstrap, tuple(built), tuple(table), tuple(later), tuple(absent), tuple(empty))
 
 
 def build_layer(

@@ -32,7 +32,7 @@ import json
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,10 +137,11 @@ def convert_layout(
     listed: Sequence[str] | None,
     nydus_image: str,
     reorder: bool = True,
+    on_demand: Collection[str] = (),
     ref_name: str | None = None,
 ) -> Converted:
     """The nydus image of the image in `source_layout`, written as an OCI image layout to `out_layout` (under the
-    same ref.name, if it has one). `listed` and `reorder` as nri_optimizer.nydus.build.build_image."""
+    same ref.name, if it has one). `listed`, `reorder` and `on_demand` as nri_optimizer.nydus.build.build_image."""
     source = read_layout(source_layout, ref_name)
     blob_dir = out_layout / "blobs" / "sha256"
     blob_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +153,7 @@ def convert_layout(
             listed=listed,
             nydus_image=nydus_image,
             reorder=reorder,
+            on_demand=on_demand,
             blob_dir=blob_dir,
         )
         bootstrap, bootstrap_diff_id = bootstrap_layer(build.bootstrap, blob_dir)

@@ -114,7 +114,7 @@ def test_default_variants_are_the_seeds_four_and_the_runtime_list(tmp_path: Path
     assert [(v.conversion, v.lists) for v in config.variants[1:]] == [
         (None, None),
         (None, None),
-        (("ours", True), "ours"),
+        (("ours", True, 256 << 10), "ours"),  # convert's default unread budget
         (None, "ours"),
     ]
 
@@ -175,6 +175,14 @@ def test_default_variants_are_the_seeds_four_and_the_runtime_list(tmp_path: Path
         (
             "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: runtime, reorder: false}]",
             "variants[0].reorder: got False; expected no reorder key: only prefetch list converts with a list",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: all, unread_budget: 0}]",
+            "variants[0].unread_budget: got 0; expected no unread_budget key: only prefetch list and runtime take a list",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, unread_budget: lots}]",
+            "variants[0].unread_budget: got 'lots'; expected a size (e.g. 256KiB, 1MiB, 0) or all (nri-optimizer convert)",
         ),
         (
             "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, reorder: 1}]",

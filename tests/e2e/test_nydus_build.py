@@ -224,6 +224,25 @@ def test_ordered_blobs_hold_the_listed_files_first_in_list_order(
     ]  # (conf follows libbig there as in the list)
 
 
+def test_files_left_on_demand_are_out_of_the_table_and_after_the_prefetched_in_the_blob(
+    layers: list[Path], nydus_image: str, tmp_path: Path
+) -> None:
+    """/var/data read only in part (nri_optimizer.nydus.partial): nydusd does not prefetch it, and its chunks come
+    right after the prefetched files' in its layer's blob, so those stay one run."""
+    built = build.build_image(layers, tmp_path, listed=LISTED, nydus_image=nydus_image, on_demand=["/var/data"])
+    prefetched = tuple(path for path in PREFETCH if path != "/var/data")
+    assert (built.prefetch, built.on_demand) == (prefetched, ("/var/data",))
+    table = bootstrap.prefetch_table(built.bootstrap, nydus_image=nydus_image)
+    assert bootstrap.prefetch_paths(table) == ["/usr/bin/app", *prefetched[1:]]
+    inodes = bootstrap.inodes(built.bootstrap, nydus_image=nydus_image)
+    assert bootstrap.listed_chunks_contiguous_in_order(inodes, prefetched)
+    app, big, conf = 300_000, 2 * MiB + 500_000, inodes["/etc/conf"].chunks[0].compressed_size
+    assert [(c.blob_index, c.compressed_offset) for c in inodes["/var/data"].chunks] == [
+        (0, app + big + conf),
+        (0, app + big + conf + MiB),
+    ]
+
+
 def test_both_images_have_the_same_tree(builds: dict[str, build.ImageBuild], nydus_image: str) -> None:
     trees = {
         name: {

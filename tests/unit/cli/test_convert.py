@@ -290,3 +290,40 @@ def test_with_a_timeout_in_the_config_it_takes_the_list_the_daemon_named_so(reco
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "stdin").read_text() == "/usr/sbin/nginx\n"
+
+
+def test_nydusify_gets_the_files_the_start_read_enough_of(tmp_path):
+    """The list's CSV says /lib/big.so was read 1 MiB of 40: it stays in the list, out of the prefetch table."""
+    (tmp_path / "list").write_text("/bin/app\n/lib/big.so\n/etc/app.conf\n")
+    (tmp_path / "list.csv").write_text(
+        "path,size,elapsed,resident\n/bin/app,200000,10,200000\n/lib/big.so,41943040,20,1048576\n/etc/app.conf,12,30,\n"
+    )
+    fake = stub(tmp_path, "nydusify", f"cat > {tmp_path}/stdin")
+    result = convert(
+        "--source", "app", "--target", "reg/app:nydus", "--list", str(tmp_path / "list"), "--nydusify", str(fake)
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "stdin").read_text() == "/bin/app\n/etc/app.conf\n"
+    every = convert(
+        "--source",
+        "app",
+        "--target",
+        "reg/app:nydus",
+        "--list",
+        str(tmp_path / "list"),
+        "--nydusify",
+        str(fake),
+        "--unread-budget",
+        "all",
+    )
+    assert every.returncode == 0, every.stderr
+    assert (tmp_path / "stdin").read_text() == "/bin/app\n/lib/big.so\n/etc/app.conf\n"
+
+
+def test_a_bad_unread_budget_is_a_usage_error(recorded):
+    result = convert("--source", "nginx", "--target", "t:1", "--unread-budget", "lots", "--persist-dir", str(recorded))
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "nri-optimizer convert: --unread-budget lots: expected a size (e.g. 256KiB, 1MiB, 0) or 'all'\n"
+    )

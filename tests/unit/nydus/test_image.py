@@ -24,7 +24,7 @@ def built(*has_blob: bool) -> ImageBuild:
         LayerBuild(Path(f"layer-{n}.boot"), Blob(Path(f"b{n}"), f"sha256:{n:064x}", 10) if blob else None, None)
         for n, blob in enumerate(has_blob)
     )
-    return ImageBuild(Path("image.boot"), layers, (), (), ())
+    return ImageBuild(Path("image.boot"), layers, (), (), (), ())
 
 
 SOURCE: dict[str, Any] = {
