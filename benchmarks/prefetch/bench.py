@@ -423,7 +423,11 @@ def _setup(
         cri = HandlerCri(ctd.address, timeout=CRI_TIMEOUT)
         stack.callback(cri.close)
         node = Node(
-            cri, ctd.address, ctd.nri_socket if any(i.record for i in config.images) else None, ctd.cgroup_parent
+            cri,
+            ctd.address,
+            ctd.nri_socket if any(i.record for i in config.images) else None,
+            ctd.cgroup_parent,
+            root=ctd.dir,
         )
         yield Setup(
             node,

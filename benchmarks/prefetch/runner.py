@@ -20,13 +20,14 @@ one of the two figures the bound is made of (bounds.py). Its sample is the varia
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import itertools
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -296,6 +297,34 @@ class Runner:
         if not self.drop_caches or self.dropped is False:
             return
         self.dropped = drop_page_cache()  # False: say so in the results
+
+
+@contextlib.contextmanager
+def readahead(path: Path | None, kib: int) -> Iterator[None]:
+    """Meanwhile, the block device that holds `path` reads ahead `kib` KiB (its setting is put back after); nothing
+    where `path` is None or the device has no such setting."""
+    knob = _readahead_knob(path) if path is not None else None
+    try:
+        before = knob.read_text() if knob is not None else None
+        if knob is not None:
+            knob.write_text(f"{kib}\n")
+    except OSError:
+        knob = None
+    try:
+        yield
+    finally:
+        if knob is not None and before is not None:
+            knob.write_text(before)
+
+
+def _readahead_knob(path: Path) -> Path | None:
+    device = os.stat(path).st_dev
+    number = f"{os.major(device)}:{os.minor(device)}"
+    block = Path("/sys/dev/block", number).resolve()
+    for bdi in (block / "bdi", block.parent / "bdi", Path("/sys/class/bdi", number)):  # a disk, a partition, other
+        if (bdi / "read_ahead_kb").is_file():
+            return bdi / "read_ahead_kb"
+    return None
 
 
 def drop_page_cache() -> bool:
