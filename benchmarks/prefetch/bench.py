@@ -212,7 +212,7 @@ def bench(
             shutil.copytree(work / "lists", out_dir / "lists", dirs_exist_ok=True)
             files.append(out_dir / "lists")
         try:
-            files += plot.plot_all(summaries, out_dir, str(meta["registry"]), found_bounds)
+            files += plot.plot_all(summaries, out_dir, None if config.local else config.registry, found_bounds)
         except ImportError:
             print(
                 f"{prog}: no plots: matplotlib is not installed (pip install 'nri-optimizer[bench]')", file=sys.stderr

@@ -89,9 +89,10 @@ def file_name(image: str, link: str) -> str:
 
 
 def plot_all(
-    summaries: Sequence[Summary], out_dir: Path, registry: str, bounds: Mapping[tuple[str, str], Bound | str]
+    summaries: Sequence[Summary], out_dir: Path, registry: str | None, bounds: Mapping[tuple[str, str], Bound | str]
 ) -> list[Path]:
-    """One PNG per image and link setting."""
+    """One PNG per image and link setting; the title names `registry` unless it is None (the run's own, on
+    loopback: its port says nothing)."""
     groups: dict[tuple[str, str], list[Summary]] = {}
     for summary in summaries:
         groups.setdefault((summary.first.image, summary.first.link), []).append(summary)
@@ -99,7 +100,7 @@ def plot_all(
     for (image, link), group in groups.items():
         repetitions = max(len(s.samples) for s in group)
         where = f"link {link}" if link else "registry not shaped"
-        title = f"{registry}/{image}: pull, create, run ({repetitions} repetitions, {where})"
+        title = f"{f'{registry}/' if registry else ''}{image}: pull, create, run ({repetitions} repetitions, {where})"
         bound = bounds.get((link, image))
         paths.append(
             plot_image(
