@@ -27,7 +27,7 @@ from benchmarks.prefetch import lists, plot, report, targets, variants
 from benchmarks.prefetch.config import BenchConfig, Variant
 from benchmarks.prefetch.convert import runtime_table
 from benchmarks.prefetch.handlers import HandlerCri
-from benchmarks.prefetch.prepare import Node, Prepared, prepare_image, push
+from benchmarks.prefetch.prepare import FUSE_READAHEAD_KIB, Node, Prepared, prepare_image, push
 from benchmarks.prefetch.progress import Progress
 from benchmarks.prefetch.registry import nydus_blobs, pull_size
 from benchmarks.prefetch.runner import WARM, Runner, Sample, Status
@@ -188,24 +188,7 @@ def bench(
         link_of = {str(link) if link else "": link for link in links}
         found_bounds = bounding.bounds(summaries, link_of)
         compared = lists.comparisons(prepared.lists)
-        meta = {
-            "started": started,
-            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "config": str(config_path),
-            "registry": registry.address if registry is not None else config.registry,
-            "node": setup.place,
-            "containerd": setup.containerd,
-            "links": meta_links,
-            "repetitions": config.repetitions,
-            "settle_s": config.settle,
-            "nydus": {
-                "snapshotter": str(found.tools.snapshotter) if found.tools.snapshotter else None,
-                "nydusd": str(found.tools.nydusd) if found.tools.nydusd else None,
-                "nydus_image": nydus_image,
-                "prefetch_threads": config.nydus.prefetch_threads,
-                "snapshotters": list(dict.fromkeys(h.name for h in setup.handlers.values())),
-            },
-        }
+        meta = _meta(config, config_path, started, registry, setup, meta_links, found, nydus_image)
         met = targets.checks(summaries, found_bounds, link_of)
         files = report.write(out_dir, samples, summaries, meta, found_bounds, compared, targets.table(met))
         if (work / "lists").is_dir():  # the lists the run recorded, and their CSVs: what was measured with
@@ -223,6 +206,38 @@ def bench(
     for path in files:
         print(f"{prog}: wrote {path}", file=sys.stderr)
     return 0 if all(s.status != "failed" for s in samples) else 1
+
+
+def _meta(
+    config: BenchConfig,
+    config_path: Path,
+    started: str,
+    registry: LocalRegistry | None,
+    setup: Setup,
+    links: list[dict[str, Any]],
+    found: variants.Nydus,
+    nydus_image: str | None,
+) -> dict[str, Any]:
+    """What the run was, for results.json."""
+    return {
+        "started": started,
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "config": str(config_path),
+        "registry": registry.address if registry is not None else config.registry,
+        "node": setup.place,
+        "containerd": setup.containerd,
+        "links": links,
+        "repetitions": config.repetitions,
+        "settle_s": config.settle,
+        "lists_recorded_with_readahead_kib": FUSE_READAHEAD_KIB if any(i.record for i in config.images) else None,
+        "nydus": {
+            "snapshotter": str(found.tools.snapshotter) if found.tools.snapshotter else None,
+            "nydusd": str(found.tools.nydusd) if found.tools.nydusd else None,
+            "nydus_image": nydus_image,
+            "prefetch_threads": config.nydus.prefetch_threads,
+            "snapshotters": list(dict.fromkeys(h.name for h in setup.handlers.values())),
+        },
+    }
 
 
 def _measure(
