@@ -46,9 +46,10 @@ NYDUSD_BINARY = "nydusd"
 SNAPSHOTTER_SUITE = "sid"  # nydus-snapshotter 0.13.4 is packaged there only
 
 
-def snapshotter_name(mode: PrefetchMode, *, access_pattern: bool = False) -> str:
-    """The proxy plugin's (and runtime handler's) name in containerd."""
-    return f"nydus-{mode}-pattern" if access_pattern else f"nydus-{mode}"
+def snapshotter_name(mode: PrefetchMode, *, access_pattern: bool = False, settings: str = "") -> str:
+    """The proxy plugin's (and runtime handler's) name in containerd; `settings` tells apart snapshotters of one
+    mode whose nydusd prefetches differently (FsPrefetch.label)."""
+    return f"nydus-{mode}" + (f"-{settings}" if settings else "") + ("-pattern" if access_pattern else "")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,26 @@ class Backend:
     skip_verify: bool = False
 
 
-def nydusd_config(mode: PrefetchMode, backend: Backend, cache_dir: Path, *, threads: int = 4) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FsPrefetch:
+    """nydusd's ``fs_prefetch`` settings besides what to prefetch (nydus-api 0.2.2's FsPrefetchControl): worker
+    threads, the largest merged request (below 128 KiB nydusd 2.2 takes 128 KiB), and the prefetch's rate limit
+    (bytes/s; 0: none), which leaves the rest of the link to on-demand reads."""
+
+    threads_count: int = 4
+    merging_size: int = 0
+    bandwidth_rate: int = 0
+
+    def label(self) -> str:
+        """For a name: empty for nydusd's settings as the testbed has them by default."""
+        if self == FsPrefetch():
+            return ""
+        return f"t{self.threads_count}-m{self.merging_size >> 10}k-b{self.bandwidth_rate >> 10}k"
+
+
+def nydusd_config(
+    mode: PrefetchMode, backend: Backend, cache_dir: Path, *, prefetch: FsPrefetch = FsPrefetch()
+) -> dict[str, Any]:
     """The nydusd (FUSE) config template for one prefetch mode."""
     registry: dict[str, Any] = {"scheme": backend.scheme, "timeout": 30, "connect_timeout": 10, "retry_limit": 2}
     if backend.skip_verify:
@@ -77,9 +97,9 @@ def nydusd_config(mode: PrefetchMode, backend: Backend, cache_dir: Path, *, thre
         "fs_prefetch": {
             "enable": mode != "off",
             "prefetch_all": mode == "all",
-            "threads_count": threads,
-            "merging_size": 0,
-            "bandwidth_rate": 0,
+            "threads_count": prefetch.threads_count,
+            "merging_size": prefetch.merging_size,
+            "bandwidth_rate": prefetch.bandwidth_rate,
         },
     }
 
@@ -201,7 +221,7 @@ class NydusSnapshotter:
         mode: PrefetchMode,
         backend: Backend,
         *,
-        threads: int = 4,
+        prefetch: FsPrefetch = FsPrefetch(),
         start_timeout: float = 15.0,
         log_level: str = "info",
         access_pattern: bool = False,
@@ -209,7 +229,8 @@ class NydusSnapshotter:
         self.binary = binary
         self.nydusd = nydusd
         self.mode = mode
-        self.name = snapshotter_name(mode, access_pattern=access_pattern)
+        self.prefetch = prefetch
+        self.name = snapshotter_name(mode, access_pattern=access_pattern, settings=prefetch.label())
         self.start_timeout = start_timeout
         # /tmp keeps nydusd's API sockets (<root>/socket/<id>/api.sock) well under the 108-byte sun_path limit.
         self.dir = Path(tempfile.mkdtemp(prefix=f"nriopt-nydus-{mode}-", dir="/tmp"))
@@ -219,7 +240,7 @@ class NydusSnapshotter:
         self.layout.nydusd_wrapper.chmod(0o755)
         self.layout.config.write_text(snapshotter_config(self.layout, self.layout.nydusd_wrapper, log_level=log_level))
         self.layout.nydusd_config.write_text(
-            json.dumps(nydusd_config(mode, backend, self.layout.cache, threads=threads), indent=2) + "\n"
+            json.dumps(nydusd_config(mode, backend, self.layout.cache, prefetch=prefetch), indent=2) + "\n"
         )
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None

@@ -40,6 +40,7 @@ from testbed.images import build_pause_image
 from testbed.registry import LocalRegistry, registry_binary, write_hosts
 
 MODE_OF: dict[str, nydus.PrefetchMode] = {"off": "off", "all": "all", "list": "list", "runtime": "list"}
+HandlerKey = tuple[nydus.PrefetchMode, nydus.FsPrefetch | None]
 # Seconds a CRI call may take. Not the client's default 10: removing an image of 10,000 files (its snapshots
 # deleted synchronously) or stopping a pod takes longer than that on a busy 2-core machine, and a cleanup that gives
 # up would end the whole run.
@@ -62,7 +63,7 @@ class Existing:
 @dataclass
 class Setup:
     node: Node
-    handlers: dict[str, Handler]  # prefetch mode -> the snapshotter that runs it
+    handlers: dict[HandlerKey, Handler]  # the snapshotter each nydus variant runs on (handler_key)
     pattern: Handler | None  # the snapshotter recording nydusd's access pattern
     hosts: Path | None  # containerd's registry hosts dir, None on a node's own containerd
     containerd: str
@@ -77,6 +78,11 @@ def nydus_backend(config: BenchConfig) -> nydus.Backend:
     return nydus.Backend("https", skip_verify=config.insecure)
 
 
+def handler_key(variant: Variant) -> HandlerKey:
+    """Which snapshotter a nydus variant runs on: its prefetch mode and nydusd settings (None: the run's own)."""
+    return MODE_OF[variant.prefetch or "off"], variant.nydusd if variant.prefetch != "off" else None
+
+
 def skip_reason(variant: Variant, found: variants.Nydus, config: BenchConfig, existing: Existing | None) -> str | None:
     if existing is None or variant.snapshotter != "nydus":
         return variants.skip_reason(variant, found, local=config.local)
@@ -87,6 +93,8 @@ def skip_reason(variant: Variant, found: variants.Nydus, config: BenchConfig, ex
             f"needs a nydus-snapshotter whose nydusd prefetches {MODE_OF[variant.prefetch or 'off']}; "
             f"{existing.snapshotter}'s prefetches {existing.prefetch} (--snapshotter-prefetch)"
         )
+    if variant.nydusd is not None:
+        return f"nydusd's settings are {existing.snapshotter}'s own: a variant's nydusd key needs the private testbed"
     if config.local and found.nydus_image_problem is not None:
         return f"no nydus image to pull: the local registry's come from nydus-image ({found.nydus_image_problem})"
     return None
@@ -270,7 +278,7 @@ def _measure(
                     reference,
                     repetition,
                     pulled.get((image.name, variant.name)),
-                    setup.handlers.get(MODE_OF[variant.prefetch]) if variant.prefetch else None,
+                    setup.handlers.get(handler_key(variant)) if variant.prefetch else None,
                     runtime_list=runtime_list,
                     warm=variant == warm,
                 ):
@@ -383,12 +391,16 @@ def _setup(
         finally:
             setup.node.cri.close()
         return
-    modes = sorted({MODE_OF[v.prefetch] for v in runnable if v.prefetch}, key=nydus.PREFETCH_MODES.index)
+    keys = sorted(
+        {handler_key(v) for v in runnable if v.prefetch},
+        key=lambda key: (nydus.PREFETCH_MODES.index(key[0]), key[1] is not None, str(key[1])),
+    )
+    default = nydus.FsPrefetch(threads_count=config.nydus.prefetch_threads)
     runtime = debs.fetch_runtime(flavour)
     with contextlib.ExitStack() as stack:
-        handlers: dict[str, Handler] = {}
+        handlers: dict[HandlerKey, Handler] = {}
         snapshotters: list[nydus.NydusSnapshotter] = []
-        for mode in modes:
+        for mode, settings in keys:
             assert found.tools.snapshotter is not None and found.tools.nydusd is not None
             snapshotter = stack.enter_context(
                 nydus.NydusSnapshotter(
@@ -396,13 +408,13 @@ def _setup(
                     found.tools.nydusd,
                     mode,
                     nydus_backend(config),
-                    threads=config.nydus.prefetch_threads,
+                    prefetch=settings or default,
                 )
             )
-            handlers[mode] = snapshotter
+            handlers[mode, settings] = snapshotter
             snapshotters.append(snapshotter)
         pattern = None
-        if modes and any(v.lists == "nydusd" for v in runnable):
+        if keys and any(v.lists == "nydusd" for v in runnable):
             assert found.tools.snapshotter is not None and found.tools.nydusd is not None
             pattern = stack.enter_context(
                 nydus.NydusSnapshotter(
@@ -410,7 +422,7 @@ def _setup(
                     found.tools.nydusd,
                     "off",
                     nydus_backend(config),
-                    threads=config.nydus.prefetch_threads,
+                    prefetch=default,
                     access_pattern=True,
                 )
             )
@@ -457,9 +469,9 @@ def _setup(
 def _existing(existing: Existing) -> Setup:
     cri = HandlerCri(existing.runtime_endpoint, timeout=CRI_TIMEOUT)
     version = cri.version()
-    handlers: dict[str, Handler] = {}
+    handlers: dict[HandlerKey, Handler] = {}
     if existing.snapshotter is not None:
-        handlers[existing.prefetch] = ExistingSnapshotter(
+        handlers[existing.prefetch, None] = ExistingSnapshotter(
             existing.snapshotter, root=existing.nydus_root, system_address=existing.system_socket
         )
     node = Node(cri, existing.runtime_endpoint, existing.nri_socket, existing.cgroup_parent)

@@ -34,6 +34,10 @@ plus explicit readiness, repetitions and variants. Every mistake is one line nam
       # nri-optimizer convert --unread-budget; for prefetch list and runtime)
       - {name: nydus-list-every-file, snapshotter: nydus, tag_suffix: _nydus_every, prefetch: list,
          unread_budget: all}
+      # the same list, nydusd prefetching with 8 threads in requests of up to 1 MiB (fs_prefetch; default: the
+      # run's prefetch_threads, 128 KiB requests, no rate limit)
+      - {name: nydus-list-1m, snapshotter: nydus, tag_suffix: _nydus_prefetch, prefetch: list,
+         nydusd: {threads_count: 8, merging_size: 1048576, bandwidth_rate: 0}}
       # nydusd's own list (its access pattern, recorded in the run) instead of ours
       - {name: nydus-nydusd-list, snapshotter: nydus, tag_suffix: _nydus_nydusdlist, prefetch: list, list: nydusd}
     nydus:                     # optional; each tool defaults to the one on PATH (flags override these)
@@ -57,6 +61,7 @@ from nri_optimizer.errors import ConfigError as ConfigError
 from nri_optimizer.errors import UsageError
 from nri_optimizer.nydus import partial
 from nri_optimizer.results import reference
+from testbed.nydus import FsPrefetch
 
 LOCAL = "local"
 ReadyKind = Literal["url", "line", "exit", "start"]
@@ -105,6 +110,7 @@ class Variant:
     reorder: bool = True  # prefetch list: the listed files lead the blob (else the table only)
     # prefetch list and runtime: which files read in part are left on demand (nri_optimizer.nydus.partial)
     unread_budget: int | None = partial.DEFAULT_BUDGET
+    nydusd: FsPrefetch | None = None  # nydus variants that prefetch: nydusd's settings (None: the run's)
 
     @property
     def conversion(self) -> tuple[ListSource, bool, int | None] | None:
@@ -138,6 +144,7 @@ class NydusTools:
 
 
 NYDUS_KEYS = ("snapshotter", "nydusd", "nydus_image")
+FS_PREFETCH_KEYS = ("threads_count", "merging_size", "bandwidth_rate")
 
 
 @dataclass(frozen=True)
@@ -403,6 +410,23 @@ def _nydus(where: _Where, value: Any, base: Path) -> NydusTools:
     return NydusTools(paths["snapshotter"], paths["nydusd"], paths["nydus_image"], int(threads))
 
 
+def _fs_prefetch(where: _Where, key: str, value: Any) -> FsPrefetch:
+    """nydusd's fs_prefetch settings of a variant, in nydusd's names and units (bytes, bytes/s)."""
+    if not isinstance(value, dict) or not value:
+        raise where.error(key, value, "a mapping {threads_count, merging_size, bandwidth_rate} (nydusd's fs_prefetch)")
+    where.known(value, f"{key}.", set(FS_PREFETCH_KEYS))
+    numbers = {}
+    for name in FS_PREFETCH_KEYS:
+        number = value.get(name, getattr(FsPrefetch(), name))
+        if isinstance(number, bool) or not isinstance(number, int) or number < (name == "threads_count"):
+            least = "a whole number > 0" if name == "threads_count" else "a whole number >= 0 (bytes)"
+            raise where.error(f"{key}.{name}", number, least)
+        numbers[name] = number
+    if numbers["threads_count"] > 1024:
+        raise where.error(f"{key}.threads_count", numbers["threads_count"], "at most 1024 (nydusd's limit)")
+    return FsPrefetch(**numbers)
+
+
 def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
     if not isinstance(value, list) or not value:
         raise where.error("variants", value, "a list of {name, snapshotter, tag_suffix, prefetch}")
@@ -412,7 +436,9 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
         if not isinstance(item, dict):
             raise where.error(key, item, "a mapping {name, snapshotter, tag_suffix, prefetch}")
         where.known(
-            item, f"{key}.", {"name", "snapshotter", "tag_suffix", "prefetch", "list", "reorder", "unread_budget"}
+            item,
+            f"{key}.",
+            {"name", "snapshotter", "tag_suffix", "prefetch", "list", "reorder", "unread_budget", "nydusd"},
         )
         name, snapshotter = item.get("name"), item.get("snapshotter")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -458,9 +484,19 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
             raise where.error(
                 f"{key}.unread_budget", budget, "a size (e.g. 256KiB, 1MiB, 0) or all (nri-optimizer convert)"
             ) from None
+        settings = _fs_prefetch(where, f"{key}.nydusd", item["nydusd"]) if "nydusd" in item else None
+        if settings is not None and prefetch in (None, "off"):
+            raise where.error(f"{key}.nydusd", item["nydusd"], "no nydusd key: only nydus variants that prefetch")
         variants.append(
             Variant(
-                name, snapshotter, suffix, cast(Prefetch | None, prefetch), cast(ListSource, source), reorder, budget
+                name,
+                snapshotter,
+                suffix,
+                cast(Prefetch | None, prefetch),
+                cast(ListSource, source),
+                reorder,
+                budget,
+                settings,
             )
         )
     if len({v.name for v in variants}) != len(variants):

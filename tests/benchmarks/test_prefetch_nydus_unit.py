@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from benchmarks.prefetch import config as cfg
-from benchmarks.prefetch.bench import nydus_backend
+from benchmarks.prefetch.bench import handler_key, nydus_backend
 from benchmarks.prefetch.handlers import RUNTIME_HANDLER_ANNOTATION, HandlerCri
 from benchmarks.prefetch.report import run_rows, summarize, summary_rows, table
 from benchmarks.prefetch.runner import Sample
@@ -92,7 +92,8 @@ def test_snapshotter_config_is_private_and_fusedev() -> None:
     ("mode", "enable", "prefetch_all"), [("off", False, False), ("all", True, True), ("list", True, False)]
 )
 def test_nydusd_config_per_prefetch_mode(mode: nydus.PrefetchMode, enable: bool, prefetch_all: bool) -> None:
-    assert nydus.nydusd_config(mode, nydus.Backend("http"), Path("/c"), threads=8) == {
+    settings = nydus.FsPrefetch(threads_count=8, merging_size=1 << 20, bandwidth_rate=5_000_000)
+    assert nydus.nydusd_config(mode, nydus.Backend("http"), Path("/c"), prefetch=settings) == {
         "device": {
             "backend": {
                 "type": "registry",
@@ -108,8 +109,8 @@ def test_nydusd_config_per_prefetch_mode(mode: nydus.PrefetchMode, enable: bool,
             "enable": enable,
             "prefetch_all": prefetch_all,
             "threads_count": 8,
-            "merging_size": 0,
-            "bandwidth_rate": 0,
+            "merging_size": 1048576,
+            "bandwidth_rate": 5000000,
         },
     }
 
@@ -129,10 +130,14 @@ def test_nydusd_backend_follows_the_registry(tmp_path: Path) -> None:
 
 def test_snapshotter_files_written_at_construction(tmp_path: Path) -> None:
     snapshotter = nydus.NydusSnapshotter(
-        Path("/no/such/grpc"), Path("/opt/nydus/nydusd"), "all", nydus.Backend("http"), threads=2
+        Path("/no/such/grpc"),
+        Path("/opt/nydus/nydusd"),
+        "all",
+        nydus.Backend("http"),
+        prefetch=nydus.FsPrefetch(threads_count=2),
     )
     try:
-        assert snapshotter.name == "nydus-all"
+        assert snapshotter.name == "nydus-all-t2-m0k-b0k"  # not nydusd's settings by default: named by them
         assert snapshotter.dir.name.startswith("nriopt-nydus-all-") and snapshotter.dir.parent == Path("/tmp")
         expected = nydus.snapshotter_config(nydus.Layout(snapshotter.dir), snapshotter.dir / "nydusd")
         assert snapshotter.layout.config.read_text() == expected
@@ -141,7 +146,9 @@ def test_snapshotter_files_written_at_construction(tmp_path: Path) -> None:
             '#!/bin/sh\nsubcommand="$1"\nshift\nexec /opt/nydus/nydusd "$subcommand" --rlimit-nofile 0 "$@"\n'
         )
         written = json.loads(snapshotter.layout.nydusd_config.read_text())
-        assert written == nydus.nydusd_config("all", nydus.Backend("http"), snapshotter.layout.cache, threads=2)
+        assert written == nydus.nydusd_config(
+            "all", nydus.Backend("http"), snapshotter.layout.cache, prefetch=nydus.FsPrefetch(threads_count=2)
+        )
         with pytest.raises(TestbedError) as caught:
             snapshotter.start()
         assert str(caught.value) == "cannot run /no/such/grpc: No such file or directory"
@@ -508,4 +515,26 @@ def test_example_config_loads() -> None:
         ("nydus-prefetch-all", "all"),
         ("nydus-prefetch-list", "list"),
         ("nydus-runtime-list", "runtime"),
+    ]
+
+
+def test_variants_with_their_own_nydusd_settings_run_on_snapshotters_of_their_own(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "images: [{name: a:1, build: db, ready: exit}]\nvariants:\n"
+        "  - {name: list, snapshotter: nydus, tag_suffix: _p, prefetch: list}\n"
+        "  - {name: list-1m, snapshotter: nydus, tag_suffix: _p, prefetch: list, nydusd: {merging_size: 1048576}}\n"
+        "  - {name: runtime, snapshotter: nydus, tag_suffix: _n, prefetch: runtime}\n"
+        "  - {name: nothing, snapshotter: nydus, tag_suffix: _n, prefetch: \"off\"}\n",
+    )
+    one_mib = nydus.FsPrefetch(merging_size=1 << 20)
+    assert [handler_key(v) for v in config.variants] == [
+        ("list", None),
+        ("list", one_mib),
+        ("list", None),
+        ("off", None),
+    ]
+    assert [nydus.snapshotter_name("list", settings=s.label()) for s in (nydus.FsPrefetch(), one_mib)] == [
+        "nydus-list",
+        "nydus-list-t4-m1024k-b0k",
     ]

@@ -185,6 +185,26 @@ def test_default_variants_are_the_seeds_four_and_the_runtime_list(tmp_path: Path
             "variants[0].unread_budget: got 'lots'; expected a size (e.g. 256KiB, 1MiB, 0) or all (nri-optimizer convert)",
         ),
         (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: off, nydusd: {threads_count: 8}}]",
+            "variants[0].nydusd: got {'threads_count': 8}; expected no nydusd key: only nydus variants that prefetch",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, nydusd: {threads: 8}}]",
+            "variants[0].nydusd.threads: unknown key; known: bandwidth_rate, merging_size, threads_count",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: all, nydusd: {merging_size: 1MiB}}]",
+            "variants[0].nydusd.merging_size: got '1MiB'; expected a whole number >= 0 (bytes)",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: all, nydusd: {threads_count: 0}}]",
+            "variants[0].nydusd.threads_count: got 0; expected a whole number > 0",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: all, nydusd: 8}]",
+            "variants[0].nydusd: got 8; expected a mapping {threads_count, merging_size, bandwidth_rate} (nydusd's fs_prefetch)",
+        ),
+        (
             "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, reorder: 1}]",
             "variants[0].reorder: got 1; expected true (the listed files lead the blob) or false",
         ),
