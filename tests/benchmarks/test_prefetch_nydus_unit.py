@@ -525,7 +525,7 @@ def test_variants_with_their_own_nydusd_settings_run_on_snapshotters_of_their_ow
         "  - {name: list, snapshotter: nydus, tag_suffix: _p, prefetch: list}\n"
         "  - {name: list-1m, snapshotter: nydus, tag_suffix: _p, prefetch: list, nydusd: {merging_size: 1048576}}\n"
         "  - {name: runtime, snapshotter: nydus, tag_suffix: _n, prefetch: runtime}\n"
-        "  - {name: nothing, snapshotter: nydus, tag_suffix: _n, prefetch: \"off\"}\n",
+        '  - {name: nothing, snapshotter: nydus, tag_suffix: _n, prefetch: "off"}\n',
     )
     one_mib = nydus.FsPrefetch(merging_size=1 << 20)
     assert [handler_key(v) for v in config.variants] == [
