@@ -538,3 +538,34 @@ def test_variants_with_their_own_nydusd_settings_run_on_snapshotters_of_their_ow
         "nydus-list",
         "nydus-list-t4-m1024k-b0k",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "variants"),
+    [
+        (
+            "bench-image-apps.yaml",
+            [
+                "oci",
+                "nydus",
+                "nydus-prefetch-all",
+                "nydus-prefetch-list",
+                "nydus-runtime-list",
+                "nydus-list-unordered",
+                "nydus-nydusd-list",
+            ],
+        ),
+        (
+            "bench-image-policy.yaml",
+            ["oci", "nydus", "nydus-prefetch-list", "nydus-list-every-file", "nydus-runtime-list"],
+        ),
+        (
+            "bench-image-nydusd.yaml",
+            ["oci", "nydus", "nydus-prefetch-list", "list-t8-1m", "list-t8-4m", "list-t4-1m-2mbs"],
+        ),
+    ],
+)
+def test_the_app_configs_load(name: str, variants: list[str]) -> None:
+    config = cfg.load(Path(__file__).parents[2] / "examples" / name)
+    assert [image.name for image in config.images] == ["wordpress:1", "python-web:1", "node-web:1"]
+    assert [v.name for v in config.variants] == variants
