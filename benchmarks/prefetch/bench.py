@@ -271,7 +271,9 @@ def _measure(
                 progress.start(f"{image.name} {variant.name} #{repetition}")
                 reference = config.reference(address, image, variant)
                 listed = prepared.lists[image.name].get(variant.list_source) if variant.prefetch == "runtime" else None
-                runtime_list = runtime_table(listed, variant.unread_budget) if listed is not None else None
+                runtime_list = (
+                    runtime_table(listed, variant.unread_budget, variant.read_in_part) if listed is not None else None
+                )
                 for sample in runner.repetition(
                     image,
                     variant,

@@ -100,6 +100,14 @@ class Image:
     record: bool = False  # `list: record`: the run records it (then list_file is None)
 
 
+Conversion = tuple[ListSource, bool, int | None, str]  # list, reordered, unread budget, read in part
+
+
+def default_conversion(source: ListSource) -> Conversion:
+    """How nri-optimizer convert converts with a list by default: reordered, its default budget, on demand."""
+    return source, True, partial.DEFAULT_BUDGET, "on-demand"
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -110,13 +118,16 @@ class Variant:
     reorder: bool = True  # prefetch list: the listed files lead the blob (else the table only)
     # prefetch list and runtime: which files read in part are left on demand (nri_optimizer.nydus.partial)
     unread_budget: int | None = partial.DEFAULT_BUDGET
+    read_in_part: str = "on-demand"  # what becomes of those files (nri-optimizer convert --read-in-part)
     nydusd: FsPrefetch | None = None  # nydus variants that prefetch: nydusd's settings (None: the run's)
 
     @property
-    def conversion(self) -> tuple[ListSource, bool, int | None] | None:
-        """What the variant's image is converted with: (list, reordered, unread budget), or None for no prefetch
-        table."""
-        return (self.list_source, self.reorder, self.unread_budget) if self.prefetch == "list" else None
+    def conversion(self) -> Conversion | None:
+        """What the variant's image is converted with: (list, reordered, unread budget, read in part), or None for no
+        prefetch table."""
+        if self.prefetch != "list":
+            return None
+        return self.list_source, self.reorder, self.unread_budget, self.read_in_part
 
     @property
     def lists(self) -> ListSource | None:
@@ -438,7 +449,17 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
         where.known(
             item,
             f"{key}.",
-            {"name", "snapshotter", "tag_suffix", "prefetch", "list", "reorder", "unread_budget", "nydusd"},
+            {
+                "name",
+                "snapshotter",
+                "tag_suffix",
+                "prefetch",
+                "list",
+                "reorder",
+                "unread_budget",
+                "read_in_part",
+                "nydusd",
+            },
         )
         name, snapshotter = item.get("name"), item.get("snapshotter")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -484,6 +505,17 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
             raise where.error(
                 f"{key}.unread_budget", budget, "a size (e.g. 256KiB, 1MiB, 0) or all (nri-optimizer convert)"
             ) from None
+        read_in_part = item.get("read_in_part", "on-demand")
+        if "read_in_part" in item and prefetch not in ("list", "runtime"):
+            raise where.error(
+                f"{key}.read_in_part", read_in_part, "no read_in_part key: only prefetch list and runtime take a list"
+            )
+        if read_in_part not in partial.READ_IN_PART:
+            raise where.error(
+                f"{key}.read_in_part",
+                read_in_part,
+                "on-demand (out of the prefetch table) or last (prefetched after the rest)",
+            )
         settings = _fs_prefetch(where, f"{key}.nydusd", item["nydusd"]) if "nydusd" in item else None
         if settings is not None and prefetch in (None, "off"):
             raise where.error(f"{key}.nydusd", item["nydusd"], "no nydusd key: only nydus variants that prefetch")
@@ -496,6 +528,7 @@ def _variants(where: _Where, value: Any) -> tuple[Variant, ...]:
                 cast(ListSource, source),
                 reorder,
                 budget,
+                read_in_part,
                 settings,
             )
         )

@@ -34,7 +34,8 @@ class Conversion:
     list_file: Path | None  # None: no prefetch table
     insecure: bool  # both registries may be plain HTTP
     reorder: bool = True  # with a list: its files lead the blob
-    unread_budget: int | None = partial.DEFAULT_BUDGET  # with a list: which files read in part are left on demand
+    unread_budget: int | None = partial.DEFAULT_BUDGET  # with a list: which files are read in part
+    read_in_part: str = "on-demand"  # and what becomes of them (nri_optimizer.nydus.partial.arrange)
 
     def printable(self) -> str:
         """The same conversion as a command line."""
@@ -42,16 +43,21 @@ class Conversion:
         flags += [] if self.reorder or self.list_file is None else ["--no-reorder"]
         if self.list_file is not None and self.unread_budget != partial.DEFAULT_BUDGET:
             flags += ["--unread-budget", "all" if self.unread_budget is None else str(self.unread_budget)]
+        if self.list_file is not None and self.read_in_part != "on-demand":
+            flags += ["--read-in-part", self.read_in_part]
         flags += ["--source-insecure", "--target-insecure"] if self.insecure else []
         return shlex.join(["nri-optimizer", "convert", "--source", self.source, "--target", self.target, *flags])
 
     def run(self, nydus_image: str) -> single.Converted:
         recorded = single.read_list(self.list_file, self.unread_budget) if self.list_file is not None else None
+        listed, on_demand = (
+            partial.arrange(recorded.paths, recorded.partial, self.read_in_part) if recorded else ([], [])
+        )
         return single.convert(
             self.source,
             self.target,
-            recorded.paths if recorded is not None else None,
-            on_demand=recorded.on_demand if recorded is not None else (),
+            listed if recorded is not None else None,
+            on_demand=on_demand,
             nydus_image=nydus_image,
             source_insecure=self.insecure,
             target_insecure=self.insecure,
@@ -106,25 +112,26 @@ def variant_conversion(
     insecure = config.insecure or config.local
     if variant.conversion is None:
         return Conversion(source, out, None, insecure)
-    which, reorder, budget = variant.conversion
+    which, reorder, budget, read_in_part = variant.conversion
     if which not in lists:
         raise ConvertError(
             f"{image.name}: {variant.name} converts with nydusd's list, which only `bench-image run` "
             "records (from nydusd's access pattern)"
         )
-    return Conversion(source, out, lists[which], insecure, reorder, budget)
+    return Conversion(source, out, lists[which], insecure, reorder, budget, read_in_part)
 
 
-def runtime_table(list_file: Path, budget: int | None) -> Path:
-    """The list to hand over at run time: `list_file` without the files left on demand under `budget` (as convert
-    leaves them out of its prefetch table), written beside it once."""
+def runtime_table(list_file: Path, budget: int | None, read_in_part: str) -> Path:
+    """The list to hand over at run time: `list_file` as convert makes its prefetch table of it (the files read in
+    part under `budget` left out, or last), written beside it once."""
     if budget is None:
         return list_file
-    table = list_file.with_name(f"{list_file.name}.table-{budget}")
+    table = list_file.with_name(f"{list_file.name}.table-{budget}-{read_in_part}")
     if not table.exists():
         recorded = single.read_list(list_file, budget)
-        left = set(recorded.on_demand)
-        kept = [path for path in recorded.paths if path not in left]
+        listed, on_demand = partial.arrange(recorded.paths, recorded.partial, read_in_part)
+        left = set(on_demand)
+        kept = [path for path in listed if path not in left]
         table.write_bytes("".join(f"{path}\n" for path in kept).encode(errors="surrogateescape"))
     return table
 

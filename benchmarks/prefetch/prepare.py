@@ -178,7 +178,7 @@ def convert_tags(
     """Convert `image` into each of `variants`' tags (a tag that would get the same image as one already made, as
     prefetch off's and all's, is that image tagged again); what cannot be made goes to `prepared.unmade` for every
     variant of that tag."""
-    made: dict[tuple[Path | None, bool, int | None], str] = {}  # (list, reorder, budget) -> the tag that has it
+    made: dict[tuple[Path | None, bool, int | None, str], str] = {}  # (list, reorder, budget, read in part) -> tag
     for variant in variants:
         sharing = [v for v in config.variants if v.snapshotter == "nydus" and v.tag_suffix == variant.tag_suffix]
         try:
@@ -197,6 +197,7 @@ def convert_tags(
             conversion.list_file,
             conversion.reorder or conversion.list_file is None,
             conversion.unread_budget if conversion.list_file is not None else None,
+            conversion.read_in_part if conversion.list_file is not None else "",
         )
         if (twin := made.get(key)) is not None:
             manifest = registry.manifest(repository, twin)

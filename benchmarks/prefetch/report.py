@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.prefetch.config import ListSource, default_conversion
 from benchmarks.prefetch.runner import PHASES, Sample
-from nri_optimizer.nydus.partial import DEFAULT_BUDGET
 from nri_optimizer.results.formats import readable_size
 
 if TYPE_CHECKING:
@@ -343,13 +343,13 @@ def lists_table(comparisons: Sequence[Comparison], summaries: Sequence[Summary])
     return "\n".join(lines)
 
 
-def _totals(summaries: Sequence[Summary], image: str, source: str) -> str:
+def _totals(summaries: Sequence[Summary], image: str, source: ListSource) -> str:
     """The median totals of the reordered converted-list variants taking list `source` (convert's default
     budget), per link."""
     found = [
         f"{s.times['total'].median_us / 1e6:.2f} ({s.first.link or 'not shaped'})"
         for s in summaries
-        if s.first.image == image and s.first.variant.conversion == (source, True, DEFAULT_BUDGET) and s.times
+        if s.first.image == image and s.first.variant.conversion == default_conversion(source) and s.times
     ]
     return ", ".join(found)
 

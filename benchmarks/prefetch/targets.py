@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from benchmarks.prefetch.bounds import Bound
-from benchmarks.prefetch.config import Variant
+from benchmarks.prefetch.config import Variant, default_conversion
 from benchmarks.prefetch.report import Summary
 from benchmarks.prefetch.shaping import Link
 from nri_optimizer.nydus.partial import DEFAULT_BUDGET
@@ -105,9 +105,14 @@ def _role(variant: Variant) -> str | None:
         return "off"
     if variant.prefetch == "all":
         return "all"
-    if variant.prefetch == "list" and variant.conversion == ("ours", True, DEFAULT_BUDGET):
+    if variant.prefetch == "list" and variant.conversion == default_conversion("ours"):
         return "list"
-    if variant.prefetch == "runtime" and variant.lists == "ours" and variant.unread_budget == DEFAULT_BUDGET:
+    if (
+        variant.prefetch == "runtime"
+        and variant.lists == "ours"
+        and variant.unread_budget == DEFAULT_BUDGET
+        and (variant.read_in_part == "on-demand")
+    ):
         return "runtime"
     return None
 

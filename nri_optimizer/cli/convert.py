@@ -62,7 +62,7 @@ class RecordedList:
     path: Path
     paths: tuple[str, ...]
     incomplete: str | None  # why, when the list says it is incomplete
-    on_demand: tuple[str, ...] = ()  # listed files read only in small part (nri_optimizer.nydus.partial)
+    partial: tuple[str, ...] = ()  # listed files read only in small part (nri_optimizer.nydus.partial)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def read_list(path: Path, budget: int | None = None) -> RecordedList:
             "without a prefetch table with --no-list)"
         )
     run = parse_run(data, files.get(".csv"), where=str(path))
-    return RecordedList(path, paths, run.incomplete, tuple(partial.on_demand(run.entries, budget)))
+    return RecordedList(path, paths, run.incomplete, tuple(partial.read_in_part(run.entries, budget)))
 
 
 def default_list(persist_dir: str, source: str, workload: str = "", timeout: int = 0) -> str:
@@ -183,9 +183,16 @@ def main(argv: Sequence[str]) -> int:
         default=partial.DEFAULT_BUDGET,
         metavar="SIZE",
         help="a listed file the start read only in part (the list's resident column) is prefetched whole when the "
-        "bytes it did not read are at most SIZE per MiB it read; otherwise it is left to on-demand reads and "
-        "placed after the prefetched files (default: 256KiB, about a round trip's worth of a 20-100 Mbit/s "
-        "link; 0: only files read entirely; 'all': every listed file, as upstream; built-in converter)",
+        "bytes it did not read are at most SIZE per MiB it read; otherwise it is read in part, see --read-in-part "
+        "(default: 256KiB, about a round trip's worth of a 20-100 Mbit/s link; 0: only files read entirely; "
+        "'all': every listed file, as upstream)",
+    )
+    parser.add_argument(
+        "--read-in-part",
+        choices=partial.READ_IN_PART,
+        default="on-demand",
+        help="what becomes of the files read in part: left out of the prefetch table, after the prefetched files "
+        "in the blob (on-demand, the default), or prefetched after every other file (last)",
     )
     which.add_argument(
         "--from-registry",
@@ -236,11 +243,13 @@ def main(argv: Sequence[str]) -> int:
             flags=flags,
         ).path
     recorded = None if args.no_list else read_list(Path(_list_file(args)), args.unread_budget)
+    listed, on_demand = partial.arrange(recorded.paths, recorded.partial, args.read_in_part) if recorded else ([], [])
     if recorded is not None and recorded.incomplete is not None:
         _warn(f"{recorded.path} is incomplete ({recorded.incomplete}): the prefetch table gets the files it has")
     nydusify = _nydusify(args.nydusify) if args.nydus_image is None else None
     if nydusify is not None:
-        return _run_nydusify(nydusify, args, extra, recorded)
+        left = set(on_demand)
+        return _run_nydusify(nydusify, args, extra, recorded, [path for path in listed if path not in left])
     if extra:
         raise UsageError(f"arguments after -- are nydusify's, and nydusify is not installed: {' '.join(extra)}")
     if args.fs_version != "6":
@@ -250,14 +259,14 @@ def main(argv: Sequence[str]) -> int:
     converted = convert(
         args.source,
         args.target,
-        recorded.paths if recorded else None,
+        listed if recorded else None,
         nydus_image=nydus_image,
         source_insecure=args.source_insecure,
         target_insecure=args.target_insecure,
         platform=_platform(args.platform),
         work_dir=args.work_dir,
         reorder=args.reorder,
-        on_demand=recorded.on_demand if recorded else (),
+        on_demand=on_demand,
         say=_say,
     )
     table = converted.build
@@ -267,6 +276,8 @@ def main(argv: Sequence[str]) -> int:
         summary = f"prefetch table of {len(table.prefetch)} files"
         if table.on_demand:
             summary += f", {len(table.on_demand)} read only in part left to on-demand reads"
+        elif recorded.partial:
+            summary += f", the {len(recorded.partial)} read only in part last"
         if table.absent:
             summary += f", {len(table.absent)} listed paths not in the image left out"
         if table.empty:
@@ -298,7 +309,10 @@ def _nydusify(explicit: str | None) -> str | None:
     return found
 
 
-def _run_nydusify(nydusify: str, args: argparse.Namespace, extra: list[str], recorded: RecordedList | None) -> int:
+def _run_nydusify(
+    nydusify: str, args: argparse.Namespace, extra: list[str], recorded: RecordedList | None, table: Sequence[str]
+) -> int:
+    """nydusify convert, its prefetch patterns `table` (of `recorded`'s list) on stdin."""
     flags = [
         *(["--source-insecure"] if args.source_insecure else []),
         *(["--target-insecure"] if args.target_insecure else []),
@@ -309,8 +323,7 @@ def _run_nydusify(nydusify: str, args: argparse.Namespace, extra: list[str], rec
     if recorded is None:
         command.remove("--prefetch-patterns")
     _say(" ".join(command) + (f" < {recorded.path}" if recorded else ""))
-    left = set(recorded.on_demand) if recorded else set()
-    stdin = "".join(f"{path}\n" for path in recorded.paths if path not in left) if recorded else ""
+    stdin = "".join(f"{path}\n" for path in table)
     return subprocess.run(command, input=stdin.encode(errors="surrogateescape"), check=False).returncode
 
 

@@ -18,7 +18,8 @@ a resident column are prefetched as they are: nothing says they are read in part
 (opened, never read) has no chunk to save a round trip for and is left out unless it is empty.
 
 The files left on demand stay in the plain list (upstream's, every file) and, in the blob, come right after the
-prefetched ones, in list order: only the prefetch table leaves them out.
+prefetched ones, in list order: only the prefetch table leaves them out. Or (``last``) they stay in the table, after
+every other file: prefetched whole, but only once the files the start reads entirely are in.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from nri_optimizer.results.formats import Entry
 
 CHUNK = 1 << 20  # nydus-image's default chunk size
 DEFAULT_BUDGET = 256 << 10
+READ_IN_PART = ("on-demand", "last")  # what becomes of the files read in part (arrange)
 _SIZE = re.compile(r"(\d+)\s*(|k|kib|m|mib)", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
 
 
-def on_demand(entries: Sequence[Entry], budget: int | None) -> list[str]:
-    """The listed paths to leave to on-demand reads under `budget` (bytes per chunk read; None: none, every
-    listed file is prefetched), in list order."""
+def read_in_part(entries: Sequence[Entry], budget: int | None) -> list[str]:
+    """The listed paths read in part under `budget` (bytes per chunk read; None: none, every listed file is
+    prefetched whole as it comes), in list order: to leave on demand or to prefetch last (arrange)."""
     if budget is None:
         return []
     left = []
@@ -48,6 +50,15 @@ def on_demand(entries: Sequence[Entry], budget: int | None) -> list[str]:
         if size - resident > chunks_read * budget:
             left.append(path.decode(errors="surrogateescape"))
     return left
+
+
+def arrange(paths: Sequence[str], partial: Sequence[str], how: str) -> tuple[list[str], list[str]]:
+    """(the list as the converter takes it, the files to leave on demand) for files read in part `partial` (of
+    `paths`, in list order): ``on-demand`` leaves them out of the prefetch table, ``last`` moves them to its end."""
+    if how == "on-demand":
+        return list(paths), list(partial)
+    moved = set(partial)
+    return [path for path in paths if path not in moved] + list(partial), []
 
 
 def parse_budget(text: str) -> int | None:

@@ -560,8 +560,8 @@ def test_variants_with_their_own_nydusd_settings_run_on_snapshotters_of_their_ow
             ["oci", "nydus", "nydus-prefetch-list", "nydus-list-every-file", "nydus-runtime-list"],
         ),
         (
-            "bench-image-nydusd.yaml",
-            ["oci", "nydus", "nydus-prefetch-list", "list-t8-1m", "list-t8-4m", "list-t4-1m-2mbs"],
+            "bench-image-tuning.yaml",
+            ["oci", "nydus", "nydus-prefetch-list", "list-partial-last", "list-t8-1m", "list-t8-4m", "list-t4-1m-2mbs"],
         ),
     ],
 )

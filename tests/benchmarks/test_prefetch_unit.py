@@ -114,7 +114,7 @@ def test_default_variants_are_the_seeds_four_and_the_runtime_list(tmp_path: Path
     assert [(v.conversion, v.lists) for v in config.variants[1:]] == [
         (None, None),
         (None, None),
-        (("ours", True, 256 << 10), "ours"),  # convert's default unread budget
+        (("ours", True, 256 << 10, "on-demand"), "ours"),  # convert's default unread budget
         (None, "ours"),
     ]
 
@@ -203,6 +203,10 @@ def test_default_variants_are_the_seeds_four_and_the_runtime_list(tmp_path: Path
         (
             "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: all, nydusd: 8}]",
             "variants[0].nydusd: got 8; expected a mapping {threads_count, merging_size, bandwidth_rate} (nydusd's fs_prefetch)",
+        ),
+        (
+            "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, read_in_part: first}]",
+            "variants[0].read_in_part: got 'first'; expected on-demand (out of the prefetch table) or last (prefetched after the rest)",
         ),
         (
             "images: [{name: a:1, build: db, ready: exit}]\nvariants: [{name: x, snapshotter: nydus, prefetch: list, reorder: 1}]",

@@ -318,6 +318,20 @@ def test_nydusify_gets_the_files_the_start_read_enough_of(tmp_path):
     )
     assert every.returncode == 0, every.stderr
     assert (tmp_path / "stdin").read_text() == "/bin/app\n/lib/big.so\n/etc/app.conf\n"
+    last = convert(
+        "--source",
+        "app",
+        "--target",
+        "reg/app:nydus",
+        "--list",
+        str(tmp_path / "list"),
+        "--nydusify",
+        str(fake),
+        "--read-in-part",
+        "last",
+    )
+    assert last.returncode == 0, last.stderr
+    assert (tmp_path / "stdin").read_text() == "/bin/app\n/etc/app.conf\n/lib/big.so\n"
 
 
 def test_a_bad_unread_budget_is_a_usage_error(recorded):

@@ -1,7 +1,7 @@
 import pytest
 
 from nri_optimizer.errors import UsageError
-from nri_optimizer.nydus.partial import CHUNK, DEFAULT_BUDGET, on_demand, parse_budget
+from nri_optimizer.nydus.partial import CHUNK, DEFAULT_BUDGET, arrange, parse_budget, read_in_part
 from nri_optimizer.results.formats import Entry
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -24,19 +24,19 @@ LISTED = [
 
 
 def test_files_read_in_small_part_are_left_on_demand_in_list_order():
-    assert on_demand(LISTED, 256 * KIB) == ["/blas", "/edge-out", "/unread", "/fresh-\udcff"]
+    assert read_in_part(LISTED, 256 * KIB) == ["/blas", "/edge-out", "/unread", "/fresh-\udcff"]
 
 
 def test_the_budget_is_per_chunk_read():
     # 2 chunks read of /blas: at 17 MiB a chunk its 34 MiB unread fit
-    assert on_demand([LISTED[2]], 17 * MIB) == []
-    assert on_demand([LISTED[2]], 17 * MIB - 1) == ["/blas"]
+    assert read_in_part([LISTED[2]], 17 * MIB) == []
+    assert read_in_part([LISTED[2]], 17 * MIB - 1) == ["/blas"]
     assert -(-(CHUNK + 1) // CHUNK) == 2  # a byte past a chunk is a chunk more
 
 
 def test_zero_keeps_files_read_entirely_and_all_keeps_every_file():
-    assert on_demand(LISTED, 0) == ["/blas", "/edge-in", "/edge-out", "/unread", "/fresh-\udcff"]
-    assert on_demand(LISTED, None) == []
+    assert read_in_part(LISTED, 0) == ["/blas", "/edge-in", "/edge-out", "/unread", "/fresh-\udcff"]
+    assert read_in_part(LISTED, None) == []
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,10 @@ def test_a_bad_budget_names_the_flag_and_the_forms(text):
     with pytest.raises(UsageError) as raised:
         parse_budget(text)
     assert str(raised.value) == f"--unread-budget {text}: expected a size (e.g. 256KiB, 1MiB, 0) or 'all'"
+
+
+def test_files_read_in_part_are_left_out_of_the_table_or_moved_to_its_end():
+    paths = ["/a", "/big", "/b", "/huge", "/c"]
+    assert arrange(paths, ["/big", "/huge"], "on-demand") == (paths, ["/big", "/huge"])
+    assert arrange(paths, ["/big", "/huge"], "last") == (["/a", "/b", "/c", "/big", "/huge"], [])
+    assert arrange(paths, [], "last") == (paths, [])
