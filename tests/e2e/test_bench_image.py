@@ -357,7 +357,18 @@ variants:
   - {{name: oci, snapshotter: overlayfs}}
 """)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(tmp_path / "out")],
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",  # a fatal error shows every thread's stack
+            "-m",
+            "nri_optimizer",
+            "bench-image",
+            "run",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+        ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

@@ -197,8 +197,9 @@ def test_ctrl_c_in_a_process_removes_the_shaping(sender: Sender) -> None:
             time.sleep(60)
     """)
     proc = subprocess.Popen(
-        [sys.executable, "-c", script],
+        [sys.executable, "-X", "faulthandler", "-c", script],  # SIGABRT: every thread's stack on stderr
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
     )
@@ -207,7 +208,12 @@ def test_ctrl_c_in_a_process_removes_the_shaping(sender: Sender) -> None:
         assert sender.port in shaped_ports()
         proc.send_signal(signal.SIGINT)
         # Python ends on an unhandled KeyboardInterrupt by SIGINT itself, after the with block's exit has run.
-        assert proc.wait(timeout=30) == -signal.SIGINT
+        try:
+            status = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail(f"still running 30 s after SIGINT; its threads:\n{proc.communicate(timeout=30)[1]}")
+        assert status == -signal.SIGINT, proc.communicate()[1]
         assert sender.port not in shaped_ports()
     finally:
         if proc.poll() is None:

@@ -240,7 +240,9 @@ def test_the_recorded_list_is_the_prefetch_table_and_what_nydusd_prefetches(
         recorded = traced.result(reference)
         assert recorded == READ_SET
 
-        # Convert with the list the daemon saved (convert finds it under persist_dir) and push.
+        # Convert with the list the daemon saved (convert finds it under persist_dir) and push. Every listed file
+        # goes into the table: which ones the default policy leaves on demand depends on the page cache's state
+        # (tests/unit/nydus/test_partial.py has the rule, tests/e2e/test_nydus_build.py the image it makes).
         result = convert(
             "--source",
             reference,
@@ -250,6 +252,8 @@ def test_the_recorded_list_is_the_prefetch_table_and_what_nydusd_prefetches(
             str(tmp_path / "results"),
             "--config",
             "/dev/null",
+            "--unread-budget",
+            "all",
         )
         assert result.returncode == 0, result.stderr
         digest = client.manifest(REPOSITORY, "nydus").digest
@@ -295,20 +299,21 @@ def test_the_recorded_list_is_the_prefetch_table_and_what_nydusd_prefetches(
         # Lazy: the pull fetched the bootstrap layer, not one data blob.
         assert bootstrap_digest in lazy.content and not lazy.content & {blob["digest"] for blob in blobs}, mode
     off, every, listed = runs["off"], runs["all"], runs["list"]
-    # To mount the image nydusd reads each blob's chunk table and table of contents from the registry, nothing else.
-    mounting = off.before.registry_bytes
-    assert 0 < mounting < blob_tables + 4096
+    # To mount the image nydusd reads each blob's chunk table and table of contents from the registry, nothing else
+    # (a few bytes more or less from one mount to the next: 8,499 and 8,564 B were seen for one image).
+    for lazy in (off, listed):
+        assert 0 < lazy.before.registry_bytes - lazy.before.prefetch_bytes < blob_tables + 4096, lazy
     # Off: nothing prefetched; the workload's reads fetch exactly the listed files' chunks, on demand.
     assert (off.after.prefetch_bytes, off.after.prefetch_requests) == (0, 0)
-    assert off.after.registry_bytes == mounting + listed_bytes
+    assert off.after.registry_bytes - off.before.registry_bytes == listed_bytes
     # The list: before the workload starts, nydusd has prefetched exactly the listed files' chunks, and the workload
     # then reads nothing more from the registry: the list is what it needs, and all of it was there first.
     assert listed.before.prefetch_requests > 0
     assert listed.before.prefetch_bytes == listed_bytes
-    assert listed.before.registry_bytes == mounting + listed_bytes
     assert listed.after == listed.before
-    # Prefetch-all reads every blob whole, 13 times the list's bytes here.
-    assert every.before.registry_bytes == blob_bytes > 10 * listed.after.registry_bytes
+    # Prefetch-all reads every blob whole, 13 times the list's bytes here (a chunk read at mount while the prefetch
+    # fetches it can cross the link twice: 0.5 MB more was seen once on a busy machine).
+    assert every.before.registry_bytes >= blob_bytes > 10 * listed.after.registry_bytes
     assert every.after == every.before
 
 
