@@ -127,6 +127,7 @@ PLAIN_FOLDERS = {
     "etc/nri/conf.d": "the plugin's default config, as upstream installs it",
     "systemd": "the unit for external mode",
     "examples": "configs to start from (bench-image)",
+    "docs": "the benchmark report (docs/benchmarks.md) and its plots",
     ".ci": "what CI runs: exactly the README's test command",
 }
 
