@@ -202,6 +202,9 @@ def test_ctrl_c_in_a_process_removes_the_shaping(sender: Sender) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        # As from a terminal, whatever runs us: a suite started in the background (nohup, `&`) ignores SIGINT, and
+        # so would the child, which then sleeps on through it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "shaped\n"
