@@ -299,39 +299,17 @@ def test_nydusify_gets_the_files_the_start_read_enough_of(tmp_path):
         "path,size,elapsed,resident\n/bin/app,200000,10,200000\n/lib/big.so,41943040,20,1048576\n/etc/app.conf,12,30,\n"
     )
     fake = stub(tmp_path, "nydusify", f"cat > {tmp_path}/stdin")
-    result = convert(
-        "--source", "app", "--target", "reg/app:nydus", "--list", str(tmp_path / "list"), "--nydusify", str(fake)
-    )
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "stdin").read_text() == "/bin/app\n/etc/app.conf\n"
-    every = convert(
-        "--source",
-        "app",
-        "--target",
-        "reg/app:nydus",
-        "--list",
-        str(tmp_path / "list"),
-        "--nydusify",
-        str(fake),
-        "--unread-budget",
-        "all",
-    )
-    assert every.returncode == 0, every.stderr
-    assert (tmp_path / "stdin").read_text() == "/bin/app\n/lib/big.so\n/etc/app.conf\n"
-    last = convert(
-        "--source",
-        "app",
-        "--target",
-        "reg/app:nydus",
-        "--list",
-        str(tmp_path / "list"),
-        "--nydusify",
-        str(fake),
-        "--read-in-part",
-        "last",
-    )
-    assert last.returncode == 0, last.stderr
-    assert (tmp_path / "stdin").read_text() == "/bin/app\n/etc/app.conf\n/lib/big.so\n"
+
+    def table(*flags: str) -> str:
+        """What nydusify is given as its prefetch patterns, with these flags."""
+        args = ["--source", "app", "--target", "reg/app:nydus", "--list", str(tmp_path / "list"), "--nydusify"]
+        result = convert(*args, str(fake), *flags)
+        assert result.returncode == 0, result.stderr
+        return (tmp_path / "stdin").read_text()
+
+    assert table() == "/bin/app\n/etc/app.conf\n"
+    assert table("--unread-budget", "all") == "/bin/app\n/lib/big.so\n/etc/app.conf\n"
+    assert table("--read-in-part", "last") == "/bin/app\n/etc/app.conf\n/lib/big.so\n"
 
 
 def test_a_bad_unread_budget_is_a_usage_error(recorded):
