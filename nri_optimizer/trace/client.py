@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,16 +57,29 @@ class StopResult:
 
 
 class Session:
-    """One traced container. Created by TraceClient.trace(); finish it with stop()."""
+    """One traced container. Created by TraceClient.trace(); finish it with stop().
 
-    def __init__(self, server: TraceClient, session_id: int, pid: int, sink: EventSink) -> None:
+    The client feeds it what the server says of it through the *_received methods and ended(), as an
+    asyncio protocol is fed by its transport; the session asks the client back only through the two callables
+    it was given."""
+
+    def __init__(
+        self,
+        session_id: int,
+        pid: int,
+        sink: EventSink,
+        *,
+        send: Callable[[protocol.Command], Awaitable[None]],
+        abandon: Callable[[Session, str], None],
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.id = session_id
         self.pid = pid
         self.files = 0
         self.mode = "auto"  # READY says which the server uses: "fid" or "fd"
         self._resident: list[int] = []
-        self._server = server
+        self._send = send
+        self._abandon = abandon
         self._sink = sink
         self._problems: list[str] = []
         # READY → None, FAILED → the reason. Results, not exceptions: nobody may be left to retrieve them.
@@ -74,21 +87,30 @@ class Session:
         self._result: asyncio.Future[StopResult] = loop.create_future()
         self._stopping = False
 
+    @property
+    def owes_answer(self) -> bool:
+        """The server has yet to answer this session's TRACE (READY) or STOP (DONE)."""
+        return not self._ready.done() or (self._stopping and not self._result.done())
+
+    async def ready(self) -> str | None:
+        """None once the server placed the mark (READY), else why it could not."""
+        return await asyncio.shield(self._ready)
+
     async def stop(self, *, timeout: float) -> StopResult:
         """Have the server drain this session and wait for DONE; the result says what may be missing."""
         try:
             async with asyncio.timeout(timeout):
                 if not self._stopping and not self._result.done():
                     self._stopping = True
-                    await self._server._send(protocol.Stop(self.id))
+                    await self._send(protocol.Stop(self.id))
                 return await asyncio.shield(self._result)
         except TimeoutError:
-            self._server._abandon(self, f"no DONE within {timeout} s")
+            self._abandon(self, f"no DONE within {timeout} s")
         except TraceError as e:
-            self._finish(str(e))
+            self.ended(str(e))
         return self._result.result()
 
-    def _deliver(self, files: Sequence[FileRecord]) -> None:
+    def files_received(self, files: Sequence[FileRecord]) -> None:
         self.files += len(files)
         try:
             self._sink(files)
@@ -96,13 +118,19 @@ class Session:
             log.exception("session %d: event sink failed", self.id)
             self._problems.append("event sink failed")
 
-    def _take_resident(self, first: int, sizes: Sequence[int]) -> None:
+    def ready_received(self, mode: str) -> None:
+        if not self._ready.done():
+            self.mode = mode
+            self._ready.set_result(None)
+
+    def resident_received(self, first: int, sizes: Sequence[int]) -> None:
         if first != len(self._resident):
             self._problems.append(f"residency out of order (values for file {first}, expected {len(self._resident)})")
             return
         self._resident.extend(sizes)
 
-    def _finish(self, problem: str | None = None, *, overflowed: bool = False, lost: int = 0, events: int = 0) -> None:
+    def ended(self, problem: str | None = None, *, overflowed: bool = False, lost: int = 0, events: int = 0) -> None:
+        """The session is over: DONE (its counts), FAILED or lost (problem). Only the first call counts."""
         if problem:
             self._problems.append(problem)
         if not self._ready.done():
@@ -207,11 +235,11 @@ class TraceClient:
         try:
             async with asyncio.timeout(timeout):
                 await self.start()
-                session = Session(self, self._next_id(), pid, sink)
+                session = Session(self._next_id(), pid, sink, send=self._send, abandon=self._abandon)
                 self._sessions[session.id] = session
                 options = protocol.RESIDENCY if residency else 0
                 await self._send(protocol.Trace(session.id, pid, _MODE_NUMBERS[mode], options))
-                failure = await asyncio.shield(session._ready)
+                failure = await session.ready()
         except TimeoutError:
             if session is not None:
                 self._abandon(session, "no READY in time")
@@ -273,7 +301,7 @@ class TraceClient:
     def _heard(self) -> None:
         """The server said something: it is alive. Its silence counts again from now if it still owes answers."""
         if self._silent_since is not None:
-            awaiting = any(not s._ready.done() or s._stopping for s in self._sessions.values())
+            awaiting = any(s.owes_answer for s in self._sessions.values())
             self._silent_since = asyncio.get_running_loop().time() if awaiting else None
 
     def _check_stall(self) -> None:
@@ -302,7 +330,7 @@ class TraceClient:
     def _abandon(self, session: Session, problem: str) -> None:
         """Give up on a session: finish it and tell the server to drop it (best effort, never waits)."""
         self._sessions.pop(session.id, None)
-        session._finish(problem)
+        session.ended(problem)
         if self._sock is not None:
             try:
                 self._sock.send(protocol.encode(protocol.Cancel(session.id)))
@@ -344,18 +372,17 @@ class TraceClient:
             case None, _:
                 pass  # late messages of an abandoned session
             case _, protocol.Files(_, files):
-                session._deliver(files)
-            case _, protocol.Ready(_, mode) if not session._ready.done():
-                session.mode = protocol.MODE_NAMES[mode]
-                session._ready.set_result(None)
+                session.files_received(files)
+            case _, protocol.Ready(_, mode):
+                session.ready_received(protocol.MODE_NAMES[mode])
             case _, protocol.Resident(_, first, sizes):
-                session._take_resident(first, sizes)
+                session.resident_received(first, sizes)
             case _, protocol.Failed(_, message):
                 del self._sessions[session.id]
-                session._finish(message)
+                session.ended(message)
             case _, protocol.Done(_, overflowed, lost, events):
                 del self._sessions[session.id]
-                session._finish(overflowed=overflowed, lost=lost, events=events)
+                session.ended(overflowed=overflowed, lost=lost, events=events)
 
     def _on_hello(self, version: int) -> None:
         if self._hello is None or self._hello.done():
@@ -396,7 +423,7 @@ class TraceClient:
             )
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
-            session._finish(reason)
+            session.ended(reason)
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
         try:
