@@ -92,26 +92,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise BenchError("the bench runs a real containerd and needs root")
     names = [n for n in args.scenarios.split(",") if n]
-    plan = scenarios.Plan.quick() if args.quick else scenarios.Plan()
-    if args.runs is not None:
-        plan = dataclasses.replace(
-            plan, start_stop=args.runs, stop_pod=args.runs, completeness=args.runs, event_cost=args.runs
-        )
-    variants_wanted = ["none", "ours"]
+    plan = _plan(args)
     progress = Progress(len(names))
-    if args.upstream_plugin:
-        variants_wanted.append("upstream")
-        if not Path("/dev/log").exists():
-            progress.note(
-                "warning: no /dev/log here; upstream's plugin crashes on its server's first stderr line "
-                "without a syslog socket (UPSTREAM.md weakness 10)"
-            )
-    else:
-        progress.note(
-            "upstream anchor skipped: pass --upstream-plugin PATH --upstream-server PATH "
-            "(nydus-snapshotter's optimizer-nri-plugin and its Rust optimizer-server, which Debian "
-            "does not package)"
-        )
+    variants_wanted = _variants_wanted(args, progress)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     commit = _commit()  # the code measured is the code at the start (the daemon loads it then)
@@ -122,62 +105,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = scenarios.Results()
     old_term = signal.signal(signal.SIGTERM, _on_term)
     try:
-        progress.note("building images")
-        from testbed.images import build_pause_image
-
-        workload, scale = workloads.build_images(work / "images", plan.many_files)
-        pause = build_pause_image(work / "images" / "pause.tar")
-        progress.note(
-            f"starting containerd {runtime.version} for {', '.join(variants_wanted)} and importing "
-            f"the images ({plan.many_files:,} files take a while)"
-        )
-        with ThreadPoolExecutor(len(variants_wanted)) as pool:
-            event_mode = f'event_mode = "{args.event_mode}"\n' if args.event_mode != "auto" else ""
-            futures = [
-                pool.submit(
-                    make_variant,
-                    name,
-                    runtime,
-                    work,
-                    [pause, workload, scale],
-                    upstream_plugin=args.upstream_plugin,
-                    upstream_server=args.upstream_server,
-                    plugin=args.plugin,
-                    server=args.server,
-                    snapshotter=args.snapshotter,
-                    extra_config=event_mode,
-                )
-                for name in variants_wanted
-            ]
-            for future in futures:  # keep every variant that started, so that all are closed
-                with contextlib.suppress(Exception):
-                    variants.append(future.result())
-            for future in futures:
-                future.result()  # raise the first failure, if any
+        _start_variants(args, plan, runtime, work, variants_wanted, progress, variants)
         time.sleep(1.0)
         ctx = scenarios.Context(variants, plan, results, progress)
         if args.server is not None:
             ctx.server = [str(args.server)]
         scenarios.run_all(ctx, names)
     except BenchError:
-        for variant in variants:  # evidence, before the testbed removes it
-            logs = [("containerd", variant.ctd.log_path)] + ([("plugin", variant.log.path)] if variant.log else [])
-            for what, path in logs:
-                if path.exists():
-                    shutil.copy(path, args.out / f"failed-{variant.name}-{what}.log")
-        progress.note(f"logs of the failed run: {args.out}/failed-*.log")
+        _keep_logs(variants, args.out, progress)
         raise
     finally:
         signal.signal(signal.SIGTERM, old_term)
-        problems = []
-        for variant in variants:
-            try:
-                variant.close()
-            except (TestbedError, OSError) as error:
-                problems.append(f"{variant.name}: {error}")
-        shutil.rmtree(work, ignore_errors=True)
-        for problem in problems:
-            progress.note(f"cleanup: {problem}")
+        _close(variants, work, progress)
     meta = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": time.time() - started,
@@ -201,6 +140,97 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ours": {"plugin": str(args.plugin), "server": str(args.server)} if args.plugin else "this source tree",
     }
     return report.to_json(results, variants_wanted, meta)
+
+
+def _plan(args: argparse.Namespace) -> scenarios.Plan:
+    plan = scenarios.Plan.quick() if args.quick else scenarios.Plan()
+    if args.runs is None:
+        return plan
+    return dataclasses.replace(
+        plan, start_stop=args.runs, stop_pod=args.runs, completeness=args.runs, event_cost=args.runs
+    )
+
+
+def _variants_wanted(args: argparse.Namespace, progress: Progress) -> list[str]:
+    """none and ours; upstream's too where its two binaries are given (else the note says how)."""
+    if not args.upstream_plugin:
+        progress.note(
+            "upstream anchor skipped: pass --upstream-plugin PATH --upstream-server PATH "
+            "(nydus-snapshotter's optimizer-nri-plugin and its Rust optimizer-server, which Debian "
+            "does not package)"
+        )
+        return ["none", "ours"]
+    if not Path("/dev/log").exists():
+        progress.note(
+            "warning: no /dev/log here; upstream's plugin crashes on its server's first stderr line "
+            "without a syslog socket (UPSTREAM.md weakness 10)"
+        )
+    return ["none", "ours", "upstream"]
+
+
+def _start_variants(
+    args: argparse.Namespace,
+    plan: scenarios.Plan,
+    runtime: debs.Runtime,
+    work: Path,
+    wanted: list[str],
+    progress: Progress,
+    started: list[Variant],
+) -> None:
+    """A containerd per variant, started side by side with the images imported, appended to started (those
+    that did start are there for the caller to close, even when another fails and its error is raised)."""
+    progress.note("building images")
+    from testbed.images import build_pause_image
+
+    workload, scale = workloads.build_images(work / "images", plan.many_files)
+    pause = build_pause_image(work / "images" / "pause.tar")
+    progress.note(
+        f"starting containerd {runtime.version} for {', '.join(wanted)} and importing "
+        f"the images ({plan.many_files:,} files take a while)"
+    )
+    event_mode = f'event_mode = "{args.event_mode}"\n' if args.event_mode != "auto" else ""
+    with ThreadPoolExecutor(len(wanted)) as pool:
+        futures = [
+            pool.submit(
+                make_variant,
+                name,
+                runtime,
+                work,
+                [pause, workload, scale],
+                upstream_plugin=args.upstream_plugin,
+                upstream_server=args.upstream_server,
+                plugin=args.plugin,
+                server=args.server,
+                snapshotter=args.snapshotter,
+                extra_config=event_mode,
+            )
+            for name in wanted
+        ]
+    for future in futures:
+        if future.exception() is None:
+            started.append(future.result())
+    for future in futures:
+        future.result()  # raise the first failure, if any
+
+
+def _keep_logs(variants: list[Variant], out: Path, progress: Progress) -> None:
+    """Each variant's containerd and plugin log into out/, as evidence, before the testbed removes them."""
+    for variant in variants:
+        logs = [("containerd", variant.ctd.log_path)] + ([("plugin", variant.log.path)] if variant.log else [])
+        for what, path in logs:
+            if path.exists():
+                shutil.copy(path, out / f"failed-{variant.name}-{what}.log")
+    progress.note(f"logs of the failed run: {out}/failed-*.log")
+
+
+def _close(variants: list[Variant], work: Path, progress: Progress) -> None:
+    """Stop every variant and remove the work directory; a variant that will not close is noted, not raised."""
+    for variant in variants:
+        try:
+            variant.close()
+        except (TestbedError, OSError) as error:
+            progress.note(f"cleanup: {variant.name}: {error}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _modes_used(results: scenarios.Results) -> dict[str, dict[str, int]]:

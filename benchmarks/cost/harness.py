@@ -498,11 +498,8 @@ def make_variant(
     label = label or name
     vdir = base / label
     vdir.mkdir(parents=True)
-    results = log = None
     if name == "none":
-        plugins, confs = vdir / "plugins", vdir / "conf.d"
-        plugins.mkdir()
-        confs.mkdir()
+        plugins, confs, results, log = _empty_plugin_dirs(vdir), vdir / "conf.d", None, None
     elif name == "ours":
         results = persist_dir or vdir / "results"
         results.mkdir(parents=True, exist_ok=True)
@@ -516,11 +513,9 @@ def make_variant(
             shutil.copy2(plugin, plugins / PLUGIN_FILE)  # the installed launcher names its own interpreter
     elif name == "upstream":
         assert upstream_plugin is not None and upstream_server is not None
+        plugins, confs, log = _empty_plugin_dirs(vdir), vdir / "conf.d", None
         results = vdir / "results"
         results.mkdir()
-        plugins, confs = vdir / "plugins", vdir / "conf.d"
-        plugins.mkdir()
-        confs.mkdir()
         shutil.copy2(upstream_plugin, plugins / PLUGIN_FILE)
         (plugins / PLUGIN_FILE).chmod(0o755)
         (confs / f"{PLUGIN_FILE}.conf").write_text(
@@ -535,22 +530,33 @@ def make_variant(
         for image in images:
             ctd.import_image(image, timeout=120)
         variant = Variant(label, ctd, CriClient(ctd.address, timeout=120), vdir, results, log, kind=name)
-        if name == "ours":
-            assert log is not None
-            log.wait_for(REGISTERED, timeout=30)
-            assert ctd.pid is not None
-            variant.plugin_pid = _child_of(ctd.pid, PLUGIN_FILE, 10)
-            # Configure starts the trace server: wait for it, so that idle means idle.
-            log.wait_for(r"trace server started", timeout=30)
-        elif name == "upstream":
-            assert ctd.pid is not None
-            variant.plugin_pid = _child_of(ctd.pid, PLUGIN_FILE, 30)
-            time.sleep(1.0)  # it logs nowhere we can read: give it time to register
+        _wait_for_plugin(variant)
         return variant
     except BaseException:
         with contextlib.suppress(TestbedError):
             ctd.close()
         raise
+
+
+def _empty_plugin_dirs(vdir: Path) -> Path:
+    """vdir/plugins and vdir/conf.d, empty; returns the plugins dir."""
+    (vdir / "conf.d").mkdir()
+    (vdir / "plugins").mkdir()
+    return vdir / "plugins"
+
+
+def _wait_for_plugin(variant: Variant) -> None:
+    """Until the variant's plugin is registered with its containerd (and ours has started its trace server, so
+    that idle means idle); notes the plugin's pid."""
+    assert variant.ctd.pid is not None
+    if variant.kind == "ours":
+        assert variant.log is not None
+        variant.log.wait_for(REGISTERED, timeout=30)
+        variant.plugin_pid = _child_of(variant.ctd.pid, PLUGIN_FILE, 10)
+        variant.log.wait_for(r"trace server started", timeout=30)  # Configure starts it
+    elif variant.kind == "upstream":
+        variant.plugin_pid = _child_of(variant.ctd.pid, PLUGIN_FILE, 30)
+        time.sleep(1.0)  # it logs nowhere we can read: give it time to register
 
 
 # --- load ------------------------------------------------------------------------------------------------

@@ -123,14 +123,12 @@ def bench(
     links: Sequence[Link | None] = config.links or (None,)
     per_round = len(config.images) * (len(runnable) + (warm is not None))
     progress = Progress(len(links) * config.repetitions * per_round, quiet=quiet)
-    samples: list[Sample] = []
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="nriopt-benchimage-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         progress.note(f"bench-image working in {work}")
         setup = stack.enter_context(_setup(config, found, runnable, flavour, existing, work, progress))
         progress.note(setup.place)
-        prepared = Prepared()
         nydus_image = str(found.nydus_image) if found.nydus_image is not None else None
         registry: LocalRegistry | None = None
         if config.local:
@@ -138,82 +136,134 @@ def bench(
             if setup.hosts is not None:
                 write_hosts(setup.hosts, registry.address, plain_http=True)
             progress.note(f"docker-registry listening on {registry.address} (data in {registry.dir})")
-        for image in config.images:
-            if registry is not None:
-                push(image, registry.address, registry.client(), work, progress.note)
-            prepare_image(
-                config,
-                image,
-                registry.address if registry else config.registry,
-                setup.node,
-                prepared,
-                runnable=runnable,
-                pattern=setup.pattern,
-                registry=registry.client() if registry else None,
-                work=work,
-                nydus_image=nydus_image,
-                persist_dir=persist_dir,
-                say=progress.note,
-            )
-        _tell_blobs(setup, prepared, config, registry)
-        unmade = sum(1 for (_, name) in prepared.unmade if skips.get(name) is None)
+        prepared = _prepare(config, setup, registry, runnable, work, nydus_image, persist_dir, progress)
+        # The rounds of variants whose image could not be made are not run: the progress total loses them.
+        unmade = [name for (_, name) in prepared.unmade if skips.get(name) is None]
         progress.total -= (
-            len(links)
-            * config.repetitions
-            * (unmade + sum(1 for (_, name) in prepared.unmade if warm is not None and name == warm.name))
+            len(links) * config.repetitions * (len(unmade) + sum(1 for n in unmade if warm and n == warm.name))
         )
+        samples: list[Sample] = []
         meta_links: list[dict[str, Any]] = []
         for link in links:
-            label = str(link) if link else ""
-            with _shaped(link, registry) as shaped:
-                address = shaped.address if shaped is not None else config.registry
-                about: dict[str, Any] = {"link": label, "address": address}
-                if shaped is not None:
-                    assert registry is not None
-                    if setup.hosts is not None:
-                        write_hosts(setup.hosts, address, plain_http=True)
-                    about["rtt_measured_ms"] = round(shaped.rtt_measured * 1e3, 2)
-                    progress.note(
-                        f"{f'link {link}' if link else 'not shaped'}: the registry at {address} (a delay "
-                        f"line in front of {registry.address}{', HTB on lo' if link else ''}); round trip "
-                        f"measured {shaped.rtt_measured * 1e3:.1f} ms"
-                    )
-                runner = Runner(
-                    setup.node.cri,
-                    cgroup_parent=setup.node.cgroup_parent,
-                    logs_dir=work / "logs",
-                    pull_timeout=config.pull_timeout,
-                    on_phase=progress.phase,
-                    settle=config.settle,
-                    link_bytes=_counter(shaped),
-                    link=label,
-                )
-                samples += _skipped(config, address, skips, prepared, label)
-                samples += _measure(config, runner, address, runnable, warm, setup, prepared, registry, progress)
-                about["dropped_page_cache"] = runner.dropped
-                meta_links.append(about)
-        summaries = report.summarize(sorted(samples, key=_in_config_order(config, links)))
-        link_of = {str(link) if link else "": link for link in links}
-        found_bounds = bounding.bounds(summaries, link_of)
-        compared = lists.comparisons(prepared.lists)
-        meta = _meta(config, config_path, started, registry, setup, meta_links, found, nydus_image)
-        met = targets.checks(summaries, found_bounds, link_of)
-        files = report.write(out_dir, samples, summaries, meta, found_bounds, compared, targets.table(met))
-        if (work / "lists").is_dir():  # the lists the run recorded, and their CSVs: what was measured with
-            shutil.copytree(work / "lists", out_dir / "lists", dirs_exist_ok=True)
-            files.append(out_dir / "lists")
-        try:
-            files += plot.plot_all(summaries, out_dir, None if config.local else config.registry, found_bounds)
-        except ImportError:
-            print(
-                f"{prog}: no plots: matplotlib is not installed (pip install 'nri-optimizer[bench]')", file=sys.stderr
+            link_samples, about = _over_link(
+                link, config, setup, registry, runnable, warm, skips, prepared, work, progress
             )
+            samples += link_samples
+            meta_links.append(about)
+        meta = _meta(config, config_path, started, registry, setup, meta_links, found, nydus_image)
+        summaries, found_bounds, compared, files = _write(config, links, samples, prepared, meta, work, out_dir, prog)
     print(report.table(summaries, found_bounds))
     if compared:
         print("\n" + report.lists_table(compared, summaries))
     for path in files:
         print(f"{prog}: wrote {path}", file=sys.stderr)
     return 0 if all(s.status != "failed" for s in samples) else 1
+
+
+def _prepare(
+    config: BenchConfig,
+    setup: Setup,
+    registry: LocalRegistry | None,
+    runnable: list[Variant],
+    work: Path,
+    nydus_image: str | None,
+    persist_dir: str,
+    progress: Progress,
+) -> Prepared:
+    """Each image pushed to the local registry (if the run has one) and made in every form the variants need;
+    then the nydus snapshotters are told which blobs are whose."""
+    prepared = Prepared()
+    for image in config.images:
+        if registry is not None:
+            push(image, registry.address, registry.client(), work, progress.note)
+        prepare_image(
+            config,
+            image,
+            registry.address if registry else config.registry,
+            setup.node,
+            prepared,
+            runnable=runnable,
+            pattern=setup.pattern,
+            registry=registry.client() if registry else None,
+            work=work,
+            nydus_image=nydus_image,
+            persist_dir=persist_dir,
+            say=progress.note,
+        )
+    _tell_blobs(setup, prepared, config, registry)
+    return prepared
+
+
+def _over_link(
+    link: Link | None,
+    config: BenchConfig,
+    setup: Setup,
+    registry: LocalRegistry | None,
+    runnable: list[Variant],
+    warm: Variant | None,
+    skips: dict[str, str | None],
+    prepared: Prepared,
+    work: Path,
+    progress: Progress,
+) -> tuple[list[Sample], dict[str, Any]]:
+    """Every repetition of every variant with the registry behind this link; its samples and what the run's
+    metadata says of the link."""
+    label = str(link) if link else ""
+    with _shaped(link, registry) as shaped:
+        address = shaped.address if shaped is not None else config.registry
+        about: dict[str, Any] = {"link": label, "address": address}
+        if shaped is not None:
+            assert registry is not None
+            if setup.hosts is not None:
+                write_hosts(setup.hosts, address, plain_http=True)
+            about["rtt_measured_ms"] = round(shaped.rtt_measured * 1e3, 2)
+            progress.note(
+                f"{f'link {link}' if link else 'not shaped'}: the registry at {address} (a delay "
+                f"line in front of {registry.address}{', HTB on lo' if link else ''}); round trip "
+                f"measured {shaped.rtt_measured * 1e3:.1f} ms"
+            )
+        runner = Runner(
+            setup.node.cri,
+            cgroup_parent=setup.node.cgroup_parent,
+            logs_dir=work / "logs",
+            pull_timeout=config.pull_timeout,
+            on_phase=progress.phase,
+            settle=config.settle,
+            link_bytes=_counter(shaped),
+            link=label,
+        )
+        samples = _skipped(config, address, skips, prepared, label)
+        samples += _measure(config, runner, address, runnable, warm, setup, prepared, registry, progress)
+        about["dropped_page_cache"] = runner.dropped
+    return samples, about
+
+
+def _write(
+    config: BenchConfig,
+    links: Sequence[Link | None],
+    samples: list[Sample],
+    prepared: Prepared,
+    meta: dict[str, Any],
+    work: Path,
+    out_dir: Path,
+    prog: str,
+) -> tuple[list[report.Summary], dict[tuple[str, str], bounding.Bound | str], list[lists.Comparison], list[Path]]:
+    """The results into out_dir: samples, summaries, bounds, the lists compared, targets, the lists recorded,
+    plots. Returns what the tables print and the files written."""
+    summaries = report.summarize(sorted(samples, key=_in_config_order(config, links)))
+    link_of = {str(link) if link else "": link for link in links}
+    found_bounds = bounding.bounds(summaries, link_of)
+    compared = lists.comparisons(prepared.lists)
+    met = targets.checks(summaries, found_bounds, link_of)
+    files = report.write(out_dir, samples, summaries, meta, found_bounds, compared, targets.table(met))
+    if (work / "lists").is_dir():  # the lists the run recorded, and their CSVs: what was measured with
+        shutil.copytree(work / "lists", out_dir / "lists", dirs_exist_ok=True)
+        files.append(out_dir / "lists")
+    try:
+        files += plot.plot_all(summaries, out_dir, None if config.local else config.registry, found_bounds)
+    except ImportError:
+        print(f"{prog}: no plots: matplotlib is not installed (pip install 'nri-optimizer[bench]')", file=sys.stderr)
+    return summaries, found_bounds, compared, files
 
 
 def _meta(

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from nri_optimizer import config as cfg
 from nri_optimizer.cli import pull_list
+from nri_optimizer.cli.push_list import parse_platform
 from nri_optimizer.errors import CommandError, UsageError
 from nri_optimizer.nydus import build, image, partial, tool
 from nri_optimizer.oci import layout
@@ -154,7 +155,7 @@ def convert(
     return Converted(pushed, size, converted.build)
 
 
-def main(argv: Sequence[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Convert an image to nydus, its prefetch table a recorded list, and push it.",
@@ -230,6 +231,11 @@ def main(argv: Sequence[str]) -> int:
     converter.add_argument(
         "--nydus-image", help=f"convert with this nydus-image (default: from PATH, else {tool.tools_bin()})"
     )
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = _parser()
     own, extra = _split_extra(argv)
     args = parser.parse_args(own)
     if args.from_registry:
@@ -263,7 +269,7 @@ def main(argv: Sequence[str]) -> int:
         nydus_image=nydus_image,
         source_insecure=args.source_insecure,
         target_insecure=args.target_insecure,
-        platform=_platform(args.platform),
+        platform=parse_platform(args.platform),
         work_dir=args.work_dir,
         reorder=args.reorder,
         on_demand=on_demand,
@@ -325,15 +331,6 @@ def _run_nydusify(
     _say(" ".join(command) + (f" < {recorded.path}" if recorded else ""))
     stdin = "".join(f"{path}\n" for path in table)
     return subprocess.run(command, input=stdin.encode(errors="surrogateescape"), check=False).returncode
-
-
-def _platform(text: str | None) -> tuple[str, str] | None:
-    if text is None:
-        return None
-    os_name, _, arch = text.partition("/")
-    if not os_name or not arch:
-        raise UsageError(f"--platform {text}: expected OS/ARCH, e.g. linux/amd64")
-    return os_name, arch
 
 
 def _show_library_warnings() -> None:

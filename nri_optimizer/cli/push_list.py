@@ -89,10 +89,11 @@ def config_flags(args: argparse.Namespace) -> dict[str, Any]:
 def subject(image: reference.Reference, *, insecure: bool, platform_text: str | None) -> artifacts.Subject:
     """The image manifest IMAGE names in its registry (a tag resolved, an index resolved to the platform)."""
     registry = Registry(image.domain, insecure=insecure)
-    return artifacts.resolve(registry, image.path, image.digest or image.tag, platform(platform_text))
+    return artifacts.resolve(registry, image.path, image.digest or image.tag, parse_platform(platform_text))
 
 
-def platform(text: str | None) -> tuple[str, str] | None:
+def parse_platform(text: str | None) -> tuple[str, str] | None:
+    """--platform OS/ARCH as a pair (None: not given)."""
     if text is None:
         return None
     os_name, _, arch = text.partition("/")
