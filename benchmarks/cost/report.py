@@ -18,6 +18,7 @@ SCENARIO_TITLES = {
     "d": "(d) event cost",
     "e": "(e) memory",
     "f": "(f) scale",
+    "g": "(g) the keep check against the images recorded",
 }
 
 
@@ -143,6 +144,18 @@ def targets(results: Results, variants: list[str]) -> list[dict[str, Any]]:
                 "ms",
             )
         add(v, "(f) lists with crosstalk, worst round", max(cross) if cross else None, 0, "lists")
+        sizes = sorted(
+            int(k.split("_")[2]) for k in results.metrics if k.startswith("keep_check_") and k.endswith("_hit")
+        )
+        if len(sizes) > 1:  # O(1): the check costs the most images recorded what it costs the fewest
+            most, fewest = (stat(f"keep_check_{n}_hit", v, "median") for n in (sizes[-1], sizes[0]))
+            add(
+                v,
+                f"(g) keep check, {sizes[-1]:,} images / {sizes[0]:,}",
+                None if most is None or not fewest else most / fewest,
+                1.5,
+                "x",
+            )
     return out
 
 

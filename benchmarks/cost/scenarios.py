@@ -13,6 +13,8 @@ B A B A, so that drift and position cancel), recording samples into a Results.
                the first of those workloads runs
   instructions (d) the trace server's instructions per file, per event mode (callgrind, benchmarks.cost.instructions):
                a figure that does not move with the machine's load
+  keep_check   (g) the on_repeat = keep check at StartContainer with 10, 1,000 and 10,000 images recorded
+               (benchmarks.cost.keep_check): the same cost whatever the node's history
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 from benchmarks.cost import stats, workloads
 from benchmarks.cost.harness import BenchError, CpuHogs, Launched, Variant, cpu_delta
+from benchmarks.cost.keep_check import measure as measure_keep_check
 from benchmarks.cost.progress import Progress
 
 
@@ -50,6 +53,7 @@ class Plan:
     pods_for_memory: int = 200
     many_files: int = workloads.MANY_FILES
     instruction_files: tuple[int, int] = (1000, 3000)  # the two traces whose difference is counted
+    keep_check_images: tuple[int, ...] = (10, 1_000, 10_000)  # images recorded in persist_dir
 
     @classmethod
     def quick(cls) -> Plan:
@@ -63,6 +67,7 @@ class Plan:
             pods_for_memory=10,
             many_files=2_000,
             instruction_files=(500, 1500),
+            keep_check_images=(10, 1_000),
         )
 
 
@@ -726,6 +731,23 @@ def idle(ctx: Context) -> None:
         )
 
 
+def keep_check(ctx: Context) -> None:
+    """(g) The keep check's cost against the number of images recorded: no containerd, the plugin's own function."""
+    for size, kinds in measure_keep_check(ctx.plan.keep_check_images).items():
+        for kind, what in (("hit", "a recorded image"), ("miss", "an image never recorded")):
+            for value in kinds[kind]:
+                ctx.results.add(
+                    f"keep_check_{size}_{kind}",
+                    "ours",
+                    value,
+                    scenario="g",
+                    label=f"keep check, {size:,} images recorded: {what}",
+                    unit="us",
+                )
+        hit, miss = (stats.percentile(kinds[kind], 50) for kind in ("hit", "miss"))
+        ctx.progress.step(f"{size:,} images: {hit:.1f} us a hit, {miss:.1f} us a miss")
+
+
 SCENARIOS: dict[str, Callable[[Context], None]] = {
     "start_stop": start_stop,
     "stop_pod": stop_pod,
@@ -735,6 +757,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "event_cost": event_cost,
     "syscalls": syscalls,
     "instructions": instructions,
+    "keep_check": keep_check,
 }
 
 

@@ -59,6 +59,8 @@ EXPECTED = {
     "scale20_start_all": ["none", "ours"],
     "scale20_exact": ["ours"],
     "scale20_traced_all": ["ours"],
+    # (g)
+    **{f"keep_check_{n}_{kind}": ["ours"] for n in (10, 1_000) for kind in ("hit", "miss")},
 }
 
 
@@ -98,6 +100,7 @@ def test_every_scenario_produced_numbers_for_every_variant(quick_run) -> None:
         "event_cost",
         "syscalls",
         "instructions",
+        "keep_check",
     }
     missing = []
     for key, variants in EXPECTED.items():
