@@ -4,8 +4,30 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import zlib
 from pathlib import Path
+
+# Python with SIGINT raising KeyboardInterrupt, as from a terminal, whatever runs the suite: one started in the
+# background (nohup, `&`) has SIGINT ignored, and a child would inherit that and sleep on through Ctrl-C. The child
+# resets it itself. Not by preexec_fn: that makes subprocess fork this process, which holds gRPC's threads (the
+# tests' CRI clients), and gRPC's fork handler restarts them in the child before exec; one of them aborting killed
+# the child by SIGABRT, before it ran at all (a core dump showed it), in about one full suite run in three.
+_INTERRUPTIBLE = "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+
+
+def interruptible_module(module: str, *args: str) -> list[str]:
+    """The command line of `python -X faulthandler -m module args`, interruptible by SIGINT (_INTERRUPTIBLE);
+    faulthandler puts every thread's stack on stderr if it dies of a fatal signal."""
+    run = (
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"  # sys.argv: ['-c', *args] -> [path, *args]
+    )
+    return [sys.executable, "-X", "faulthandler", "-c", _INTERRUPTIBLE + run, *args]
+
+
+def interruptible_script(script: str) -> list[str]:
+    """The command line of `python -X faulthandler -c script`, interruptible by SIGINT (_INTERRUPTIBLE)."""
+    return [sys.executable, "-X", "faulthandler", "-c", _INTERRUPTIBLE + "\n" + script]
 
 
 def made_by(stderr: str) -> list[Path]:

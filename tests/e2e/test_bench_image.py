@@ -28,7 +28,7 @@ from testbed import debs, host
 from testbed.containerd import Containerd
 from testbed.images import build_image
 from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
-from tests.e2e.benchimage import made_by, png_size
+from tests.e2e.benchimage import interruptible_module, made_by, png_size
 
 OCI = Variant("oci", "overlayfs")
 WEB_PORT = 18391
@@ -357,23 +357,11 @@ variants:
   - {{name: oci, snapshotter: overlayfs}}
 """)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-X",
-            "faulthandler",  # a fatal error shows every thread's stack
-            "-m",
-            "nri_optimizer",
-            "bench-image",
-            "run",
-            str(config),
-            "--out",
-            str(tmp_path / "out"),
-        ],
+        interruptible_module("nri_optimizer", "bench-image", "run", str(config), "--out", str(tmp_path / "out")),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # as from a terminal, whatever runs us
+    )
     assert proc.stderr is not None
     lines = []
     try:

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.prefetch.shaping import Link, RateLimit, ShapedLink, ShapingError
+from tests.e2e.benchimage import interruptible_script
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="shaping lo needs root (CAP_NET_ADMIN)")
 
@@ -197,14 +197,11 @@ def test_ctrl_c_in_a_process_removes_the_shaping(sender: Sender) -> None:
             time.sleep(60)
     """)
     proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-c", script],  # SIGABRT: every thread's stack on stderr
+        interruptible_script(script),  # if it hangs, SIGABRT below puts every thread's stack on stderr
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-        # As from a terminal, whatever runs us: a suite started in the background (nohup, `&`) ignores SIGINT, and
-        # so would the child, which then sleeps on through it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "shaped\n"
