@@ -8,6 +8,9 @@ import sys
 import zlib
 from pathlib import Path
 
+# `nri-optimizer bench-image run` as this checkout's Python runs it; the config and flags follow.
+BENCH_IMAGE_RUN = [sys.executable, "-m", "nri_optimizer", "bench-image", "run"]
+
 # Python with SIGINT raising KeyboardInterrupt, as from a terminal, whatever runs the suite: one started in the
 # background (nohup, `&`) has SIGINT ignored, and a child would inherit that and sleep on through Ctrl-C. The child
 # resets it itself. Not by preexec_fn: that makes subprocess fork this process, which holds gRPC's threads (the

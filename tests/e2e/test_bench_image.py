@@ -8,7 +8,6 @@ import csv
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from testbed import debs, host
 from testbed.containerd import Containerd
 from testbed.images import build_image
 from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
-from tests.e2e.benchimage import interruptible_module, made_by, png_size
+from tests.e2e.benchimage import BENCH_IMAGE_RUN, interruptible_module, made_by, png_size
 
 OCI = Variant("oci", "overlayfs")
 WEB_PORT = 18391
@@ -67,11 +66,7 @@ variants:
     missing = tmp_path / "no-nydusd"  # as for a user without nydus: its variants are skipped, with the reason
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "nri_optimizer",
-            "bench-image",
-            "run",
+            *BENCH_IMAGE_RUN,
             str(config),
             "--out",
             str(out),
@@ -194,7 +189,7 @@ def test_a_config_error_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "bench.yaml"
     config.write_text("images: [{name: web:1, build: web}]\n")
     result = subprocess.run(
-        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config)],
+        [*BENCH_IMAGE_RUN, str(config)],
         capture_output=True,
         text=True,
         timeout=60,

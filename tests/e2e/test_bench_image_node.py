@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from benchmarks.prefetch.handlers import HandlerCri
 from testbed import TestbedError, debs, nydus, toolchain
 from testbed.containerd import Containerd
 from testbed.images import build_pause_image
-from tests.e2e.benchimage import made_by
+from tests.e2e.benchimage import BENCH_IMAGE_RUN, made_by
 
 
 def images(ctd: Containerd) -> list[str]:
@@ -72,11 +71,7 @@ variants:
         out = tmp_path / "out"
         result = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "nri_optimizer",
-                "bench-image",
-                "run",
+                *BENCH_IMAGE_RUN,
                 str(config),
                 "--out",
                 str(out),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from testbed import TestbedError, debs, host, nydus, toolchain
 from testbed.containerd import Containerd
 from testbed.images import build_pause_image
 from testbed.registry import LocalRegistry, push_layout, registry_binary, write_hosts
-from tests.e2e.benchimage import made_by, png_size
+from tests.e2e.benchimage import BENCH_IMAGE_RUN, made_by, png_size
 
 NYDUS_OFF = Variant("nydus", "nydus", "_nydus", "off")
 
@@ -159,11 +158,7 @@ variants:
     missing = tmp_path / "no-nydusd"
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "nri_optimizer",
-            "bench-image",
-            "run",
+            *BENCH_IMAGE_RUN,
             str(config),
             "--out",
             str(tmp_path / "out"),
@@ -244,7 +239,7 @@ nydus: {{snapshotter: {tools.snapshotter}, nydusd: {tools.nydusd}, nydus_image: 
 """)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "nri_optimizer", "bench-image", "run", str(config), "--out", str(out)],
+        [*BENCH_IMAGE_RUN, str(config), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
