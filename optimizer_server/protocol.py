@@ -13,6 +13,8 @@ Every message starts with the same 5-byte little-endian header, then a body fixe
     FILES    count u16, count x (mask u64, pid i32, t_ns u64, dev u64, ino u64, size u64, path_len u16, path)
                                                        server → plugin: files seen for the first time
     RESIDENT first u32, count u16, count x bytes u64   server → plugin: page-cache residency at STOP
+    RANGES   file u32, count u16, count x (offset u64, length u64)
+                                                       server → plugin: which bytes of a file read in part, at STOP
     DONE     overflowed u8 (0/1), lost u32, events u32 server → plugin: last message of a session
 
 The server resolves every event itself and sends each regular file once: the plugin makes no system call
@@ -29,7 +31,10 @@ says which one the session uses. With the RESIDENCY option, STOP sends RESIDENT 
 the session's file records in the order they were sent (FOREIGN and DELETED ones included), counted from 0,
 the bytes of each file in the page cache once the trace stopped, UNKNOWN_RESIDENT where the server did not
 look: a file of 128 KiB or less (residency.MIN_SIZE), one it could not reach again, or one beyond the fds it
-may hold open.
+may hold open. Each RESIDENT is followed by a RANGES for each of its files resident in part (more than 0 bytes,
+fewer than its size): where those bytes lie, as ascending, disjoint, non-empty ranges in page units (but that the
+last may end at the file's end); at most residency.MAX_RANGES, which may then cover a little more than is resident.
+A file resident whole or not at all has none (in nydus's prefetch file, no ranges means the whole file).
 """
 
 from __future__ import annotations
@@ -54,11 +59,12 @@ FILES = 0x83
 DONE = 0x84
 HELLO = 0x85
 RESIDENT = 0x86
+RANGES = 0x87
 
 # What HELLO says; a plugin refuses a server that speaks another version (the two are separate executables,
 # installed together, but server_path may name an older one, or upstream's). 2: FILES records, DONE with events.
-# 3: TRACE's mode and options, READY's mode, RESIDENT.
-PROTOCOL_VERSION = 3
+# 3: TRACE's mode and options, READY's mode, RESIDENT. 4: RANGES.
+PROTOCOL_VERSION = 4
 
 # TRACE's and READY's mode.
 MODE_AUTO = 0
@@ -76,6 +82,8 @@ _HEADER = struct.Struct("<BI")
 _TRACE = struct.Struct("<iBB")
 _MODE = struct.Struct("<B")
 _RESIDENT = struct.Struct("<IH")
+_RANGES = struct.Struct("<IH")
+_RANGE = struct.Struct("<QQ")
 _COUNT = struct.Struct("<H")
 _RECORD = struct.Struct("<QiQQQQH")  # mask, pid, t_ns, dev, ino, size, path length; then the path
 RECORD_HEADER_LEN = _RECORD.size
@@ -84,6 +92,9 @@ _DONE = struct.Struct("<BII")
 _VERSION = struct.Struct("<H")
 # RESIDENT values per datagram: as many as fit.
 MAX_RESIDENT = (MAX_DATAGRAM - _HEADER.size - _RESIDENT.size) // 8
+# RANGES of a file per datagram: as many as fit; a file's ranges come in one (the server sends residency.MAX_RANGES
+# at most).
+MAX_RANGES_PER_DATAGRAM = (MAX_DATAGRAM - _HEADER.size - _RANGES.size) // _RANGE.size
 
 
 class ProtocolError(ValueError):
@@ -152,6 +163,13 @@ class Resident:
 
 
 @dataclass(frozen=True, slots=True)
+class Ranges:
+    session: int
+    file: int  # the index of the record they are for, as RESIDENT counts
+    ranges: tuple[tuple[int, int], ...]  # (offset, length) in bytes: ascending, disjoint, none empty
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     session: int
     overflowed: bool  # the kernel queue overflowed: events are missing
@@ -160,7 +178,7 @@ class Done:
 
 
 Command = Trace | Stop | Cancel
-Reply = Hello | Ready | Failed | Files | Resident | Done
+Reply = Hello | Ready | Failed | Files | Resident | Ranges | Done
 Message = Command | Reply
 
 
@@ -196,6 +214,16 @@ def encode(msg: Message) -> bytes:
                 if not sizes or len(sizes) > MAX_RESIDENT:
                     raise ValueError(f"RESIDENT carries 1 to {MAX_RESIDENT} values")
                 return resident_message(session, first, sizes)
+            case Ranges(session, file, ranges):
+                if not ranges or len(ranges) > MAX_RANGES_PER_DATAGRAM:
+                    raise ValueError(f"RANGES carries 1 to {MAX_RANGES_PER_DATAGRAM} ranges")
+                if problem := _disorder(ranges):
+                    raise ValueError(f"RANGES {problem}")
+                return (
+                    _HEADER.pack(RANGES, session)
+                    + _RANGES.pack(file, len(ranges))
+                    + b"".join(_RANGE.pack(offset, length) for offset, length in ranges)
+                )
             case Done(session, overflowed, lost, events):
                 return _HEADER.pack(DONE, session) + _DONE.pack(overflowed, lost, events)
     except struct.error as e:
@@ -250,6 +278,17 @@ def decode_reply(data: bytes) -> Reply:
             raise ProtocolError("RESIDENT with no value")
         _expect_len(body, _RESIDENT.size + 8 * count, "RESIDENT")
         return Resident(session, first, struct.unpack_from(f"<{count}Q", body, _RESIDENT.size))
+    if kind == RANGES:
+        if len(body) < _RANGES.size:
+            raise ProtocolError("RANGES without file and count")
+        file, count = _RANGES.unpack_from(body)
+        if count == 0:
+            raise ProtocolError("RANGES with no range")
+        _expect_len(body, _RANGES.size + _RANGE.size * count, "RANGES")
+        ranges = tuple(_RANGE.iter_unpack(body[_RANGES.size :]))
+        if problem := _disorder(ranges):
+            raise ProtocolError(f"RANGES {problem}")
+        return Ranges(session, file, ranges)
     if kind == DONE:
         _expect_len(body, _DONE.size, "DONE")
         overflowed, lost, events = _DONE.unpack(body)
@@ -297,6 +336,18 @@ def _decode_files(body: bytes) -> tuple[FileRecord, ...]:
     if offset != len(body):
         raise ProtocolError(f"FILES has {len(body) - offset} bytes after its {count} records")
     return tuple(files)
+
+
+def _disorder(ranges: Sequence[tuple[int, int]]) -> str | None:
+    """What is wrong with ranges that are not ascending, disjoint and non-empty; None if nothing."""
+    end = 0
+    for number, (offset, length) in enumerate(ranges, 1):
+        if length == 0:
+            return f"range {number} of {len(ranges)} is empty"
+        if offset < end:
+            return f"range {number} of {len(ranges)} starts at {offset}, before the end of the one before it ({end})"
+        end = offset + length
+    return None
 
 
 def _split(data: bytes) -> tuple[int, int, bytes]:

@@ -15,8 +15,8 @@ plugin makes no system call per file. A file reported again gets an ignore mark,
 reporting it; a file read once never needs one, which spares the kernel a mark per file.
 
 With RESIDENCY, STOP also reports how much of each file larger than residency.MIN_SIZE is in the page cache
-(residency.py), from what the session kept of it: the event fd in fd mode (as many as the fd limit allows),
-the file's handle in fid mode.
+(residency.py), and for one there in part which ranges, from what the session kept of it: the event fd in fd mode
+(as many as the fd limit allows), the file's handle in fid mode.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from optimizer_server import fanotify, handles, protocol, residency
 from optimizer_server.proctree import ProcessTree
-from optimizer_server.residency import Residency
+from optimizer_server.residency import Cached, Residency
 
 log = logging.getLogger("optimizer_server")
 
@@ -57,6 +57,7 @@ _FID_REFUSALS = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENODEV, errno.EXDEV)
 # Events reach the plugin that much later, which no one waits for: STOP reads the queue at once.
 COALESCE = 0.010
 _ONESHOT = select.EPOLLIN | select.EPOLLONESHOT
+_UNKNOWN = Cached(protocol.UNKNOWN_RESIDENT, ())
 
 
 @dataclass
@@ -491,7 +492,7 @@ class Server:
         self._send_raw(session, protocol.files_message(session.id, batch), len(batch))
 
     def _send_raw(self, session: _Session, datagram: bytes, files: int) -> None:
-        """A FILES or RESIDENT datagram about that many files."""
+        """A FILES, RESIDENT or RANGES datagram about that many files."""
         try:
             self._control.send(datagram)
         except (BrokenPipeError, ConnectionResetError):
@@ -501,51 +502,63 @@ class Server:
             log.error("session %d: a message about %d files not sent: %s", session.id, files, e.strerror)
 
     def _send_residency(self, session: _Session) -> None:
-        """RESIDENT for every record sent, in order, as few datagrams as fit; kept fds are closed."""
+        """RESIDENT for every record sent, in order, as few datagrams as fit, each followed by the RANGES of its files
+        resident in part; kept fds are closed."""
         assert session.kept is not None
         kept, session.kept = session.kept, None
         sizes: list[int] = []
+        ranges: list[bytes] = []  # the RANGES of the files in sizes
         first = 0
-        for item in kept:
-            sizes.append(self._resident(session, item))
+        for number, item in enumerate(kept):
+            resident, where = self._cached(session, item)
+            sizes.append(resident)
+            if where:
+                ranges.append(protocol.encode(protocol.Ranges(session.id, number, where)))
             if len(sizes) == protocol.MAX_RESIDENT:
-                self._send_raw(session, protocol.resident_message(session.id, first, sizes), len(sizes))
-                first, sizes = first + len(sizes), []
+                self._send_resident(session, first, sizes, ranges)
+                first, sizes, ranges = first + len(sizes), [], []
         if sizes:
-            self._send_raw(session, protocol.resident_message(session.id, first, sizes), len(sizes))
+            self._send_resident(session, first, sizes, ranges)
 
-    def _resident(self, session: _Session, item: int | bytes | None) -> int:
-        """Bytes of a kept file in the page cache now, or UNKNOWN_RESIDENT."""
+    def _send_resident(self, session: _Session, first: int, sizes: list[int], ranges: list[bytes]) -> None:
+        self._send_raw(session, protocol.resident_message(session.id, first, sizes), len(sizes))
+        for datagram in ranges:
+            self._send_raw(session, datagram, 1)
+
+    def _cached(self, session: _Session, item: int | bytes | None) -> Cached:
+        """A kept file's bytes in the page cache now (UNKNOWN_RESIDENT if not looked at), and their ranges if it is
+        there in part (else none)."""
         if item is None:
-            return protocol.UNKNOWN_RESIDENT
+            return _UNKNOWN
         if isinstance(item, bytes):
-            return self._resident_by_handle(session, item)
+            return self._cached_by_handle(session, item)
         self._kept_fds -= 1
         try:
-            return self._residency.resident_bytes(item, os.fstat(item).st_size)
+            size = os.fstat(item).st_size
+            return _in_part(self._residency.cached(item, size), size)
         except OSError:
-            return protocol.UNKNOWN_RESIDENT
+            return _UNKNOWN
         finally:
             os.close(item)
 
-    def _resident_by_handle(self, session: _Session, handle: bytes) -> int:
+    def _cached_by_handle(self, session: _Session, handle: bytes) -> Cached:
         """Reached again by its handle (O_PATH: opening nothing), read-only only once fstat says it is a regular
         file, through /proc/self/fd, which leads to exactly that file."""
         try:
             path_fd = handles.open_handle(session.root, handle, os.O_PATH)
         except OSError:
-            return protocol.UNKNOWN_RESIDENT
+            return _UNKNOWN
         try:
             info = os.fstat(path_fd)
             if not stat.S_ISREG(info.st_mode):
-                return protocol.UNKNOWN_RESIDENT
+                return _UNKNOWN
             fd = os.open(b"%d" % path_fd, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._fd_dir)
             try:
-                return self._residency.resident_bytes(fd, info.st_size)
+                return _in_part(self._residency.cached(fd, info.st_size), info.st_size)
             finally:
                 os.close(fd)
         except OSError:
-            return protocol.UNKNOWN_RESIDENT
+            return _UNKNOWN
         finally:
             os.close(path_fd)
 
@@ -585,6 +598,11 @@ class Server:
     def _send(self, msg: protocol.Reply) -> None:
         # Blocking send: a slow plugin slows us down (backpressure) instead of reordering or dropping.
         self._control.send(protocol.encode(msg))
+
+
+def _in_part(cached: Cached, size: int) -> Cached:
+    """cached, without its ranges unless the file is in the page cache in part (no ranges: the whole file)."""
+    return cached if 0 < cached.resident < size else Cached(cached.resident, ())
 
 
 class _GroupCloser:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from optimizer_server import protocol
 from optimizer_server.protocol import (
+    MAX_RANGES_PER_DATAGRAM,
     MAX_RESIDENT,
     MODE_AUTO,
     MODE_FD,
@@ -22,6 +23,7 @@ from optimizer_server.protocol import (
     Files,
     Hello,
     ProtocolError,
+    Ranges,
     Ready,
     Resident,
     Stop,
@@ -32,6 +34,18 @@ u32 = st.integers(0, 2**32 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
 u64 = st.integers(0, 2**64 - 1)
 records = st.builds(FileRecord, u64, i32, u64, u64, u64, u64, st.binary(max_size=300))
+
+
+def ascending(gaps_and_lengths: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """(offset, length) ranges, each after the one before by its gap."""
+    ranges, end = [], 0
+    for gap, length in gaps_and_lengths:
+        ranges.append((end + gap, length))
+        end += gap + length
+    return tuple(ranges)
+
+
+byte_ranges = st.lists(st.tuples(st.integers(0, 2**40), st.integers(1, 2**40)), min_size=1, max_size=80).map(ascending)
 commands = st.one_of(
     st.builds(Trace, u32, i32, st.sampled_from([MODE_AUTO, MODE_FID, MODE_FD]), st.integers(0, 255)),
     st.builds(Stop, u32),
@@ -41,6 +55,7 @@ replies = st.one_of(
     st.builds(Hello, u32, st.integers(0, 2**16 - 1)),
     st.builds(Ready, u32, st.sampled_from([MODE_FID, MODE_FD])),
     st.builds(Resident, u32, u32, st.lists(u64, min_size=1, max_size=300).map(tuple)),
+    st.builds(Ranges, u32, u32, byte_ranges),
     st.builds(Failed, u32, st.text(max_size=1000)),
     st.builds(Files, u32, st.lists(records, min_size=1, max_size=200).map(tuple)),
     st.builds(Done, u32, st.booleans(), u32, u32),
@@ -58,6 +73,9 @@ def test_layout_is_little_endian_kind_session_then_body() -> None:
     assert protocol.encode(Ready(7, MODE_FID)) == b"\x81\x07\x00\x00\x00\x01"
     assert protocol.encode(Resident(7, 5, (4096, 2**64 - 1))) == (
         b"\x86\x07\x00\x00\x00" + struct.pack("<IH", 5, 2) + struct.pack("<QQ", 4096, 2**64 - 1)
+    )
+    assert protocol.encode(Ranges(7, 5, ((0, 4096), (524288, 3393)))) == (
+        b"\x87\x07\x00\x00\x00" + struct.pack("<IH", 5, 2) + struct.pack("<QQQQ", 0, 4096, 524288, 3393)
     )
     assert protocol.encode(Failed(7, "pid 1: é")) == b"\x82\x07\x00\x00\x00" + "pid 1: é".encode()
     assert protocol.encode(Files(7, (FileRecord(0x20, 42, 99, 5, 6, 7, b"/etc/x"),))) == (
@@ -79,6 +97,7 @@ def test_replies_round_trip(msg: protocol.Reply) -> None:
 @given(
     st.binary(max_size=64)
     | st.binary(min_size=5, max_size=5200).map(lambda b: b"\x83" + b[1:])
+    | st.binary(min_size=5, max_size=200).map(lambda b: b"\x87" + b[1:])
     | st.builds(
         lambda n, body: b"\x83\x01\x00\x00\x00" + struct.pack("<H", n) + body,
         st.integers(0, 3),
@@ -101,6 +120,12 @@ def test_a_file_of_the_longest_path_fits_a_datagram() -> None:
 
 def test_the_most_resident_values_fit_a_datagram() -> None:
     msg = Resident(1, 2**32 - 1, (2**64 - 1,) * MAX_RESIDENT)
+    assert len(protocol.encode(msg)) <= protocol.MAX_DATAGRAM
+    assert protocol.decode_reply(protocol.encode(msg)) == msg
+
+
+def test_the_most_ranges_fit_a_datagram() -> None:
+    msg = Ranges(1, 2**32 - 1, tuple((i << 48, 1 << 48) for i in range(MAX_RANGES_PER_DATAGRAM)))
     assert len(protocol.encode(msg)) <= protocol.MAX_DATAGRAM
     assert protocol.decode_reply(protocol.encode(msg)) == msg
 
@@ -140,6 +165,15 @@ def test_garbled_command_is_refused(data: bytes, error: str) -> None:
         (b"\x86\x01\x00\x00\x00\x00\x00", "RESIDENT without first and count"),
         (b"\x86\x01\x00\x00\x00" + bytes(6), "RESIDENT with no value"),
         (b"\x86\x01\x00\x00\x00" + bytes(4) + b"\x02\x00" + bytes(8), "RESIDENT body is 14 bytes, expected 22"),
+        (b"\x87\x01\x00\x00\x00\x00\x00", "RANGES without file and count"),
+        (b"\x87\x01\x00\x00\x00" + bytes(6), "RANGES with no range"),
+        (b"\x87\x01\x00\x00\x00" + bytes(4) + b"\x02\x00" + bytes(16), "RANGES body is 22 bytes, expected 38"),
+        (b"\x87\x01\x00\x00\x00" + bytes(4) + b"\x01\x00" + bytes(32), "RANGES body is 38 bytes, expected 22"),
+        (b"\x87\x01\x00\x00\x00" + bytes(4) + b"\x01\x00" + bytes(16), "RANGES range 1 of 1 is empty"),
+        (
+            b"\x87\x01\x00\x00\x00" + bytes(4) + b"\x02\x00" + struct.pack("<QQQQ", 0, 8192, 4096, 4096),
+            "RANGES range 2 of 2 starts at 4096, before the end of the one before it (8192)",
+        ),
         (b"\x82\x01\x00\x00\x00\xff", "FAILED message is not UTF-8: "),
         (b"\x82\x01\x00\x00\x00" + b"x" * 4097, "FAILED message of 4097 bytes, limit 4096"),
         (b"\x83\x01\x00\x00\x00\x01", "FILES without a count"),
@@ -170,6 +204,13 @@ def test_garbled_reply_is_refused(data: bytes, error: str) -> None:
         Resident(1, 0, (1,) * (MAX_RESIDENT + 1)),
         Resident(1, 0, (-1,)),
         Resident(1, 2**32, (1,)),
+        Ranges(1, 0, ()),
+        Ranges(1, 0, tuple((i, 1) for i in range(MAX_RANGES_PER_DATAGRAM + 1))),
+        Ranges(1, 2**32, ((0, 1),)),
+        Ranges(1, 0, ((-1, 1),)),
+        Ranges(1, 0, ((0, 2**64),)),
+        Ranges(1, 0, ((0, 0),)),
+        Ranges(1, 0, ((4096, 1), (0, 1))),
         Stop(-1),
         Files(1, ()),
         Files(1, (FileRecord(0, 0, 0, 0, 0, 0, b"/" * 4096),) * 16),
