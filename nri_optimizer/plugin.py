@@ -325,7 +325,7 @@ class Plugin:
                 self.metrics.trace_lost("trace_server")
                 return
             self.metrics.kernel(outcome.events, outcome.overflowed, outcome.lost)
-            trace.recorder.take_residency(outcome.resident)
+            trace.recorder.take_residency(outcome.resident, outcome.ranges)
             incomplete = _incompleteness(outcome.overflowed, outcome.lost)
             if incomplete:
                 log.warning("%s list is incomplete: %s", cid, incomplete)

@@ -43,7 +43,7 @@ def read_in_part(entries: Sequence[Entry], budget: int | None) -> list[str]:
     if budget is None:
         return []
     left = []
-    for path, size, _, resident in entries:
+    for path, size, _, resident, _ in entries:
         if resident is None or resident >= size:
             continue
         chunks_read = -(-resident // CHUNK)

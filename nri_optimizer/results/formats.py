@@ -3,7 +3,8 @@ nydus-image's ``--prefetch-patterns`` input), the CSV (path, size, elapsed) and 
 
 The CSV has a fourth column, resident, when the trace measured any file's bytes in the page cache when it
 stopped (files larger than 128 KiB; the cell is empty for the others): after upstream's three, so that a
-reader of those is unaffected.
+reader of those is unaffected. For a file of which only part was in the page cache, the nydus JSON says which
+part: ``"ranges": [[offset, size], ...]`` (newer nydus prefetches only those; without ranges, the whole file).
 
 The odd-name rule: the plain list is one path per line and nydus-image trims each line, so a path that
 contains a line break (``\\n``, ``\\r``), begins or ends with white space, or is not valid UTF-8 cannot be
@@ -27,6 +28,9 @@ class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclas
     size: int  # bytes
     elapsed_us: int  # from StartContainer to the first access
     resident: int | None = None  # bytes in the page cache when the trace stopped; None: not measured
+    # Where those bytes lie, (offset, length) ascending, for a file cached in part; None: the whole file, as far
+    # as anyone knows (nydus's prefetch file without ranges).
+    ranges: tuple[tuple[int, int], ...] | None = None
 
 
 def listable(path: bytes) -> str | None:
@@ -71,16 +75,20 @@ def render(
     not a path, so nydus-image skips it (it takes absolute paths only), and every path line starts with "/".
     """
     lines: list[str] = [f"{INCOMPLETE_MARK}{incomplete}"] if incomplete else []
+    first = len(lines)  # the first path line
+    ranged: dict[int, tuple[tuple[int, int], ...]] = {}  # path number -> its ranges, for the few that have any
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     with_resident = any(entry.resident is not None for entry in entries)
     writer.writerow(["path", "size", "elapsed", "resident"] if with_resident else ["path", "size", "elapsed"])
     left_out = 0
-    for path, size, elapsed, resident in entries:  # unpacked: an attribute of a NamedTuple costs a call
+    for path, size, elapsed, resident, ranges in entries:  # unpacked: an attribute of a NamedTuple costs a call
         text = listable(path)
         if text is None:
             left_out += 1
             continue
+        if ranges:
+            ranged[len(lines) - first] = ranges
         lines.append(text)
         if readable:
             row = [text, readable_size(size), readable_elapsed(elapsed)]
@@ -97,12 +105,25 @@ def render(
         else:
             table.write(f"{text},{size},{elapsed},{resident}\n")
     plain = "".join(f"{line}\n" for line in lines)
-    paths = lines[1:] if incomplete else lines
+    paths = lines[first:]
     # What json.dumps({"version": "v1", "files": [{"path": path}, ...]}) writes, at a fifth of the cost: one
     # dict per file is most of the work of persisting a long list.
-    files = ", ".join(['{"path": ' + encode_json_string(path) + "}" for path in paths])
+    if ranged:  # the few files cached in part say which part; the rest as below
+        files = ", ".join(
+            [
+                '{"path": ' + encode_json_string(path) + (_json_ranges(ranged[at]) if at in ranged else "") + "}"
+                for at, path in enumerate(paths)
+            ]
+        )
+    else:
+        files = ", ".join(['{"path": ' + encode_json_string(path) + "}" for path in paths])
     prefetch = f'{{"version": "v1", "files": [{files}]}}\n'
     return plain.encode(), table.getvalue().encode(), prefetch.encode(), left_out
+
+
+def _json_ranges(ranges: tuple[tuple[int, int], ...]) -> str:
+    """What json.dumps writes for a file's "ranges" key, after its "path"."""
+    return ', "ranges": [' + ", ".join([f"[{offset}, {length}]" for offset, length in ranges]) + "]"
 
 
 def incompleteness(plain: bytes) -> str | None:

@@ -14,7 +14,8 @@ branch not taken, two threads racing). The merged list follows this rule:
 Sizes and first-access times come from each list's CSV beside it (``<list>.csv``, as the plugin writes it with
 ``readable = false``): the size from the first such run that has the file, the time as the median over those runs
 (rounded down to whole µs); 0 when no run with a CSV has the file. Page-cache residency (the CSV's resident column,
-where a trace measured it) is the median over the runs that measured the file, else unknown. The three result
+where a trace measured it) is the median over the runs that measured the file, else unknown. Page-cache ranges are
+not carried (the lists and CSVs merged do not hold them): the merged JSON has none, i.e. whole files. The three result
 formats are written as the plugin writes them (see nri_optimizer.results.store).
 """
 

@@ -3,8 +3,8 @@
 One server serves every container. `TraceClient.trace(pid, sink)` returns once the server watches the
 container's root mount (READY), and says how it receives the kernel's events (`Session.mode`: fid or fd);
 from then on the files the server reports go to `sink`, in batches. `Session.stop()` drains what is left and
-says whether the trace is complete (and, if asked, how much of each file is in the page cache). Every wait is
-bounded, the event loop never blocks, and a dead server fails its sessions and is restarted by the next
+says whether the trace is complete (and, if asked, how much of each file is in the page cache, and where). Every
+wait is bounded, the event loop never blocks, and a dead server fails its sessions and is restarted by the next
 `trace()`.
 """
 
@@ -14,8 +14,8 @@ import asyncio
 import itertools
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from nri_optimizer.errors import TraceError
@@ -50,6 +50,10 @@ class StopResult:
     # With residency: per file record handed to the sink, in order, its bytes in the page cache at the end
     # (protocol.UNKNOWN_RESIDENT where the server could not tell); else empty.
     resident: Sequence[int] = ()
+    # With residency: for a file record in the page cache in part, by its number among those handed to the sink,
+    # where: ascending (offset, length) ranges in bytes, page aligned. A record without any is cached whole, not at
+    # all or not known.
+    ranges: Mapping[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -78,6 +82,7 @@ class Session:
         self.files = 0
         self.mode = "auto"  # READY says which the server uses: "fid" or "fd"
         self._resident: list[int] = []
+        self._ranges: dict[int, tuple[tuple[int, int], ...]] = {}
         self._send = send
         self._abandon = abandon
         self._sink = sink
@@ -129,6 +134,13 @@ class Session:
             return
         self._resident.extend(sizes)
 
+    def ranges_received(self, file: int, ranges: tuple[tuple[int, int], ...]) -> None:
+        if file >= self.files or file in self._ranges:
+            why = " twice" if file in self._ranges else f", beyond the {self.files} files received"
+            self._problems.append(f"page-cache ranges for file {file}{why}")
+            return
+        self._ranges[file] = ranges
+
     def ended(self, problem: str | None = None, *, overflowed: bool = False, lost: int = 0, events: int = 0) -> None:
         """The session is over: DONE (its counts), FAILED or lost (problem). Only the first call counts."""
         if problem:
@@ -137,7 +149,9 @@ class Session:
             self._ready.set_result(problem or "session ended")
         if not self._result.done():
             incomplete = "; ".join(self._problems) or None
-            self._result.set_result(StopResult(self.files, events, overflowed, lost, incomplete, self._resident))
+            self._result.set_result(
+                StopResult(self.files, events, overflowed, lost, incomplete, self._resident, self._ranges)
+            )
 
 
 class TraceClient:
@@ -377,6 +391,8 @@ class TraceClient:
                 session.ready_received(protocol.MODE_NAMES[mode])
             case _, protocol.Resident(_, first, sizes):
                 session.resident_received(first, sizes)
+            case _, protocol.Ranges(_, file, ranges):
+                session.ranges_received(file, ranges)
             case _, protocol.Failed(_, message):
                 del self._sessions[session.id]
                 session.ended(message)

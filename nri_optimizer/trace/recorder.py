@@ -7,7 +7,7 @@ which is exactly what the list needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from nri_optimizer.results.formats import Entry
 from optimizer_server.protocol import DELETED, FOREIGN, UNKNOWN_RESIDENT, FileRecord
@@ -52,18 +52,22 @@ class Recorder:
                 if key in self._seen:
                     continue
                 self._seen.add(key)
-            append(new(Entry, (path, size, max(0, t_ns - started_ns) // 1000, None)))
+            append(new(Entry, (path, size, max(0, t_ns - started_ns) // 1000, None, None)))
             source(number)
 
-    def take_residency(self, resident: Sequence[int]) -> None:
-        """Each entry's bytes in the page cache, from the server's values for every record it sent, in order
-        (the trace client's StopResult.resident; empty when not measured)."""
+    def take_residency(
+        self, resident: Sequence[int], ranges: Mapping[int, tuple[tuple[int, int], ...]] | None = None
+    ) -> None:
+        """Each entry's bytes in the page cache, from the server's values for every record it sent, in order, and
+        where they lie for a file cached in part, by record number (the trace client's StopResult.resident and
+        .ranges; empty when not measured)."""
         if not resident:
             return
         values: list[int | None] = [None if value == UNKNOWN_RESIDENT else value for value in resident]
         values += [None] * (self._records - len(values))  # a report cut short: the rest unknown
+        where = ranges or {}
         new = tuple.__new__
         self.entries = [
-            new(Entry, (path, size, elapsed, values[number]))
-            for (path, size, elapsed, _), number in zip(self.entries, self._sources, strict=True)
+            new(Entry, (path, size, elapsed, values[number], where.get(number)))
+            for (path, size, elapsed, _, _), number in zip(self.entries, self._sources, strict=True)
         ]

@@ -356,3 +356,9 @@ def test_the_csv_says_how_much_of_each_large_file_the_start_read(
     assert 4096 <= int(rows["/data/part"]["resident"]) <= 256 * 1024, rows["/data/part"]
     assert int(rows["/data/whole"]["resident"]) == 1 << 20
     assert rows["/data/small"]["resident"] == "" and rows["/data/small"]["size"] == "6"
+    # The nydus JSON says which part of /data/part: from its start, as many bytes as are resident. The others are
+    # prefetched whole: no ranges.
+    files = {f["path"]: f for f in json.loads(traced.result_path(RESIDENT_IMAGE, suffix=".json").read_text())["files"]}
+    assert files["/data/part"]["ranges"][0][0] == 0, files["/data/part"]
+    assert sum(size for _, size in files["/data/part"]["ranges"]) == int(rows["/data/part"]["resident"])
+    assert files["/data/whole"] == {"path": "/data/whole"} and files["/data/small"] == {"path": "/data/small"}

@@ -562,6 +562,32 @@ def test_residency_says_each_files_bytes_in_the_page_cache_and_leaves_no_fd(
     run(body)
 
 
+def test_residency_says_where_a_file_cached_in_part_lies(make_container: MakeContainer, event_mode: str) -> None:
+    # On the tmpfs, a file's resident pages are where it was written: /part at 0 and at 512 KiB of 5 GiB, /tail in its
+    # last page only (200001 bytes: the page holds 3393 of them). /whole is resident whole and /hole not at all:
+    # neither has ranges (no ranges: the whole file).
+    container = make_container(
+        ["/f1"],
+        read_each(["/f1", "/part", "/whole", "/hole", "/tail"]),
+        setup="echo x > part && printf y | dd of=part bs=1 seek=524288 conv=notrunc status=none && truncate -s 5G part"
+        " && head -c 300000 /dev/zero > whole && truncate -s 1M hole && truncate -s 200000 tail && echo >> tail",
+    )
+
+    async def body() -> None:
+        server = TraceClient(SERVER_CMD)
+        sink = CollectingSink()
+        session = await server.trace(container.pid, sink, timeout=TIMEOUT, mode=event_mode, residency=True)
+        container.go()
+        container.expect("done")
+        result = await session.stop(timeout=TIMEOUT)
+        await server.close()
+        assert sink.paths() == ["/f1", "/part", "/whole", "/hole", "/tail"] and result.complete
+        assert list(result.resident) == [UNKNOWN_RESIDENT, 8192, 300000, 0, 3393]
+        assert result.ranges == {1: ((0, 4096), (524288, 4096)), 4: ((196608, 3393),)}
+
+    run(body)
+
+
 def test_files_read_by_short_lived_children_as_they_come_are_the_workloads(
     make_container: MakeContainer, event_mode: str
 ) -> None:

@@ -62,3 +62,15 @@ def test_a_residency_report_cut_short_leaves_the_rest_unknown_and_none_leaves_al
     untouched(BATCH)
     untouched.take_residency([])
     assert [entry.resident for entry in untouched.entries] == [None, None]
+
+
+def test_ranges_go_to_the_entry_of_the_record_they_are_for() -> None:
+    # By record number, as the server counts them: those of a record left out (here the foreign /probe) go with it.
+    recorder = Recorder("c1", START)
+    recorder(BATCH[:3])
+    recorder(BATCH[3:])
+    recorder.take_residency([UNKNOWN_RESIDENT, 4096, 8, 8192, 9], {1: ((0, 4096),), 3: ((0, 4096), (8192, 4096))})
+    assert recorder.entries == [
+        Entry(b"/bin/sh", 10, 5, None, None),
+        Entry(b"/etc/passwd", 1234, 8, 8192, ((0, 4096), (8192, 4096))),
+    ]
