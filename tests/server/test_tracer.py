@@ -408,6 +408,37 @@ def test_reads_by_processes_outside_the_traced_tree_are_tagged_foreign(
     run(body)
 
 
+@pytest.mark.parametrize("extra", [0, 1 << 0], ids=["its-four", "and-chown"])
+def test_bounded_without_cap_setpcap_it_drops_what_it_can_and_says_nothing(
+    extra: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As the unit and the DaemonSet run it: a bounding set of its four capabilities (or more), no CAP_SETPCAP to
+    drop anything from it. It keeps what it uses, the rest out of reach (not permitted; no_new_privs), and no
+    warning: the bounding set is what it is given."""
+    bounding = privileges.kept_mask() | extra
+    names = ",".join(f"+{n}" for n, bit in CAP_NAMES.items() if bounding >> bit & 1)
+    server = TraceClient(["setpriv", f"--bounding-set=-all,{names}", "--", *SERVER_CMD])
+
+    async def body() -> None:
+        await server.start()
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        await server.close()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert {name: int(fields[name], 16) for name in ("CapEff", "CapPrm", "CapBnd")} == {
+            "CapEff": privileges.kept_mask(),
+            "CapPrm": privileges.kept_mask(),
+            "CapBnd": bounding,
+        }
+        assert fields["NoNewPrivs"].strip() == "1"
+
+    with caplog.at_level(logging.WARNING):
+        run(body)
+    assert [r.getMessage() for r in caplog.records if "optimizer-server" in r.getMessage()] == []
+
+
+CAP_NAMES = {"chown": 0, "dac_read_search": 2, "net_admin": 12, "sys_ptrace": 19, "sys_admin": 21}
+
+
 def test_the_server_keeps_only_the_capabilities_it_uses_and_still_reads_root_only_files(
     make_container: MakeContainer,
     event_mode: str,
