@@ -30,6 +30,7 @@ class Proc:
     start_time: int
     ppid: int
     cmdline: tuple[str, ...]
+    state: str  # /proc/PID/stat's: "Z" a zombie, exited and not yet reaped by its parent (maybe init)
 
     @classmethod
     def read(cls, pid: int) -> Proc | None:
@@ -41,11 +42,12 @@ class Proc:
         # The command name (field 2) may hold spaces and parentheses: split after its closing one.
         fields = stat[stat.rindex(")") + 2 :].split()
         argv = tuple(arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1])
-        return cls(pid, int(fields[19]), int(fields[1]), argv)
+        return cls(pid, int(fields[19]), int(fields[1]), argv, fields[0])
 
     def alive(self) -> bool:
+        # One read of /proc/PID/stat: a process that exits between two reads makes the second fail with ESRCH.
         current = Proc.read(self.pid)
-        return current is not None and current.start_time == self.start_time and not _is_zombie(self.pid)
+        return current is not None and current.start_time == self.start_time and current.state != "Z"
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.alive():
@@ -79,15 +81,6 @@ def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> No
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _is_zombie(pid: int) -> bool:
-    # A zombie has exited; its parent (maybe us, maybe init) just has not reaped it yet.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
 
 
 # --- mounts ------------------------------------------------------------------------------------------
