@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -290,13 +291,16 @@ nydus: {{snapshotter: {tools.snapshotter}, nydusd: {tools.nydusd}, nydus_image: 
             assert name == "nydus-prefetch-all" or r["bytes_fetched"] < r["nydusd_bytes"] + MiB, r
     for r in by["nydus-prefetch-all"]:  # every blob, by the end
         assert r["bytes_total"] > blobs and r["prefetch_bytes"] > blobs
-    needed = by["nydus"][0]["nydusd_bytes"]
+    # What the start reads on demand, by the bound's rule: the median of prefetch off's runs. The same start's
+    # on-demand reads may differ by a chunk run to run (seen under load: 1,612,098 and 2,660,674 B, 1 MiB apart):
+    # nydusd merges the requests that arrive together.
+    offs = [r["nydusd_bytes"] for r in by["nydus"]]
+    needed = round(statistics.median(offs))
+    assert max(offs) - min(offs) <= MiB + 64 * 1024 and [r["prefetch_bytes"] for r in by["nydus"]] == [0, 0], offs
     for name in ("nydus-prefetch-list", "nydus-runtime-list", "nydus-list-unordered", "nydus-nydusd-list"):
         for r in by[name]:  # the list's files, fetched by prefetch: the same chunks the start reads on demand
-            assert abs(r["nydusd_bytes"] - needed) < 64 * 1024 and r["prefetch_bytes"] > 0, (name, r)
-            assert r["ondemand_requests"] < by["nydus"][0]["ondemand_requests"], (name, r)
-    for r in by["nydus"]:
-        assert (r["nydusd_bytes"], r["prefetch_bytes"]) == (needed, 0)
+            assert abs(r["nydusd_bytes"] - needed) <= MiB + 64 * 1024 and r["prefetch_bytes"] > 0, (name, offs, r)
+            assert r["ondemand_requests"] < min(o["ondemand_requests"] for o in by["nydus"]), (name, r)
 
     # The bound: nydus without prefetch's pull and create, the warm start's run, the needed bytes at the rate.
     (bound,) = data["bounds"]
