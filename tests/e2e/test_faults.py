@@ -27,6 +27,17 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def wait_noted(results: Path, container_id: str) -> None:
+    """Until the plugin has noted the trace in its journal. It writes the note just after answering
+    StartContainer, off its loop, so as never to delay a start: a plugin killed before that loses the trace
+    without a word, and under load "tracing pid" is in the log well before the note is on disk."""
+    note = results / ".inflight" / container_id
+    deadline = time.monotonic() + 10
+    while not note.exists():
+        assert time.monotonic() < deadline, f"no journal note {note} 10 s after the trace began"
+        time.sleep(0.01)
+
+
 def server_of(plugin_pid: int) -> host.Proc:
     (server,) = [p for p in host.processes() if p.ppid == plugin_pid and "optimizer-server" in " ".join(p.cmdline)]
     return server
@@ -41,6 +52,7 @@ def test_prelaunched_plugin_killed_or_stopped_mid_trace(
     before = snapshot(traced.results)
     running = traced.run(["/bin/sh", "-c", "cat /data/f002; exec sleep 1000"], wait=False)
     traced.log.wait_for(rf"{running.container_id} tracing pid")
+    wait_noted(traced.results, running.container_id)
     plugin = prelaunched_pid(traced.bed)
     server = server_of(plugin)
     os.kill(plugin, signum)
@@ -93,6 +105,7 @@ def test_external_plugin_killed_or_stopped_mid_trace(
         traced = Traced(bed, plugin.log, results)
         running = traced.run(["/bin/sh", "-c", "cat /data/f002; exec sleep 1000"], wait=False)
         plugin.log.wait_for(rf"{running.container_id} tracing pid")
+        wait_noted(results, running.container_id)
         plugin.signal(signum)
         began = time.monotonic()
         other = traced.run(["echo", "still starts"])
